@@ -1,0 +1,40 @@
+"""``pipeline``: one symbol's stages as child runs of a parent run, with the stage cache.
+
+    mlflow run . -e pipeline -P symbol=AAPL -P mode=both [-P execution_id=...] [-P force=true]
+"""
+
+from __future__ import annotations
+
+from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
+from tradeflow.config import ConfigError
+
+FLAGS = ("symbol", "mode", "execution_id", "force", "data_source", "epochs", "reviewer", "dag_id", "task_id", "config")
+
+
+def parse_bool(flag: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("", "false", "0", "no"):
+        return False
+    if text in ("true", "1", "yes"):
+        return True
+    raise ConfigError(f"invalid parameter '{flag}': {value!r} is not true/false")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(__doc__, FLAGS, required=("symbol",)).parse_args(argv)
+    try:
+        cfg = config_from_flags(args)
+        force = parse_bool("force", args.force)
+    except ConfigError as exc:
+        fail_before_work(str(exc))
+
+    def step() -> None:
+        from tradeflow.pipeline import run_pipeline
+
+        run_pipeline(cfg, execution_id=args.execution_id or None, force=force, dag_id=args.dag_id, task_id=args.task_id)
+
+    main_wrapper(step)
+
+
+if __name__ == "__main__":
+    main()

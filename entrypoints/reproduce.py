@@ -1,0 +1,34 @@
+"""``reproduce``: re-run a past stage run (recorded entry point, params, data, commit) from a clean
+checkout and report whether its metrics match.
+
+    mlflow run . -e reproduce -P run_id=<run id from the MLflow UI>
+"""
+
+from __future__ import annotations
+
+from tradeflow.cli import fail_before_work, main_wrapper, parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(__doc__, ("run_id",), required=("run_id",)).parse_args(argv)
+
+    def step() -> None:
+        from tradeflow.config import resolve_config
+        from tradeflow.reproduce import NotReproducible, recorded_invocation, reproduce
+        from tradeflow.tracking import configure_tracking
+
+        configure_tracking()
+        try:
+            invocation = recorded_invocation(args.run_id)
+        except NotReproducible as exc:
+            fail_before_work(str(exc))
+        except Exception:
+            fail_before_work(f"run_id {args.run_id!r} is not a run in {configure_tracking()}")
+        experiment = resolve_config({"symbol": invocation["run"].data.tags.get("tradeflow.symbol", "X")}, with_env=True)
+        reproduce(args.run_id, experiment.experiment_name)
+
+    main_wrapper(step)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Guardrails in code: whatever a model said, the decision that leaves here is sane.
+
+Prompts ask nicely; this module enforces. Every correction adds a ``"<code>: <detail>"`` note
+(codes are stable, for MLflow tags and dashboards):
+
+- ``confidence_clamped``: confidence outside [0, 1] (or not a number) is clamped.
+- ``unsupported_action``: BUY/SELL backed by *neither* the model suggestion *nor* the technical
+  stance of the evidence becomes HOLD with confidence <= 0.3. This is the prompt-injection
+  defence: untrusted text can talk a model into a trade, but it cannot change the evidence,
+  so a trade only the injected text argues for never survives.
+- ``contradiction_flag_corrected`` / ``contradiction_unexplained``: ``contradicts_model`` is
+  recomputed from the evidence; contradicting the model without a reason caps confidence at 0.5.
+- ``entry_reset``, ``stop_defaulted``, ``stop_wrong_side``, ``stop_clamped``, ``target_*``:
+  entry defaults to the last close; BUY needs stop < entry < take_profit, SELL the reverse;
+  a missing or wrong-side level is set 1.5 ATR from entry; a level farther than
+  ``atr_multiple_cap`` x ATR is pulled in to that distance. HOLD carries no levels.
+- ``synthetic_data``: confidence capped at 0.5 when the evidence came from synthetic bars.
+- ``rationale_missing``: a too-short rationale is replaced by a stated placeholder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from tradeflow.config import ReviewConfig
+
+from .analysis import SYNTHETIC_CONFIDENCE_CAP, assess
+from .evidence import Evidence
+from .schema import Action, DecisionDraft, TradeDecision
+
+UNSUPPORTED_CONFIDENCE_CAP = 0.3
+UNEXPLAINED_CONTRADICTION_CAP = 0.5
+DEFAULT_LEVEL_ATR = 1.5
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+MAX_FACTORS, MAX_FACTOR_CHARS, MAX_RATIONALE_CHARS, MAX_REASON_CHARS = 8, 200, 2000, 500
+
+
+def _clean(text: str | None, limit: int) -> str:
+    return _CONTROL_RE.sub(" ", text or "").strip()[:limit]
+
+
+def _confidence(value: float, notes: list[str]) -> float:
+    if not math.isfinite(value):
+        notes.append(f"confidence_clamped: {value} is not a number; set to 0")
+        return 0.0
+    if not 0.0 <= value <= 1.0:
+        clamped = min(1.0, max(0.0, value))
+        notes.append(f"confidence_clamped: {value:g} clamped to {clamped:g}")
+        return clamped
+    return value
+
+
+def _level(
+    name: str, value: float | None, entry: float, side: int, atr: float, cap_atr: float, notes: list[str]
+) -> float:
+    """One protective level. ``side`` is +1 when the level must be above entry, -1 below."""
+    default = entry + side * DEFAULT_LEVEL_ATR * atr
+    if value is None or not math.isfinite(value):
+        notes.append(f"{name}_defaulted: missing; set {DEFAULT_LEVEL_ATR:g} ATR from entry ({default:.4f})")
+        level = default
+    elif side * (value - entry) <= 0:
+        notes.append(f"{name}_wrong_side: {value:g} is on the wrong side of entry {entry:g}; set to {default:.4f}")
+        level = default
+    elif abs(value - entry) > cap_atr * atr:
+        level = entry + side * cap_atr * atr
+        notes.append(f"{name}_clamped: {value:g} is more than {cap_atr:g} ATR from entry; set to {level:.4f}")
+    else:
+        level = value
+    if level <= 0:  # a huge ATR on a cheap stock: keep the level positive and on its side
+        level = entry * 0.5
+        notes.append(f"{name}_floor: level below zero; set to half the entry ({level:.4f})")
+    return round(level, 4)
+
+
+def apply_guardrails(draft: DecisionDraft, ev: Evidence, config: ReviewConfig) -> tuple[TradeDecision, list[str]]:
+    """Validate, correct and bound a draft against the evidence; returns the decision and notes."""
+    notes: list[str] = []
+    action: Action = draft.action
+    confidence = _confidence(float(draft.confidence), notes)
+    rationale = _clean(draft.rationale, MAX_RATIONALE_CHARS)
+    suggestion = ev.model.suggestion
+    stance = assess(ev, atr_cap=config.atr_multiple_cap).technical_stance
+
+    if action != "HOLD" and action != suggestion and action != stance:
+        notes.append(
+            f"unsupported_action: {action} is backed by neither the model suggestion ({suggestion}) "
+            f"nor the technical stance ({stance}); overridden to HOLD"
+        )
+        rationale = _clean(f"[guardrail: {action} overridden to HOLD] {rationale}", MAX_RATIONALE_CHARS)
+        action, confidence = "HOLD", min(confidence, UNSUPPORTED_CONFIDENCE_CAP)
+
+    contradicts = suggestion is not None and action != suggestion
+    reason = _clean(draft.contradiction_reason, MAX_REASON_CHARS) or None
+    if "unsupported_action" in (n.split(":", 1)[0] for n in notes) and contradicts:
+        reason = f"guardrail: {draft.action} was unsupported by the evidence, so HOLD"
+    if contradicts != draft.contradicts_model:
+        notes.append(f"contradiction_flag_corrected: action {action} vs model {suggestion} -> {contradicts}")
+    if contradicts and (reason is None or len(reason) < 5):
+        notes.append(f"contradiction_unexplained: no reason for contradicting the model; confidence <= {UNEXPLAINED_CONTRADICTION_CAP}")
+        confidence = min(confidence, UNEXPLAINED_CONTRADICTION_CAP)
+        reason = None
+    if not contradicts:
+        reason = None
+
+    if ev.data.synthetic and confidence > SYNTHETIC_CONFIDENCE_CAP:
+        notes.append(f"synthetic_data: confidence {confidence:g} capped at {SYNTHETIC_CONFIDENCE_CAP}")
+        confidence = SYNTHETIC_CONFIDENCE_CAP
+
+    entry = stop = target = None
+    if action != "HOLD":
+        close, atr, cap = ev.close, ev.atr, config.atr_multiple_cap
+        entry = draft.entry if draft.entry is not None and math.isfinite(draft.entry) and draft.entry > 0 else close
+        if abs(entry - close) > cap * atr:
+            notes.append(f"entry_reset: {entry:g} is more than {cap:g} ATR from the last close; set to {close:g}")
+            entry = close
+        side = 1 if action == "BUY" else -1
+        stop = _level("stop", draft.stop_loss, entry, -side, atr, cap, notes)
+        target = _level("target", draft.take_profit, entry, side, atr, cap, notes)
+        entry = round(entry, 4)
+
+    if len(rationale) < 10:
+        notes.append("rationale_missing: the model gave no usable rationale")
+        rationale = f"{action} decision; the model gave no usable rationale."
+    factors = [f for f in (_clean(k, MAX_FACTOR_CHARS) for k in draft.key_factors) if f][:MAX_FACTORS]
+    decision = TradeDecision(
+        action=action,
+        confidence=round(confidence, 4),
+        entry=entry,
+        stop_loss=stop,
+        take_profit=target,
+        horizon=_clean(draft.horizon, 40) or "5 bars",
+        key_factors=factors,
+        rationale=rationale,
+        contradicts_model=contradicts,
+        contradiction_reason=reason,
+    )
+    return decision, notes
+
+
+def fallback_decision(reason: str, ev: Evidence) -> TradeDecision:
+    """HOLD at confidence 0: the safe answer whenever the review itself failed."""
+    suggestion = ev.model.suggestion
+    contradicts = suggestion is not None and suggestion != "HOLD"
+    return TradeDecision(
+        action="HOLD",
+        confidence=0.0,
+        horizon="5 bars",
+        key_factors=[f"review fallback: {reason}"],
+        rationale=f"HOLD: the AI review did not produce a usable decision ({reason}), so no trade is taken.",
+        contradicts_model=contradicts,
+        contradiction_reason=f"review failed ({reason}); HOLD is the safe default" if contradicts else None,
+    )

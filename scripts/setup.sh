@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create (or update) the project environment in .venv: Python 3.11, torch 2.13.0 CPU, the pinned
+# requirements and this project (editable). Idempotent: a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check uv
+# torch first, with pip: it takes the local CPU wheel (uv would download a multi-GB CUDA build).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+.venv/bin/uv pip install --quiet --python .venv/bin/python -r requirements.txt -e . 
+echo "environment ready: $(.venv/bin/python --version), $(.venv/bin/python -c 'import mlflow; print("mlflow", mlflow.__version__)')"

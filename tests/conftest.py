@@ -1,0 +1,62 @@
+"""Shared fixtures: real stores and real servers, created per test in tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "data" / "trademaster"
+BTC_CSV = DATA / "algorithmic_trading" / "BTC" / "BTC.csv"
+DJ30_VALID = DATA / "portfolio_management" / "dj30" / "valid.csv"
+DJ30_TEST = DATA / "portfolio_management" / "dj30" / "test.csv"
+DJ30_BOTH = f"csv:{DJ30_VALID},{DJ30_TEST}"
+
+# Environment variables a developer's shell may carry that would leak into tests.
+_LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+          "BACKEND_API_URL", "BACKEND_API_TOKEN", "OPENAI_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch):
+    for name in _LEAKY:
+        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith("TRADEFLOW_"):
+            monkeypatch.delenv(name, raising=False)
+
+
+def require_shared_data() -> None:
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA} (CI has ../shared beside the clone)")
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch):
+    """A fresh SQLite tracking store, created once here before any subprocess fans out."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    client.create_experiment("trademaster_autogen", artifact_location=(tmp_path / "artifacts").as_uri())
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def mlflow_run(entry_point: str, params: dict[str, str], *, env: dict[str, str] | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """``mlflow run . -e <entry_point> --env-manager local`` as a subprocess (the real CLI)."""
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO), "-e", entry_point,
+           "--env-manager", "local", "--experiment-name", "trademaster_autogen"]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(env or {})}
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)

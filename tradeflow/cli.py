@@ -1,0 +1,97 @@
+"""What every entry point shares: flag parsing, config resolution and honest exits.
+
+Entry points stay thin: parse flags -> resolve the config (before any run or expensive work) ->
+do the step inside ``tracking.stage_run`` -> print a one-line error and exit non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tradeflow.config import ConfigError, RunConfig, resolve_config
+from tradeflow.tracking import TAG_FAILURE, configure_tracking, one_line
+
+log = logging.getLogger("tradeflow")
+
+#: Errors whose message is already the one line a user needs (no traceback).
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, LookupError, RuntimeError, OSError)
+
+
+def setup_logging() -> None:
+    level = os.environ.get("TRADEFLOW_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # Third-party chatter that buries our progress lines.
+    for noisy in ("alembic", "mlflow.store.db.utils", "httpx", "autogen_core", "autogen_agentchat", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def parser(description: str, flags: Sequence[str], *, required: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """``--flag value`` for each MLproject parameter; "" (the MLproject default) means unset."""
+    p = argparse.ArgumentParser(description=description)
+    for flag in flags:
+        p.add_argument(f"--{flag}", default="", required=flag in required)
+    return p
+
+
+def config_from_flags(args: argparse.Namespace, *, extra_layers: Sequence[Mapping[str, object] | None] = ()) -> RunConfig:
+    """Resolve ``RunConfig`` from defaults < environment < ``extra_layers`` < flags.
+
+    Flags that are not config keys (``model_uri``, ``evidence_uri`` ...) are left out.
+    """
+    from tradeflow.config import FLAT_KEYS, TOP_LEVEL_KEYS
+
+    known = TOP_LEVEL_KEYS | set(FLAT_KEYS) | {"config"}
+    layer = {k: v for k, v in vars(args).items() if k in known}
+    return resolve_config(*extra_layers, layer, with_env=True)
+
+
+def fail_before_work(message: str) -> None:
+    """Refuse bad input: one line on stderr, exit 2; a run pre-created by ``mlflow run`` is
+    marked FAILED with the reason (never left RUNNING)."""
+    _fail_pending_run(message)
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _fail_pending_run(message: str) -> None:
+    """Mark the run ``mlflow run`` created for us FAILED with the reason, if it is still open."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        configure_tracking()
+        client = MlflowClient()
+        if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+            client.set_tag(run_id, TAG_FAILURE, message[:5000])
+            client.set_terminated(run_id, "FAILED")
+    except Exception as exc:  # the store itself may be the problem; the exit still says why
+        log.warning("could not mark run %s FAILED: %s", run_id, one_line(exc))
+
+
+def main_wrapper(step: Callable[[], object]) -> None:
+    """Run a step; an expected error becomes ``error: <one line>`` and exit code 1."""
+    setup_logging()
+    try:
+        step()
+    except SystemExit:
+        raise
+    except EXPECTED_ERRORS as exc:
+        log.debug("step failed", exc_info=True)
+        _fail_pending_run(one_line(exc))
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        if mlflow.active_run() is not None:  # defensive: never leave a run RUNNING
+            mlflow.end_run(status="FAILED")

@@ -1,0 +1,351 @@
+"""The one typed configuration model: every parameter of every step resolves through here.
+
+Layers, lowest first (later layers override earlier ones, key by key):
+
+    defaults (this file) < environment (TRADEFLOW_*) < per-symbol WebUI link ``config``
+    < Airflow ``dag_run.conf`` / MLproject ``-P`` params
+
+MLproject params, CLI flags, DAG conf and WebUI link configs are all *layers*: plain mappings that
+may be flat (``epochs=3``, ``reviewer=rules``) or nested (``{"trademaster": {"epochs": 3}}``).
+``resolve_config`` normalises each layer, deep-merges them and validates once. Hard caps clamp
+(with a reason recorded in ``RunConfig.adjustments``) rather than silently accept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+log = logging.getLogger(__name__)
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9.^-]{1,20}$")
+ENV_PREFIX = "TRADEFLOW_"
+
+# Hard caps: a value above a cap is clamped to it and the reason is recorded.
+MAX_EPOCHS = 50
+MAX_WINDOW = 60
+MAX_LOOKBACK_DAYS = 3660
+MAX_SYMBOLS = 50
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. ``str(err)`` is one line naming the parameter."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class TradeMasterParams(_Strict):
+    """Engine hyperparameters, named as TradeMaster and the WebUI link config name them."""
+
+    epochs: int = Field(3, ge=1, description="passes over the training split")
+    backward_num_day: int = Field(10, ge=2, description="observation window, in bars")
+    forward_num_day: int = Field(5, ge=1, description="look-ahead horizon of the reward shaping")
+    max_volume: int = Field(1, ge=1, le=10, description="actions are -max_volume..+max_volume units")
+    initial_amount: float = Field(100_000.0, gt=0, description="starting cash")
+    transaction_cost_pct: float = Field(0.001, ge=0, lt=0.1, description="cost per unit of notional traded")
+    future_weights: float = Field(0.2, ge=0, le=1, description="weight of the forward-return reward shaping")
+    explore_rate: float = Field(0.25, gt=0, le=1, description="fraction of training spent annealing epsilon (DQN)")
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    hidden_dims: tuple[int, ...] = Field((64, 64), description="MLP hidden layer sizes")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+
+    @field_validator("hidden_dims", mode="before")
+    @classmethod
+    def _parse_dims(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().strip("[]()")
+            value = [int(part) for part in re.split(r"[,\s]+", text) if part]
+        return value
+
+    @field_validator("hidden_dims")
+    @classmethod
+    def _check_dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(d < 1 or d > 4096 for d in value):
+            raise ValueError("hidden_dims must be 1..4096 units per layer, e.g. 64,64")
+        return value
+
+
+class SplitConfig(_Strict):
+    """Chronological train/valid/test split, by ratios or by start dates of valid and test."""
+
+    train_ratio: float = Field(0.6, gt=0, lt=1)
+    valid_ratio: float = Field(0.2, gt=0, lt=1)
+    valid_start: date | None = None
+    test_start: date | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.train_ratio + self.valid_ratio >= 1:
+            raise ValueError("train_ratio + valid_ratio must leave room for a test split (< 1)")
+        if (self.valid_start is None) != (self.test_start is None):
+            raise ValueError("give both valid_start and test_start, or neither")
+        if self.valid_start and self.test_start and self.valid_start >= self.test_start:
+            raise ValueError("valid_start must be before test_start")
+        return self
+
+
+Provider = Literal["rules", "openai", "azure", "ollama", "openai_compatible"]
+
+
+class ReviewConfig(_Strict):
+    """The AutoGen review team. Keys and endpoints come from the environment, never from here."""
+
+    provider: Provider = "rules"
+    model: str | None = Field(None, description="model / deployment name; provider default if unset")
+    max_messages: int = Field(8, ge=3, le=40)
+    max_total_tokens: int = Field(30_000, ge=500, le=500_000)
+    timeout_s: float = Field(120.0, gt=0, le=1800)
+    temperature: float = Field(0.0, ge=0, le=2)
+    atr_multiple_cap: float = Field(4.0, gt=0, le=20, description="stop/take-profit at most this many ATRs from entry")
+
+
+class RunConfig(_Strict):
+    """Everything one symbol's pipeline needs. Immutable; derive variants with ``override``."""
+
+    symbol: str
+    data_source: str = Field("backend", description="csv:<path>[,<path>] | backend | ibkr | yfinance | synthetic")
+    bar_size: str = "1 day"
+    backtest_lookback_days: int = Field(1095, ge=30, description="calendar days of history to load")
+    end_date: date | None = Field(None, description="last bar to use (default: newest available)")
+    engine: Literal["builtin", "trademaster"] = "builtin"
+    algorithm: Literal["dqn", "ppo", "a2c"] = "dqn"
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    split: SplitConfig = SplitConfig()
+    trademaster: TradeMasterParams = TradeMasterParams()
+    review: ReviewConfig = ReviewConfig()
+    mode: Literal["both", "train_backtest", "inference"] = "both"
+    register_model: bool = True
+    model_alias: str = Field("champion", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    experiment_name: str = "trademaster_autogen"
+
+    _adjustments: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("symbol", mode="before")
+    @classmethod
+    def _normalise_symbol(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("symbol")
+    @classmethod
+    def _check_symbol(cls, value: str) -> str:
+        if not SYMBOL_RE.match(value):
+            raise ValueError(f"{value!r} has characters outside [A-Z0-9.^-] (or is longer than 20)")
+        return value
+
+    @field_validator("data_source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        value = value.strip()
+        kind = value.split(":", 1)[0]
+        if kind not in {"csv", "backend", "ibkr", "yfinance", "synthetic"}:
+            raise ValueError(
+                f"{value!r} is not a data source; use csv:<path>, backend, ibkr, yfinance or synthetic"
+            )
+        if kind == "csv" and not value[4:].strip():
+            raise ValueError("csv data source needs a path: csv:<path>[,<path>...]")
+        return value
+
+    @field_validator("bar_size")
+    @classmethod
+    def _check_bar_size(cls, value: str) -> str:
+        if value.strip().lower() not in {"1 day", "1d", "daily", "1 d"}:
+            raise ValueError(f"{value!r}: only daily bars ('1 day') are supported")
+        return "1 day"
+
+    @property
+    def adjustments(self) -> list[str]:
+        """Reasons for every value clamped to a hard cap (logged by every entry point)."""
+        return list(self._adjustments)
+
+    @property
+    def registered_model_name(self) -> str:
+        """Per-symbol Model Registry name; ``inference`` resolves ``models:/<name>@<alias>``."""
+        return f"trademaster_{re.sub(r'[^A-Za-z0-9_]', '_', self.symbol)}"
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.data_source == "synthetic"
+
+    def override(self, *layers: Mapping[str, Any] | None) -> RunConfig:
+        """A new config with more layers on top of this one (earlier clamp reasons are kept)."""
+        derived = resolve_config(self.to_layer(), *layers)
+        derived._adjustments[:0] = self._adjustments
+        return derived
+
+    def to_layer(self) -> dict[str, Any]:
+        """This config as a nested JSON-able layer (dates as ISO strings)."""
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace. Stable input to cache keys and ``-P config=``."""
+        return json.dumps(self.to_layer(), sort_keys=True, separators=(",", ":"))
+
+    def flat_params(self, prefix: str = "cfg.") -> dict[str, str]:
+        """Every resolved value as ``{prefix}section.key -> str`` for ``mlflow.log_params``."""
+        out: dict[str, str] = {}
+
+        def walk(node: Mapping[str, Any], path: str) -> None:
+            for key, value in node.items():
+                if isinstance(value, Mapping):
+                    walk(value, f"{path}{key}.")
+                elif isinstance(value, (list, tuple)):
+                    out[f"{prefix}{path}{key}"] = ",".join(str(v) for v in value)
+                else:
+                    out[f"{prefix}{path}{key}"] = "" if value is None else str(value)
+
+        walk(self.to_layer(), "")
+        return out
+
+    @model_validator(mode="after")
+    def _apply_caps(self) -> RunConfig:
+        notes: list[str] = []
+        tm = self.trademaster
+        updates: dict[str, Any] = {}
+        if tm.epochs > MAX_EPOCHS:
+            notes.append(f"trademaster.epochs {tm.epochs} clamped to cap {MAX_EPOCHS}")
+            updates["epochs"] = MAX_EPOCHS
+        if tm.backward_num_day > MAX_WINDOW:
+            notes.append(f"trademaster.backward_num_day {tm.backward_num_day} clamped to cap {MAX_WINDOW}")
+            updates["backward_num_day"] = MAX_WINDOW
+        if tm.forward_num_day > MAX_WINDOW:
+            notes.append(f"trademaster.forward_num_day {tm.forward_num_day} clamped to cap {MAX_WINDOW}")
+            updates["forward_num_day"] = MAX_WINDOW
+        if updates:
+            object.__setattr__(self, "trademaster", tm.model_copy(update=updates))
+        if self.backtest_lookback_days > MAX_LOOKBACK_DAYS:
+            notes.append(f"backtest_lookback_days {self.backtest_lookback_days} clamped to cap {MAX_LOOKBACK_DAYS}")
+            object.__setattr__(self, "backtest_lookback_days", MAX_LOOKBACK_DAYS)
+        self._adjustments.extend(notes)
+        for note in notes:
+            log.warning("config: %s", note)
+        return self
+
+
+# --- layers -------------------------------------------------------------------------------------
+
+#: flat key -> nested path. Every TradeMaster and split field is also accepted flat by its own name.
+FLAT_KEYS: dict[str, tuple[str, ...]] = {
+    **{name: ("trademaster", name) for name in TradeMasterParams.model_fields},
+    **{name: ("split", name) for name in SplitConfig.model_fields},
+    "reviewer": ("review", "provider"),
+    "review_provider": ("review", "provider"),
+    "review_model": ("review", "model"),
+    "review_max_messages": ("review", "max_messages"),
+    "review_max_total_tokens": ("review", "max_total_tokens"),
+    "review_timeout_s": ("review", "timeout_s"),
+}
+TOP_LEVEL_KEYS = set(RunConfig.model_fields)
+SECTIONS = {"trademaster", "split", "review"}
+
+
+def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = target
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+def normalise_layer(layer: Mapping[str, Any] | None, *, origin: str = "config") -> dict[str, Any]:
+    """Turn a flat or nested mapping into the nested shape of ``RunConfig``.
+
+    Empty strings and ``None`` mean "not set here" (MLproject params default to ""), so lower
+    layers show through. A ``config`` key holding JSON (or a mapping) is applied on top of the
+    layer's other keys. Unknown keys raise ``ConfigError`` naming the key and its origin.
+    """
+    if not layer:
+        return {}
+    out: dict[str, Any] = {}
+    nested_override: dict[str, Any] = {}
+    for key, value in layer.items():
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            continue
+        if key == "config":
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{origin}: parameter 'config' is not valid JSON ({exc.msg})") from None
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{origin}: parameter 'config' must be a JSON object")
+            nested_override = normalise_layer(value, origin=f"{origin}.config")
+        elif key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{origin}: '{key}' must be an object")
+            for sub_key, sub_value in value.items():
+                if sub_value is None or (isinstance(sub_value, str) and sub_value.strip() == ""):
+                    continue
+                _set_path(out, (key, sub_key), sub_value)
+        elif key in TOP_LEVEL_KEYS:
+            out[key] = value
+        elif key in FLAT_KEYS:
+            _set_path(out, FLAT_KEYS[key], value)
+        else:
+            raise ConfigError(f"{origin}: unknown parameter '{key}'")
+    return deep_merge(out, nested_override)
+
+
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``TRADEFLOW_<KEY>`` variables (flat keys, e.g. ``TRADEFLOW_EPOCHS=3``), plus
+    ``TRADEFLOW_CONFIG`` holding a JSON layer. Unknown ``TRADEFLOW_*`` names are ignored so that
+    operational settings (``TRADEFLOW_HOME`` ...) can share the prefix."""
+    environ = os.environ if environ is None else environ
+    known = TOP_LEVEL_KEYS | set(FLAT_KEYS) | {"config"}
+    flat = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX):].lower()
+            if key in known:
+                flat[key] = value
+    return normalise_layer(flat, origin="environment")
+
+
+def resolve_config(*layers: Mapping[str, Any] | None, with_env: bool = False) -> RunConfig:
+    """Merge layers (lowest first) into a validated ``RunConfig``.
+
+    ``with_env=True`` inserts the environment layer right above the defaults. Raises
+    ``ConfigError`` with a one-line message naming the offending parameter.
+    """
+    merged: dict[str, Any] = env_layer() if with_env else {}
+    for index, layer in enumerate(layers):
+        merged = deep_merge(merged, normalise_layer(layer, origin=f"layer {index}"))
+    if "symbol" not in merged:
+        raise ConfigError("parameter 'symbol' is required (e.g. -P symbol=AAPL)")
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid parameter '{where}': {message}{extra}"

@@ -1,0 +1,84 @@
+"""``data_source=ibkr``: daily bars straight from the IBKR Client Portal REST gateway.
+
+``IBKR_API_URL`` (e.g. ``https://localhost:5000/v1/api``) points at a logged-in gateway;
+``IBKR_VERIFY_TLS=false`` accepts its self-signed certificate (default: verify). The contract
+id is the first result of ``/iserver/secdef/search``; history comes from
+``/iserver/marketdata/history`` with a period in whole years covering the lookback.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import date
+
+import requests
+
+from tradeflow.config import RunConfig
+from tradeflow.data.base import DataError, MarketData, finalise
+from tradeflow.data.http import NotFound, get_json
+from tradeflow.data.ibkr_bars import ADJCP_NOTE, parse_ibkr_bars
+
+ENV_URL = "IBKR_API_URL"
+ENV_VERIFY = "IBKR_VERIFY_TLS"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def ibkr_settings(symbol: str) -> tuple[str, bool]:
+    """(base URL, verify TLS) from the environment; DataError when unset or unreadable."""
+    base = os.environ.get(ENV_URL, "").strip().rstrip("/")
+    if not base:
+        raise DataError(f"{symbol}: data_source=ibkr needs {ENV_URL} (e.g. https://localhost:5000/v1/api); "
+                        "set it, or use data_source=backend, csv:<path> or synthetic")
+    raw = os.environ.get(ENV_VERIFY, "true").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise DataError(f"{symbol}: {ENV_VERIFY}={raw!r} is not a boolean (use true or false)")
+    return base, raw in _TRUE
+
+
+def history_period(cfg: RunConfig, today: date) -> str:
+    """Whole years from the start of the lookback window (before ``end_date``) up to ``today``."""
+    end = cfg.end_date or today
+    span = cfg.backtest_lookback_days + max((today - end).days, 0)
+    return f"{max(1, math.ceil(span / 365))}y"
+
+
+def load_ibkr(
+    cfg: RunConfig, *, session: requests.Session | None = None, today: date | None = None
+) -> MarketData:
+    """Look up ``cfg.symbol``'s contract id, then load its daily history."""
+    symbol = cfg.symbol
+    base, verify = ibkr_settings(symbol)
+    search_url = f"{base}/iserver/secdef/search"
+    try:
+        found = get_json(search_url, params={"symbol": symbol}, session=session, verify=verify,
+                         what=f"{symbol} IBKR contract search")
+    except NotFound:
+        found = []
+    if isinstance(found, dict) and "error" in found:
+        raise DataError(f"{symbol}: IBKR contract search failed at {search_url}: {found['error']}")
+    if not isinstance(found, list) or not found or not isinstance(found[0], dict):
+        raise DataError(f"{symbol}: IBKR has no contract for symbol {symbol} ({search_url})")
+    try:
+        conid = int(found[0]["conid"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{symbol}: IBKR search result has no usable conid ({search_url})") from None
+    period = history_period(cfg, today or date.today())
+    history_url = f"{base}/iserver/marketdata/history"
+    params = {"conid": str(conid), "period": period, "bar": "1d"}
+    source = f"ibkr:{history_url}?conid={conid}&period={period}&bar=1d"
+    try:
+        body = get_json(history_url, params=params, session=session, verify=verify,
+                        what=f"{symbol} IBKR history")
+    except NotFound:
+        raise DataError(f"{symbol}: IBKR has no daily history for conid {conid} ({history_url})") from None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise DataError(f"{symbol} from {source}: expected {{\"data\": [bars]}}, got {type(body).__name__}")
+    bars, has_volume = parse_ibkr_bars(body["data"], where=f"{symbol} from {source}")
+    if bars.empty:
+        raise DataError(f"{symbol} from {source}: IBKR returned no bars")
+    notes = [f"ibkr: conid {conid}", ADJCP_NOTE]
+    if not has_volume:
+        notes.append("source has no volume; volume left empty")
+    return finalise(bars, cfg, source=source, notes=notes)

@@ -1,0 +1,290 @@
+"""The builtin engine: stable-baselines3 agents trained on ``TradingEnv``, best epoch chosen on validation.
+
+Training budget is ``epochs * len(train split)`` environment steps. At every epoch boundary the
+current policy is backtested greedily on the train and valid splits (the same ``Engine.backtest``
+the pipeline uses), and the checkpoint with the best valid total return is the one returned, as
+TradeMaster's trainer does.
+
+DQN defaults are sized for a few hundred daily bars, where SB3's Atari-scale defaults would
+barely start learning: the replay buffer holds the whole run, learning starts after a tenth of an
+epoch, one gradient step per env step, a hard target update ten times per epoch, and gamma 0.9
+(TradeMaster's value; the reward already looks ahead through its forward-return shaping).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import set_random_seed
+
+from tradeflow.config import RunConfig, TradeMasterParams
+from tradeflow.engines.base import PRICE_COLUMN, ActionResult, Engine, TrainResult
+from tradeflow.engines.builtin.env import ObservationScaler, TradingEnv, make_observation
+from tradeflow.features import FEATURE_COLUMNS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tradeflow.features import Splits
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"dqn": DQN, "ppo": PPO, "a2c": A2C}
+MODEL_FILE = "model.zip"
+META_FILE = "agent.json"
+GAMMA = 0.9
+MAX_REPLAY = 100_000
+
+
+class BuiltinAgent:
+    """An SB3 policy plus what it needs to turn raw feature rows into its observation."""
+
+    def __init__(
+        self,
+        model: BaseAlgorithm,
+        *,
+        algorithm: str,
+        window: int,
+        max_volume: int,
+        feature_columns: tuple[str, ...],
+        scaler: ObservationScaler,
+    ) -> None:
+        self.model = model
+        self.algorithm = algorithm
+        self.window = window
+        self.max_volume = max_volume
+        self.feature_columns = tuple(feature_columns)
+        self.scaler = scaler
+
+    def act(self, features: np.ndarray, position: float = 0.0) -> ActionResult:
+        """Greedy target: argmax of Q-values (DQN) or of action probabilities (PPO, A2C)."""
+        expected = (self.window, len(self.feature_columns))
+        if features.shape != expected:
+            raise ValueError(f"features must have shape {expected} (window, features); got {features.shape}")
+        obs = make_observation(self.scaler.transform(features), position)
+        with torch.no_grad():
+            tensor = torch.as_tensor(obs, device=self.model.device).unsqueeze(0)
+            if isinstance(self.model, DQN):
+                values = self.model.q_net(tensor)[0]
+            else:
+                values = self.model.policy.get_distribution(tensor).distribution.probs[0]
+        values = values.cpu().numpy()
+        return ActionResult(
+            action=int(np.argmax(values)) - self.max_volume,
+            scores={index - self.max_volume: float(value) for index, value in enumerate(values)},
+        )
+
+    def save(self, directory: Path) -> None:
+        """``model.zip`` (SB3, no replay buffer) and ``agent.json`` (window, sizing, features, scaler)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save(directory / MODEL_FILE)
+        meta = {
+            "engine": "builtin",
+            "algorithm": self.algorithm,
+            "window": self.window,
+            "max_volume": self.max_volume,
+            "feature_columns": list(self.feature_columns),
+            "scaler": self.scaler.to_dict(),
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> BuiltinAgent:
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text())
+        model = ALGORITHMS[meta["algorithm"]].load(directory / MODEL_FILE, device=device)
+        return cls(
+            model,
+            algorithm=meta["algorithm"],
+            window=int(meta["window"]),
+            max_volume=int(meta["max_volume"]),
+            feature_columns=tuple(meta["feature_columns"]),
+            scaler=ObservationScaler.from_dict(meta["scaler"]),
+        )
+
+
+def make_env(
+    frame: pd.DataFrame, scaler: ObservationScaler, params: TradeMasterParams, *, shaping: bool
+) -> TradingEnv:
+    """A ``TradingEnv`` over one split; ``shaping`` adds the forward-return reward (training only)."""
+    return TradingEnv(
+        scaler.transform(frame[list(FEATURE_COLUMNS)].to_numpy(np.float64)),
+        frame[PRICE_COLUMN].to_numpy(np.float64),
+        window=params.backward_num_day,
+        max_volume=params.max_volume,
+        initial_amount=params.initial_amount,
+        transaction_cost_pct=params.transaction_cost_pct,
+        forward_num_day=params.forward_num_day,
+        future_weights=params.future_weights if shaping else 0.0,
+    )
+
+
+def build_model(algorithm: str, env: TradingEnv, params: TradeMasterParams, *, seed: int, steps_per_epoch: int) -> BaseAlgorithm:
+    """The SB3 algorithm with hyperparameters sized for short daily series."""
+    common: dict[str, Any] = {
+        "learning_rate": params.learning_rate,
+        "gamma": GAMMA,
+        "policy_kwargs": {"net_arch": list(params.hidden_dims)},
+        "seed": seed,
+        "device": params.device,
+        "verbose": 0,
+    }
+    if algorithm == "dqn":
+        return DQN(
+            "MlpPolicy",
+            env,
+            buffer_size=min(params.epochs * steps_per_epoch, MAX_REPLAY),
+            learning_starts=max(64, steps_per_epoch // 10),
+            batch_size=64,
+            train_freq=1,
+            gradient_steps=1,
+            target_update_interval=max(1, steps_per_epoch // 10),
+            exploration_fraction=params.explore_rate,
+            **common,
+        )
+    if algorithm == "ppo":
+        return PPO("MlpPolicy", env, n_steps=min(128, steps_per_epoch), batch_size=64, ent_coef=0.01, **common)
+    if algorithm == "a2c":
+        return A2C("MlpPolicy", env, ent_coef=0.01, **common)
+    raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
+
+
+@contextmanager
+def reproducible_torch(threads: int = 1) -> Iterator[None]:
+    """Deterministic kernels on few threads (small MLPs gain nothing from more); restored afterwards."""
+    previous = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
+
+
+class _EpochEvaluator(BaseCallback):
+    """At every epoch boundary: backtest greedily on train and valid, keep the best-on-valid
+    weights, report the epoch; stop training after the last one. Evaluation time is excluded from
+    the measured env steps/s."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        agent: BuiltinAgent,
+        splits: Splits,
+        cfg: RunConfig,
+        progress: Callable[[dict], None] | None,
+    ) -> None:
+        super().__init__()
+        self.engine, self.agent, self.splits, self.cfg, self.progress = engine, agent, splits, cfg, progress
+        self.steps_per_epoch = len(splits.train)
+        self.curve: list[dict] = []
+        self.best: dict[str, Any] = {}
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.learning_seconds = 0.0
+        self._mark = 0.0
+
+    def _on_training_start(self) -> None:
+        self._mark = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps % self.steps_per_epoch:
+            return True
+        seconds = time.perf_counter() - self._mark
+        self.learning_seconds += seconds
+        epoch, epochs = self.num_timesteps // self.steps_per_epoch, self.cfg.trademaster.epochs
+        train = self.engine.backtest(self.agent, self.splits.train, self.cfg).metrics
+        valid = self.engine.backtest(self.agent, self.splits.valid, self.cfg).metrics
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "timesteps": self.num_timesteps,
+            "train_total_return": train["total_return"],
+            "valid_total_return": valid["total_return"],
+            "valid_sharpe": valid["sharpe"],
+            "steps_per_s": self.steps_per_epoch / seconds,
+        }
+        if isinstance(self.model, DQN):
+            row["epsilon"] = self.model.exploration_rate
+        elif (entropy_loss := self.model.logger.name_to_value.get("train/entropy_loss")) is not None:
+            row["entropy"] = -float(entropy_loss)
+        self.curve.append(row)
+        if not self.best or row["valid_total_return"] > self.best["valid_total_return"]:
+            self.best = row
+            self.best_state = copy.deepcopy(self.model.policy.state_dict())
+        log.info(
+            "epoch %d/%d  timesteps %d  valid_return %+.1f%%  %.0f steps/s",
+            epoch, epochs, self.num_timesteps, 100 * row["valid_total_return"], row["steps_per_s"],
+        )
+        if self.progress is not None:
+            self.progress({**row, "epochs": epochs})
+        self._mark = time.perf_counter()
+        return epoch < epochs
+
+
+class BuiltinEngine(Engine):
+    """stable-baselines3 DQN / PPO / A2C on ``TradingEnv``."""
+
+    name = "builtin"
+
+    def train(
+        self,
+        splits: Splits,
+        cfg: RunConfig,
+        *,
+        progress: Callable[[dict], None] | None = None,
+        workdir: Path,
+    ) -> TrainResult:
+        """Train, keep the best-on-valid checkpoint, save it to ``workdir/agent`` and return it."""
+        started = time.perf_counter()
+        params = cfg.trademaster
+        scaler = ObservationScaler.fit(splits.train[list(FEATURE_COLUMNS)].to_numpy(np.float64))
+        with reproducible_torch():
+            set_random_seed(cfg.seed)
+            env = make_env(splits.train, scaler, params, shaping=True)
+            model = build_model(cfg.algorithm, env, params, seed=cfg.seed, steps_per_epoch=len(splits.train))
+            agent = BuiltinAgent(
+                model,
+                algorithm=cfg.algorithm,
+                window=params.backward_num_day,
+                max_volume=params.max_volume,
+                feature_columns=FEATURE_COLUMNS,
+                scaler=scaler,
+            )
+            evaluator = _EpochEvaluator(self, agent, splits, cfg, progress)
+            model.learn(total_timesteps=params.epochs * len(splits.train), callback=evaluator)
+            model.policy.load_state_dict(evaluator.best_state)
+        agent.save(Path(workdir) / "agent")
+        best = evaluator.best
+        return TrainResult(
+            agent=agent,
+            learning_curve=evaluator.curve,
+            best_epoch=int(best["epoch"]),
+            timesteps=model.num_timesteps,
+            train_seconds=time.perf_counter() - started,
+            env_steps_per_s=model.num_timesteps / evaluator.learning_seconds,
+            extra_metrics={
+                "best_valid_total_return": float(best["valid_total_return"]),
+                "best_valid_sharpe": float(best["valid_sharpe"]),
+                "best_train_total_return": float(best["train_total_return"]),
+            },
+        )
+
+    def load_agent(self, directory: Path) -> BuiltinAgent:
+        return BuiltinAgent.load(directory)

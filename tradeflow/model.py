@@ -1,0 +1,112 @@
+"""The trained agent as an MLflow pyfunc model, and its registration.
+
+Input: a DataFrame of the last ``window`` feature rows (``FEATURE_COLUMNS``), oldest first, with
+an optional ``position`` column (the current position in -1..1 of max exposure; last row used).
+Output: one row: ``action`` (target position, -max_volume..max_volume), ``suggestion``
+(BUY/SELL/HOLD) and ``score_<a>`` for every action ``a`` (Q-value or probability).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT_PATH = "model"
+AGENT_META = "agent_meta.json"
+
+
+def suggestion_for(action: int) -> str:
+    """Target position > 0 is a BUY, < 0 a SELL, flat a HOLD."""
+    return "BUY" if action > 0 else "SELL" if action < 0 else "HOLD"
+
+
+class TradingAgentModel(mlflow.pyfunc.PythonModel):
+    """Loads the engine's saved agent directory and acts on a feature window."""
+
+    def load_context(self, context: Any) -> None:
+        from tradeflow.engines import get_engine
+
+        agent_dir = Path(context.artifacts["agent"])
+        meta = json.loads((agent_dir / AGENT_META).read_text())
+        self.meta = meta
+        self.agent = get_engine(meta["engine"]).load_agent(agent_dir)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        columns = list(self.meta["feature_columns"])
+        window = int(self.meta["window"])
+        missing = [c for c in columns if c not in model_input.columns]
+        if missing:
+            raise ValueError(f"model input lacks feature columns: {', '.join(missing)}")
+        if len(model_input) < window:
+            raise ValueError(f"model input has {len(model_input)} rows; the agent needs a window of {window}")
+        frame = model_input.tail(window)
+        features = frame[columns].to_numpy(dtype=np.float32)
+        position = float(frame["position"].iloc[-1]) if "position" in frame.columns else 0.0
+        result = self.agent.act(features, position=position)
+        row: dict[str, Any] = {"action": int(result.action), "suggestion": suggestion_for(int(result.action))}
+        for action in range(-int(self.meta["max_volume"]), int(self.meta["max_volume"]) + 1):
+            row[f"score_{action}"] = float(result.scores.get(action, float("nan")))
+        return pd.DataFrame([row])
+
+
+def _signature(feature_columns: list[str], max_volume: int) -> ModelSignature:
+    inputs = Schema([ColSpec("double", c) for c in feature_columns] + [ColSpec("double", "position", required=False)])
+    outputs = Schema(
+        [ColSpec("long", "action"), ColSpec("string", "suggestion")]
+        + [ColSpec("double", f"score_{a}") for a in range(-max_volume, max_volume + 1)]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_agent_model(
+    agent: Any,
+    *,
+    engine: str,
+    input_example: pd.DataFrame,
+    workdir: Path,
+    extra_meta: dict[str, Any] | None = None,
+) -> str:
+    """Save the agent, log it as a pyfunc under ``model/`` of the active run; return the model URI."""
+    from tradeflow.tracking import PROJECT_ROOT
+
+    agent_dir = workdir / "agent"
+    agent_dir.mkdir(parents=True, exist_ok=True)
+    agent.save(agent_dir)
+    meta = {
+        "engine": engine,
+        "window": int(agent.window),
+        "max_volume": int(agent.max_volume),
+        "feature_columns": list(agent.feature_columns),
+        **(extra_meta or {}),
+    }
+    (agent_dir / AGENT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    example = input_example[list(agent.feature_columns)].tail(int(agent.window)).astype("float64")
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT_PATH,
+        python_model=TradingAgentModel(),
+        artifacts={"agent": str(agent_dir)},
+        code_paths=[str(PROJECT_ROOT / "tradeflow")],
+        signature=_signature(list(agent.feature_columns), int(agent.max_volume)),
+        input_example=example,
+    )
+    return info.model_uri
+
+
+def register_model(model_uri: str, name: str, alias: str, *, tags: dict[str, str] | None = None) -> str:
+    """Register ``model_uri`` under ``name``, point ``alias`` at the new version; return the version."""
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, alias, version.version)
+    log.info("registered %s version %s (alias @%s)", name, version.version, alias)
+    return str(version.version)

@@ -1,0 +1,191 @@
+"""The symbol-level parent run: chains the stage entry points as child runs, with a stage cache.
+
+    parent (pipeline) -> train_backtest -> inference -> review -> persist
+
+Only run ids and artifact URIs pass between stages. A stage whose FINISHED run exists with the same
+cache key (entry point, params, code version, data digest) is reused instead of re-run, unless
+``force``. The parent ends FAILED when a stage fails, naming the stage and its reason; finished
+children stay FINISHED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tradeflow.config import RunConfig
+from tradeflow.projects import StageOutcome, run_entry_point
+from tradeflow.tracking import (
+    TAG_DATA_DIGEST,
+    TAG_EXECUTION_ID,
+    TAG_FAILURE,
+    TAG_SYMBOL,
+    code_version,
+    stage_run,
+)
+
+log = logging.getLogger(__name__)
+
+STAGES_BY_MODE: dict[str, tuple[str, ...]] = {
+    "both": ("train_backtest", "inference", "review", "persist"),
+    "train_backtest": ("train_backtest",),
+    "inference": ("inference", "review", "persist"),
+}
+TAG_CACHE_KEY = "tradeflow.cache_key"
+TAG_FAILED_STAGE = "tradeflow.failed_stage"
+ARTIFACTS = {"pipeline_summary.json": "stage runs (reused or not), durations, the final decision"}
+
+
+class StageFailed(RuntimeError):
+    """A child stage ended FAILED; the message names the stage, its run and its reason."""
+
+
+@dataclass
+class PipelineState:
+    """What later stages need from earlier ones: ids and URIs only."""
+
+    model_uri: str | None = None
+    evidence_uri: str | None = None
+    review_run_id: str | None = None
+    decision: dict = field(default_factory=dict)
+
+
+def stage_config_json(cfg: RunConfig) -> str:
+    """The config handed to stages: everything but the pipeline-only ``mode`` (so a training run
+    made in mode ``train_backtest`` is reused by mode ``both``)."""
+    layer = cfg.to_layer()
+    layer.pop("mode", None)
+    return json.dumps(layer, sort_keys=True, separators=(",", ":"))
+
+
+def cache_key(entry_point: str, params: dict[str, str], *, code: str, data_digest: str, extra: dict | None = None) -> str:
+    payload = json.dumps({"entry_point": entry_point, "params": params, "code": code,
+                          "data": data_digest, **(extra or {})}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def find_cached(client: MlflowClient, experiment_id: str, key: str) -> str | None:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_CACHE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool = False,
+                 dag_id: str = "", task_id: str = "") -> dict:
+    """Run the stages of ``cfg.mode`` under one parent run; return the summary."""
+    from tradeflow.data import load_market_data
+    from tradeflow.steps.inference import resolve_model
+    from tradeflow.webui import DAG_ID
+
+    client = MlflowClient()
+    with stage_run("pipeline", experiment_name=cfg.experiment_name, tags={TAG_SYMBOL: cfg.symbol}) as parent:
+        parent_id = parent.info.run_id
+        execution_id = execution_id or parent_id
+        mlflow.set_tags({TAG_EXECUTION_ID: execution_id, "tradeflow.mode": cfg.mode, "tradeflow.force": str(force).lower()})
+        mlflow.log_params(cfg.flat_params())
+        if cfg.adjustments:
+            mlflow.set_tag("tradeflow.config_adjustments", "; ".join(cfg.adjustments))
+        mlflow.log_dict(json.loads(cfg.to_json()), "config/resolved_config.json")
+
+        # Cheap checks before any child run: the data loads and validates, a model exists.
+        market = load_market_data(cfg)
+        mlflow.set_tag(TAG_DATA_DIGEST, market.digest)
+        state = PipelineState()
+        if cfg.mode == "inference":
+            state.model_uri = resolve_model(cfg, None, client).uri
+
+        code = code_version()
+        config_json = stage_config_json(cfg)
+        outcomes: list[StageOutcome] = []
+        for stage in STAGES_BY_MODE[cfg.mode]:
+            params = _stage_params(stage, cfg, state, config_json, execution_id=execution_id,
+                                   dag_id=dag_id or DAG_ID, task_id=task_id or "pipeline")
+            extra = {"backend": os.environ.get("BACKEND_API_URL", "")} if stage == "persist" else None
+            key = cache_key(stage, params, code=code, data_digest=market.digest, extra=extra)
+            outcome = _run_or_reuse(client, stage, params, key, parent, force=force)
+            outcomes.append(outcome)
+            mlflow.set_tags({f"tradeflow.stage.{stage}.run_id": outcome.run_id,
+                             f"tradeflow.stage.{stage}.reused": str(outcome.reused).lower()})
+            mlflow.log_metric(f"stage_{stage}_seconds", outcome.seconds)
+            if not outcome.ok:
+                mlflow.set_tag(TAG_FAILED_STAGE, stage)
+                _write_summary(cfg, execution_id, outcomes, state)
+                raise StageFailed(f"{cfg.symbol}: stage {stage} failed (run {outcome.run_id}): {outcome.failure}")
+            _collect(stage, outcome.run_id, client, state)
+
+        summary = _write_summary(cfg, execution_id, outcomes, state)
+        if state.decision:
+            mlflow.set_tags({"tradeflow.decision.action": state.decision["action"]})
+            mlflow.log_metric("decision_confidence", float(state.decision["confidence"]))
+        reused = sum(o.reused for o in outcomes)
+        print(f"{cfg.symbol}: pipeline {cfg.mode} finished: " + ", ".join(
+            f"{o.entry_point} {o.run_id[:8]}{' (cached)' if o.reused else ''}" for o in outcomes)
+            + (f"; decision {state.decision['action']} {state.decision['confidence']:.2f}" if state.decision else "")
+            + (f"; {reused} stage(s) reused" if reused else ""), flush=True)
+        return summary
+
+
+def _stage_params(stage: str, cfg: RunConfig, state: PipelineState, config_json: str, *,
+                  execution_id: str, dag_id: str, task_id: str) -> dict[str, str]:
+    if stage == "train_backtest":
+        return {"symbol": cfg.symbol, "config": config_json}
+    if stage == "inference":
+        return {"symbol": cfg.symbol, "model_uri": state.model_uri or "", "config": config_json}
+    if stage == "review":
+        return {"evidence_uri": state.evidence_uri or "", "config": config_json}
+    if stage == "persist":
+        return {"review_run_id": state.review_run_id or "", "execution_id": execution_id,
+                "dag_id": dag_id, "task_id": task_id}
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def _run_or_reuse(client: MlflowClient, stage: str, params: dict[str, str], key: str, parent, *, force: bool) -> StageOutcome:
+    experiment_id = parent.info.experiment_id
+    if not force:
+        cached = find_cached(client, experiment_id, key)
+        if cached:
+            log.info("stage %s: reusing FINISHED run %s (same params, code and data)", stage, cached)
+            return StageOutcome(stage, cached, "FINISHED", 0.0, reused=True, params=params)
+    outcome = run_entry_point(stage, params, experiment_id=experiment_id, parent_run_id=parent.info.run_id,
+                              run_name=f"{stage}")
+    if outcome.ok:
+        client.set_tag(outcome.run_id, TAG_CACHE_KEY, key)
+    return outcome
+
+
+def _collect(stage: str, run_id: str, client: MlflowClient, state: PipelineState) -> None:
+    """Read what the next stage needs from a finished stage run."""
+    tags = client.get_run(run_id).data.tags
+    if stage == "train_backtest":
+        name, version = tags.get("tradeflow.model_name"), tags.get("tradeflow.model_version")
+        state.model_uri = f"models:/{name}/{version}" if name and version else f"runs:/{run_id}/model"
+    elif stage == "inference":
+        state.evidence_uri = f"runs:/{run_id}/evidence.json"
+    elif stage == "review":
+        state.review_run_id = run_id
+        decision = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/decision.json"))
+        state.decision = {"action": decision["decision"]["action"], "confidence": decision["decision"]["confidence"],
+                          "fallback_reason": decision.get("fallback_reason"), "review_run_id": run_id}
+
+
+def _write_summary(cfg: RunConfig, execution_id: str, outcomes: list[StageOutcome], state: PipelineState) -> dict:
+    summary = {
+        "symbol": cfg.symbol, "mode": cfg.mode, "execution_id": execution_id,
+        "stages": [{k: v for k, v in asdict(o).items() if k != "params"} for o in outcomes],
+        "decision": state.decision or None, "model_uri": state.model_uri,
+    }
+    mlflow.log_dict(summary, "pipeline_summary.json")
+    return summary
+
+
+__all__ = ["run_pipeline", "StageFailed", "STAGES_BY_MODE", "TAG_CACHE_KEY", "TAG_FAILED_STAGE", "TAG_FAILURE"]

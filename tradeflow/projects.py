@@ -1,0 +1,96 @@
+"""Run an MLproject entry point as a child run of a given parent, through ``mlflow.projects.run``.
+
+Nesting is done by tagging ``mlflow.parentRunId`` on the submitted run instead of resuming the
+parent with ``mlflow.start_run(run_id=parent)``: resuming flips the parent's status on exit and is
+not safe when several threads (Airflow mapped tasks, batch fan-out) nest under one parent.
+The child keeps every tag ``mlflow.projects.run`` writes (entry point, params, git commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import mlflow.projects
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What a child run ended as. ``failure`` is the child's one-line reason when it failed."""
+
+    entry_point: str
+    run_id: str
+    status: str
+    seconds: float
+    failure: str | None = None
+    reused: bool = False
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "FINISHED"
+
+
+def run_entry_point(
+    entry_point: str,
+    parameters: dict[str, str],
+    *,
+    experiment_id: str,
+    parent_run_id: str | None,
+    project_uri: str | Path = PROJECT_ROOT,
+    env_manager: str | None = None,
+    run_name: str | None = None,
+) -> StageOutcome:
+    """Run one entry point to completion as a child of ``parent_run_id``; never raises on failure.
+
+    ``env_manager`` defaults to ``TRADEFLOW_ENV_MANAGER`` or ``local`` (the worker's environment).
+    """
+    env_manager = env_manager or os.environ.get("TRADEFLOW_ENV_MANAGER", "local")
+    client = MlflowClient()
+    started = time.perf_counter()
+    # A stray MLFLOW_RUN_ID (we may be running inside another entry point) must not leak into
+    # how mlflow resolves the active run for the child.
+    inherited = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        submitted = mlflow.projects.run(
+            uri=str(project_uri),
+            entry_point=entry_point,
+            parameters=parameters,
+            experiment_id=experiment_id,
+            env_manager=env_manager,
+            synchronous=False,
+            run_name=run_name,
+        )
+    finally:
+        if inherited is not None:
+            os.environ["MLFLOW_RUN_ID"] = inherited
+    run_id = submitted.run_id
+    if parent_run_id:
+        client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent_run_id)
+    succeeded = submitted.wait()
+    status = client.get_run(run_id).info.status
+    if not RunStatus.is_terminated(RunStatus.from_string(status)):
+        # The process ended without closing its run (killed, or env build failure).
+        status = "FINISHED" if succeeded else "FAILED"
+        client.set_terminated(run_id, status)
+    failure = None
+    if status != "FINISHED":
+        failure = client.get_run(run_id).data.tags.get(TAG_FAILURE) or (
+            f"entry point '{entry_point}' exited non-zero (run {run_id})"
+        )
+        if TAG_FAILURE not in client.get_run(run_id).data.tags:
+            client.set_tag(run_id, TAG_FAILURE, failure)
+    seconds = time.perf_counter() - started
+    log.info("stage %s run %s %s in %.1fs", entry_point, run_id, status, seconds)
+    return StageOutcome(entry_point, run_id, status, seconds, failure, params=dict(parameters))

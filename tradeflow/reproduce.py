@@ -1,0 +1,104 @@
+"""Re-run a past stage run from what MLflow recorded, and say whether its metrics match.
+
+The run is re-executed from a fresh clone at the recorded commit (never touching the user's
+working tree), with the recorded entry point and parameters, as a child of the ``reproduce`` run.
+Timing metrics are not compared; every other metric must match exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
+
+from tradeflow.projects import run_entry_point
+from tradeflow.tracking import PROJECT_ROOT, TAG_CODE_VERSION, TAG_DATA_DIGEST, stage_run
+
+REPRODUCIBLE = ("train_backtest", "inference", "review")
+VOLATILE_SUFFIXES = ("_seconds", "_per_s", "latency_s")
+ARTIFACTS = {"comparison.json": "metric by metric: original, reproduced, match"}
+
+
+class NotReproducible(ValueError):
+    """The run lacks what a reproduction needs (one line, says what)."""
+
+
+def recorded_invocation(run_id: str, client: MlflowClient | None = None) -> dict:
+    """Entry point, MLproject params and commit of a past run, or ``NotReproducible``."""
+    client = client or MlflowClient()
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    entry_point = tags.get(MLFLOW_PROJECT_ENTRY_POINT)
+    commit = tags.get(MLFLOW_GIT_COMMIT)
+    if entry_point not in REPRODUCIBLE:
+        raise NotReproducible(f"run {run_id} was made by entry point {entry_point!r}; reproducible: {', '.join(REPRODUCIBLE)}")
+    if not commit:
+        raise NotReproducible(f"run {run_id} has no git commit tag; it was not started by `mlflow run` from a git checkout")
+    declared = _declared_params(entry_point)
+    params = {k: v for k, v in run.data.params.items() if k in declared}
+    return {"run": run, "entry_point": entry_point, "commit": commit, "params": params,
+            "dirty": "+dirty" in tags.get(TAG_CODE_VERSION, "")}
+
+
+def _declared_params(entry_point: str) -> set[str]:
+    from mlflow.projects._project_spec import load_project
+
+    return set(load_project(str(PROJECT_ROOT)).get_entry_point(entry_point).parameters)
+
+
+def compare_metrics(original: dict[str, float], reproduced: dict[str, float]) -> list[dict]:
+    rows = []
+    for name in sorted(set(original) | set(reproduced)):
+        if name.endswith(VOLATILE_SUFFIXES):
+            continue
+        a, b = original.get(name), reproduced.get(name)
+        same = a is not None and b is not None and (a == b or (math.isnan(a) and math.isnan(b)))
+        rows.append({"metric": name, "original": a, "reproduced": b, "match": same})
+    return rows
+
+
+def reproduce(run_id: str, experiment_name: str) -> dict:
+    client = MlflowClient()
+    invocation = recorded_invocation(run_id, client)
+    original = invocation["run"]
+    with stage_run("reproduce", experiment_name=experiment_name, tags={"tradeflow.reproduction_of": run_id}) as run, \
+            tempfile.TemporaryDirectory(prefix="tradeflow-reproduce-") as tmp:
+        mlflow.log_params({"reproduce.run_id": run_id, "reproduce.entry_point": invocation["entry_point"],
+                           "reproduce.commit": invocation["commit"]})
+        if invocation["dirty"]:
+            mlflow.set_tag("reproduce.warning", "original run was made from uncommitted changes; reproduced at its base commit")
+        source = Path(tmp) / "src"
+        checkout(invocation["commit"], source)
+        os.environ["TRADEFLOW_REPRODUCTION_OF"] = run_id  # the re-run must not move registry aliases
+        outcome = run_entry_point(invocation["entry_point"], invocation["params"], project_uri=source,
+                                  experiment_id=original.info.experiment_id, parent_run_id=run.info.run_id)
+        if not outcome.ok:
+            raise RuntimeError(f"reproduction of {run_id} failed (run {outcome.run_id}): {outcome.failure}")
+        again = client.get_run(outcome.run_id)
+        rows = compare_metrics(original.data.metrics, again.data.metrics)
+        same_data = original.data.tags.get(TAG_DATA_DIGEST) == again.data.tags.get(TAG_DATA_DIGEST)
+        match = bool(rows) and all(r["match"] for r in rows) and same_data
+        mlflow.log_dict({"original_run_id": run_id, "reproduced_run_id": outcome.run_id, "same_data": same_data,
+                         "match": match, "metrics": rows}, "comparison.json")
+        mlflow.set_tags({"reproduce.match": str(match).lower(), "reproduce.reproduced_run_id": outcome.run_id})
+        mlflow.log_metrics({"mismatched_metrics": float(sum(not r["match"] for r in rows)),
+                            "compared_metrics": float(len(rows))})
+        verdict = "MATCH" if match else "MISMATCH"
+        print(f"reproduce {run_id} -> {outcome.run_id}: {verdict} ({len(rows)} metrics compared, "
+              f"{sum(not r['match'] for r in rows)} differ; same data: {same_data})", flush=True)
+        return {"run_id": run.info.run_id, "reproduced_run_id": outcome.run_id, "match": match, "metrics": rows}
+
+
+def checkout(commit: str, destination: Path, repo: Path = PROJECT_ROOT) -> None:
+    """A clean clone of ``repo`` at ``commit`` (shares objects; the user's tree is untouched)."""
+    subprocess.run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(destination)], check=True)
+    result = subprocess.run(["git", "-C", str(destination), "checkout", "--quiet", commit],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NotReproducible(f"commit {commit} is not in {repo}: {result.stderr.strip()}")

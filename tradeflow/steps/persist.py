@@ -1,0 +1,100 @@
+"""Step 4: publish the reviewed decision to the trading WebUI as ``signal``, ``llm`` and ``chart``
+artifacts whose ``run_id``/``experiment_id`` point back at the review run.
+
+Idempotent per (execution_id, step_name, symbol, type): a retried task or a re-run with the same
+execution id patches the existing artifacts instead of adding new ones. With no
+``BACKEND_API_URL`` the step is skipped and says so (tag ``webui.persist=skipped`` + output).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tradeflow.config import RunConfig
+from tradeflow.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, stage_run
+
+log = logging.getLogger(__name__)
+
+STAGE = "persist"
+ARTIFACTS = {"webui_artifacts.json": "ids of the WebUI artifacts written (or why none were)"}
+
+
+def review_record(review_run_id: str, client: MlflowClient | None = None) -> dict[str, Any]:
+    """Everything persist needs from the review run (fails clearly if it is not a finished review)."""
+    client = client or MlflowClient()
+    run = client.get_run(review_run_id)
+    if run.info.status != "FINISHED" or run.data.tags.get("tradeflow.stage") != "review":
+        raise ValueError(f"run {review_run_id} is not a FINISHED review run (status {run.info.status})")
+    base = f"runs:/{review_run_id}"
+    decision = json.loads(mlflow.artifacts.load_text(f"{base}/decision.json"))
+    signal_data = json.loads(mlflow.artifacts.load_text(f"{base}/signal_data.json"))
+    evidence = json.loads(mlflow.artifacts.load_text(f"{base}/evidence.json"))
+    transcript = mlflow.artifacts.load_text(f"{base}/autogen_conversation.jsonl")
+    evidence_uri = run.data.params.get("review.evidence_uri", "")
+    chart_uri = None
+    if evidence_uri.startswith("runs:/"):
+        inference_run = client.get_run(evidence_uri.removeprefix("runs:/").split("/", 1)[0])
+        chart_uri = f"{inference_run.info.artifact_uri}/plots/price.png"
+    return {
+        "run": run, "decision": decision, "signal_data": signal_data, "evidence": evidence,
+        "transcript_lines": [json.loads(line) for line in transcript.splitlines() if line.strip()],
+        "transcript_uri": f"{run.info.artifact_uri}/autogen_conversation.jsonl", "chart_uri": chart_uri,
+    }
+
+
+def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, task_id: str) -> list[dict[str, Any]]:
+    """The three contract-shaped payloads, lineage included."""
+    from tradeflow import webui
+
+    run = record["run"]
+    symbol = record["signal_data"]["symbol"]
+    decision = record["decision"]["decision"]
+    lineage = {"symbol": symbol, "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+               "workflow_id": dag_id, "dag_id": dag_id, "execution_id": execution_id, "task_id": task_id}
+    prompt = next((line["content"] for line in record["transcript_lines"] if line.get("agent") in ("user", "task")), "")
+    response = decision["rationale"] + ("\nKey factors: " + "; ".join(decision["key_factors"]) if decision.get("key_factors") else "")
+    meta = {"analysis_method": "trademaster_autogen", "mlflow_run_id": run.info.run_id,
+            "model_uri": record["evidence"]["model"].get("uri"), "fallback_reason": record["decision"].get("fallback_reason")}
+    payloads = [
+        webui.signal_artifact(action=decision["action"], confidence=float(decision["confidence"]),
+                              signal_data=record["signal_data"], metadata=meta, **lineage),
+        webui.llm_artifact(prompt=prompt, response=response, model_name=record["decision"]["model_used"],
+                           metadata={**meta, "transcript_uri": record["transcript_uri"],
+                                     "messages": len(record["transcript_lines"])}, **lineage),
+    ]
+    if record["chart_uri"]:
+        payloads.append(webui.chart_artifact(image_path=record["chart_uri"], chart_type="price",
+                                             metadata=meta, **lineage))
+    return payloads
+
+
+def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_id: str, task_id: str) -> dict:
+    from tradeflow.webui import WebUIClient
+
+    tags = {TAG_SYMBOL: cfg.symbol, TAG_EXECUTION_ID: execution_id}
+    with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
+        mlflow.log_params({"persist.review_run_id": review_run_id, "persist.execution_id": execution_id,
+                           "persist.dag_id": dag_id, "persist.task_id": task_id})
+        record = review_record(review_run_id)
+        client = WebUIClient.from_env()
+        if client is None:
+            message = "BACKEND_API_URL is not set: WebUI persistence skipped (decision kept in MLflow only)"
+            mlflow.set_tag("webui.persist", "skipped")
+            mlflow.log_dict({"skipped": message}, "webui_artifacts.json")
+            print(f"{cfg.symbol}: {message}", flush=True)
+            return {"run_id": run.info.run_id, "skipped": True, "artifacts": []}
+        written = []
+        for payload in build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id):
+            row, created = client.upsert_artifact(payload)
+            written.append({"type": payload["type"], "id": row["id"], "created": created})
+            mlflow.set_tag(f"webui.{payload['type']}_id", str(row["id"]))
+        mlflow.set_tags({"webui.persist": "done", "webui.url": client.base_url})
+        mlflow.log_dict({"artifacts": written}, "webui_artifacts.json")
+        summary = ", ".join(f"{w['type']} #{w['id']} ({'created' if w['created'] else 'updated'})" for w in written)
+        print(f"{cfg.symbol}: WebUI artifacts {summary} for execution {execution_id}", flush=True)
+        return {"run_id": run.info.run_id, "skipped": False, "artifacts": written}

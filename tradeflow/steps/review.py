@@ -1,0 +1,89 @@
+"""Step 3: the AutoGen team reviews the evidence and emits an auditable decision.
+
+A model failure never crashes the step: the team's guardrails turn it into HOLD with confidence 0,
+and this step labels the run ``review.fallback=true`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from tradeflow.config import RunConfig
+from tradeflow.tracking import TAG_SYMBOL, stage_run
+
+log = logging.getLogger(__name__)
+
+STAGE = "review"
+ARTIFACTS = {
+    "autogen_conversation.jsonl": "one line per message: agent, type, content, tokens, timestamp",
+    "decision.json": "the validated TradeDecision, guardrail notes and fallback reason",
+    "signal_data.json": "the WebUI signal_data payload (TradingSignal rules checked)",
+    "evidence.json": "a copy of the evidence reviewed (so the run stands alone)",
+}
+
+
+def load_evidence(evidence_uri: str) -> dict[str, Any]:
+    """Read evidence.json from a local path or any MLflow artifact URI (``runs:/...``)."""
+    path = Path(evidence_uri)
+    if path.is_file():
+        text = path.read_text()
+    else:
+        try:
+            text = mlflow.artifacts.load_text(evidence_uri)
+        except Exception as exc:
+            raise LookupError(f"evidence_uri {evidence_uri!r} cannot be read: {' '.join(str(exc).split())[:300]}") from None
+    try:
+        evidence = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"evidence_uri {evidence_uri!r} is not JSON ({exc.msg})") from None
+    missing = [k for k in ("symbol", "indicators", "model", "latest_bars") if k not in evidence]
+    if missing:
+        raise ValueError(f"evidence {evidence_uri!r} lacks {', '.join(missing)}; produce it with the inference entry point")
+    return evidence
+
+
+def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> dict:
+    from review_agents import describe_client, review, signal_payload
+
+    with stage_run(STAGE, experiment_name=cfg.experiment_name, tags={TAG_SYMBOL: cfg.symbol}) as run:
+        client_info = describe_client(cfg.review)
+        mlflow.log_params({"review.evidence_uri": evidence_uri,
+                           **{f"review.{k}": v for k, v in client_info.items()},
+                           **{k: v for k, v in cfg.flat_params().items() if k.startswith("cfg.review.")}})
+        outcome = review(evidence, cfg.review)
+        decision = outcome.decision
+        signal_data = signal_payload(outcome, evidence)
+
+        lines = "\n".join(json.dumps(line, sort_keys=True, default=str) for line in outcome.transcript)
+        mlflow.log_text(lines + "\n", "autogen_conversation.jsonl")
+        mlflow.log_dict({"decision": decision.model_dump(mode="json"), "fallback_reason": outcome.fallback_reason,
+                         "guardrail_notes": list(outcome.guardrail_notes), "model_used": outcome.model_used,
+                         "evidence_uri": evidence_uri}, "decision.json")
+        mlflow.log_dict(signal_data, "signal_data.json")
+        mlflow.log_dict(evidence, "evidence.json")
+        mlflow.log_metrics({
+            "confidence": float(decision.confidence),
+            "prompt_tokens": float(outcome.usage.get("prompt_tokens", 0)),
+            "completion_tokens": float(outcome.usage.get("completion_tokens", 0)),
+            "total_tokens": float(outcome.usage.get("total_tokens", 0)),
+            "latency_s": float(outcome.latency_s),
+            "messages": float(outcome.messages),
+        })
+        mlflow.set_tags({
+            "review.action": decision.action,
+            "review.model_used": outcome.model_used,
+            "review.fallback": str(outcome.fallback_reason is not None).lower(),
+            **({"review.fallback_reason": outcome.fallback_reason} if outcome.fallback_reason else {}),
+            **({"review.guardrails": "; ".join(outcome.guardrail_notes)[:5000]} if outcome.guardrail_notes else {}),
+        })
+        label = f" (FALLBACK: {outcome.fallback_reason})" if outcome.fallback_reason else ""
+        print(f"{cfg.symbol}: review decision {decision.action} confidence {decision.confidence:.2f} "
+              f"by {outcome.model_used}{label}; {outcome.messages} messages, "
+              f"{outcome.usage.get('total_tokens', 0)} tokens, {outcome.latency_s:.2f}s", flush=True)
+        return {"run_id": run.info.run_id, "action": decision.action, "confidence": decision.confidence,
+                "fallback_reason": outcome.fallback_reason}

@@ -1,0 +1,623 @@
+"""Client for the trading WebUI backend (``shared/contracts/webui-backend.md``), over HTTP only.
+
+What it adds on top of ``requests``, and why:
+
+- Retries with exponential backoff on connection errors, timeouts, 5xx and 429 (``Retry-After``
+  honoured when small), then one clear line in ``WebUIError``: Airflow shows that line.
+- Idempotent artifact writes: the service does not deduplicate, so ``upsert_artifact`` looks the
+  artifact up by (execution_id, step_name, symbol, type) and PATCHes it, else POSTs; a POST that
+  failed ambiguously is never blindly re-sent (the row may already exist).
+- Payloads are filtered to the contract's columns: any other key makes the service answer 500.
+- The bearer token (``BACKEND_API_TOKEN``) lives in the session headers only; it is never logged
+  and never part of an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import PurePath
+from typing import Any, Final
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import requests
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ARTIFACT_KEYS",
+    "ARTIFACT_TYPES",
+    "COMMON_KEYS",
+    "DAG_ID",
+    "STEP_CHART",
+    "STEP_LLM",
+    "STEP_SIGNAL",
+    "WebUIClient",
+    "WebUIError",
+    "WebUINotFoundError",
+    "chart_artifact",
+    "check_trading_signal",
+    "clean_artifact_payload",
+    "llm_artifact",
+    "signal_artifact",
+]
+
+DAG_ID: Final = "trademaster_autogen_pipeline_workflow"
+STEP_SIGNAL: Final = "trademaster_autogen_decision"
+STEP_LLM: Final = "trademaster_autogen_review"
+STEP_CHART: Final = "trademaster_autogen_chart"
+
+ARTIFACT_TYPES: Final = ("llm", "chart", "signal")
+COMMON_KEYS: Final = frozenset({"name", "type", "symbol", "run_id", "experiment_id", "workflow_id",
+                                "execution_id", "step_name", "dag_id", "task_id", "metadata"})
+#: The keys the contract allows per artifact type; anything else is dropped before sending.
+ARTIFACT_KEYS: Final[Mapping[str, frozenset[str]]] = {
+    "llm": COMMON_KEYS | {"prompt", "response", "model_name"},
+    "chart": COMMON_KEYS | {"image_path", "chart_type", "chart_data"},
+    "signal": COMMON_KEYS | {"action", "confidence", "signal_data"},
+}
+#: The identity of an artifact for idempotency (the service has no unique key of its own).
+IDENTITY_KEYS: Final = ("execution_id", "step_name", "symbol", "type")
+
+ACTIONS: Final = ("BUY", "SELL", "HOLD")
+RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+PAGE_SIZE: Final = 500
+
+
+class WebUIError(RuntimeError):
+    """The backend could not be used; ``str(err)`` is one line naming the URL and the endpoint."""
+
+    def __init__(self, message: str, *, endpoint: str = "", status: int | None = None) -> None:
+        super().__init__(" ".join(message.split()))
+        self.endpoint = endpoint
+        self.status = status
+
+
+class WebUINotFoundError(WebUIError):
+    """A 404 where the caller needs the thing to exist (e.g. no cached market data)."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: Any
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
+class WebUIClient:
+    """Talks to one WebUI backend. ``retries`` is the total number of tries per request (>= 1)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float | tuple[float, float] = (3.05, 15),
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        api_token: str | None = None,
+        max_retry_after_s: float = 10.0,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        parts = urlsplit(base_url.strip())
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f"WebUI base URL must be http(s)://host[:port], got {base_url!r}")
+        if retries < 1 or backoff_s < 0 or page_size < 1:
+            raise ValueError("retries must be >= 1, backoff_s >= 0 and page_size >= 1")
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        #: Safe to log: credentials in the URL move to the session, a trailing slash is dropped.
+        self.base_url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        self.page_size = page_size
+        self._session = requests.Session()
+        self._session.headers.update({"Accept": "application/json", "User-Agent": "tradeflow-webui"})
+        if parts.username:
+            self._session.auth = (parts.username, parts.password or "")
+        if api_token:
+            self._session.headers["Authorization"] = f"Bearer {api_token}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> WebUIClient | None:
+        """``BACKEND_API_URL`` (+ optional ``BACKEND_API_TOKEN``), or None when the URL is unset/empty."""
+        url = (environ.get("BACKEND_API_URL") or "").strip()
+        if not url:
+            return None
+        return cls(url, api_token=(environ.get("BACKEND_API_TOKEN") or "").strip() or None, **kwargs)
+
+    def __repr__(self) -> str:
+        token = ", api_token=***" if "Authorization" in self._session.headers else ""
+        return f"WebUIClient({self.base_url!r}{token})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> WebUIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # workflow symbols ---------------------------------------------------------------------------
+
+    def list_workflow_symbols(self, enabled_only: bool = True) -> list[dict[str, Any]]:
+        """All workflow symbols, service order (priority desc, symbol). Trailing slash: no 307."""
+        body = self._call("GET", "/api/workflow-symbols/",
+                          params={"enabled_only": "true" if enabled_only else "false"}).body
+        if not isinstance(body, list) or not all(isinstance(row, dict) for row in body):
+            raise self._shape_error("GET /api/workflow-symbols/", "a JSON array of objects", body)
+        return body
+
+    def assigned_symbols(self, dag_id: str, *, max_symbols: int) -> list[dict[str, Any]]:
+        """Enabled symbols with an ACTIVE link to ``dag_id``, priority desc then symbol, at most
+        ``max_symbols``. Each: symbol, name, conid, workflow_symbol_id, priority, link_id,
+        link_priority, config (the link's ``config``; ``{}`` when null)."""
+        if max_symbols < 1:
+            raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
+        assigned = []
+        for row in self.list_workflow_symbols(enabled_only=True):
+            if row.get("enabled") is not True:
+                continue  # the query already filters; do not trust it with a trading decision
+            links = [link for link in row.get("workflows") or []
+                     if link.get("dag_id") == dag_id and link.get("is_active") is True]
+            if not links:
+                continue
+            if len(links) > 1:
+                log.warning("WebUI symbol %s has %d active links to %s; using link %s",
+                            row.get("symbol"), len(links), dag_id, links[0].get("link_id"))
+            link = links[0]
+            assigned.append({
+                "symbol": row["symbol"], "name": row.get("name"), "conid": row.get("conid"),
+                "workflow_symbol_id": row.get("id"), "priority": row.get("priority") or 0,
+                "link_id": link.get("link_id"), "link_priority": link.get("priority") or 0,
+                "config": link.get("config") if link.get("config") is not None else {},
+            })
+        assigned.sort(key=lambda item: (-item["priority"], item["symbol"]))
+        if len(assigned) > max_symbols:
+            dropped = [item["symbol"] for item in assigned[max_symbols:]]
+            log.warning("WebUI assigns %d symbols to %s; keeping the first %d by priority, dropping %s",
+                        len(assigned), dag_id, max_symbols, ", ".join(dropped))
+        return assigned[:max_symbols]
+
+    def get_workflow_symbol(self, symbol: str) -> dict[str, Any] | None:
+        """One workflow symbol, or None when unknown or refused by the service's symbol rule."""
+        reply = self._call("GET", f"/api/workflow-symbols/{quote(symbol.strip(), safe='')}", accept=(400, 404))
+        if reply.status == 400:
+            log.warning("WebUI refused symbol %r (400: its symbols must match ^[A-Z]{1,10}$, so e.g. BRK.B"
+                        " cannot be configured there); treating it as not configured", symbol)
+            return None
+        if reply.status == 404:
+            return None
+        if not isinstance(reply.body, dict):
+            raise self._shape_error("GET /api/workflow-symbols/{symbol}", "a JSON object", reply.body)
+        return reply.body
+
+    def link_config(self, symbol: str, dag_id: str) -> dict[str, Any] | None:
+        """The per-symbol config layer of ``symbol``'s link to ``dag_id`` (``{}`` when null); the
+        active link wins, an inactive one still counts (a manual run keeps its overrides); None
+        when the symbol or the link does not exist."""
+        row = self.get_workflow_symbol(symbol)
+        if row is None:
+            return None
+        links = [link for link in row.get("workflows") or [] if link.get("dag_id") == dag_id]
+        if not links:
+            return None
+        link = next((link for link in links if link.get("is_active") is True), links[0])
+        return link.get("config") if link.get("config") is not None else {}
+
+    # market data ------------------------------------------------------------------------------
+
+    def get_market_data_cache(self, symbol: str, data_type: str = "daily") -> dict[str, Any]:
+        """``{"symbol", "count", "data": [entries, newest first]}``; the symbol's case is kept as
+        given (the service matches it exactly). Raises ``WebUINotFoundError`` when none is cached."""
+        path = f"/api/market-data/cache/{quote(symbol, safe='')}"
+        reply = self._call("GET", path, params={"data_type": data_type}, accept=(404,))
+        if reply.status == 404:
+            raise WebUINotFoundError(
+                f"WebUI backend at {self.base_url} has no cached {data_type} market data for {symbol!r}"
+                " (the symbol's case must match exactly)", endpoint=f"GET {path}", status=404)
+        if not isinstance(reply.body, dict) or not isinstance(reply.body.get("data"), list):
+            raise self._shape_error(f"GET {path}", 'an object with a "data" list', reply.body)
+        return reply.body
+
+    # artifacts --------------------------------------------------------------------------------
+
+    def list_artifacts(
+        self,
+        *,
+        type: str | None = None,  # noqa: A002 - the service's own parameter name
+        symbol: str | None = None,
+        execution_id: str | None = None,
+        step_name: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Artifacts newest first. ``type``/``symbol``/``execution_id`` filter on the service,
+        ``step_name`` here (the service has no such filter). Without ``limit`` every match is
+        returned (one more request with a larger limit when ``total`` says some were left out);
+        with it, ``limit`` applies on the service, before the ``step_name`` filter."""
+        params = {k: v for k, v in (("type", type), ("symbol", symbol), ("execution_id", execution_id))
+                  if v is not None}
+        rows, total = self._artifact_page(params, limit or self.page_size)
+        if limit is None and total > len(rows):
+            rows, total = self._artifact_page(params, total)
+        if step_name is not None:
+            rows = [row for row in rows if row.get("step_name") == step_name]
+        return rows
+
+    def _artifact_page(self, params: dict[str, str], limit: int, tries: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        body = self._call("GET", "/api/artifacts/", params={**params, "limit": str(limit)}, tries=tries).body
+        if (not isinstance(body, dict) or not isinstance(body.get("artifacts"), list)
+                or not isinstance(body.get("total"), int)):
+            raise self._shape_error("GET /api/artifacts/", 'an object with "artifacts" and "total"', body)
+        return body["artifacts"], body["total"]
+
+    def get_artifact(self, artifact_id: int) -> dict[str, Any] | None:
+        """One artifact by id, or None on 404."""
+        reply = self._call("GET", f"/api/artifacts/{int(artifact_id)}", accept=(404,))
+        return None if reply.status == 404 else reply.body
+
+    def find_artifact(self, *, execution_id: str, step_name: str, symbol: str,
+                      type: str) -> dict[str, Any] | None:  # noqa: A002
+        """The newest artifact with this identity, or None (duplicates are logged, not fixed)."""
+        rows = self.list_artifacts(type=type, symbol=symbol, execution_id=execution_id, step_name=step_name)
+        if len(rows) > 1:
+            log.warning("WebUI holds %d %s artifacts for %s/%s/%s (ids %s); updating the newest",
+                        len(rows), type, symbol, execution_id, step_name, [row.get("id") for row in rows])
+        return rows[0] if rows else None
+
+    def upsert_artifact(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create or update the artifact with this payload's identity; return (row, created).
+
+        The payload is cleaned first (``clean_artifact_payload``). If the POST fails in a way that
+        may still have stored the row (timeout, dropped connection, 5xx), every retry first looks
+        the artifact up again and stops there if it is found, so a retry never duplicates.
+        """
+        body = clean_artifact_payload(payload)
+        identity = {key: body.get(key) for key in IDENTITY_KEYS}
+        if missing := [key for key, value in identity.items() if not value]:
+            raise ValueError(f"upsert_artifact needs {', '.join(IDENTITY_KEYS)} to be idempotent; missing {', '.join(missing)}")
+        existing = self.find_artifact(**identity)
+        if existing is not None:
+            return self._patch_artifact(existing["id"], body), False
+
+        def already_stored() -> dict[str, Any] | None:
+            try:
+                rows, _ = self._artifact_page(
+                    {k: identity[k] for k in ("type", "symbol", "execution_id")}, self.page_size, tries=1)
+            except WebUIError:
+                return None  # still failing: let the POST retry loop wait and try again
+            return next((row for row in rows if row.get("step_name") == identity["step_name"]), None)
+
+        reply = self._call("POST", "/api/artifacts/", json_body=body, before_retry=already_stored)
+        row = reply.body
+        if not isinstance(row, dict) or not isinstance(row.get("id"), int):
+            raise self._shape_error("POST /api/artifacts/", 'the stored row with an integer "id"', row)
+        log.info("WebUI %s artifact #%s stored for %s (execution %s)", body["type"], row["id"],
+                 body.get("symbol"), body.get("execution_id"))
+        return row, True
+
+    def _patch_artifact(self, artifact_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        path = f"/api/artifacts/{int(artifact_id)}"
+        row = self._call("PATCH", path, json_body=body).body
+        if not isinstance(row, dict) or "id" not in row:
+            row = self._call("GET", path).body  # a PATCH that answers without the row
+        log.info("WebUI %s artifact #%s updated for %s (execution %s)", body["type"], artifact_id,
+                 body.get("symbol"), body.get("execution_id"))
+        return row
+
+    # transport --------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        accept: tuple[int, ...] = (),
+        tries: int | None = None,
+        before_retry: Callable[[], Any | None] | None = None,
+    ) -> _Reply:
+        """One request with retries. 2xx and ``accept`` statuses come back; the rest raise.
+
+        ``before_retry`` (for non-idempotent requests) runs before each retry; a non-None result
+        ends the loop as if the request had answered it.
+        """
+        endpoint = f"{method} {path}"
+        url = self.base_url + path
+        data = None if json_body is None else _dumps(json_body)
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        tries = tries or self.retries
+        kind, reason, status = "", "", None
+        for attempt in range(1, tries + 1):
+            if attempt > 1 and before_retry is not None and (found := before_retry()) is not None:
+                log.info("WebUI %s: found the result of an earlier attempt; not sending it again", endpoint)
+                return _Reply(200, found)
+            wait = self.backoff_s * 2 ** (attempt - 1)
+            started = time.monotonic()
+            try:
+                response = self._session.request(method, url, params=params, data=data, headers=headers,
+                                                 timeout=self.timeout, allow_redirects=False)
+            except requests.ConnectTimeout as exc:
+                kind, reason, status = "unreachable", f"ConnectTimeout {_reason(exc)}", None
+            except requests.Timeout as exc:
+                kind, reason, status = "timed out", f"ReadTimeout {_reason(exc)}", None
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                kind, reason, status = "unreachable", f"{type(exc).__name__} {_reason(exc)}", None
+            else:
+                log.debug("WebUI %s -> %s in %.0f ms", endpoint, response.status_code,
+                          1000 * (time.monotonic() - started))
+                if response.status_code not in RETRY_STATUSES:
+                    return self._decode(response, endpoint, accept)
+                status = response.status_code
+                kind, reason = f"answered {status}", _detail(response)
+                retry_after = _retry_after(response)
+                if retry_after is not None and retry_after > self.max_retry_after_s:
+                    raise WebUIError(f"WebUI backend at {self.base_url} answered {status} to {endpoint} asking to"
+                                     f" retry after {retry_after:.0f} s (more than the {self.max_retry_after_s:g} s"
+                                     " this client waits); try again later", endpoint=endpoint, status=status)
+                wait = max(wait, retry_after or 0.0)
+            if attempt < tries:
+                log.warning("WebUI %s %s (%s); try %d/%d in %.1f s", endpoint, kind, reason, attempt + 1, tries, wait)
+                time.sleep(wait)
+        raise WebUIError(f"WebUI backend at {self.base_url} {kind} after {tries} {'try' if tries == 1 else 'tries'}:"
+                         f" {endpoint}: {reason}", endpoint=endpoint, status=status)
+
+    def _decode(self, response: requests.Response, endpoint: str, accept: tuple[int, ...]) -> _Reply:
+        status = response.status_code
+        if status >= 300 and status not in accept:
+            where = response.headers.get("Location", "")
+            hint = f" (redirect to {where}; call the trailing-slash URL)" if 300 <= status < 400 else ""
+            raise WebUIError(f"WebUI backend at {self.base_url} rejected {endpoint} with {status}: "
+                             f"{_detail(response)}{hint}", endpoint=endpoint, status=status)
+        if status == 204 or not response.content:
+            return _Reply(status, None)
+        try:
+            return _Reply(status, response.json())
+        except ValueError:
+            raise WebUIError(f"WebUI backend at {self.base_url} answered {endpoint} with malformed JSON "
+                             f"({status}, {response.headers.get('Content-Type', 'no content-type')}): "
+                             f"{_snippet(response.text)}", endpoint=endpoint, status=status) from None
+
+    def _shape_error(self, endpoint: str, expected: str, body: Any) -> WebUIError:
+        return WebUIError(f"WebUI backend at {self.base_url} answered {endpoint} with {_snippet(json.dumps(body))};"
+                          f" expected {expected}", endpoint=endpoint)
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause (``[Errno 111] Connection refused``), not urllib3's nested reprs."""
+    seen: BaseException = exc
+    for _ in range(8):
+        inner = getattr(seen, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in seen.args if isinstance(arg, BaseException)), None)
+        if inner is None:
+            break
+        seen = inner
+    text = str(seen)
+    if "Failed to establish a new connection: " in text:
+        text = text.split("Failed to establish a new connection: ", 1)[1]
+    return _snippet(text or type(seen).__name__)
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return _snippet(response.text) or response.reason or "no body"
+    return _snippet(json.dumps(body.get("detail", body) if isinstance(body, dict) else body))
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# --- payloads -----------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: numpy scalars, dates and paths become plain; NaN/inf become null
+    (PostgreSQL JSON refuses NaN, and the service would answer 500)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy / pandas scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(_plain(body), allow_nan=False)
+
+
+def clean_artifact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload as the service accepts it: only the contract's keys for its ``type`` (others are
+    dropped and named in a warning, since any of them would make the service answer 500), ``None``
+    values dropped (so an update never blanks a column), values JSON-ready. Raises ``ValueError``
+    for a missing name, an unknown type or a signal confidence outside 0..1."""
+    kind = payload.get("type")
+    if kind not in ARTIFACT_TYPES:
+        raise ValueError(f"artifact type must be one of {', '.join(ARTIFACT_TYPES)}, got {kind!r}")
+    if not payload.get("name"):
+        raise ValueError("artifact 'name' is required")
+    allowed = ARTIFACT_KEYS[kind]
+    if dropped := sorted(set(payload) - allowed):
+        log.warning("WebUI %s artifact: dropping keys the service does not have (it would answer 500): %s",
+                    kind, ", ".join(dropped))
+    body = {key: _plain(value) for key, value in payload.items() if key in allowed and value is not None}
+    if kind == "signal" and "confidence" in body:
+        _check_confidence(body["confidence"])
+    return body
+
+
+def _check_confidence(confidence: Any) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 <= confidence <= 1:
+        raise ValueError(f"signal confidence must be a number 0..1 (the UI multiplies by 100), got {confidence!r}")
+    return float(confidence)
+
+
+def check_trading_signal(signal_data: Mapping[str, Any]) -> None:
+    """Enforce the WebUI's TradingSignal rules; ``ValueError`` lists every broken one on one line."""
+    problems = []
+    if signal_data.get("action") not in ACTIONS:
+        problems.append(f"action must be BUY/SELL/HOLD (got {signal_data.get('action')!r})")
+    score = signal_data.get("confidence_score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 100:
+        problems.append(f"confidence_score must be 0..100 (got {score!r})")
+    else:
+        band = "HIGH" if score >= 80 else "MEDIUM" if score >= 50 else "LOW"
+        if signal_data.get("confidence") != band:
+            problems.append(f"confidence {signal_data.get('confidence')!r} disagrees with confidence_score {score:g} ({band})")
+    reasoning = signal_data.get("reasoning")
+    if not isinstance(reasoning, str) or len(reasoning.strip()) < 10:
+        problems.append("reasoning must be at least 10 characters")
+    for key in ("timeframe_analyzed", "model_used"):
+        if not signal_data.get(key):
+            problems.append(f"{key} is required")
+    for key in ("support_level", "resistance_level", "suggested_entry_price", "suggested_stop_loss",
+                "suggested_take_profit", "r_multiple", "position_size_percent"):
+        value = signal_data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.append(f"{key} must be a number or null (got {value!r})")
+    if problems:
+        raise ValueError("signal_data breaks the WebUI TradingSignal rules: " + "; ".join(problems))
+
+
+def _lineage(kind: str, *, symbol: str, run_id: str, experiment_id: str | int, execution_id: str,
+             dag_id: str, workflow_id: str | None, task_id: str | None, step_name: str,
+             name: str | None, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The common keys. ``run_id``/``experiment_id`` are required: the service cannot fill them."""
+    if not symbol or not run_id or experiment_id in (None, "") or not execution_id:
+        raise ValueError(f"{kind} artifact needs symbol, run_id, experiment_id and execution_id "
+                         f"(got {symbol!r}, {run_id!r}, {experiment_id!r}, {execution_id!r})")
+    titles = {"signal": "Signal", "llm": "Review", "chart": "Chart"}
+    return {
+        "name": name or f"TradeMaster AutoGen {titles[kind]} {symbol}", "type": kind, "symbol": symbol,
+        "run_id": run_id, "experiment_id": str(experiment_id), "workflow_id": workflow_id or dag_id,
+        "execution_id": execution_id, "step_name": step_name, "dag_id": dag_id, "task_id": task_id,
+        "metadata": {"analysis_method": "trademaster_autogen", **(metadata or {})},
+    }
+
+
+def signal_artifact(
+    *,
+    symbol: str,
+    action: str,
+    confidence: float,
+    signal_data: Mapping[str, Any],
+    run_id: str,
+    experiment_id: str | int,
+    execution_id: str,
+    dag_id: str = DAG_ID,
+    workflow_id: str | None = None,
+    task_id: str | None = None,
+    step_name: str = STEP_SIGNAL,
+    metadata: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A ``signal`` payload as the WebUI renders it. ``confidence`` is 0..1 and must agree with
+    ``signal_data.confidence_score`` (0..100); ``action`` with ``signal_data.action``."""
+    action = action.strip().upper()
+    confidence = _check_confidence(confidence)
+    check_trading_signal(signal_data)
+    if signal_data["action"] != action:
+        raise ValueError(f"signal action {action} disagrees with signal_data.action {signal_data['action']}")
+    if abs(confidence * 100 - float(signal_data["confidence_score"])) > 0.5:
+        raise ValueError(f"signal confidence {confidence:g} disagrees with signal_data.confidence_score "
+                         f"{signal_data['confidence_score']:g} (expected confidence * 100)")
+    if signal_data.get("symbol") not in (None, symbol):
+        raise ValueError(f"signal symbol {symbol} disagrees with signal_data.symbol {signal_data['symbol']}")
+    payload = _lineage("signal", symbol=symbol, run_id=run_id, experiment_id=experiment_id,
+                       execution_id=execution_id, dag_id=dag_id, workflow_id=workflow_id, task_id=task_id,
+                       step_name=step_name, name=name, metadata=metadata)
+    return {**payload, "action": action, "confidence": confidence, "signal_data": _plain(signal_data)}
+
+
+def llm_artifact(
+    *,
+    symbol: str,
+    prompt: str,
+    response: str,
+    model_name: str,
+    run_id: str,
+    experiment_id: str | int,
+    execution_id: str,
+    transcript_uri: str | None = None,
+    dag_id: str = DAG_ID,
+    workflow_id: str | None = None,
+    task_id: str | None = None,
+    step_name: str = STEP_LLM,
+    metadata: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """An ``llm`` payload; its metadata must point at the conversation transcript
+    (``transcript_uri`` here or ``metadata["transcript_uri"]``, e.g. the MLflow artifact URI)."""
+    meta = {**(metadata or {}), **({"transcript_uri": transcript_uri} if transcript_uri else {})}
+    if not meta.get("transcript_uri"):
+        raise ValueError("llm artifact needs transcript_uri (the MLflow URI of autogen_conversation.jsonl)")
+    if not response or not model_name:
+        raise ValueError("llm artifact needs a non-empty response and model_name")
+    payload = _lineage("llm", symbol=symbol, run_id=run_id, experiment_id=experiment_id,
+                       execution_id=execution_id, dag_id=dag_id, workflow_id=workflow_id, task_id=task_id,
+                       step_name=step_name, name=name, metadata=meta)
+    return {**payload, "prompt": prompt, "response": response, "model_name": model_name}
+
+
+def chart_artifact(
+    *,
+    symbol: str,
+    image_path: str,
+    chart_type: str,
+    run_id: str,
+    experiment_id: str | int,
+    execution_id: str,
+    chart_data: Any = None,
+    dag_id: str = DAG_ID,
+    workflow_id: str | None = None,
+    task_id: str | None = None,
+    step_name: str = STEP_CHART,
+    metadata: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A ``chart`` payload; ``image_path`` is where the image lives (e.g. an MLflow artifact URI)."""
+    if not image_path or not chart_type:
+        raise ValueError("chart artifact needs image_path and chart_type")
+    payload = _lineage("chart", symbol=symbol, run_id=run_id, experiment_id=experiment_id,
+                       execution_id=execution_id, dag_id=dag_id, workflow_id=workflow_id, task_id=task_id,
+                       step_name=step_name, name=name, metadata=metadata)
+    return {**payload, "image_path": str(image_path), "chart_type": chart_type,
+            **({"chart_data": _plain(chart_data)} if chart_data is not None else {})}
