@@ -18,6 +18,7 @@ from autogen_core.models import ChatCompletionClient, ModelInfo
 
 from tradeflow.config import ConfigError, ReviewConfig
 
+from .redaction import Redactor
 from .rules import RULES_MODEL_NAME, RuleBasedChatCompletionClient
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
@@ -178,7 +179,7 @@ def make_client(config: ReviewConfig, environ: Mapping[str, str] | None = None) 
         raise
     except ValueError as exc:  # autogen-ext refuses models it does not know without model_info
         raise ReviewConfigError(
-            f"review provider '{provider}': {str(exc).splitlines()[0]} "
+            f"review provider '{provider}': {Redactor.from_env(environ)(str(exc).splitlines()[0])} "
             "(set LLM_MODEL_INFO, e.g. '{\"family\": \"unknown\", \"json_output\": true}')"
         ) from None
     raise ReviewConfigError(f"unknown review provider '{provider}'")  # pragma: no cover - Literal-typed

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -128,12 +128,15 @@ def _is_model_type(value: object) -> bool:
 class GuardedClient(ChatCompletionClient):
     """Delegates to a real client; classifies failures into ``failures`` and raises ``ModelFailure``."""
 
-    def __init__(self, inner: ChatCompletionClient) -> None:
+    def __init__(self, inner: ChatCompletionClient, redact: Callable[[str], str] = lambda text: text) -> None:
         self.inner = inner
         self.failures: list[Failure] = []
         self.calls = 0
+        self._redact = redact
 
     def _fail(self, failure: Failure) -> ModelFailure:
+        # Redact here: AutoGen logs and re-raises this message, and providers echo keys in errors.
+        failure = Failure(failure.reason, self._redact(failure.detail))
         self.failures.append(failure)
         return ModelFailure(failure)
 
@@ -188,7 +191,7 @@ class GuardedClient(ChatCompletionClient):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified, recorded and re-raised
-            raise self._fail(classify_exception(exc)) from exc
+            raise self._fail(classify_exception(exc)) from None  # the cause may quote a key
         return self._check(result, json_output)
 
     async def create_stream(

@@ -33,7 +33,7 @@ from .evidence import Evidence, parse_evidence
 from .failures import Failure, GuardedClient, classify_exception, classify_team_error
 from .guardrails import apply_guardrails, fallback_decision
 from .prompts import task_message
-from .redaction import Redactor
+from .redaction import Redactor, secret_values
 from .schema import DecisionDraft, ReviewOutcome, TradeDecision, Usage
 from .team import Limits, build_team, is_decision
 
@@ -149,11 +149,11 @@ async def areview(
     started = time.perf_counter()
     environ = os.environ if environ is None else environ
     ev = parse_evidence(evidence)
-    redact = Redactor.from_env(environ)
+    redact = Redactor([*secret_values(environ), *secret_values(os.environ)])
     owned = client is None
     base = make_client(config, environ) if client is None else client
     model_used = _model_used(config, client, environ)
-    guarded = GuardedClient(base)
+    guarded = GuardedClient(base, redact)
     messages: list[Message] = []
     failure: Failure | None = None
     limits: Limits | None = None

@@ -48,7 +48,7 @@ if [ ! -f "$TM_SRC/trademaster/environments/algorithmic_trading/environment.py" 
   say "cloning upstream TradeMaster @ ${TM_COMMIT:0:12} into $TM_SRC (code only, no data)"
   mkdir -p "$(dirname "$TM_SRC")"
   git clone --quiet --filter=blob:none --no-checkout "$TM_REPO_URL" "$TM_SRC"
-  git -C "$TM_SRC" sparse-checkout set --no-cone '/trademaster/' '/setup.py' '/README.md' '/LICENSE'
+  git -C "$TM_SRC" sparse-checkout set --no-cone '/trademaster/' '!/trademaster/**/*.ipynb' '/setup.py' '/README.md' '/LICENSE'
   git -C "$TM_SRC" checkout --quiet "$TM_COMMIT"
 fi
 if git -C "$TM_SRC" rev-parse HEAD >/dev/null 2>&1; then
@@ -62,9 +62,10 @@ fi
 [ -x "$PY" ] || { say "creating $TM_VENV"; "$PYTHON" -m venv "$TM_VENV"; }
 if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.__version__.split("+")[0] == "2.13.0" else 1)' 2>/dev/null; then
   say "torch 2.13.0 (CPU)"
-  # a local wheelhouse (pip's find-links) first; else the CPU index. Never a plain `pip install torch`.
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-index "torch==2.13.0" 2>/dev/null \
-    || "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
+  # "+cpu" pins the CPU build: from pip's configured indexes/wheelhouse if one has it, else from the
+  # PyTorch CPU index. Never a plain `pip install torch` (on Linux, PyPI's torch is a CUDA build).
+  "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0+cpu" 2>/dev/null \
+    || "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0+cpu" --extra-index-url "$TORCH_INDEX_URL"
 fi
 "$PY" -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
 

@@ -53,7 +53,8 @@ def test_flat_earns_exactly_zero_and_metrics_stay_finite():
     assert (table["equity"] == E0).all()
     assert not table["trade"].any() and (table["cost"] == 0).all()
     metrics = BacktestResult.from_table(table.assign(date=pd.date_range("2024-01-01", periods=4))).metrics
-    for key in ("total_return", "annualised_return", "sharpe", "sortino", "calmar", "max_drawdown", "win_rate", "exposure", "turnover", "num_trades"):
+    for key in ("total_return", "annualised_return", "sharpe", "sortino", "calmar", "max_drawdown",
+                "win_rate", "exposure", "turnover", "num_trades"):
         assert metrics[key] == 0.0, key
     assert all(math.isfinite(value) for value in metrics.values())
 
@@ -166,10 +167,11 @@ def test_result_table_and_plots():
     assert (table["drawdown"] <= 0).all()
     result = BacktestResult.from_table(table)
     assert result.metrics["num_trades"] == 4
-    for make, title in ((equity_plot, "Equity"), (drawdown_plot, "Drawdown"), (trades_plot, "Trades")):
-        figure = make(table)
+    for make, kind in ((equity_plot, "equity"), (drawdown_plot, "drawdown"), (trades_plot, "trades")):
+        figure = make(table, title="BTC test split")
         ax = figure.axes[0]
-        assert ax.get_title().startswith(title) and ax.get_xlabel() == "date" and ax.get_ylabel()
+        assert ax.get_title().startswith(f"BTC test split: {kind}")
+        assert ax.get_xlabel() == "date" and ax.get_ylabel()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         assert buffer.getvalue()[:4] == b"\x89PNG"

@@ -33,7 +33,7 @@ DJ_TEST = DATA / "portfolio_management" / "dj30" / "test.csv"
 DJ30_TICKERS = ("AAPL, AMGN, AXP, BA, CAT, CRM, CSCO, CVX, DIS, GS, HD, HON, IBM, INTC, JNJ, JPM, KO, MCD, "
                 "MMM, MRK, MSFT, NKE, PG, TRV, UNH, V, VZ, WBA, WMT")
 #: sha256 of BTC.csv's bars in tradeflow's canonical serialisation; must never drift
-BTC_DIGEST = "6773575f791a"
+BTC_DIGEST = "6773575f791a329dc1dfb1c38f33b75262991dd870efa916a1dc8864b5f33816"
 
 
 def cfg(symbol: str, source: str, **extra: Any) -> RunConfig:
@@ -109,8 +109,8 @@ def test_relative_paths_resolve_against_the_working_directory(monkeypatch):
 def test_end_date_and_lookback_window_the_bars():
     md = load_market_data(cfg("BTC", f"csv:{BTC}", end_date="2020-12-31", backtest_lookback_days=365))
     assert md.end == pd.Timestamp("2020-12-31")
-    assert md.start == pd.Timestamp("2019-12-31")  # last bar - 365 calendar days, inclusive
-    assert md.rows == 367  # BTC trades every day; 2020 is a leap year
+    assert md.start == pd.Timestamp("2020-01-01")  # last bar - 365 calendar days (2020 is a leap year)
+    assert md.rows == 366  # BTC trades every day
 
 
 def test_plain_ohlcv_csv_and_parquet_give_the_same_bars_and_digest(tmp_path):
@@ -154,7 +154,7 @@ def test_no_bars_on_or_before_end_date():
 def test_overlapping_files_are_an_error_not_deduplicated():
     expect_error(lambda: load_market_data(cfg("BTC", f"csv:{BTC},{BTC_TEST}")),
                  f"BTC: csv files overlap: {BTC} covers 2013-04-29..2021-07-06 and {BTC_TEST} covers "
-                 "2018-04-08..2019-06-06; pass files with disjoint date ranges")
+                 "2018-04-03..2019-06-01; pass files with disjoint date ranges")
 
 
 def test_missing_file_and_missing_column(tmp_path):
@@ -212,34 +212,38 @@ def test_digest_is_stable_and_follows_every_price(tmp_path):
     first = load_market_data(cfg("BTC", f"csv:{BTC}", backtest_lookback_days=3660))
     again = load_market_data(cfg("BTC", f"csv:{BTC}", backtest_lookback_days=3660))
     assert first.digest == again.digest and len(first.digest) == 64
-    assert first.digest.startswith(BTC_DIGEST)  # same on every machine and every run
+    assert first.digest == BTC_DIGEST  # same on every machine and every run
     nudged = first.bars.copy()
     nudged.loc[1500, "close"] = np.nextafter(nudged.loc[1500, "close"], np.inf)
     assert MarketData("BTC", first.source, nudged).digest != first.digest
     assert MarketData("BTC", "elsewhere", first.bars).digest == first.digest  # bars only
 
 
-def test_mlflow_input_carries_source_and_digest(tmp_path):
+def test_mlflow_input_carries_source_and_digest(tmp_path, monkeypatch):
     import mlflow
+    from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE
 
     from tradeflow.data.mlflow_source import MarketDataSource
 
     md = load_market_data(cfg("AAPL", f"csv:{DJ_VALID},{DJ_TEST}"))
     dataset = md.to_mlflow_dataset()
     assert dataset.name == "AAPL-bars" and dataset.digest == md.digest[:32]
+    assert len(dataset.digest) <= MAX_DATASET_DIGEST_SIZE  # what the SQL stores refuse beyond
     assert dataset.source.to_dict() == {"uri": md.source}
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    # The file store round-trips inputs in milliseconds; a SQLite store takes ~10 s to create
+    # (the slow train_backtest tests log through one).
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
     try:
         with mlflow.start_run() as run:
             md.log_mlflow_input(context="training")
         logged = mlflow.get_run(run.info.run_id).inputs.dataset_inputs[0]
     finally:
-        mlflow.set_tracking_uri(previous)
-    assert logged.dataset.digest == md.digest[:32]
-    assert {t.key: t.value for t in logged.tags} >= {"mlflow.data.context": "training",
-                                                     "tradeflow.digest": md.digest,
-                                                     "tradeflow.synthetic": "false"}
+        mlflow.set_tracking_uri(None)
+    assert logged.dataset.digest == md.digest[:32] and logged.dataset.name == "AAPL-bars"
+    tags = {t.key: t.value for t in logged.tags}
+    assert tags.items() >= {"mlflow.data.context": "training", "tradeflow.digest": md.digest,
+                            "tradeflow.synthetic": "false", "tradeflow.rows": "505"}.items()
     source = mlflow.data.get_source(logged)
     assert isinstance(source, MarketDataSource) and source.uri == md.source
 
@@ -317,7 +321,7 @@ def services() -> Iterator[tuple[Services, str]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield state, f"http://127.0.0.1:{server.server_address[1]}"
@@ -333,7 +337,8 @@ def fast_retries(monkeypatch):
 
 def ibkr_bars(frame: pd.DataFrame, *, with_volume: bool) -> list[dict[str, Any]]:
     """Rows as IBKR history bars, stamped at the 09:30 New York open (14:30 UTC)."""
-    stamps = (pd.to_datetime(frame["date"]) + pd.Timedelta(hours=14, minutes=30)).astype("int64") // 10**6
+    opens = pd.to_datetime(frame["date"]) + pd.Timedelta(hours=14, minutes=30)
+    stamps = opens.astype("datetime64[ms]").astype("int64")
     bars = []
     for stamp, row in zip(stamps, frame.itertuples()):
         bar = {"t": int(stamp), "o": row.open, "h": row.high, "l": row.low, "c": row.close}

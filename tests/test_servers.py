@@ -19,6 +19,7 @@ Skips (with the reason) when PostgreSQL binaries are missing; the sqlite test st
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -47,35 +48,70 @@ def _record(label: str, seconds: float) -> None:
 def _timing_summary(request):
     yield
     if TIMINGS:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        line = "server startup times: " + ", ".join(TIMINGS)
-        if reporter is not None:
-            reporter.write_line(f"\n[test_servers] {line}")
-        else:  # pragma: no cover
-            print(line)
+        line = "[test_servers] server startup times: " + ", ".join(TIMINGS)
+        capman = request.config.pluginmanager.get_plugin("capturemanager")
+        ctx = capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
+        with ctx:
+            print(f"\n{line}", flush=True)
+
+
+class _Stack:
+    pg: PostgresServer | None = None
+    mlflow_pg: MlflowServer | None = None
+    mlflow_sqlite: MlflowServer | None = None
+    pg_skip_reason: str | None = None
 
 
 @pytest.fixture(scope="module")
-def pg(request):
-    reason = postgres_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+def stack(request, tmp_path_factory):
+    """PG + a PG-backed and a sqlite-backed mlflow server, booted in parallel.
+
+    Both mlflow servers are launched with ``start(wait=False)`` and then awaited:
+    their startup is CPU-bound (importing mlflow), so two cores halve the wall time.
+    """
     failed_before = request.session.testsfailed
-    t0 = time.monotonic()
-    with PostgresServer() as server:
-        _record("postgres_initdb", server.timings["initdb_s"])
-        _record("postgres_ready_total", time.monotonic() - t0)
-        yield server
-        dump_logs_if_failed(request, server, since_failed=failed_before)
+    st = _Stack()
+    with contextlib.ExitStack() as es:
+        sqlite_dir = tmp_path_factory.mktemp("sqlite-server")
+        st.mlflow_sqlite = MlflowServer(
+            f"sqlite:///{sqlite_dir / 'mlruns.db'}", artifacts_destination=sqlite_dir / "artifacts"
+        )
+        es.callback(st.mlflow_sqlite.close)
+        st.mlflow_sqlite.start(wait=False)
+
+        st.pg_skip_reason = postgres_unavailable_reason()
+        if st.pg_skip_reason is None:
+            t0 = time.monotonic()
+            st.pg = es.enter_context(PostgresServer())
+            _record("postgres_initdb", st.pg.timings["initdb_s"])
+            _record("postgres_ready_total", time.monotonic() - t0)
+            st.mlflow_pg = MlflowServer(st.pg.sqlalchemy_url)
+            es.callback(st.mlflow_pg.close)  # LIFO: closed before PG
+            st.mlflow_pg.start(wait=False)
+            st.mlflow_pg.wait_ready()
+            _record("mlflow_server_pg_ready", st.mlflow_pg.timings["first_ready_s"])
+        st.mlflow_sqlite.wait_ready()
+        _record("mlflow_server_sqlite_ready", st.mlflow_sqlite.timings["first_ready_s"])
+        yield st
+        live = [s for s in (st.mlflow_pg, st.pg, st.mlflow_sqlite) if s is not None]
+        dump_logs_if_failed(request, *live, since_failed=failed_before)
 
 
-@pytest.fixture(scope="module")
-def mlflow_pg(request, pg):
-    failed_before = request.session.testsfailed
-    with MlflowServer(pg.sqlalchemy_url) as server:
-        _record("mlflow_server_pg_ready", server.timings["first_ready_s"])
-        yield server
-        dump_logs_if_failed(request, server, pg, since_failed=failed_before)
+@pytest.fixture
+def pg(stack):
+    if stack.pg is None:
+        pytest.skip(stack.pg_skip_reason)
+    return stack.pg
+
+
+@pytest.fixture
+def mlflow_pg(stack, pg):
+    return stack.mlflow_pg
+
+
+@pytest.fixture
+def mlflow_sqlite(stack):
+    return stack.mlflow_sqlite
 
 
 @pytest.fixture
@@ -166,12 +202,15 @@ def test_mlflow_server_restart_mid_batch(mlflow_pg, tmp_path, fast_client_retrie
         time.sleep(0.02)
     port_before = mlflow_pg.port
     mlflow_pg.restart(hard=True)  # SIGKILL launcher + uvicorn, start again: same port & store
+    logged_when_back = len(done_steps)
     _record("mlflow_server_pg_restart", mlflow_pg.timings["restart_s"])
     assert mlflow_pg.port == port_before
     thread.join(timeout=90)
     assert not thread.is_alive(), "writer hung after the restart"
     assert not errors, errors
-    steps_during_restart = n_steps - len([s for s in done_steps if s >= 5])  # informational
+    # The batch really straddled the outage: when the server came back the writer was
+    # still mid-batch (its calls were failing and being retried by the client).
+    assert 5 <= logged_when_back < n_steps, logged_when_back
 
     # Continue the same run after the restart: nothing from before is lost.
     client.log_param(run_id, "resumed", "yes")
@@ -186,7 +225,6 @@ def test_mlflow_server_restart_mid_batch(mlflow_pg, tmp_path, fast_client_retrie
     assert sorted({m.step for m in history}) == list(range(n_steps))
     assert len(history) == n_steps, "duplicate metric rows after client retries"
     assert sorted(f.path for f in client.list_artifacts(run_id)) == ["a.txt", "b.txt"]
-    assert steps_during_restart >= 0
 
 
 def test_postgres_restart_and_outage(pg, mlflow_pg, fast_client_retries):
@@ -270,10 +308,37 @@ def test_concurrent_writers_create_exactly_8_finished_runs(mlflow_pg):
         assert len(client.get_metric_history(r.info.run_id, "pnl")) == 5
 
 
-def test_roundtrip_sqlite_backend(tmp_path):
-    db = tmp_path / "mlruns.db"
-    with MlflowServer(f"sqlite:///{db}", artifacts_destination=tmp_path / "artifacts") as server:
-        _record("mlflow_server_sqlite_ready", server.timings["first_ready_s"])
-        _roundtrip(server, tmp_path)
-    assert not server.running
-    assert db.exists()
+def test_roundtrip_sqlite_backend(mlflow_sqlite, tmp_path):
+    _roundtrip(mlflow_sqlite, tmp_path)
+    assert mlflow_sqlite.backend_store_uri.startswith("sqlite:///")
+    assert Path(mlflow_sqlite.backend_store_uri.removeprefix("sqlite:///")).exists()
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "start_tracking_server.sh"
+
+
+def test_start_script_dry_run_redacts_and_validates(tmp_path):
+    """The production launcher: config validation and no secret on stdout/stderr (no server)."""
+    import os
+    import subprocess
+
+    secret = "s3cr3t-" + uuid.uuid4().hex[:6]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(__import__('sys').executable).parent}:{os.environ.get('PATH', '')}",
+        "MLFLOW_BACKEND_STORE_URI": f"postgresql://mlflow:{secret}@db.internal:5432/mlflow",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+        "MLFLOW_PUBLIC_HOSTNAME": "mlflow.internal",
+    }
+    env.pop("MLFLOW_SERVER_ALLOWED_HOSTS", None)
+    res = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout + res.stderr
+    assert secret not in out
+    assert "postgresql+psycopg2://mlflow:***@db.internal:5432/mlflow" in out
+    assert "mlflow.internal:*" in out
+    assert (tmp_path / "artifacts").is_dir()
+
+    env.pop("MLFLOW_BACKEND_STORE_URI")
+    res = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "MLFLOW_BACKEND_STORE_URI is not set" in res.stderr

@@ -25,6 +25,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, Loo
 
 
 def setup_logging() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     level = os.environ.get("TRADEFLOW_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
         level=level,

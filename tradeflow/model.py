@@ -94,7 +94,7 @@ def log_agent_model(
     example = input_example[list(agent.feature_columns)].tail(int(agent.window)).astype("float64")
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT_PATH,
-        python_model=TradingAgentModel(),
+        python_model=str(Path(__file__).with_name("model_code.py")),
         artifacts={"agent": str(agent_dir)},
         code_paths=[str(PROJECT_ROOT / "tradeflow")],
         signature=_signature(list(agent.feature_columns), int(agent.max_volume)),

@@ -1,5 +1,7 @@
 """Backtest figures for MLflow artifacts and the review team; they read a ``simulate`` table with dates.
 
+``title`` names what is plotted (e.g. "BTC test split"); the figure kind follows it.
+
 Figures are built on the Agg canvas directly (no pyplot state), so they are safe in workers
 without a display and are freed once unreferenced. Log them with ``mlflow.log_figure``.
 """
@@ -13,29 +15,29 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 
-def _axes(title: str, ylabel: str) -> tuple[Figure, Axes]:
+def _axes(kind: str, subject: str | None, ylabel: str) -> tuple[Figure, Axes]:
     figure = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    ax.set_title(title)
+    ax.set_title(f"{subject}: {kind}" if subject else kind)
     ax.set_xlabel("date")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     return figure, ax
 
 
-def equity_plot(table: pd.DataFrame) -> Figure:
+def equity_plot(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Strategy equity against buy-and-hold of the same starting cash."""
-    figure, ax = _axes("Equity: strategy vs buy-and-hold", "equity")
+    figure, ax = _axes("equity vs buy-and-hold", title, "equity")
     ax.plot(table["date"], table["equity"], label="strategy")
     ax.plot(table["date"], table["benchmark"], label="buy-and-hold", linestyle="--")
     ax.legend()
     return figure
 
 
-def drawdown_plot(table: pd.DataFrame) -> Figure:
+def drawdown_plot(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Fall of equity from its running peak, strategy and buy-and-hold."""
-    figure, ax = _axes("Drawdown from peak", "drawdown")
+    figure, ax = _axes("drawdown from peak", title, "drawdown")
     benchmark = table["benchmark"] / table["benchmark"].cummax() - 1.0
     ax.fill_between(table["date"], table["drawdown"], 0.0, alpha=0.4, label="strategy")
     ax.plot(table["date"], benchmark, color="grey", linestyle="--", label="buy-and-hold")
@@ -44,9 +46,9 @@ def drawdown_plot(table: pd.DataFrame) -> Figure:
     return figure
 
 
-def trades_plot(table: pd.DataFrame) -> Figure:
+def trades_plot(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Close price with each trade marked by the position it moved into (long, flat, short)."""
-    figure, ax = _axes("Trades on price", "price")
+    figure, ax = _axes("trades on price", title, "price")
     ax.plot(table["date"], table["price"], color="black", linewidth=1, label="close")
     trades = table[table["trade"]]
     for label, mask, marker, color in (
@@ -54,6 +56,8 @@ def trades_plot(table: pd.DataFrame) -> Figure:
         ("to flat", trades["position"] == 0, "o", "tab:grey"),
         ("to short", trades["position"] < 0, "v", "tab:red"),
     ):
-        ax.scatter(trades.loc[mask, "date"], trades.loc[mask, "price"], marker=marker, color=color, label=label, zorder=3)
+        ax.scatter(
+            trades.loc[mask, "date"], trades.loc[mask, "price"], marker=marker, color=color, label=label, zorder=3
+        )
     ax.legend()
     return figure

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,25 @@ class StageOutcome:
     @property
     def ok(self) -> bool:
         return self.status == "FINISHED"
+
+
+def recorded_params(params: dict[str, str]) -> dict[str, str]:
+    """The parameters as they were passed, from what ``mlflow.projects.run`` logged.
+
+    MLflow logs entry-point parameters shell-quoted (``''`` for an empty value, ``'{"a": 1}'``
+    for JSON); this undoes the quoting so a re-run gets the original values.
+    """
+    out = {}
+    for key, value in params.items():
+        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+            try:
+                parts = shlex.split(value)
+            except ValueError:
+                parts = [value]
+            value = parts[0] if len(parts) == 1 else value
+            value = "" if value == "''" else value
+        out[key] = value
+    return out
 
 
 def run_entry_point(

@@ -17,7 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
-from tradeflow.projects import run_entry_point
+from tradeflow.projects import recorded_params, run_entry_point
 from tradeflow.tracking import PROJECT_ROOT, TAG_CODE_VERSION, TAG_DATA_DIGEST, stage_run
 
 REPRODUCIBLE = ("train_backtest", "inference", "review")
@@ -41,7 +41,7 @@ def recorded_invocation(run_id: str, client: MlflowClient | None = None) -> dict
     if not commit:
         raise NotReproducible(f"run {run_id} has no git commit tag; it was not started by `mlflow run` from a git checkout")
     declared = _declared_params(entry_point)
-    params = {k: v for k, v in run.data.params.items() if k in declared}
+    params = {k: v for k, v in recorded_params(run.data.params).items() if k in declared}
     return {"run": run, "entry_point": entry_point, "commit": commit, "params": params,
             "dirty": "+dirty" in tags.get(TAG_CODE_VERSION, "")}
 

@@ -19,14 +19,13 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import PurePath
 from typing import Any, Final
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 
@@ -37,6 +36,7 @@ __all__ = [
     "ARTIFACT_TYPES",
     "COMMON_KEYS",
     "DAG_ID",
+    "IDENTITY_KEYS",
     "STEP_CHART",
     "STEP_LLM",
     "STEP_SIGNAL",
@@ -113,7 +113,8 @@ class WebUIClient:
             raise ValueError(f"WebUI base URL must be http(s)://host[:port], got {base_url!r}")
         if retries < 1 or backoff_s < 0 or page_size < 1:
             raise ValueError("retries must be >= 1, backoff_s >= 0 and page_size >= 1")
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        netloc = host + (f":{parts.port}" if parts.port else "")
         #: Safe to log: credentials in the URL move to the session, a trailing slash is dropped.
         self.base_url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.timeout = timeout
@@ -124,7 +125,7 @@ class WebUIClient:
         self._session = requests.Session()
         self._session.headers.update({"Accept": "application/json", "User-Agent": "tradeflow-webui"})
         if parts.username:
-            self._session.auth = (parts.username, parts.password or "")
+            self._session.auth = (unquote(parts.username), unquote(parts.password or ""))
         if api_token:
             self._session.headers["Authorization"] = f"Bearer {api_token}"
 
@@ -167,6 +168,8 @@ class WebUIClient:
             raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
         assigned = []
         for row in self.list_workflow_symbols(enabled_only=True):
+            if not isinstance(row.get("symbol"), str):
+                raise self._shape_error("GET /api/workflow-symbols/", 'rows with a "symbol"', row)
             if row.get("enabled") is not True:
                 continue  # the query already filters; do not trust it with a trading decision
             links = [link for link in row.get("workflows") or []
@@ -192,6 +195,8 @@ class WebUIClient:
 
     def get_workflow_symbol(self, symbol: str) -> dict[str, Any] | None:
         """One workflow symbol, or None when unknown or refused by the service's symbol rule."""
+        if not symbol.strip():
+            raise ValueError("symbol must not be empty")
         reply = self._call("GET", f"/api/workflow-symbols/{quote(symbol.strip(), safe='')}", accept=(400, 404))
         if reply.status == 400:
             log.warning("WebUI refused symbol %r (400: its symbols must match ^[A-Z]{1,10}$, so e.g. BRK.B"
@@ -204,9 +209,9 @@ class WebUIClient:
         return reply.body
 
     def link_config(self, symbol: str, dag_id: str) -> dict[str, Any] | None:
-        """The per-symbol config layer of ``symbol``'s link to ``dag_id`` (``{}`` when null); the
-        active link wins, an inactive one still counts (a manual run keeps its overrides); None
-        when the symbol or the link does not exist."""
+        """The config layer of ``symbol``'s link to ``dag_id``: the link's ``config`` as stored (``{}``
+        when null). The active link wins; an inactive one still counts (a manual run keeps its
+        overrides). None when the symbol or the link does not exist."""
         row = self.get_workflow_symbol(symbol)
         if row is None:
             return None
@@ -246,6 +251,8 @@ class WebUIClient:
         ``step_name`` here (the service has no such filter). Without ``limit`` every match is
         returned (one more request with a larger limit when ``total`` says some were left out);
         with it, ``limit`` applies on the service, before the ``step_name`` filter."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
         params = {k: v for k, v in (("type", type), ("symbol", symbol), ("execution_id", execution_id))
                   if v is not None}
         rows, total = self._artifact_page(params, limit or self.page_size)
@@ -255,7 +262,8 @@ class WebUIClient:
             rows = [row for row in rows if row.get("step_name") == step_name]
         return rows
 
-    def _artifact_page(self, params: dict[str, str], limit: int, tries: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    def _artifact_page(self, params: dict[str, str], limit: int,
+                       tries: int | None = None) -> tuple[list[dict[str, Any]], int]:
         body = self._call("GET", "/api/artifacts/", params={**params, "limit": str(limit)}, tries=tries).body
         if (not isinstance(body, dict) or not isinstance(body.get("artifacts"), list)
                 or not isinstance(body.get("total"), int)):
@@ -286,7 +294,8 @@ class WebUIClient:
         body = clean_artifact_payload(payload)
         identity = {key: body.get(key) for key in IDENTITY_KEYS}
         if missing := [key for key, value in identity.items() if not value]:
-            raise ValueError(f"upsert_artifact needs {', '.join(IDENTITY_KEYS)} to be idempotent; missing {', '.join(missing)}")
+            raise ValueError(f"upsert_artifact needs {', '.join(IDENTITY_KEYS)} to be idempotent;"
+                             f" missing {', '.join(missing)}")
         existing = self.find_artifact(**identity)
         if existing is not None:
             return self._patch_artifact(existing["id"], body), False
@@ -501,7 +510,8 @@ def check_trading_signal(signal_data: Mapping[str, Any]) -> None:
     else:
         band = "HIGH" if score >= 80 else "MEDIUM" if score >= 50 else "LOW"
         if signal_data.get("confidence") != band:
-            problems.append(f"confidence {signal_data.get('confidence')!r} disagrees with confidence_score {score:g} ({band})")
+            problems.append(f"confidence {signal_data.get('confidence')!r} disagrees with"
+                            f" confidence_score {score:g} ({band})")
     reasoning = signal_data.get("reasoning")
     if not isinstance(reasoning, str) or len(reasoning.strip()) < 10:
         problems.append("reasoning must be at least 10 characters")

@@ -36,6 +36,7 @@ import socketserver
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -69,6 +70,8 @@ ARTIFACT_COLUMNS = frozenset(
     | {"action", "confidence", "signal_data"}
 )
 FAULT_MODES = ("normal", "down", "slow", "error_then_recover", "malformed")
+#: The request log keeps the newest entries only, so a long load test cannot exhaust memory.
+REQUEST_LOG_SIZE = 10_000
 LINK_DEFAULTS: dict[str, Any] = {
     "is_active": True, "priority": 0, "timezone": "America/New_York", "session_start": "09:30",
     "session_end": "16:00", "allow_weekend": False, "schedule_interval": None, "config": None,
@@ -112,8 +115,17 @@ def _internal_error() -> _Answer:
     return _Answer(500, b"Internal Server Error", "text/plain; charset=utf-8")
 
 
+def _invalid(kind: str, loc: list[Any], msg: str) -> _Reject:
+    """FastAPI's 422 shape for a request that fails validation."""
+    return _Reject(422, [{"type": kind, "loc": loc, "msg": msg}])
+
+
 def _missing(loc: str) -> _Reject:
-    return _Reject(422, [{"type": "missing", "loc": ["body", loc], "msg": "Field required"}])
+    return _invalid("missing", ["body", *loc.split(".")], "Field required")
+
+
+def _not_object(*loc: Any) -> _Reject:
+    return _invalid("dict_type", ["body", *loc], "Input should be a valid dictionary")
 
 
 def _check_types(body: Mapping[str, Any], types: Mapping[str, tuple[type, ...]], where: str) -> None:
@@ -123,8 +135,8 @@ def _check_types(body: Mapping[str, Any], types: Mapping[str, tuple[type, ...]],
         value = body[key]
         wrong_bool = isinstance(value, bool) and bool not in allowed
         if wrong_bool or not isinstance(value, allowed):
-            raise _Reject(422, [{"type": "type_error", "loc": ["body", *where.split("."), key],
-                                 "msg": f"Input should be {' or '.join(t.__name__ for t in allowed)}"}])
+            raise _invalid("type_error", ["body", *filter(None, where.split(".")), key],
+                           f"Input should be {' or '.join(t.__name__ for t in allowed)}")
 
 
 # --- the fault plan ----------------------------------------------------------------------------
@@ -231,7 +243,7 @@ class _Backend:
             self.artifacts: dict[int, dict[str, Any]] = {}
             self.market: dict[tuple[str, str], list[dict[str, Any]]] = {}
             self.triggers: list[dict[str, Any]] = []
-            self.requests: list[dict[str, Any]] = []
+            self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
             self.next_symbol_id = self.next_link_id = self.next_artifact_id = 1
             self.fault = FaultPlan()
 
@@ -272,13 +284,13 @@ class _Backend:
 
     def _links(self, raw: Any, symbol_id: int) -> list[dict[str, Any]]:
         if not isinstance(raw, list):
-            raise _Reject(422, [{"type": "list_type", "loc": ["body", "workflows"], "msg": "Input should be a valid list"}])
+            raise _invalid("list_type", ["body", "workflows"], "Input should be a valid list")
         if not raw:
             raise _Reject(400, "At least one workflow link is required")
         links, seen = [], set()
         for index, item in enumerate(raw):
             if not isinstance(item, dict):
-                raise _Reject(422, [{"type": "dict_type", "loc": ["body", "workflows", index], "msg": "Input should be a valid dictionary"}])
+                raise _not_object("workflows", index)
             if not isinstance(item.get("dag_id"), str) or not item["dag_id"]:
                 raise _missing(f"workflows.{index}.dag_id")
             _check_types(item, _LINK_TYPES, f"workflows.{index}")
@@ -300,7 +312,7 @@ class _Backend:
         """Validate and store a symbol (POST body shape); return it and the auto-triggers it caused."""
         with self.lock:
             if not isinstance(body, dict):
-                raise _Reject(422, [{"type": "dict_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}])
+                raise _not_object()
             if not isinstance(body.get("symbol"), str):
                 raise _missing("symbol")
             symbol = self._symbol_key(body["symbol"].strip())
@@ -329,7 +341,7 @@ class _Backend:
     def list_symbols(self, *, query: dict[str, str], body: Any) -> _Answer:
         enabled_only = query.get("enabled_only", "false").lower()
         if enabled_only not in {"true", "false", "1", "0"}:
-            raise _Reject(422, [{"type": "bool_parsing", "loc": ["query", "enabled_only"], "msg": "Input should be a valid boolean"}])
+            raise _invalid("bool_parsing", ["query", "enabled_only"], "Input should be a valid boolean")
         with self.lock:
             rows = [r for r in self.symbols.values() if r["enabled"] or enabled_only in {"false", "0"}]
             rows.sort(key=lambda r: (-r["priority"], r["symbol"]))
@@ -349,7 +361,7 @@ class _Backend:
         with self.lock:
             row = self._existing(symbol)
             if not isinstance(body, dict):
-                raise _Reject(422, [{"type": "dict_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}])
+                raise _not_object()
             _check_types(body, _SYMBOL_TYPES, "")
             links = self._links(body["workflows"], row["id"]) if "workflows" in body else row["workflows"]
             row.update({k: body[k] for k in _SYMBOL_TYPES if k in body})
@@ -395,7 +407,7 @@ class _Backend:
         """POST semantics: 400 on name/type, 500 on any non-column key, no deduplication."""
         with self.lock:
             if not isinstance(body, dict):
-                raise _Reject(422, [{"type": "dict_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}])
+                raise _not_object()
             if not body.get("name") or not body.get("type"):
                 raise _Reject(400, "name and type are required")
             if body["type"] not in ARTIFACT_TYPES:
@@ -418,7 +430,7 @@ class _Backend:
         try:
             limit = int(query.get("limit", "100"))
         except ValueError:
-            raise _Reject(422, [{"type": "int_parsing", "loc": ["query", "limit"], "msg": "Input should be a valid integer"}]) from None
+            raise _invalid("int_parsing", ["query", "limit"], "Input should be a valid integer") from None
         with self.lock:
             rows = [r for r in self.artifacts.values()
                     if all(r.get(k) == query[k] for k in ("type", "symbol", "execution_id") if k in query)]
@@ -427,7 +439,7 @@ class _Backend:
 
     def _artifact(self, raw_id: str) -> dict[str, Any]:
         if not raw_id.isdigit():
-            raise _Reject(422, [{"type": "int_parsing", "loc": ["path", "artifact_id"], "msg": "Input should be a valid integer"}])
+            raise _invalid("int_parsing", ["path", "artifact_id"], "Input should be a valid integer")
         if int(raw_id) not in self.artifacts:
             raise _Reject(404, f"Artifact {raw_id} not found")
         return self.artifacts[int(raw_id)]
@@ -440,7 +452,7 @@ class _Backend:
         with self.lock:
             row = self._artifact(artifact_id)
             if not isinstance(body, dict):
-                raise _Reject(422, [{"type": "dict_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}])
+                raise _not_object()
             if "type" in body and body["type"] not in ARTIFACT_TYPES:
                 raise _Reject(400, f"Invalid artifact type: {body['type']}. Must be one of {list(ARTIFACT_TYPES)}")
             row.update({k: v for k, v in body.items() if k in ARTIFACT_COLUMNS})  # unknown keys ignored
@@ -617,8 +629,10 @@ class WebUIServer:
             self._backend.fault = plan
         if plan.stop_listener:
             assert plan.for_s is not None
-            threading.Timer(0.05, self.stop).start()  # after the control answer has gone out
-            threading.Timer(0.05 + plan.for_s, self._restart_after_outage).start()
+            for delay, action in ((0.05, self.stop), (0.05 + plan.for_s, self._restart_after_outage)):
+                timer = threading.Timer(delay, action)  # the stop waits for the control answer to go out
+                timer.daemon = True
+                timer.start()
         return plan.public()
 
     def _restart_after_outage(self) -> None:
@@ -697,7 +711,8 @@ class WebUIServer:
             if path == "/__control__" and method == "POST":
                 if not isinstance(body, dict):
                     raise ValueError('body must be a JSON object like {"mode": "normal"}')
-                return _Answer(200, self.set_mode(body.get("mode", "normal"), **{k: v for k, v in body.items() if k != "mode"}))
+                options = {k: v for k, v in body.items() if k != "mode"}
+                return _Answer(200, self.set_mode(body.get("mode", "normal"), **options))
             if path == "/__control__/requests" and method == "GET":
                 return _Answer(200, {"requests": self.requests})
             if path == "/__control__/requests" and method == "DELETE":
@@ -827,7 +842,7 @@ class WebUIServer:
         """API requests seen, oldest first: method, path, query, body_keys, body, authorization,
         status (None when the connection was dropped), fault, ts. Control calls are not logged."""
         with self._backend.lock:
-            return json.loads(json.dumps(self._backend.requests))
+            return json.loads(json.dumps(list(self._backend.requests)))
 
     def clear_requests(self) -> None:
         with self._backend.lock:

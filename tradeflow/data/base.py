@@ -54,7 +54,7 @@ class MarketData:
 
     symbol: str
     source: str
-    bars: pd.DataFrame
+    bars: pd.DataFrame = field(repr=False)
     synthetic: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
 

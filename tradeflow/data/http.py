@@ -64,6 +64,9 @@ def _get_with_retry(
     for attempt in range(1, ATTEMPTS + 1):
         try:
             response = http.get(url, params=params, timeout=TIMEOUT_S, verify=verify)
+        except requests.exceptions.SSLError:
+            raise DataError(f"{what}: TLS certificate check failed for {url} (for the IBKR gateway's "
+                            "self-signed certificate set IBKR_VERIFY_TLS=false)") from None
         except requests.ConnectionError as exc:  # includes ConnectTimeout
             problem = f"cannot connect ({type(exc).__name__})"
         except requests.Timeout:

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from tradeflow.config import RunConfig  # noqa: E402
 from tradeflow.tracking import (  # noqa: E402
@@ -96,7 +97,12 @@ def train_backtest_step(cfg: RunConfig) -> dict:
 
         metrics: dict[str, float] = {}
         backtests = {}
-        for split_name, frame in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
+        # valid/test get the previous split's last window-1 rows as history, so the backtest
+        # trades from the split's first bar (the first observation needs a full window).
+        framed = {"train": splits.train,
+                  "valid": with_history(splits.train, splits.valid, window),
+                  "test": with_history(splits.valid, splits.test, window)}
+        for split_name, frame in framed.items():
             backtests[split_name] = engine.backtest(result.agent, frame, cfg)
             metrics.update({f"{split_name}_{k}": float(v) for k, v in backtests[split_name].metrics.items()})
         metrics.update({"train_seconds": train_wall, "env_steps_per_s": float(result.env_steps_per_s),
@@ -106,8 +112,6 @@ def train_backtest_step(cfg: RunConfig) -> dict:
 
         for split_name in ("valid", "test"):
             _log_table(backtests[split_name].table, f"backtest/{split_name}_backtest.csv", workdir)
-        import pandas as pd
-
         _log_table(pd.DataFrame(result.learning_curve), "backtest/learning_curve.csv", workdir)
         _log_plots(backtests["test"].table, cfg.symbol)
 
@@ -122,6 +126,10 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         mlflow.log_dict(summary, "summary.json")
         _print_summary(summary)
         return summary
+
+
+def with_history(previous: pd.DataFrame, frame: pd.DataFrame, window: int) -> pd.DataFrame:
+    return pd.concat([previous.tail(window - 1), frame], ignore_index=True)
 
 
 def _log_progress(update: dict) -> None:

@@ -132,7 +132,9 @@ def make_env(
     )
 
 
-def build_model(algorithm: str, env: TradingEnv, params: TradeMasterParams, *, seed: int, steps_per_epoch: int) -> BaseAlgorithm:
+def build_model(
+    algorithm: str, env: TradingEnv, params: TradeMasterParams, *, seed: int, steps_per_epoch: int
+) -> BaseAlgorithm:
     """The SB3 algorithm with hyperparameters sized for short daily series."""
     common: dict[str, Any] = {
         "learning_rate": params.learning_rate,
@@ -233,7 +235,7 @@ class _EpochEvaluator(BaseCallback):
             epoch, epochs, self.num_timesteps, 100 * row["valid_total_return"], row["steps_per_s"],
         )
         if self.progress is not None:
-            self.progress({**row, "epochs": epochs})
+            self.progress(dict(row))
         self._mark = time.perf_counter()
         return epoch < epochs
 
@@ -251,7 +253,8 @@ class BuiltinEngine(Engine):
         progress: Callable[[dict], None] | None = None,
         workdir: Path,
     ) -> TrainResult:
-        """Train, keep the best-on-valid checkpoint, save it to ``workdir/agent`` and return it."""
+        """Train, then return the best-on-valid checkpoint (everything stays in memory: ``workdir``
+        is unused; the caller saves ``result.agent``)."""
         started = time.perf_counter()
         params = cfg.trademaster
         scaler = ObservationScaler.fit(splits.train[list(FEATURE_COLUMNS)].to_numpy(np.float64))
@@ -270,7 +273,6 @@ class BuiltinEngine(Engine):
             evaluator = _EpochEvaluator(self, agent, splits, cfg, progress)
             model.learn(total_timesteps=params.epochs * len(splits.train), callback=evaluator)
             model.policy.load_state_dict(evaluator.best_state)
-        agent.save(Path(workdir) / "agent")
         best = evaluator.best
         return TrainResult(
             agent=agent,

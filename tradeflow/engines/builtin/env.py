@@ -107,7 +107,9 @@ class TradingEnv(gym.Env[np.ndarray, np.int64]):
         self._shaping = future_weights * (self._prices[ahead] - self._prices) * self._scale
         self.action_space = gym.spaces.Discrete(2 * max_volume + 1)
         self.observation_space = gym.spaces.Box(
-            -np.inf, np.inf, shape=(window * self._features.shape[1] + 1,), dtype=np.float32
+            low=np.append(np.tile(self._features.min(axis=0), window), -1.0).astype(np.float32),
+            high=np.append(np.tile(self._features.max(axis=0), window), 1.0).astype(np.float32),
+            dtype=np.float32,
         )
         self._t = window - 1
 

@@ -1,0 +1,186 @@
+"""``pipeline`` end to end: child runs under a parent, WebUI persistence with lineage, the stage
+cache, failure handling and reproduction. Real ``mlflow run`` subprocesses, a real SQLite store and
+a real WebUI contract server on 127.0.0.1 (POST answers 200, unknown keys 500, no dedup)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import DJ30_BOTH, mlflow_run, require_shared_data
+from tests.support.webui_server import WebUIServer
+from tradeflow.projects import recorded_params
+
+pytestmark = pytest.mark.slow
+
+SYMBOL = "AAPL"
+BASE = {"symbol": SYMBOL, "data_source": DJ30_BOTH, "epochs": "1"}
+STAGES = ("train_backtest", "inference", "review", "persist")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One store and one WebUI server for the module: later tests build on earlier runs."""
+    require_shared_data()
+    tmp = tmp_path_factory.mktemp("pipeline")
+    uri = f"sqlite:///{tmp / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("trademaster_autogen", artifact_location=(tmp / "artifacts").as_uri())
+    with WebUIServer() as server:
+        yield {"uri": uri, "server": server, "client": client}
+
+
+@pytest.fixture(autouse=True)
+def _point_at_world(world, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["uri"])
+    mlflow.set_tracking_uri(world["uri"])
+
+
+def _pipeline(world, *, backend: bool = True, **params):
+    env = {"BACKEND_API_URL": world["server"].url} if backend else {}
+    result = mlflow_run("pipeline", {**BASE, **params}, env=env)
+    return result
+
+
+def _parent(client: MlflowClient, execution_id: str):
+    exp = client.get_experiment_by_name("trademaster_autogen").experiment_id
+    runs = client.search_runs([exp], f"tags.`tradeflow.stage` = 'pipeline' and tags.`tradeflow.execution_id` = '{execution_id}'",
+                              order_by=["attributes.start_time DESC"])
+    assert runs, f"no pipeline run for execution {execution_id}"
+    return runs[0]
+
+
+def _children(client: MlflowClient, parent_id: str):
+    exp = client.get_experiment_by_name("trademaster_autogen").experiment_id
+    return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_mode_both_builds_the_run_tree_and_persists_with_lineage(world):
+    client, server = world["client"], world["server"]
+    result = _pipeline(world, execution_id="exec-1", mode="both")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    parent = _parent(client, "exec-1")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.project.entryPoint"] == "pipeline"
+    children = {c.data.tags["mlflow.project.entryPoint"]: c for c in _children(client, parent.info.run_id)}
+    assert set(children) == set(STAGES)
+    for stage, child in children.items():
+        assert child.info.status == "FINISHED"
+        assert child.data.tags.get("mlflow.source.git.commit") == parent.data.tags["mlflow.source.git.commit"]
+        assert parent.data.tags[f"tradeflow.stage.{stage}.run_id"] == child.info.run_id
+        assert parent.data.tags[f"tradeflow.stage.{stage}.reused"] == "false"
+    # only ids and URIs travel between stages
+    train, inference, review = children["train_backtest"], children["inference"], children["review"]
+    assert inference.data.params["model_uri"] == f"models:/trademaster_{SYMBOL}/{train.data.tags['tradeflow.model_version']}"
+    assert review.data.params["evidence_uri"] == f"runs:/{inference.info.run_id}/evidence.json"
+    assert children["persist"].data.params["review_run_id"] == review.info.run_id
+    assert json.loads(recorded_params(train.data.params)["config"])["symbol"] == SYMBOL
+
+    # the decision is on the parent; the artifacts on the server point at the review run
+    assert parent.data.tags["tradeflow.decision.action"] in ("BUY", "SELL", "HOLD")
+    artifacts = server.artifacts()
+    assert sorted(a["type"] for a in artifacts) == ["chart", "llm", "signal"]
+    for artifact in artifacts:
+        assert artifact["run_id"] == review.info.run_id
+        assert artifact["experiment_id"] == review.info.experiment_id
+        assert artifact["execution_id"] == "exec-1"
+        assert artifact["symbol"] == SYMBOL
+        assert artifact["dag_id"] == artifact["workflow_id"] == "trademaster_autogen_pipeline_workflow"
+    by_type = {a["type"]: a for a in artifacts}
+    assert by_type["signal"]["action"] == parent.data.tags["tradeflow.decision.action"]
+    assert 0.0 <= by_type["signal"]["confidence"] <= 1.0
+    transcript_uri = by_type["llm"]["metadata"]["transcript_uri"]
+    assert transcript_uri.endswith("autogen_conversation.jsonl")
+    lines = mlflow.artifacts.load_text(transcript_uri).splitlines()
+    assert len(lines) >= 3 and all(json.loads(line)["agent"] for line in lines)
+    assert by_type["chart"]["image_path"].endswith("plots/price.png")
+
+
+def test_identical_rerun_reuses_every_stage_and_adds_no_artifact(world):
+    client, server = world["client"], world["server"]
+    before_runs = len(client.search_runs([client.get_experiment_by_name("trademaster_autogen").experiment_id]))
+    before_artifacts = len(server.artifacts())
+    result = _pipeline(world, execution_id="exec-1", mode="both")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 stage(s) reused" in result.stdout
+    parent = _parent(client, "exec-1")
+    assert all(parent.data.tags[f"tradeflow.stage.{s}.reused"] == "true" for s in STAGES)
+    after_runs = len(client.search_runs([client.get_experiment_by_name("trademaster_autogen").experiment_id]))
+    assert after_runs == before_runs + 1  # only the new parent
+    assert len(server.artifacts()) == before_artifacts
+
+
+def test_mode_inference_uses_the_registered_model_and_a_new_execution_gets_its_own_artifacts(world):
+    client, server = world["client"], world["server"]
+    result = _pipeline(world, execution_id="exec-2", mode="inference", force="true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent = _parent(client, "exec-2")
+    stages = {c.data.tags["mlflow.project.entryPoint"] for c in _children(client, parent.info.run_id)}
+    assert stages == {"inference", "review", "persist"}
+    exec2 = [a for a in server.artifacts() if a["execution_id"] == "exec-2"]
+    assert sorted(a["type"] for a in exec2) == ["chart", "llm", "signal"]
+
+
+def test_mode_train_backtest_runs_only_training(world):
+    client = world["client"]
+    result = _pipeline(world, execution_id="exec-3", mode="train_backtest", backend=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent = _parent(client, "exec-3")
+    assert parent.data.tags["tradeflow.stage.train_backtest.reused"] == "true"  # cached from mode both
+    assert "tradeflow.stage.inference.run_id" not in parent.data.tags
+
+
+def test_backend_down_fails_clearly_and_keeps_finished_stages(world):
+    client, server = world["client"], world["server"]
+    server.stop()
+    try:
+        result = _pipeline(world, execution_id="exec-4", mode="both")
+    finally:
+        server.start()
+    assert result.returncode != 0
+    assert "stage persist failed" in result.stderr and "unreachable" in result.stderr
+    parent = _parent(client, "exec-4")
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["tradeflow.failed_stage"] == "persist"
+    assert "unreachable" in parent.data.tags["tradeflow.failure_reason"]
+    for stage in ("train_backtest", "inference", "review"):
+        assert client.get_run(parent.data.tags[f"tradeflow.stage.{stage}.run_id"]).info.status == "FINISHED"
+    persist = client.get_run(parent.data.tags["tradeflow.stage.persist.run_id"])
+    assert persist.info.status == "FAILED"
+    assert not [a for a in server.artifacts() if a["execution_id"] == "exec-4"]
+    # the retry, with the backend back, reuses the finished stages and persists once
+    retry = _pipeline(world, execution_id="exec-4", mode="both")
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert len([a for a in server.artifacts() if a["execution_id"] == "exec-4"]) == 3
+
+
+def test_without_backend_url_persistence_is_skipped_and_says_so(world):
+    client = world["client"]
+    result = _pipeline(world, execution_id="exec-5", mode="both", backend=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WebUI persistence skipped" in result.stdout
+    parent = _parent(client, "exec-5")
+    persist = client.get_run(parent.data.tags["tradeflow.stage.persist.run_id"])
+    assert persist.data.tags["webui.persist"] == "skipped"
+
+
+def test_reproduce_a_finished_train_backtest_run_gives_identical_metrics(world):
+    client = world["client"]
+    parent = _parent(client, "exec-1")
+    train_id = parent.data.tags["tradeflow.stage.train_backtest.run_id"]
+    result = mlflow_run("reproduce", {"run_id": train_id})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MATCH" in result.stdout and "MISMATCH" not in result.stdout
+    exp = client.get_experiment_by_name("trademaster_autogen").experiment_id
+    repro = client.search_runs([exp], "tags.`tradeflow.stage` = 'reproduce'")[0]
+    assert repro.data.tags["reproduce.match"] == "true"
+    again = client.get_run(repro.data.tags["reproduce.reproduced_run_id"])
+    assert again.data.tags["tradeflow.reproduction_of"] == train_id
+    assert again.data.metrics["test_total_return"] == client.get_run(train_id).data.metrics["test_total_return"]
+    # the reproduction did not move the registry alias
+    alias = client.get_model_version_by_alias(f"trademaster_{SYMBOL}", "champion")
+    assert alias.run_id != again.info.run_id
