@@ -106,4 +106,4 @@ tm = import_trademaster()
 assert torch.version.cuda is None, "torch is a CUDA build; reinstall the CPU wheel"
 print(f"ok: trademaster importable ({tm.origin}), torch {torch.__version__}, mmcv {tm.mmcv_version}")
 EOF
-echo "use it:  $TM_VENV/bin/mlflow run . -e train_backtest --env-manager local -P engine=trademaster -P symbol=BTC ..."
+echo "use it:  PATH=$TM_VENV/bin:\$PATH $TM_VENV/bin/mlflow run . -e train_backtest --env-manager local -P engine=trademaster -P symbol=BTC ..."

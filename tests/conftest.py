@@ -60,3 +60,4 @@ def mlflow_run(entry_point: str, params: dict[str, str], *, env: dict[str, str] 
         cmd += ["-P", f"{key}={value}"]
     full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+from tests.support.webui_server import webui_server  # noqa: E402,F401  (fixture)

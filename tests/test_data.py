@@ -396,17 +396,20 @@ def test_backend_retries_server_errors_then_gives_up(services, monkeypatch):
     np.testing.assert_array_equal(md.bars["volume"].to_numpy(), synthetic["volume"].to_numpy())
 
     monkeypatch.setenv("BACKEND_API_URL", f"{url}/down")
+    source = f"backend:{url}/down/api/market-data/cache/AAPL"
     expect_error(lambda: load_market_data(cfg("AAPL", "backend")),
-                 f"AAPL backend market-data cache: {url}/down/api/market-data/cache/AAPL answered "
-                 "HTTP 503: database unavailable (3 attempts)")
+                 f"AAPL from {source}: WebUI backend at {url}/down answered 503 after 4 tries: "
+                 'GET /api/market-data/cache/AAPL: "database unavailable"')
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     monkeypatch.setenv("BACKEND_API_URL", f"http://127.0.0.1:{closed}")
-    expect_error(lambda: load_market_data(cfg("AAPL", "backend")),
-                 f"AAPL backend market-data cache: http://127.0.0.1:{closed}/api/market-data/cache/AAPL: "
-                 "cannot connect (ConnectionError) (3 attempts)")
+    with pytest.raises(DataError) as caught:
+        load_market_data(cfg("AAPL", "backend"))
+    assert str(caught.value).startswith(
+        f"AAPL from backend:http://127.0.0.1:{closed}/api/market-data/cache/AAPL: "
+        f"WebUI backend at http://127.0.0.1:{closed} unreachable after 4 tries")
 
 
 def test_ibkr_resolves_conid_then_loads_history(services, monkeypatch):

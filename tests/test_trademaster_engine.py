@@ -41,7 +41,8 @@ def upstream():
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"upstream TradeMaster is not importable ({reason}); CI does not install it. "
-                    f"To run these tests: {INSTALL_COMMAND}, then .venv-tm/bin/python -m pytest tests/test_trademaster_engine.py")
+                    f"To run these tests: {INSTALL_COMMAND}, then "
+                    ".venv-tm/bin/python -m pytest tests/test_trademaster_engine.py")
     require_shared_data()
     return import_trademaster()
 
@@ -140,9 +141,9 @@ def test_long_flat_portfolio_values_match_builtin_env(upstream, cost, window, ma
 
 
 def test_short_side_difference(upstream):
-    """Always SELL on BTC's test split (2018-04..2019-06, BTC +25%): upstream debits cash for every
-    short sale like a purchase and marks the short at -units * price, so it loses more than the
-    account (-212%) with 13 units short; the same 13-unit path marked to market loses 13.8%;
+    """Always SELL on BTC's test split (2018-04-07..2019-05-26, BTC 6911 -> 8673): upstream debits
+    cash for every short sale like a purchase and marks the short at -units * price, so it loses
+    more than the account (-212%) with 13 units short; the same 13-unit path marked to market loses 13.8%;
     our env's "always short" (target -1, held) loses 1.8%."""
     from tradeflow.engines.builtin.env import TradingEnv
 
@@ -172,7 +173,8 @@ def test_short_side_difference(upstream):
         ours.append(ours_env.step(0)[4]["equity"])
     ours_return = ours[-1] / E0 - 1
     assert ours_return == pytest.approx(-0.0177, abs=5e-4)
-    print(f"\nalways-SELL, BTC test split ({n - 1} steps, BTC {prices[window - 1]:.0f} -> {prices[window - 2 + n]:.0f}): "
+    print(f"\nalways-SELL, BTC test split ({n - 1} steps, "
+          f"BTC {prices[window - 1]:.0f} -> {prices[window - 2 + n]:.0f}): "
           f"upstream {upstream_return:+.2%} ({units[-1]:.0f} units), same units marked to market "
           f"{marked_return:+.2%}, ours target -1 {ours_return:+.2%}")
 
@@ -249,7 +251,8 @@ def test_trains_upstream_dqn_on_btc_and_round_trips(upstream, tmp_path):
     np.testing.assert_allclose(test.table["equity"].to_numpy(), upstream_csv["total assets"].to_numpy(), rtol=1e-12)
     assert list(test.table.columns) == ["date", "price", "action", "position", "units", "cash", "equity",
                                         "benchmark", "drawdown", "trade", "cost"]
-    assert test.table["equity"].iloc[0] == E0 and test.table["date"].iloc[0] == splits.test["date"].iloc[cfg.trademaster.backward_num_day - 1]
+    assert test.table["equity"].iloc[0] == E0
+    assert test.table["date"].iloc[0] == splits.test["date"].iloc[cfg.trademaster.backward_num_day - 1]
 
     # self-contained save/load; act() on our observation layout
     saved = tmp_path / "saved"
@@ -276,3 +279,38 @@ def test_training_is_reproducible(upstream, tmp_path):
     strip = [{k: v for k, v in row.items() if k != "steps_per_s"} for row in first.learning_curve]
     assert strip == [{k: v for k, v in row.items() if k != "steps_per_s"} for row in second.learning_curve]
     assert first.extra_metrics == second.extra_metrics
+
+
+# --- end to end through the real `mlflow run` CLI -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mlflow_run_train_backtest_and_inference_with_upstream(upstream, tracking_store):
+    """``mlflow run . -e train_backtest -P engine=trademaster`` logs and registers the upstream agent;
+    ``-e inference`` then serves it through the pyfunc (both in this interpreter's venv, .venv-tm)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import mlflow_run
+
+    source = f"csv:{BTC_CSV}"
+    result = mlflow_run("train_backtest", {"symbol": "BTC", "engine": "trademaster", "data_source": source,
+                                           "epochs": "1", "backtest_lookback_days": "900"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "BTC: test total return" in result.stdout
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("trademaster_autogen").experiment_id
+    run = client.search_runs(experiment, filter_string="tags.`tradeflow.stage` = 'train_backtest'")[0]
+    assert run.info.status == "FINISHED" and run.data.params["cfg.engine"] == "trademaster"
+    metrics = run.data.metrics
+    for key in ("test_total_return", "test_sharpe", "test_max_drawdown", "upstream_test_total_return",
+                "best_valid_total_return", "env_steps_per_s"):
+        assert np.isfinite(metrics[key]), key
+    version = client.get_model_version_by_alias("trademaster_BTC", "champion")
+    agent_dir = mlflow.artifacts.download_artifacts(f"models:/trademaster_BTC/{version.version}")
+    meta = json.loads(open(f"{agent_dir}/artifacts/agent/agent.json").read())
+    assert meta["engine"] == "trademaster" and meta["upstream"]["commit"].startswith("c1c4838b518a")
+
+    served = mlflow_run("inference", {"symbol": "BTC", "data_source": source})
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert "models:/trademaster_BTC/" in served.stdout and "suggests" in served.stdout

@@ -7,8 +7,14 @@ Public API
 ``find_pg_bin_dir() -> pathlib.Path | None``
 ``postgres_unavailable_reason() -> str | None``
 ``skip_if_no_postgres() -> None``         (``pytest.skip`` with the reason)
-``PostgresServer(...)``                   context manager (``.dsn``, ``.sqlalchemy_url``, ...)
-``MlflowServer(backend_store_uri, ...)``  context manager (``.url``, ``.restart()``, ...)
+``PostgresServer(*, port=None, dbname="mlflow", user="mlflow", password=None, ...)``
+    context manager; ``.dsn``, ``.sqlalchemy_url`` (``postgresql+psycopg2://``),
+    ``.libpq_url``, ``.host``/``.port``, ``.connect()``, ``.start()``, ``.stop()``,
+    ``.restart()`` (same port + data), ``.kill()``, ``.timings``, ``.log_path``
+``MlflowServer(backend_store_uri, *, artifacts_destination=None, workers=1, ...)``
+    context manager; ``.url``, ``.port``, ``.artifacts_destination``,
+    ``.start(wait=True)``, ``.wait_ready()``, ``.stop()``, ``.kill()``,
+    ``.restart(hard=True)`` (same port + store), ``.timings``, ``.log_path``, ``.log_tail()``
 ``ServerStartError``                      raised with the server log tail when a server fails
 ``dump_logs_if_failed(request, *servers)`` for fixture teardown (prints logs of failed tests)
 
@@ -305,11 +311,13 @@ def _redact(cmd: Iterable[str]) -> str:
 def find_pg_bin_dir() -> Path | None:
     """Locate a directory holding ``initdb`` and ``postgres``.
 
-    Order: ``$TRADEFLOW_PG_BIN``, the newest ``/usr/lib/postgresql/*/bin``, ``$PATH``.
+    ``$TRADEFLOW_PG_BIN`` when set (and nothing else: point it at an empty dir to
+    force the skip path), else the newest ``/usr/lib/postgresql/*/bin``, else ``$PATH``.
     """
+    if env := os.environ.get("TRADEFLOW_PG_BIN"):  # authoritative when set
+        p = Path(env)
+        return p if (p / "initdb").is_file() and (p / "postgres").is_file() else None
     candidates: list[str] = []
-    if env := os.environ.get("TRADEFLOW_PG_BIN"):
-        candidates.append(env)
 
     def _ver(p: str) -> tuple:
         try:
@@ -345,6 +353,8 @@ def _pg_os_user() -> tuple[int, int, str] | None:
 def postgres_unavailable_reason() -> str | None:
     """Why a ``PostgresServer`` cannot be started here, or None when it can."""
     if find_pg_bin_dir() is None:
+        if os.environ.get("TRADEFLOW_PG_BIN"):
+            return f"TRADEFLOW_PG_BIN={os.environ['TRADEFLOW_PG_BIN']} has no initdb/postgres binaries"
         return (
             "PostgreSQL server binaries (initdb, postgres) not found: set TRADEFLOW_PG_BIN or "
             "install postgresql (looked in /usr/lib/postgresql/*/bin and $PATH)"

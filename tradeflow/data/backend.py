@@ -9,7 +9,6 @@ bars do not go stale, and the notes say how many were used.
 
 from __future__ import annotations
 
-import os
 from urllib.parse import quote
 
 import pandas as pd
@@ -17,34 +16,33 @@ import requests
 
 from tradeflow.config import RunConfig
 from tradeflow.data.base import DataError, MarketData, finalise
-from tradeflow.data.http import NotFound, get_json
 from tradeflow.data.ibkr_bars import ADJCP_NOTE, parse_ibkr_bars
 
 ENV_URL = "BACKEND_API_URL"
 
 
-def backend_url(symbol: str) -> str:
-    """The base URL from ``BACKEND_API_URL`` (trailing slash dropped); DataError when unset."""
-    base = os.environ.get(ENV_URL, "").strip().rstrip("/")
-    if not base:
+def load_backend(cfg: RunConfig, *, session: requests.Session | None = None) -> MarketData:
+    """Load ``cfg.symbol`` from the backend's market-data cache (case must match exactly).
+
+    Goes through ``tradeflow.webui.WebUIClient``: one place for the backend's timeouts, retries
+    and bearer token (``BACKEND_API_TOKEN``). ``session`` is unused (kept for the common signature).
+    """
+    from tradeflow.webui import WebUIClient, WebUIError, WebUINotFoundError
+
+    symbol = cfg.symbol
+    client = WebUIClient.from_env()
+    if client is None:
         raise DataError(f"{symbol}: data_source=backend needs {ENV_URL} (the WebUI backend, e.g. "
                         "http://localhost:8000); set it, or use data_source=csv:<path> or synthetic")
-    return base
-
-
-def load_backend(cfg: RunConfig, *, session: requests.Session | None = None) -> MarketData:
-    """Load ``cfg.symbol`` from the backend's market-data cache (case must match exactly)."""
-    symbol = cfg.symbol
-    url = f"{backend_url(symbol)}/api/market-data/cache/{quote(symbol, safe='')}"
+    url = f"{client.base_url}/api/market-data/cache/{quote(symbol, safe='')}"
     source = f"backend:{url}"
     try:
-        body = get_json(url, params={"data_type": "daily"}, session=session,
-                        what=f"{symbol} backend market-data cache")
-    except NotFound:
+        with client:
+            body = client.get_market_data_cache(symbol)
+    except WebUINotFoundError:
         raise DataError(f"no cached market data for symbol {symbol} at the backend ({url})") from None
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise DataError(f"{symbol} from {source}: expected {{\"symbol\", \"count\", \"data\": [...]}}, "
-                        f"got {type(body).__name__}")
+    except WebUIError as exc:
+        raise DataError(f"{symbol} from {source}: {exc}") from None
     if body.get("symbol") not in (None, symbol):
         raise DataError(f"{symbol} from {source}: the backend answered for symbol {body.get('symbol')!r}")
     entries = body["data"]

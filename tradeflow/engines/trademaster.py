@@ -506,7 +506,8 @@ class TradeMasterEngine(Engine):
         offset = 0
         for name in ("train", "valid", "test"):
             frame = getattr(splits, name)
-            paths[name] = write_upstream_csv(frame, root / "data" / f"{name}.csv", symbol=cfg.symbol, first_index=offset)
+            paths[name] = write_upstream_csv(frame, root / "data" / f"{name}.csv", symbol=cfg.symbol,
+                                             first_index=offset)
             offset += len(frame)
         horizon = UPSTREAM_TRAINER["horizon_len"]
         # upstream's default 1e6 is preallocated per field; the whole run fits in this (it never wraps either way)

@@ -110,9 +110,9 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
 
         market = load_market_data(cfg)
         mlflow.set_tags({TAG_DATA_DIGEST: market.digest, TAG_SYNTHETIC: str(market.synthetic).lower()})
-        mlflow.log_input(market.to_mlflow_dataset(), context="inference")
+        market.log_mlflow_input("inference")
         features = compute_features(market.bars)
-        window = latest_window(features, int(meta["window"]))
+        window = latest_window(features, int(meta["window"]), symbol=cfg.symbol)
         prediction = model.predict(window).iloc[0].to_dict()
         action = int(prediction["action"])
         scores = {k.removeprefix("score_"): float(v) for k, v in prediction.items() if k.startswith("score_")}

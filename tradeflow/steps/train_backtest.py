@@ -61,7 +61,7 @@ def train_backtest_step(cfg: RunConfig) -> dict:
     """Run the whole step inside one MLflow run; return the summary (also logged)."""
     from tradeflow.data import load_market_data
     from tradeflow.engines import get_engine
-    from tradeflow.features import compute_features, split_chronological
+    from tradeflow.features import compute_features, split_for_run
 
     engine = get_engine(cfg.engine)  # unknown/unavailable engine fails before the run starts
     tags = {TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: cfg.data_source}
@@ -78,11 +78,11 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         mlflow.set_tags({TAG_DATA_DIGEST: market.digest, TAG_SYNTHETIC: str(market.synthetic).lower()})
         if market.notes:
             mlflow.set_tag("tradeflow.data_notes", "; ".join(market.notes)[:5000])
-        mlflow.log_input(market.to_mlflow_dataset(), context="training")
+        market.log_mlflow_input("training")
 
         window = cfg.trademaster.backward_num_day
         features = compute_features(market.bars)
-        splits = split_chronological(features, cfg.split, min_rows=window + cfg.trademaster.forward_num_day + 1)
+        splits = split_for_run(features, cfg)
         bounds = splits.describe()
         mlflow.log_params({"data.source": market.source, "data.digest": market.digest, "data.rows": market.rows,
                            "data.start": str(market.start.date()), "data.end": str(market.end.date()),
