@@ -2,7 +2,8 @@
 
 Needs upstream installed (``bash scripts/install_trademaster.sh`` -> ``.venv-tm``); CI does not
 have it, so everything but ``test_unavailable_engine_says_how_to_install`` skips there. Run with
-``.venv-tm/bin/python -m pytest tests/test_trademaster_engine.py -q``.
+``.venv-tm/bin/python -m pytest tests/test_trademaster_engine.py -q`` (the ``slow`` one runs
+``mlflow run . -e train_backtest -P engine=trademaster`` and ``-e inference`` through the real CLI).
 
 Parity: on upstream's own BTC test.csv and the same long-only/flat decisions, upstream's
 ``AlgorithmicTradingEnvironment`` and our ``TradingEnv(position_sizing="units")`` mark the same

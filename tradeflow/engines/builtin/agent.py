@@ -7,7 +7,7 @@ TradeMaster's trainer does.
 
 DQN defaults are sized for a few hundred daily bars, where SB3's Atari-scale defaults would
 barely start learning: the replay buffer holds the whole run, learning starts after a tenth of an
-epoch, one gradient step per env step, a hard target update ten times per epoch, and gamma 0.9
+epoch, one gradient step every 4 env steps, a hard target update ten times per epoch, and gamma 0.9
 (TradeMaster's value; the reward already looks ahead through its forward-return shaping).
 """
 
@@ -151,7 +151,7 @@ def build_model(
             buffer_size=min(params.epochs * steps_per_epoch, MAX_REPLAY),
             learning_starts=max(64, steps_per_epoch // 10),
             batch_size=64,
-            train_freq=1,
+            train_freq=4,
             gradient_steps=1,
             target_update_interval=max(1, steps_per_epoch // 10),
             exploration_fraction=params.explore_rate,
