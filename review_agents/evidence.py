@@ -49,7 +49,7 @@ class ModelView(_Open):
     algorithm: str | None = None
     suggestion: Literal["BUY", "SELL", "HOLD"] | None = None
     target_position: float | None = None
-    scores: dict[str, float] = Field(default_factory=dict)
+    scores: dict[str, float | None] = Field(default_factory=dict)
 
     @field_validator("suggestion", mode="before")
     @classmethod

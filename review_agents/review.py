@@ -127,9 +127,9 @@ def _model_used(config: ReviewConfig, client: ChatCompletionClient | None, envir
 def _no_decision_reason(limits: Limits | None) -> Failure:
     if limits is None:
         return Failure("no_decision", "the team was not built")
-    if limits.tokens.terminated:
+    if limits.tokens.fired:
         return Failure("token_limit", "max_total_tokens reached before the decision maker answered")
-    if limits.messages.terminated:
+    if limits.messages.fired:
         return Failure("message_limit", "max_messages reached before the decision maker answered")
     return Failure("no_decision", "the team stopped without a structured decision")
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from .analysis import STOP_ATR, Assessment, assess
 from .evidence import EvidenceError, parse_evidence
-from .prompts import DECISION_MAKER, RISK_REVIEWER, TECHNICAL_ANALYST, extract_evidence
+from .prompts import DECISION_MAKER, RISK_REVIEWER, extract_evidence
 from .schema import DecisionDraft
 
 RULES_MODEL_NAME = "rule-based (tradeflow-rules-v1)"
@@ -98,7 +98,7 @@ class RuleBasedChatCompletionClient(ChatCompletionClient):
     @staticmethod
     def _risk_text(ev: Any, v: Assessment) -> str:
         model = ev.model
-        scores = ", ".join(f"{k}: {s:.2f}" for k, s in sorted(model.scores.items()))
+        scores = ", ".join(f"{k}: {s:.2f}" for k, s in sorted(model.scores.items()) if s is not None)
         who = " ".join(part for part in (model.algorithm, f"v{model.version}" if model.version else None) if part)
         data = f"{ev.data.rows} rows" if ev.data.rows is not None else "row count unknown"
         if ev.data.synthetic:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import TerminationCondition
 from autogen_agentchat.conditions import FunctionalTermination, MaxMessageTermination, TokenUsageTermination
-from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, StructuredMessage
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, StopMessage, StructuredMessage
 from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_core.models import ChatCompletionClient
 
@@ -24,12 +24,33 @@ from .schema import DecisionDraft
 DecisionMessage = StructuredMessage[DecisionDraft]
 
 
+class _Recorded(TerminationCondition):
+    """Wraps a condition and remembers that it fired: the team resets conditions when a run
+    ends, so ``terminated`` alone cannot tell afterwards *why* the run stopped."""
+
+    def __init__(self, inner: TerminationCondition) -> None:
+        self._inner = inner
+        self.fired = False
+
+    @property
+    def terminated(self) -> bool:
+        return self._inner.terminated
+
+    async def __call__(self, messages: Sequence[BaseAgentEvent | BaseChatMessage]) -> StopMessage | None:
+        stop = await self._inner(messages)
+        self.fired = self.fired or stop is not None
+        return stop
+
+    async def reset(self) -> None:
+        await self._inner.reset()
+
+
 @dataclass(frozen=True)
 class Limits:
     """The caps, kept so the caller can tell *why* a run stopped without a decision."""
 
-    messages: MaxMessageTermination
-    tokens: TokenUsageTermination
+    messages: _Recorded
+    tokens: _Recorded
 
 
 def is_decision(message: BaseAgentEvent | BaseChatMessage) -> bool:
@@ -56,8 +77,8 @@ def build_team(client: ChatCompletionClient, config: ReviewConfig) -> tuple[Roun
         for role in ROLES
     ]
     limits = Limits(
-        messages=MaxMessageTermination(config.max_messages),
-        tokens=TokenUsageTermination(max_total_token=config.max_total_tokens),
+        messages=_Recorded(MaxMessageTermination(config.max_messages)),
+        tokens=_Recorded(TokenUsageTermination(max_total_token=config.max_total_tokens)),
     )
     termination: TerminationCondition = FunctionalTermination(_decided) | limits.messages | limits.tokens
     team = RoundRobinGroupChat(

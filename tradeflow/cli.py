@@ -34,8 +34,11 @@ def setup_logging() -> None:
         stream=sys.stderr,
     )
     # Third-party chatter that buries our progress lines.
-    for noisy in ("alembic", "mlflow.store.db.utils", "httpx", "autogen_core", "autogen_agentchat", "urllib3"):
+    for noisy in ("alembic", "mlflow.store.db.utils", "httpx", "autogen_agentchat", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # autogen_core logs a traceback for every model failure the review turns into a labelled
+    # fallback (recorded in the transcript and tags); keep it out of the step's output.
+    logging.getLogger("autogen_core").setLevel(logging.CRITICAL)
 
 
 def parser(description: str, flags: Sequence[str], *, required: Sequence[str] = ()) -> argparse.ArgumentParser:

@@ -48,7 +48,7 @@ def load_evidence(evidence_uri: str) -> dict[str, Any]:
 
 
 def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> dict:
-    from review_agents import describe_client, review, signal_payload
+    from review_agents import describe_client, review, signal_payload, validate_signal_data
 
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags={TAG_SYMBOL: cfg.symbol}) as run:
         client_info = describe_client(cfg.review)
@@ -57,7 +57,7 @@ def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> 
                            **{k: v for k, v in cfg.flat_params().items() if k.startswith("cfg.review.")}})
         outcome = review(evidence, cfg.review)
         decision = outcome.decision
-        signal_data = signal_payload(outcome, evidence)
+        signal_data = validate_signal_data(signal_payload(outcome, evidence))
 
         lines = "\n".join(json.dumps(line, sort_keys=True, default=str) for line in outcome.transcript)
         mlflow.log_text(lines + "\n", "autogen_conversation.jsonl")
@@ -79,7 +79,8 @@ def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> 
             "review.model_used": outcome.model_used,
             "review.fallback": str(outcome.fallback_reason is not None).lower(),
             **({"review.fallback_reason": outcome.fallback_reason} if outcome.fallback_reason else {}),
-            **({"review.guardrails": "; ".join(outcome.guardrail_notes)[:5000]} if outcome.guardrail_notes else {}),
+            "review.contradicts_model": str(bool(decision.contradicts_model)).lower(),
+            **({"review.guardrails": ",".join(outcome.guardrail_codes)[:5000]} if outcome.guardrail_codes else {}),
         })
         label = f" (FALLBACK: {outcome.fallback_reason})" if outcome.fallback_reason else ""
         print(f"{cfg.symbol}: review decision {decision.action} confidence {decision.confidence:.2f} "
