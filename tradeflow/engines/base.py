@@ -134,3 +134,8 @@ def greedy_targets(agent: TradingAgent, features: np.ndarray) -> list[int]:
         held = agent.act(features[end - window : end], held / agent.max_volume).action
         targets.append(held)
     return targets
+
+
+def best_epoch_metrics(best: dict) -> dict[str, float]:
+    """The selected checkpoint's epoch results, as every engine reports them in ``extra_metrics``."""
+    return {f"best_{key}": float(best[key]) for key in ("valid_total_return", "valid_sharpe", "train_total_return")}

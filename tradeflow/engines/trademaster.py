@@ -52,7 +52,7 @@ from tradeflow.engines._trademaster_compat import (
     import_trademaster,
     upstream_quiet_stdout,
 )
-from tradeflow.engines.base import PRICE_COLUMN, ActionResult, Engine, TradingAgent, TrainResult
+from tradeflow.engines.base import PRICE_COLUMN, ActionResult, Engine, TradingAgent, TrainResult, best_epoch_metrics
 from tradeflow.features import FEATURE_COLUMNS
 
 if TYPE_CHECKING:
@@ -560,9 +560,7 @@ class TradeMasterEngine(Engine):
             train_seconds=time.perf_counter() - started,
             env_steps_per_s=monitor.train_steps / max(learn_seconds - monitor.valid_seconds, 1e-9),
             extra_metrics={
-                "best_valid_total_return": float(best["valid_total_return"]),
-                "best_valid_sharpe": float(best["valid_sharpe"]),
-                "best_train_total_return": float(best["train_total_return"]),
+                **best_epoch_metrics(best),
                 # upstream's own trainer.test() on the test split, scored with the shared metrics
                 **{f"upstream_test_{k}": float(tested[k]) for k in ("total_return", "sharpe", "max_drawdown")},
             },

@@ -30,7 +30,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import set_random_seed
 
 from tradeflow.config import RunConfig, TradeMasterParams
-from tradeflow.engines.base import PRICE_COLUMN, ActionResult, Engine, TrainResult
+from tradeflow.engines.base import PRICE_COLUMN, ActionResult, Engine, TrainResult, best_epoch_metrics
 from tradeflow.engines.builtin.env import ObservationScaler, TradingEnv, make_observation
 from tradeflow.features import FEATURE_COLUMNS
 
@@ -281,11 +281,7 @@ class BuiltinEngine(Engine):
             timesteps=model.num_timesteps,
             train_seconds=time.perf_counter() - started,
             env_steps_per_s=model.num_timesteps / evaluator.learning_seconds,
-            extra_metrics={
-                "best_valid_total_return": float(best["valid_total_return"]),
-                "best_valid_sharpe": float(best["valid_sharpe"]),
-                "best_train_total_return": float(best["train_total_return"]),
-            },
+            extra_metrics=best_epoch_metrics(best),
         )
 
     def load_agent(self, directory: Path) -> BuiltinAgent:
