@@ -10,5 +10,6 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check uv
 # torch first, with pip: it takes the local CPU wheel (uv would download a multi-GB CUDA build).
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-.venv/bin/uv pip install --quiet --python .venv/bin/python -r requirements.txt -e . 
+# --system-certs: trust the OS certificate store (as pip does via /etc/pip.conf), so a proxy CA works
+.venv/bin/uv pip install --quiet --system-certs --python .venv/bin/python -r requirements.txt -e .
 echo "environment ready: $(.venv/bin/python --version), $(.venv/bin/python -c 'import mlflow; print("mlflow", mlflow.__version__)')"

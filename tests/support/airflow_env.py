@@ -29,6 +29,7 @@ DJ30_DIR = SHARED_DIR / "data" / "trademaster" / "portfolio_management" / "dj30"
 #: The CSV data source of tests and benchmarks: TradeMaster's dj30 2020 + 2021 files, all tickers.
 DJ30_SOURCE = f"csv:{DJ30_DIR / 'valid.csv'},{DJ30_DIR / 'test.csv'}"
 
+_NOT_INHERITED = ("AIRFLOW", "MLFLOW_", "TRADEFLOW_", "BACKEND_API_")
 _RUN_ID_RE = re.compile(r"run_id=(manual__[0-9T:.+\-]+)")
 
 
@@ -73,7 +74,8 @@ class AirflowHome:
         return self.home / "airflow.db"
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_RUN_ID"))}
+        # Hermetic: nothing of the caller's Airflow, MLflow, WebUI or TRADEFLOW_* settings leaks in.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
         bin_dir = str(Path(sys.executable).parent)
         env.update({
             "AIRFLOW_HOME": str(self.home),

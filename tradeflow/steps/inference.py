@@ -113,7 +113,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         market.log_mlflow_input("inference")
         features = compute_features(market.bars)
         window = latest_window(features, int(meta["window"]), symbol=cfg.symbol)
-        prediction = model.predict(window).iloc[0].to_dict()
+        prediction = model.predict(window[list(meta["feature_columns"])]).iloc[0].to_dict()
         action = int(prediction["action"])
         scores = {k.removeprefix("score_"): float(v) for k, v in prediction.items() if k.startswith("score_")}
         as_of = str(window["date"].iloc[-1].date())

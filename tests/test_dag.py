@@ -1,0 +1,599 @@
+"""The Airflow DAG ``trademaster_autogen_pipeline_workflow`` and ``tradeflow.orchestration``.
+
+Fast tests: the DAG file (import with the network blocked, import time, structure), target
+resolution against the real WebUI contract server, config layering, the DAG-run parent run and
+``finalize``'s verdict on a real MLflow store, and Databricks scale-out against a loopback
+stand-in of the Jobs API.
+
+Slow tests (``-m slow``): real ``airflow dags test`` subprocesses on a temp AIRFLOW_HOME (SQLite
+metadata DB, migrated once per module), a real MLflow SQLite store, the WebUI contract server and
+real dj30 data, one scenario per run:
+
+1. a bad ``mode`` is refused at trigger time by Airflow's param validation;
+2. single symbol, mode ``train_backtest`` (config layering env < link config < conf);
+3. a batch: the WebUI lists 7 symbols; disabled, inactive-link and other-DAG ones are left out,
+   ``max_symbols`` cuts the lowest priority; AAPL runs mode ``both`` (its training reused from 2),
+   ZZZZ (absent from the data) fails and is retried once with the same execution id, KO (a bad
+   link config) fails at once; the DAG run fails naming exactly ZZZZ and KO;
+4. single symbol, mode ``inference`` on the model trained in 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import REPO, require_shared_data
+from tests.support.airflow_env import DJ30_SOURCE, AirflowHome
+from tests.support.fake_databricks import FakeDatabricks
+from tests.support.webui_server import WebUIServer
+from tradeflow import orchestration as orch
+
+DAG_FILE = REPO / "dags" / "trademaster_autogen_pipeline_workflow.py"
+DAG_ID = orch.DAG_ID
+HEAVY_MODULES = ("mlflow", "pandas", "numpy", "torch", "requests", "tradeflow.webui", "tradeflow.projects",
+                 "tradeflow.tracking", "airflow.providers.databricks")
+
+
+# --- the DAG file ---------------------------------------------------------------------------
+
+_IMPORT_PROBE = textwrap.dedent(r"""
+    import importlib.util, json, socket, statistics, sys, time
+
+    calls = []
+    def blocked(*args, **kwargs):
+        calls.append(repr(args)[:200])
+        raise OSError("network blocked by test_dag")
+    socket.socket.connect = blocked
+    socket.socket.connect_ex = blocked
+    socket.create_connection = blocked
+    socket.getaddrinfo = blocked
+
+    import airflow.sdk  # the warm interpreter: Airflow's own import is not the DAG file's cost
+    before = set(sys.modules)
+    calls.clear()
+
+    def load(index):
+        spec = importlib.util.spec_from_file_location(f"tradeflow_dag_{index}", sys.argv[1])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    times = []
+    for index in range(9):
+        started = time.perf_counter()
+        module = load(index)
+        times.append(time.perf_counter() - started)
+    dag = module.workflow
+    run_symbol = dag.task_dict["run_symbol"]
+    print("RESULT " + json.dumps({
+        "calls": calls,
+        "first_s": times[0],
+        "median_s": statistics.median(times[1:]),
+        "new_heavy": sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("mlflow", "pandas", "numpy", "torch", "requests")
+                            or m in ("tradeflow.webui", "tradeflow.projects", "tradeflow.tracking")
+                            or m.startswith("airflow.providers.databricks")),
+        "dag_id": dag.dag_id,
+        "schedule": dag.schedule if dag.schedule is None or isinstance(dag.schedule, str) else repr(dag.schedule),
+        "catchup": dag.catchup,
+        "doc_md": dag.doc_md or "",
+        "params": {key: dag.params.get_param(key).schema for key in dag.params.keys()},
+        "param_defaults": {key: dag.params[key] for key in dag.params.keys()},
+        "tasks": sorted(dag.task_dict),
+        "upstream": {t: sorted(dag.task_dict[t].upstream_task_ids) for t in dag.task_dict},
+        "finalize_trigger_rule": getattr(dag.task_dict["finalize"].trigger_rule, "value", dag.task_dict["finalize"].trigger_rule),
+        "run_symbol_mapped": type(run_symbol).__name__,
+        "max_active_tis_per_dagrun": run_symbol.max_active_tis_per_dagrun,
+        "retries": run_symbol.retries,
+        "retry_exponential_backoff": run_symbol.retry_exponential_backoff,
+        "execution_timeout_s": run_symbol.execution_timeout.total_seconds(),
+        "resolve_retries": dag.task_dict["resolve_targets"].retries,
+        "max_active_runs": dag.max_active_runs,
+    }))
+""")
+
+
+def _probe_dag_file(extra_env: dict[str, str] | None = None) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADEFLOW_", "AIRFLOW"))}
+    env.update({"PYTHONPATH": str(REPO), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", **(extra_env or {})})
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(DAG_FILE)], capture_output=True, text=True,
+                          env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def test_dag_file_imports_fast_without_network_or_heavy_modules():
+    probe = _probe_dag_file()
+    assert probe["calls"] == [], f"the DAG file touched the network at import: {probe['calls']}"
+    assert probe["new_heavy"] == [], f"heavy modules imported at parse time: {probe['new_heavy']}"
+    print(f"DAG file import: first {probe['first_s'] * 1000:.1f} ms, then median {probe['median_s'] * 1000:.1f} ms")
+    assert probe["median_s"] < 0.3, probe
+    assert probe["first_s"] < 1.5, probe  # includes tradeflow.orchestration + tradeflow.config
+
+    assert probe["dag_id"] == DAG_ID == "trademaster_autogen_pipeline_workflow"
+    assert probe["schedule"] is None and probe["catchup"] is False and probe["max_active_runs"] == 1
+    assert "# TradeMaster + AutoGen pipeline" in probe["doc_md"] and "docs/airflow.md" in probe["doc_md"]
+    assert probe["tasks"] == ["finalize", "open_dag_run", "resolve_targets", "run_symbol"]
+    assert probe["upstream"]["run_symbol"] == ["open_dag_run", "resolve_targets"]
+    assert probe["upstream"]["finalize"] == ["open_dag_run", "resolve_targets", "run_symbol"]
+    assert probe["finalize_trigger_rule"] == "all_done"
+    assert probe["run_symbol_mapped"].endswith("MappedOperator")
+    assert probe["max_active_tis_per_dagrun"] == 2
+    assert probe["retries"] == 2 and probe["resolve_retries"] == 2 and probe["retry_exponential_backoff"] == 2.0
+    assert probe["execution_timeout_s"] == 180 * 60
+
+    params = probe["params"]
+    assert set(params) == {"mode", "symbol", "max_symbols", "config", "force", "conid", "workflow_symbol_id"}
+    assert params["mode"]["enum"] == ["both", "train_backtest", "inference"]
+    assert probe["param_defaults"]["mode"] == "both" and probe["param_defaults"]["force"] is False
+    assert params["symbol"]["type"] == ["null", "string"] and params["symbol"]["pattern"] == orch.SYMBOL_PATTERN
+    from tradeflow.config import MAX_SYMBOLS
+
+    assert (params["max_symbols"]["minimum"], params["max_symbols"]["maximum"]) == (1, MAX_SYMBOLS)
+    assert params["config"]["type"] == "object" and params["force"]["type"] == "boolean"
+
+
+def test_dag_settings_come_from_the_environment():
+    settings = orch.DagSettings.from_env({})
+    assert settings.schedule is None and settings.parallel_symbols == 2 and settings.retries == 2
+    custom = orch.DagSettings.from_env({"TRADEFLOW_DAG_SCHEDULE": "0 10 * * 1-5", "TRADEFLOW_PARALLEL_SYMBOLS": "3",
+                                        "TRADEFLOW_POOL": "trading", "TRADEFLOW_TASK_RETRIES": "0",
+                                        "TRADEFLOW_SYMBOL_TIMEOUT_MIN": "30"})
+    assert custom.schedule == "0 10 * * 1-5" and custom.retries == 0
+    args = custom.symbol_task_args()
+    assert args["max_active_tis_per_dagrun"] == 3 and args["pool"] == "trading"
+    assert args["execution_timeout"].total_seconds() == 1800
+    assert custom.default_args()["retry_exponential_backoff"] == 2.0
+    assert orch.DagSettings.from_env({"TRADEFLOW_DAG_SCHEDULE": "none"}).schedule is None
+    for bad in ({"TRADEFLOW_PARALLEL_SYMBOLS": "0"}, {"TRADEFLOW_PARALLEL_SYMBOLS": "two"},
+                {"TRADEFLOW_TASK_RETRIES": "99"}):
+        with pytest.raises(orch.OrchestrationError, match=next(iter(bad))):
+            orch.DagSettings.from_env(bad)
+
+
+def test_dag_id_matches_the_webui_client():
+    from tradeflow.webui import DAG_ID as WEBUI_DAG_ID
+
+    assert WEBUI_DAG_ID == DAG_ID
+
+
+# --- targets, config layering ------------------------------------------------------------------
+
+
+def _ctx(conf=None, params=None, **kwargs) -> orch.RunContext:
+    defaults = {"mode": "both", "symbol": None, "max_symbols": 50, "config": {}, "force": False}
+    return orch.RunContext(dag_id=DAG_ID, run_id=kwargs.pop("run_id", "manual__2026-11-23T10:00:00+00:00"),
+                           conf=conf or {}, params={**defaults, **(params or {})}, **kwargs)
+
+
+def _seed_batch(server: WebUIServer) -> None:
+    """The WebUI of the batch scenario: 4 assigned, 3 that must not run."""
+    server.seed_symbol("AAPL", priority=5, conid=265598,
+                       config={"mode": "both", "seed": 7, "trademaster": {"hidden_dims": [16, 16]}})
+    server.seed_symbol("ZZZZ", priority=4)  # not in the dj30 data: its pipeline fails
+    server.seed_symbol("KO", priority=3, config={"not_a_parameter": 1})  # invalid link config
+    server.seed_symbol("JPM", priority=1)  # cut by max_symbols=3
+    server.seed_symbol("INTC", priority=9, enabled=False)
+    server.seed_symbol("IBM", priority=9, is_active=False)
+    server.seed_symbol("CSCO", priority=9, dag_id="some_other_dag")
+
+
+def test_resolve_targets_batch_single_and_empty(webui_server, monkeypatch):
+    monkeypatch.setenv("BACKEND_API_URL", webui_server.url)
+    assert orch.resolve_targets(_ctx()) == []  # empty batch is an answer, not an error
+
+    _seed_batch(webui_server)
+    targets = orch.resolve_targets(_ctx(conf={"max_symbols": 3}))
+    assert [t["symbol"] for t in targets] == ["AAPL", "ZZZZ", "KO"]
+    assert targets[0]["link_config"]["seed"] == 7 and targets[0]["conid"] == 265598
+    assert [t["symbol"] for t in orch.resolve_targets(_ctx())] == ["AAPL", "ZZZZ", "KO", "JPM"]
+
+    # the WebUI auto-trigger's conf; lower case accepted
+    single = orch.resolve_targets(_ctx(conf={"symbol": "aapl", "conid": 265598, "workflow_symbol_id": 1}))
+    assert single == [{"symbol": "AAPL", "link_config": targets[0]["link_config"], "conid": 265598,
+                       "workflow_symbol_id": 1, "priority": None}]
+    assert orch.resolve_targets(_ctx(conf={"symbol": "NVDA"}))[0]["link_config"] is None  # unknown to the WebUI
+    assert orch.resolve_targets(_ctx(conf={"symbol": "BRK.B"}))[0]["symbol"] == "BRK.B"  # WebUI refuses it: 400
+
+    monkeypatch.delenv("BACKEND_API_URL")
+    assert orch.resolve_targets(_ctx(conf={"symbol": "MSFT"}))[0]["link_config"] is None  # works without a backend
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="BACKEND_API_URL is not set"):
+        orch.resolve_targets(_ctx())
+
+
+def test_unreachable_backend_fails_the_task(webui_server, monkeypatch):
+    from tradeflow.webui import WebUIError
+
+    monkeypatch.setenv("BACKEND_API_URL", webui_server.url)
+    webui_server.stop()
+    with pytest.raises(WebUIError, match="unreachable"):  # after the client's own retries
+        orch.resolve_targets(_ctx())
+
+
+def test_config_layers_defaults_env_link_conf(monkeypatch):
+    from tradeflow.config import ConfigError
+
+    monkeypatch.setenv("TRADEFLOW_SEED", "3")
+    monkeypatch.setenv("TRADEFLOW_EPOCHS", "2")
+    monkeypatch.setenv("TRADEFLOW_LEARNING_RATE", "0.01")
+    target = {"symbol": "AAPL", "link_config": {"seed": 7, "mode": "inference", "trademaster": {"epochs": 4}}}
+
+    cfg = orch.symbol_config(target, _ctx(conf={"config": {"seed": 11}}))
+    assert (cfg.seed, cfg.trademaster.epochs, cfg.trademaster.learning_rate, cfg.mode) == (11, 4, 0.01, "inference")
+    assert cfg.trademaster.backward_num_day == 10  # default
+    # the form's default mode (params) does not override the link; an explicit conf mode does
+    assert orch.symbol_config(target, _ctx(params={"mode": "both"})).mode == "inference"
+    assert orch.symbol_config(target, _ctx(conf={"mode": "both"})).mode == "both"
+    # caps clamp
+    assert orch.symbol_config(target, _ctx(conf={"config": {"trademaster": {"epochs": 10_000}}})).trademaster.epochs == 50
+
+    params = orch.pipeline_parameters(cfg, _ctx(task_id="run_symbol"), force=True)
+    assert params == {"symbol": "AAPL", "mode": "inference", "execution_id": "manual__2026-11-23T10:00:00+00:00",
+                      "force": "true", "dag_id": DAG_ID, "task_id": "run_symbol", "config": cfg.to_json()}
+
+    with pytest.raises(ConfigError) as bad:
+        orch.symbol_config({"symbol": "KO", "link_config": {"not_a_parameter": 1}}, _ctx())
+    assert str(bad.value) == "WebUI link config of KO: unknown parameter 'not_a_parameter'"
+
+
+# --- the DAG-run parent run and the final verdict ---------------------------------------------
+
+
+def _child(client, parent: dict, symbol: str, status: str, reason: str | None = None) -> str:
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    tags = {MLFLOW_PARENT_RUN_ID: parent["run_id"], "tradeflow.symbol": symbol}
+    if reason:
+        tags["tradeflow.failure_reason"] = reason
+    run = client.create_run(parent["experiment_id"], tags=tags)
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def test_parent_run_symbol_failures_and_finalize(tracking_store):
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    ctx = _ctx(conf={"max_symbols": 4})
+    targets = [{"symbol": s, "link_config": {}} for s in ("AAPL", "ZZZZ", "MSFT")]
+    targets.append({"symbol": "KO", "link_config": {"not_a_parameter": 1}})
+
+    with pytest.raises(AirflowSkipException, match="empty batch"):
+        orch.open_dag_run([], ctx)
+    parent = orch.open_dag_run(targets, ctx)
+    assert orch.open_dag_run(targets, ctx) == parent  # a task retry finds the same parent
+    run = client.get_run(parent["run_id"])
+    assert run.info.status == "RUNNING"
+    assert run.data.tags["tradeflow.run_level"] == "dag_run"
+    assert run.data.tags["tradeflow.airflow_run_id"] == ctx.run_id == run.data.tags["tradeflow.execution_id"]
+    assert run.data.tags["tradeflow.dag_id"] == DAG_ID
+    assert run.data.tags["tradeflow.symbol_count"] == "4" and run.data.tags["tradeflow.symbols"] == "AAPL,ZZZZ,MSFT,KO"
+
+    # an invalid link config fails only KO, at once (no retry), and is visible in MLflow
+    with pytest.raises(AirflowFailException, match="KO: WebUI link config of KO: unknown parameter"):
+        orch.run_symbol(targets[3], parent, _ctx(task_id="run_symbol", map_index=3))
+
+    aapl = _child(client, parent, "AAPL", "FINISHED")
+    _child(client, parent, "ZZZZ", "FAILED", "data: no rows for ZZZZ")  # try 1
+    _child(client, parent, "ZZZZ", "FAILED", "data: no rows for ZZZZ (again)")  # try 2: the latest counts
+    msft = _child(client, parent, "MSFT", "FINISHED")  # MLflow says fine, but its task failed afterwards
+    results = [{"symbol": "AAPL", "run_id": aapl, "status": "FINISHED"}]
+    with pytest.raises(AirflowFailException) as failed:
+        orch.finalize(targets, parent, results, ctx, task_states={0: "success", 1: "failed", 2: "failed", 3: "failed"})
+    message = str(failed.value)
+    assert message.startswith("3 of 4 symbol(s) failed: ZZZZ: data: no rows for ZZZZ (again); MSFT: task run_symbol[2]")
+    assert "KO: WebUI link config of KO: unknown parameter 'not_a_parameter'" in message and "AAPL" not in message
+    run = client.get_run(parent["run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["tradeflow.failed_symbols"] == "ZZZZ,MSFT,KO"
+    assert run.data.tags["tradeflow.succeeded_symbols"] == "AAPL"
+    assert run.data.metrics["symbols_failed"] == 3
+    del msft
+
+    # without task states (older SDK), XComs and MLflow still decide; all fine -> FINISHED
+    ok_ctx = _ctx(run_id="manual__ok")
+    ok_parent = orch.open_dag_run(targets[:1], ok_ctx)
+    run_id = _child(client, ok_parent, "AAPL", "FINISHED")
+    summary = orch.finalize(targets[:1], ok_parent, [{"symbol": "AAPL", "run_id": run_id, "status": "FINISHED"}], ok_ctx)
+    assert summary == {"symbols": 1, "failed": [], "succeeded": ["AAPL"]}
+    assert client.get_run(ok_parent["run_id"]).info.status == "FINISHED"
+    # a symbol whose task died before any MLflow run
+    lost_parent = orch.open_dag_run(targets[:1], _ctx(run_id="manual__lost"))
+    with pytest.raises(AirflowFailException, match="AAPL: no pipeline run was recorded"):
+        orch.finalize(targets[:1], lost_parent, [], _ctx(run_id="manual__lost"))
+
+    # empty batch: success with a message; unresolved targets / no parent: fail
+    assert "empty batch" in orch.finalize([], None, [], ctx)["message"]
+    with pytest.raises(AirflowFailException, match="resolve_targets failed"):
+        orch.finalize(None, None, [], ctx)
+    with pytest.raises(AirflowFailException, match="open_dag_run failed"):
+        orch.finalize(targets, None, [], ctx)
+
+
+# --- Databricks --------------------------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_git_source_is_the_current_commit(tmp_path):
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "MLproject").write_text("name: x\n")
+    _git(repo, "add", "MLproject")
+    _git(repo, "commit", "-q", "-m", "one")
+    _git(repo, "remote", "add", "origin", "git@github.com:acme/tradeflow.git")
+    head = _git(repo, "rev-parse", "HEAD")
+    assert orch.git_source(repo, {}) == {"git_url": "https://github.com/acme/tradeflow.git",
+                                         "git_provider": "gitHub", "git_commit": head}
+    (repo / "MLproject").write_text("name: y\n")  # dirty: still the commit (a warning says so)
+    assert orch.git_source(repo, {})["git_commit"] == head
+    assert orch.git_source(repo, {"TRADEFLOW_GIT_COMMIT": "abc123", "TRADEFLOW_GIT_URL": "https://git.example.com/r.git",
+                                  "TRADEFLOW_GIT_PROVIDER": "gitLab"}) == {
+        "git_url": "https://git.example.com/r.git", "git_provider": "gitLab", "git_commit": "abc123"}
+    with pytest.raises(orch.OrchestrationError, match="TRADEFLOW_GIT_PROVIDER"):
+        orch.git_source(repo, {"TRADEFLOW_GIT_URL": "https://git.example.com/r.git"})
+    with pytest.raises(orch.OrchestrationError, match="TRADEFLOW_GIT_COMMIT"):
+        orch.git_source(tmp_path / "nowhere", {})
+
+
+@pytest.mark.parametrize("life, result, status", [
+    ("TERMINATED", "SUCCESS", "FINISHED"), ("TERMINATED", "FAILED", "FAILED"), ("TERMINATED", "TIMEDOUT", "FAILED"),
+    ("TERMINATED", "CANCELED", "FAILED"), ("INTERNAL_ERROR", "FAILED", "FAILED"), ("SKIPPED", "", "FAILED"),
+])
+def test_databricks_result_states_map(life, result, status):
+    mapped, reason = orch.databricks_outcome(life, result, "message\nwith lines")
+    assert mapped == status
+    assert (reason is None) == (status == "FINISHED")
+    if reason:
+        assert reason == f"Databricks run ended {life}/{result or '-'}: message with lines"
+
+
+def test_databricks_executor_submits_the_project_and_maps_the_result(tracking_store, monkeypatch):
+    """run_symbol with TRADEFLOW_EXECUTOR=databricks against a loopback Jobs API that records the
+    payload and plays the remote run (writing its MLflow child run like the cluster would)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    ctx = _ctx(conf={"symbol": "AAPL", "mode": "inference", "config": {"seed": 11}}, task_id="run_symbol",
+               map_index=0, try_number=2)
+    target = {"symbol": "AAPL", "link_config": {"trademaster": {"epochs": 2}}}
+    parent = orch.open_dag_run([target], ctx)
+    remote = {"status": "FINISHED"}
+
+    def play_remote_run(body: dict):
+        args = body["tasks"][0]["spark_python_task"]["parameters"]
+        assert args[args.index("--parent-run-id") + 1] == parent["run_id"]
+        _child(client, parent, "AAPL", remote["status"], None if remote["status"] == "FINISHED" else "stage review failed")
+        return None
+
+    try:
+        head = _git(REPO, "rev-parse", "HEAD")
+    except subprocess.CalledProcessError:  # a checkout without commits: say which commit to run
+        head = "0123456789abcdef0123456789abcdef01234567"
+        monkeypatch.setenv("TRADEFLOW_GIT_COMMIT", head)
+    with FakeDatabricks(on_submit=play_remote_run, running_polls=2) as api:
+        monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_DEFAULT", api.connection_json())
+        monkeypatch.setenv("TRADEFLOW_EXECUTOR", "databricks")
+        monkeypatch.setenv("TRADEFLOW_DATABRICKS_POLL_S", "0.05")
+        monkeypatch.setenv("TRADEFLOW_GIT_URL", "https://github.com/acme/tradeflow.git")
+        monkeypatch.setenv("TRADEFLOW_EPOCHS", "1")
+
+        result = orch.run_symbol(target, parent, ctx)
+        assert result["status"] == "FINISHED" and result["executor"] == "databricks" and result["try_number"] == 2
+        child = client.get_run(result["run_id"])
+        assert child.data.tags["mlflow.parentRunId"] == parent["run_id"]
+        assert child.data.tags["tradeflow.databricks_run_id"] == "1001"
+        assert child.data.tags["tradeflow.airflow_try_number"] == "2"
+
+        body = api.submitted[0]
+        assert body["git_source"] == {"git_url": "https://github.com/acme/tradeflow.git", "git_provider": "gitHub",
+                                      "git_commit": head}
+        assert body["run_name"] == f"tradeflow AAPL {ctx.run_id}" and len(body["idempotency_token"]) == 64
+        assert not any(key.startswith("_") for key in body)
+        (task,) = body["tasks"]
+        assert task["spark_python_task"]["python_file"] == "deploy/databricks/run_pipeline.py"
+        assert task["spark_python_task"]["source"] == "GIT"
+        assert (REPO / task["spark_python_task"]["python_file"]).is_file()
+        cluster = task["new_cluster"]
+        assert cluster["spark_version"] and cluster["node_type_id"] and cluster["num_workers"] == 0
+        assert cluster["spark_env_vars"]["MLFLOW_TRACKING_URI"] == "databricks"
+        assert all(v.startswith("{{secrets/") for k, v in cluster["spark_env_vars"].items()
+                   if "TOKEN" in k or "KEY" in k), "secrets must be secret references"
+        args = task["spark_python_task"]["parameters"]
+        assert args[:6] == ["--entry-point", "pipeline", "--experiment-id", parent["experiment_id"],
+                            "--parent-run-id", parent["run_id"]]
+        params = dict(item.split("=", 1) for item in args[7::2])
+        assert set(args[6::2]) == {"-P"}
+        assert {k: params[k] for k in ("symbol", "mode", "execution_id", "force", "dag_id", "task_id")} == {
+            "symbol": "AAPL", "mode": "inference", "execution_id": ctx.run_id, "force": "false", "dag_id": DAG_ID,
+            "task_id": "run_symbol"}
+        config = json.loads(params["config"])
+        assert (config["seed"], config["trademaster"]["epochs"], config["mode"]) == (11, 2, "inference")
+        assert api.authorizations[0] == "Bearer fake-databricks-token"
+
+        # the remote run fails: the task raises (Airflow retries it) naming the symbol and the state
+        remote["status"] = "FAILED"
+        api.outcome = ("TERMINATED", "FAILED", "Task pipeline failed with message: stage review failed")
+        with pytest.raises(RuntimeError, match=r"AAPL: pipeline FAILED \(run \w+\): Databricks run ended "
+                                               r"TERMINATED/FAILED: Task pipeline failed"):
+            orch.run_symbol(target, parent, ctx.__class__(**{**ctx.__dict__, "try_number": 3}))
+        assert len(api.submitted) == 2 and api.submitted[1]["idempotency_token"] != body["idempotency_token"]
+        assert api.cancelled == []
+
+
+def test_databricks_runner_script_parses_its_arguments():
+    proc = subprocess.run([sys.executable, str(REPO / "deploy" / "databricks" / "run_pipeline.py"), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--parent-run-id" in proc.stdout
+
+
+# --- end to end: airflow dags test -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Airflow home (migrated once), MLflow store (created before any fan-out), WebUI server."""
+    require_shared_data()
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("dag_e2e")
+    home = AirflowHome.create(root / "airflow")
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    client.search_experiments()
+    experiment_id = client.create_experiment("trademaster_autogen", artifact_location=(root / "artifacts").as_uri())
+    with WebUIServer() as server:
+        _seed_batch(server)
+        env = {
+            "MLFLOW_TRACKING_URI": uri,
+            "BACKEND_API_URL": server.url,
+            "TRADEFLOW_DATA_SOURCE": DJ30_SOURCE,
+            "TRADEFLOW_EPOCHS": "1",
+            "TRADEFLOW_SEED": "3",  # < link seed 7 < conf seed 11
+            "TRADEFLOW_TASK_RETRIES": "1",
+            "TRADEFLOW_RETRY_DELAY_S": "0",
+            "TRADEFLOW_LOG_LEVEL": "INFO",
+        }
+        yield SimpleNamespace(home=home, uri=uri, client=client, experiment_id=experiment_id, server=server, env=env)
+
+
+def _dag_test(stack, conf) -> SimpleNamespace:
+    result = stack.home.dags_test(DAG_ID, conf=conf, env=stack.env)
+    print(f"airflow dags test {json.dumps(conf)}: rc={result.returncode} in {result.seconds:.1f}s")
+    assert result.run_id, result.tail()
+    return result
+
+
+def _tree(stack, airflow_run_id: str) -> SimpleNamespace:
+    """The MLflow tree of one DAG run: parent -> latest symbol run per symbol (+ all attempts)."""
+    client = stack.client
+    (parent,) = client.search_runs([stack.experiment_id], filter_string=(
+        f"tags.`tradeflow.run_level` = 'dag_run' and tags.`tradeflow.airflow_run_id` = '{airflow_run_id}'"))
+    children = client.search_runs([stack.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    attempts: dict[str, list] = {}
+    for child in children:
+        attempts.setdefault(child.data.tags["tradeflow.symbol"], []).append(child)
+    return SimpleNamespace(parent=parent, attempts=attempts, latest={s: runs[-1] for s, runs in attempts.items()})
+
+
+def _assert_stages(stack, symbol_run, stages: tuple[str, ...]) -> None:
+    for stage in stages:
+        run_id = symbol_run.data.tags.get(f"tradeflow.stage.{stage}.run_id")
+        assert run_id, f"{symbol_run.data.tags.get('tradeflow.symbol')}: no {stage} stage"
+        assert stack.client.get_run(run_id).info.status == "FINISHED"
+    present = {k.split(".")[2] for k in symbol_run.data.tags if k.startswith("tradeflow.stage.") and k.endswith(".run_id")}
+    assert present == set(stages)
+
+
+def _artifacts(stack, execution_id: str) -> list[dict]:
+    return [a for a in stack.server.artifacts() if a.get("execution_id") == execution_id]
+
+
+@pytest.mark.slow
+def test_bad_mode_is_rejected_at_trigger(stack):
+    result = stack.home.dags_test(DAG_ID, conf={"mode": "bogus"}, env=stack.env)
+    assert result.returncode != 0
+    assert "Invalid input for param mode: 'bogus' is not one of ['both', 'train_backtest', 'inference']" in result.output
+    assert "[DAG TEST] running task" not in result.output  # nothing ran
+
+
+@pytest.fixture(scope="module")
+def trained_aapl(stack):
+    """Single symbol, mode train_backtest: the model later scenarios use."""
+    result = _dag_test(stack, {"symbol": "AAPL", "mode": "train_backtest", "config": {"seed": 11}})
+    assert result.ok, result.tail()
+    return result
+
+
+@pytest.mark.slow
+def test_single_symbol_train_backtest(stack, trained_aapl):
+    tree = _tree(stack, trained_aapl.run_id)
+    parent = tree.parent
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["tradeflow.dag_id"] == DAG_ID and parent.data.tags["tradeflow.symbol_count"] == "1"
+    assert parent.data.tags["tradeflow.failed_symbols"] == ""
+    assert list(tree.attempts) == ["AAPL"] and len(tree.attempts["AAPL"]) == 1
+    aapl = tree.latest["AAPL"]
+    assert aapl.info.status == "FINISHED"
+    assert aapl.data.tags["tradeflow.execution_id"] == trained_aapl.run_id
+    assert aapl.data.tags["tradeflow.airflow_try_number"] == "1"
+    _assert_stages(stack, aapl, ("train_backtest",))
+    # defaults < env (epochs 1, seed 3) < link (seed 7, hidden 16,16) < conf (seed 11, mode)
+    params = aapl.data.params
+    assert (params["cfg.seed"], params["cfg.trademaster.epochs"], params["cfg.trademaster.hidden_dims"],
+            params["cfg.mode"]) == ("11", "1", "16,16", "train_backtest")
+    assert _artifacts(stack, trained_aapl.run_id) == []  # train_backtest persists nothing
+    states = stack.home.task_states(DAG_ID, trained_aapl.run_id)
+    assert set(states.values()) == {"success"}
+
+
+@pytest.mark.slow
+def test_batch_runs_exactly_the_assigned_symbols_and_names_the_failures(stack, trained_aapl):
+    result = _dag_test(stack, {"max_symbols": 3, "config": {"seed": 11}})
+    assert result.returncode != 0, result.tail()
+    assert "2 of 3 symbol(s) failed: ZZZZ: " in result.output
+    assert "KO: WebUI link config of KO: unknown parameter 'not_a_parameter'" in result.output
+    assert stack.home.dag_run_state(DAG_ID, result.run_id) == "failed"
+    states = stack.home.task_states(DAG_ID, result.run_id)
+    assert {k: v for k, v in states.items() if k[0] == "run_symbol"} == {
+        ("run_symbol", 0): "success", ("run_symbol", 1): "failed", ("run_symbol", 2): "failed"}
+    assert states[("finalize", -1)] == "failed"
+
+    tree = _tree(stack, result.run_id)
+    assert tree.parent.info.status == "FAILED"
+    assert tree.parent.data.tags["tradeflow.symbols"] == "AAPL,ZZZZ,KO"
+    assert tree.parent.data.tags["tradeflow.failed_symbols"] == "ZZZZ,KO"
+    assert set(tree.attempts) == {"AAPL", "ZZZZ", "KO"}  # not JPM (max_symbols), INTC, IBM, CSCO
+    aapl = tree.latest["AAPL"]
+    assert aapl.info.status == "FINISHED" and aapl.data.params["cfg.mode"] == "both"
+    _assert_stages(stack, aapl, ("train_backtest", "inference", "review", "persist"))
+    print("AAPL stages reused:", {k: v for k, v in aapl.data.tags.items() if k.endswith(".reused")})
+    # ZZZZ: retried once by Airflow, both attempts under the same parent with the same execution id
+    zzzz = tree.attempts["ZZZZ"]
+    assert [r.info.status for r in zzzz] == ["FAILED", "FAILED"]
+    assert [r.data.tags["tradeflow.execution_id"] for r in zzzz] == [result.run_id] * 2
+    assert [r.data.tags["tradeflow.airflow_try_number"] for r in zzzz] == ["1", "2"]
+    assert "ZZZZ" in zzzz[-1].data.tags["tradeflow.failure_reason"]
+    (ko,) = tree.attempts["KO"]  # a config error is not retried
+    assert ko.info.status == "FAILED" and "unknown parameter 'not_a_parameter'" in ko.data.tags["tradeflow.failure_reason"]
+
+    artifacts = _artifacts(stack, result.run_id)
+    assert {a["symbol"] for a in artifacts} == {"AAPL"}
+    assert "signal" in {a["type"] for a in artifacts}
+    identities = [(a["type"], a["symbol"], a["step_name"]) for a in artifacts]
+    assert len(identities) == len(set(identities)), "duplicated WebUI artifacts"
+    for artifact in artifacts:
+        assert (artifact["dag_id"], artifact["task_id"]) == (DAG_ID, "run_symbol")
+        assert artifact["experiment_id"] == stack.experiment_id and artifact["run_id"]
+
+
+@pytest.mark.slow
+def test_single_symbol_inference_on_the_trained_model(stack, trained_aapl):
+    result = _dag_test(stack, {"symbol": "aapl", "mode": "inference", "config": {"seed": 11}})
+    assert result.ok, result.tail()
+    tree = _tree(stack, result.run_id)
+    assert tree.parent.info.status == "FINISHED"
+    aapl = tree.latest["AAPL"]
+    assert aapl.info.status == "FINISHED" and aapl.data.params["cfg.mode"] == "inference"
+    _assert_stages(stack, aapl, ("inference", "review", "persist"))
+    artifacts = _artifacts(stack, result.run_id)
+    assert {a["symbol"] for a in artifacts} == {"AAPL"} and "signal" in {a["type"] for a in artifacts}
+    signal = next(a for a in artifacts if a["type"] == "signal")
+    assert signal["action"] in ("BUY", "SELL", "HOLD") and 0 <= signal["confidence"] <= 1
