@@ -15,7 +15,8 @@ real dj30 data, one scenario per run:
    ``max_symbols`` cuts the lowest priority; AAPL runs mode ``both`` (its training reused from 2),
    ZZZZ (absent from the data) fails and is retried once with the same execution id, KO (a bad
    link config) fails at once; the DAG run fails naming exactly ZZZZ and KO;
-4. single symbol, mode ``inference`` on the model trained in 2.
+4. single symbol, mode ``inference`` on the model trained in 2;
+5. an empty batch succeeds (downstream skipped); an unreachable backend fails the DAG run.
 """
 
 from __future__ import annotations
@@ -597,3 +598,28 @@ def test_single_symbol_inference_on_the_trained_model(stack, trained_aapl):
     assert {a["symbol"] for a in artifacts} == {"AAPL"} and "signal" in {a["type"] for a in artifacts}
     signal = next(a for a in artifacts if a["type"] == "signal")
     assert signal["action"] in ("BUY", "SELL", "HOLD") and 0 <= signal["confidence"] <= 1
+
+
+@pytest.mark.slow
+def test_empty_batch_succeeds_and_an_unreachable_backend_fails(stack):
+    from tests.support.servers import free_port
+
+    with WebUIServer() as empty:
+        result = stack.home.dags_test(DAG_ID, conf={}, env={**stack.env, "BACKEND_API_URL": empty.url})
+    assert result.ok, result.tail()
+    assert stack.home.task_states(DAG_ID, result.run_id) == {
+        ("resolve_targets", -1): "success", ("open_dag_run", -1): "skipped", ("run_symbol", -1): "skipped",
+        ("finalize", -1): "success"}
+    assert "empty batch: no enabled symbol with an active link to trademaster_autogen_pipeline_workflow" in result.output
+    assert not stack.client.search_runs([stack.experiment_id], filter_string=(
+        f"tags.`tradeflow.airflow_run_id` = '{result.run_id}'"))  # no MLflow run for nothing
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = stack.home.dags_test(DAG_ID, conf={}, env={**stack.env, "BACKEND_API_URL": dead,
+                                                        "TRADEFLOW_TASK_RETRIES": "0"})
+    assert result.returncode != 0
+    assert stack.home.task_states(DAG_ID, result.run_id) == {
+        ("resolve_targets", -1): "failed", ("open_dag_run", -1): "upstream_failed",
+        ("run_symbol", -1): "upstream_failed", ("finalize", -1): "failed"}
+    assert f"WebUI backend at {dead} unreachable after 4 tries: GET /api/workflow-symbols/" in result.output
+    assert "no targets: task resolve_targets failed" in result.output

@@ -190,7 +190,7 @@ class RunContext:
             conf=dict(dag_run.conf or {}),
             params=dict(context.get("params") or {}),
             task_id=ti.task_id,
-            map_index=getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1,
+            map_index=-1 if getattr(ti, "map_index", None) is None else ti.map_index,
             try_number=getattr(ti, "try_number", 1) or 1,
         )
 

@@ -69,6 +69,14 @@ class AirflowHome:
             raise RuntimeError(f"airflow db migrate failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
         return instance
 
+    def clone(self, home: Path) -> AirflowHome:
+        """Another AIRFLOW_HOME starting from a copy of this one's migrated DB (no migration)."""
+        import shutil
+
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.db_path, home / "airflow.db")
+        return AirflowHome(home)
+
     @property
     def db_path(self) -> Path:
         return self.home / "airflow.db"
@@ -124,3 +132,116 @@ class AirflowHome:
         with sqlite3.connect(self.db_path) as db:
             row = db.execute("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)).fetchone()
         return row[0] if row else None
+
+
+class AirflowServices:
+    """A real Airflow on this machine: api-server (Execution API for task workers), scheduler
+    (LocalExecutor) and dag-processor, on an ``AirflowHome``. For benchmarks: the scheduler
+    enforces ``max_active_tis_per_dagrun`` and pools, which ``airflow dags test`` does not.
+
+        with AirflowServices(home, env={...}) as services:
+            run_id = services.trigger(DAG_ID, conf={...})
+            state = services.wait(DAG_ID, run_id, timeout=900)
+    """
+
+    def __init__(self, home: AirflowHome, *, env: Mapping[str, str] | None = None, parallelism: int = 8,
+                 log_dir: Path | None = None) -> None:
+        from tests.support.servers import free_port
+
+        self.home = home
+        self.port = free_port()
+        self.log_dir = log_dir or home.home / "service-logs"
+        self.env = home.env({
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API_AUTH__JWT_SECRET": "tradeflow-bench-not-a-secret",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            **(env or {}),
+        })
+        self._procs: list[tuple[str, subprocess.Popen]] = []
+
+    def __enter__(self) -> AirflowServices:
+        from tests.support.servers import wait_for_http
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        commands = {"api-server": [airflow_bin(), "api-server", "--port", str(self.port), "--host", "127.0.0.1"],
+                    "scheduler": [airflow_bin(), "scheduler"],
+                    "dag-processor": [airflow_bin(), "dag-processor"]}
+        for name, cmd in commands.items():
+            log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
+                                    start_new_session=True)
+            self._procs.append((name, proc))
+        wait_for_http(f"http://127.0.0.1:{self.port}/api/v2/version", timeout=120, proc=self._procs[0][1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for _, proc in reversed(self._procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in self._procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self._procs.clear()
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """Until the dag-processor has serialized ``dag_id`` (the scheduler can then run it)."""
+        import sqlite3
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with sqlite3.connect(self.home.db_path) as db:
+                row = db.execute("SELECT is_paused FROM dag WHERE dag_id = ?", (dag_id,)).fetchone()
+            if row is not None:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"{dag_id} not parsed within {timeout:.0f}s; see {self.log_dir}/dag-processor.log")
+
+    def trigger(self, dag_id: str, *, conf: Mapping[str, Any] | None = None) -> str:
+        import json
+
+        run_id = f"bench_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}_{int(time.time() * 1000) % 100000}"
+        cmd = [airflow_bin(), "dags", "trigger", dag_id, "--run-id", run_id]
+        if conf is not None:
+            cmd += ["--conf", json.dumps(conf)]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"airflow dags trigger failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        return run_id
+
+    def wait(self, dag_id: str, run_id: str, *, timeout: float = 1800) -> str:
+        """The DAG run's final state (success / failed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.home.dag_run_state(dag_id, run_id)
+            if state in ("success", "failed"):
+                return state
+            for name, proc in self._procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"airflow {name} exited ({proc.returncode}); see {self.log_dir}/{name}.log")
+            time.sleep(2)
+        raise TimeoutError(f"{dag_id} {run_id} not finished within {timeout:.0f}s")
+
+    def task_timings(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """``[{map_index, state, start, end, duration}]`` of one task in one run (epoch seconds)."""
+        import sqlite3
+        from datetime import datetime
+
+        with sqlite3.connect(self.home.db_path) as db:
+            rows = db.execute("SELECT map_index, state, start_date, end_date FROM task_instance WHERE dag_id = ? "
+                              "AND run_id = ? AND task_id = ? ORDER BY map_index", (dag_id, run_id, task_id)).fetchall()
+
+        def epoch(value: str | None) -> float | None:
+            return datetime.fromisoformat(value).timestamp() if value else None
+
+        return [{"map_index": m, "state": s, "start": epoch(a), "end": epoch(b),
+                 "duration": (epoch(b) - epoch(a)) if a and b else None} for m, s, a, b in rows]

@@ -158,6 +158,66 @@ class DagTest:
             self.proc.wait(timeout=10)
 
 
+@dataclass
+class MlflowRun:
+    """``mlflow run <repo> -e <entry point> --env-manager local`` in the background (what
+    ``tests.conftest.mlflow_run`` runs, but with a handle on the process tree)."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    started: float
+    label: str = ""
+
+    @classmethod
+    def start(cls, entry_point: str, params: Mapping[str, str], *, env: Mapping[str, str], log_path: Path,
+              label: str = "") -> MlflowRun:
+        cmd = [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO_ROOT), "-e", entry_point,
+               "--env-manager", "local", "--experiment-name", EXPERIMENT]
+        for key, value in params.items():
+            cmd += ["-P", f"{key}={value}"]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, env=subprocess_env(env), stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL)
+        return cls(proc, log_path, time.perf_counter(), label)
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def descendants(self) -> list[Any]:
+        import psutil
+
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_processes(self.descendants())
+            self.proc.kill()
+            raise
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll ``predicate()`` until it returns something truthy; return it (TimeoutError after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached after {timeout:.0f} s")
+        time.sleep(interval)
+
+
 def run_dag_tests_concurrently(homes: Sequence[AirflowHome], *, env: Mapping[str, str],
                                confs: Sequence[Mapping[str, Any]] | None = None,
                                timeout: float = 840) -> list[DagTestResult]:
@@ -212,8 +272,11 @@ def find_processes(procs: Iterable[Any], needle: str) -> list[Any]:
 class PeakMemory:
     """Samples the summed RSS of process trees every ``interval`` s in a thread.
 
-    ``peak_total_mib``: the largest sum over all the trees at one instant; ``peak_process_mib``:
-    the largest single process seen; ``peak_processes``: the most processes alive at once."""
+    ``peak_total_mib``: the largest sum over all the trees at one instant (an upper bound: pages
+    shared between processes, torch's and mlflow's libraries, count once per process);
+    ``peak_process_mib``: the largest single process seen; ``peak_processes``: the most processes
+    alive at once; ``peak_system_mib``: the machine's used memory above what it was at the start
+    (the real footprint, but it includes anything else running on the machine)."""
 
     def __init__(self, roots: Iterable[int] = (), interval: float = 0.25) -> None:
         self.roots = list(roots)
@@ -221,6 +284,8 @@ class PeakMemory:
         self.peak_total_mib = 0.0
         self.peak_process_mib = 0.0
         self.peak_processes = 0
+        self.peak_system_mib = 0.0
+        self._baseline: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -238,6 +303,10 @@ class PeakMemory:
     def sample(self) -> None:
         import psutil
 
+        used = psutil.virtual_memory().used / 2**20
+        if self._baseline is None:
+            self._baseline = used
+        self.peak_system_mib = max(self.peak_system_mib, used - self._baseline)
         seen: dict[int, float] = {}
         for root in list(self.roots):
             try:
