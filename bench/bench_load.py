@@ -109,7 +109,8 @@ def bench(parallel: int, args: argparse.Namespace, symbols: list[str]) -> dict:
         problems += [f"RUNNING {line}" for line in store.running()]
         webui = ArtifactAudit.collect(web.artifacts(), client)
         problems += webui.problems(run_ids, symbols)
-        trained = Counter(r.data.tags.get("tradeflow.symbol") for r in store.stage_runs("train_backtest", status="FINISHED"))
+        trained = Counter(r.data.tags.get("tradeflow.symbol")
+                          for r in store.stage_runs("train_backtest", status="FINISHED"))
     for phase, runs in (("cold", 1), ("warm", args.dag_runs)):
         row = {"cold": cold, "warm": warm}[phase]
         row["pipelines"] = runs * len(symbols)

@@ -162,6 +162,9 @@ def _audit_line(audit, symbols, seconds: float | None = None) -> str:
 
 
 def test_load_concurrent_dag_runs(world):
+    """Phase A fills the stage cache; phase B: concurrent `airflow dags test` runs + an MLflow
+    server restart; then one FINISHED chain per symbol per DAG run, RUNNING 0, one signal and one
+    llm artifact per symbol and execution, every artifact run_id resolves."""
     symbols = world.symbols
     env = world.env()
     cpu0, t0, t0_ms = _cpu_children(), time.perf_counter(), _now_ms()
@@ -233,26 +236,29 @@ def test_load_concurrent_dag_runs(world):
     seconds = {result.run_id: result.seconds for result in results}
     for run_id in run_ids:
         _SUMMARY.add("load", _audit_line(audits[run_id], symbols, seconds.get(run_id)))
-    trained = Counter(run.data.tags.get("tradeflow.symbol") for run in store.stage_runs("train_backtest", status="FINISHED"))
+    trained = Counter(run.data.tags.get("tradeflow.symbol")
+                      for run in store.stage_runs("train_backtest", status="FINISHED"))
     _SUMMARY.add("load", f"FINISHED train_backtest runs per symbol (>1: concurrent cache misses): "
                          + ", ".join(f"{s} {trained[s]}" for s in symbols)
                          + f"; {sum(trained.values())} trainings for {len(symbols)} symbols")
     _SUMMARY.add("load", "store: " + ", ".join(f"{e}/{s} {n}" for (e, s), n in sorted(store.by_status().items()))
                          + f"; RUNNING {len(running)}")
     per_type = webui.per_type(run_ids)
-    _SUMMARY.add("load", f"WebUI: {webui.total} artifacts ({', '.join(f'{k} {v}' for k, v in sorted(per_type.items()))}) "
+    types = ", ".join(f"{k} {v}" for k, v in sorted(per_type.items()))
+    _SUMMARY.add("load", f"WebUI: {webui.total} artifacts ({types}) "
                          f"for {len(run_ids)} executions x {len(symbols)} symbols; "
                          f"{webui.total - len(webui.unresolved)}/{webui.total} run_ids resolve (MlflowClient.get_run)")
+    problems = [p for audit in audits.values() for p in audit.problems]
+    problems += [f"RUNNING: {line}" for line in running]
+    problems += webui.problems(run_ids, symbols)
     retries = sum(len(re.findall(r"Retrying \(Retry\(total=", r.output)) for r in results)
     if restart:
         _report("MLflow server SIGKILLed + restarted mid-batch (load phase B)",
                 f"at {restart['at_s']:.0f} s ({restart['pipelines_started']} of {pipelines} symbol pipelines "
                 f"started), down {restart['down_s']:.1f} s; {retries} MLflow client request retries logged "
-                f"(urllib3); all {LOAD_DAG_RUNS} DAG runs succeeded, nothing lost (load checks)")
-
-    problems = [p for audit in audits.values() for p in audit.problems]
-    problems += [f"RUNNING: {line}" for line in running]
-    problems += webui.problems(run_ids, symbols)
+                f"(urllib3); all {LOAD_DAG_RUNS} DAG runs succeeded; "
+                + ("nothing lost (the load checks)" if not problems else f"{len(problems)} PROBLEMS (load checks)"))
+    _SUMMARY.add("load", f"checks: {len(problems)} problem(s)" + "".join(f"\n    {p}" for p in problems[:20]))
     assert not problems, "\n".join(problems)
     assert min(r.info.start_time for r in store.runs.values()) >= t0_ms - 1000  # the store was empty
 
@@ -390,7 +396,8 @@ def faults(world):
         servers["malformed"].set_mode("malformed")
         for case in cases.values():
             case.run = MlflowRun.start("pipeline", {"symbol": symbol, "execution_id": case.execution_id},
-                                       env=case.env, log_path=world.tmp / "faults" / f"{case.name}.log", label=case.name)
+                                       env=case.env, log_path=world.tmp / "faults" / f"{case.name}.log",
+                                       label=case.name)
         # Armed when persist starts, for 30 s. slow_get: a GET then sleeps 16 s, past the client's 15 s
         # read timeout; the retry comes 15.5 s later, and a second one 16.5 s after that at worst,
         # outside the window: the look-up recovers. slow_post: a POST sleeps 22 s, then is stored; by
@@ -497,9 +504,9 @@ def test_webui_slow_read_timeout_then_recovers(faults):
     assert slow, f"the slow fault never hit a request: {case.events}"
     assert re.search(r"WebUI GET /api/artifacts/ timed out \(ReadTimeout", case.output), case.output[-3000:]
     done = _check_recovered_execution(world, case, symbol)
-    _report("WebUI slow (GET 16 s > 15 s read timeout)", f"{len(slow)} look-up(s) timed out and were retried; pipeline "
-                                                         f"FINISHED in {case.seconds:.0f} s, artifacts "
-                                                         f"{dict(done['artifacts'].per_type())}; {'; '.join(case.events)}")
+    _report("WebUI slow (GET 16 s > 15 s read timeout)",
+            f"{len(slow)} look-up(s) timed out and were retried; pipeline FINISHED in {case.seconds:.0f} s, "
+            f"artifacts {dict(done['artifacts'].per_type())}; {'; '.join(case.events)}")
 
 
 def test_webui_5xx_then_recovers_without_duplicates(faults):
@@ -511,7 +518,8 @@ def test_webui_5xx_then_recovers_without_duplicates(faults):
     done = _check_recovered_execution(world, case, symbol)
     assert done["artifacts"].per_type() == Counter({"signal": 1, "llm": 1, "chart": 1})
     _report("WebUI 5xx then recovering", "3 POSTs stored, then answered 502/503/500: each retry found the stored "
-                                         f"row and did not post again; FINISHED, artifacts {dict(done['artifacts'].per_type())}")
+                                         "row and did not post again; FINISHED, artifacts "
+                                         f"{dict(done['artifacts'].per_type())}")
 
 
 def test_webui_malformed_json_fails_clearly_then_recovers(faults):
@@ -536,9 +544,9 @@ def test_webui_slow_post_stored_after_timeout_is_not_duplicated(faults):
     world, case = faults["world"], faults["cases"]["slow_post"]
     posts = [(r["body"] or {}).get("type") for r in case.web.requests if r["method"] == "POST"]
     counts = ArtifactAudit.collect(case.web.artifacts(), world.client).per_type([case.execution_id])
-    _report("WebUI slow POST (stored after the 15 s timeout)", f"pipeline rc {case.returncode} in {case.seconds:.0f} s; "
-                                                             f"POSTs {posts}; artifacts {dict(counts)} "
-                                                             f"(expected 1 each); {'; '.join(case.events)}")
+    _report("WebUI slow POST (stored after the 15 s timeout)",
+            f"pipeline rc {case.returncode} in {case.seconds:.0f} s; POSTs {posts}; artifacts {dict(counts)} "
+            f"(expected 1 each); {'; '.join(case.events)}")
     assert case.returncode == 0, case.output[-4000:]
     assert counts["signal"] == 1 and counts["llm"] == 1, dict(counts)
 
@@ -679,7 +687,8 @@ def test_corrupt_symbol_mid_batch_fails_by_name(faults):
     _report("corrupt data mid-batch", f"{bad} (NaN close on {day}) FAILED in {len(bad_runs)} tries (Airflow retries "
                                       f"a data error too) with the one-line \"{bad} from csv:...: 1 missing values in "
                                       f"close (first on {day})\", no stage run; {good1} and {good2} FINISHED with one "
-                                      f"artifact of each type; DAG run failed: \"1 of 3 symbol(s) failed: {bad}: ...\"; "
+                                      "artifact of each type; DAG run failed: "
+                                      f"\"1 of 3 symbol(s) failed: {bad}: ...\"; "
                                       f"parent run FAILED")
 
 

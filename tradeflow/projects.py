@@ -98,7 +98,15 @@ def run_entry_point(
     run_id = submitted.run_id
     if parent_run_id:
         client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent_run_id)
-    succeeded = submitted.wait()
+    try:
+        succeeded = submitted.wait()
+    except BaseException:
+        # Interrupted (Airflow timeout, SIGTERM, Ctrl-C): stop the child's process group so a
+        # retry never runs beside an orphan, and close its run honestly.
+        submitted.cancel()
+        client.set_tag(run_id, TAG_FAILURE, f"entry point '{entry_point}' cancelled: its caller was interrupted")
+        client.set_terminated(run_id, "FAILED")
+        raise
     status = client.get_run(run_id).info.status
     if not RunStatus.is_terminated(RunStatus.from_string(status)):
         # The process ended without closing its run (killed, or env build failure).

@@ -475,7 +475,8 @@ class ArtifactAudit:
                 except Exception:
                     checked[run_id] = False
             if not checked[run_id]:
-                unresolved.append(f"#{artifact.get('id')} {artifact.get('type')} {artifact.get('symbol')} run_id={run_id!r}")
+                unresolved.append(f"#{artifact.get('id')} {artifact.get('type')} {artifact.get('symbol')} "
+                                  f"run_id={run_id!r}")
         return cls(counts, len(artifacts), unresolved)
 
     def problems(self, execution_ids: Iterable[str], symbols: Iterable[str],
