@@ -649,9 +649,6 @@ def test_worker_killed_mid_training_then_retried(faults):
                                          f"{len(patched)} PATCH from the retry); the try-1 train run is FAILED")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG tradeflow/projects.py run_entry_point: when the whole process tree of a pipeline attempt dies (SIGKILL), "
-    "only the pipeline run is closed (FAILED); the stage run it had started (here persist) stays RUNNING forever"))
 def test_worker_killed_leaves_no_run_running(faults):
     world, case = faults["world"], faults["kill"]
     store = StoreAudit.collect(world.client)

@@ -80,6 +80,37 @@ def find_cached(client: MlflowClient, experiment_id: str, key: str) -> str | Non
     return runs[0].info.run_id if runs else None
 
 
+def close_abandoned_runs(client: MlflowClient, experiment_id: str, symbol: str, execution_id: str,
+                         current_parent_id: str) -> list[str]:
+    """Mark FAILED the stage runs an earlier, killed attempt of this execution left RUNNING.
+
+    A SIGKILLed worker takes the pipeline and its stage process with it; the caller closes the
+    pipeline run it submitted, but nobody is left to close the stage run. The next attempt of the
+    same execution does it here (only under earlier pipeline runs that have already ended).
+    """
+    earlier = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_EXECUTION_ID}` = '{execution_id}' and tags.`{TAG_SYMBOL}` = '{symbol}' "
+                      "and tags.`tradeflow.stage` = 'pipeline'",
+    )
+    closed = []
+    for parent in earlier:
+        if parent.info.run_id == current_parent_id or parent.info.status == "RUNNING":
+            continue
+        for child in client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and attributes.status = 'RUNNING'",
+        ):
+            client.set_tag(child.info.run_id, TAG_FAILURE,
+                           f"abandoned: its pipeline attempt {parent.info.run_id} ended ({parent.info.status}) "
+                           "while this stage was running (worker killed?)")
+            client.set_terminated(child.info.run_id, "FAILED")
+            closed.append(child.info.run_id)
+    if closed:
+        log.warning("%s: closed %d stage run(s) left RUNNING by a killed attempt: %s", symbol, len(closed), ", ".join(closed))
+    return closed
+
+
 def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool = False,
                  dag_id: str = "", task_id: str = "") -> dict:
     """Run the stages of ``cfg.mode`` under one parent run; return the summary."""
@@ -92,6 +123,7 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
         parent_id = parent.info.run_id
         execution_id = execution_id or parent_id
         mlflow.set_tags({TAG_EXECUTION_ID: execution_id, "tradeflow.mode": cfg.mode, "tradeflow.force": str(force).lower()})
+        close_abandoned_runs(client, parent.info.experiment_id, cfg.symbol, execution_id, parent_id)
         mlflow.log_params(cfg.flat_params())
         if cfg.adjustments:
             mlflow.set_tag("tradeflow.config_adjustments", "; ".join(cfg.adjustments))
