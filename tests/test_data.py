@@ -21,7 +21,7 @@ import pytest
 
 from tradeflow.config import RunConfig, resolve_config
 from tradeflow.data import BAR_COLUMNS, DataError, MarketData, load_market_data, validate_bars
-from tradeflow.data import http as data_http
+from tradeflow.data import ibkr as data_ibkr
 from tradeflow.data.ibkr import history_period
 from tradeflow.data.synthetic import SYNTHETIC_END, SYNTHETIC_NOTE
 
@@ -332,7 +332,7 @@ def services() -> Iterator[tuple[Services, str]]:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(data_http, "BACKOFF_S", (0.01,))
+    monkeypatch.setattr(data_ibkr, "POLICY", data_ibkr.RetryPolicy(attempts=3, backoff_s=0.01))
 
 
 def ibkr_bars(frame: pd.DataFrame, *, with_volume: bool) -> list[dict[str, Any]]:

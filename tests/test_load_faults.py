@@ -400,8 +400,8 @@ def faults(world):
                                        label=case.name)
         # Armed when persist starts, for 30 s. slow_get: a GET then sleeps 16 s, past the client's 15 s
         # read timeout; the retry comes 15.5 s later, and a second one 16.5 s after that at worst,
-        # outside the window: the look-up recovers. slow_post: a POST sleeps 22 s, then is stored; by
-        # then the client has timed out, looked the artifact up (not there yet) and posted again.
+        # outside the window: the look-up recovers. slow_post: a POST sleeps 22 s, then is stored; the
+        # client timed out at 15 s and keeps looking the artifact up (settle window) until it appears.
         watchers = [
             _on_persist_start(cases["slow_get"], lambda: servers["slow_get"].set_mode(
                 "slow", delay_s=16, methods=["GET"], for_s=30)),
@@ -537,9 +537,6 @@ def test_webui_malformed_json_fails_clearly_then_recovers(faults):
                                     f"0 artifacts; re-run FINISHED, artifacts {dict(done['artifacts'].per_type())}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG tradeflow/webui.py upsert_artifact: a POST that the backend stores AFTER the client's 15 s read timeout "
-    "is posted again (the look-up before the retry runs before the slow insert lands): 2 signal artifacts"))
 def test_webui_slow_post_stored_after_timeout_is_not_duplicated(faults):
     world, case = faults["world"], faults["cases"]["slow_post"]
     posts = [(r["body"] or {}).get("type") for r in case.web.requests if r["method"] == "POST"]

@@ -1,9 +1,9 @@
 """Client for the trading WebUI backend (``shared/contracts/webui-backend.md``), over HTTP only.
 
-What it adds on top of ``requests``, and why:
+What it adds on top of the project's HTTP layer (``tradeflow.http``: one retry policy, a total
+deadline and a size cap per request), and why:
 
-- Retries with exponential backoff on connection errors, timeouts, 5xx and 429 (``Retry-After``
-  honoured when small), then one clear line in ``WebUIError``: Airflow shows that line.
+- One clear line in ``WebUIError`` when the service cannot be used: Airflow shows that line.
 - Idempotent artifact writes: the service does not deduplicate, so ``upsert_artifact`` looks the
   artifact up by (execution_id, step_name, symbol, type) and PATCHes it, else POSTs; a POST that
   failed ambiguously is never blindly re-sent (the row may already exist).
@@ -14,7 +14,6 @@ What it adds on top of ``requests``, and why:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import math
@@ -22,12 +21,12 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import PurePath
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import requests
+from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy, snippet
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +67,11 @@ ARTIFACT_KEYS: Final[Mapping[str, frozenset[str]]] = {
 IDENTITY_KEYS: Final = ("execution_id", "step_name", "symbol", "type")
 
 ACTIONS: Final = ("BUY", "SELL", "HOLD")
-RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 PAGE_SIZE: Final = 500
+#: A listing never asks for more rows than this; past it the query must be narrowed.
+MAX_LIST: Final = 50_000
+#: How long an ambiguous POST failure (answer lost) is followed by look-ups before posting again.
+SETTLE_S: Final = 45.0
 
 
 class WebUIError(RuntimeError):
@@ -107,12 +109,17 @@ class WebUIClient:
         api_token: str | None = None,
         max_retry_after_s: float = 10.0,
         page_size: int = PAGE_SIZE,
+        deadline_s: float | None = None,
+        max_bytes: int = 32 * 1024 * 1024,
+        settle_s: float = SETTLE_S,
+        max_list: int = MAX_LIST,
     ) -> None:
         parts = urlsplit(base_url.strip())
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError(f"WebUI base URL must be http(s)://host[:port], got {base_url!r}")
-        if retries < 1 or backoff_s < 0 or page_size < 1:
-            raise ValueError("retries must be >= 1, backoff_s >= 0 and page_size >= 1")
+        if retries < 1 or backoff_s < 0 or page_size < 1 or settle_s < 0 or max_list < page_size:
+            raise ValueError("retries must be >= 1, backoff_s >= 0, page_size >= 1, settle_s >= 0 and "
+                             "max_list >= page_size")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         netloc = host + (f":{parts.port}" if parts.port else "")
         #: Safe to log: credentials in the URL move to the session, a trailing slash is dropped.
@@ -122,8 +129,15 @@ class WebUIClient:
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.page_size = page_size
-        self._session = requests.Session()
-        self._session.headers.update({"Accept": "application/json", "User-Agent": "tradeflow-webui"})
+        self.settle_s = settle_s
+        self.max_list = max_list
+        connect_s, read_s = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        limits = Limits(connect_s=connect_s, read_s=read_s, max_bytes=max_bytes,
+                        deadline_s=deadline_s if deadline_s is not None else 2 * read_s + connect_s)
+        self._http = HttpClient(policy=RetryPolicy(attempts=retries, backoff_s=backoff_s,
+                                                   max_retry_after_s=max_retry_after_s), limits=limits,
+                                headers={"Accept": "application/json", "User-Agent": "tradeflow-webui"})
+        self._session = self._http.session
         if parts.username:
             self._session.auth = (unquote(parts.username), unquote(parts.password or ""))
         if api_token:
@@ -249,26 +263,48 @@ class WebUIClient:
     ) -> list[dict[str, Any]]:
         """Artifacts newest first. ``type``/``symbol``/``execution_id`` filter on the service,
         ``step_name`` here (the service has no such filter). Without ``limit`` every match is
-        returned (one more request with a larger limit when ``total`` says some were left out);
-        with it, ``limit`` applies on the service, before the ``step_name`` filter."""
+        returned; with it, ``limit`` applies on the service, before the ``step_name`` filter.
+
+        The service has no offset and its ``total`` counts only the rows it returned, so neither is
+        trusted: the client asks again with a larger limit until a page comes back short (that page
+        holds every match), and raises ``WebUIError`` past ``max_list`` rows (narrow the filters)."""
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         params = {k: v for k, v in (("type", type), ("symbol", symbol), ("execution_id", execution_id))
                   if v is not None}
-        rows, total = self._artifact_page(params, limit or self.page_size)
-        if limit is None and total > len(rows):
-            rows, total = self._artifact_page(params, total)
+        if limit is not None:
+            rows = self._artifact_page(params, limit)
+        else:
+            rows = self._all_artifacts(params)
         if step_name is not None:
             rows = [row for row in rows if row.get("step_name") == step_name]
         return rows
 
+    def _all_artifacts(self, params: dict[str, str], tries: int | None = None) -> list[dict[str, Any]]:
+        """Every match: grow the page until a short one comes back; a clear error past ``max_list``."""
+        size = self.page_size
+        while True:
+            rows = self._artifact_page(params, size, tries=tries)
+            if len(rows) < size:
+                return rows
+            if size >= self.max_list:
+                where = ", ".join(f"{k}={v}" for k, v in params.items()) or "no filter"
+                raise WebUIError(f"WebUI backend at {self.base_url} holds {self.max_list} or more artifacts for "
+                                 f"{where}; the service has no offset, so this listing would be incomplete: "
+                                 "narrow the query (type, symbol, execution_id)", endpoint="GET /api/artifacts/")
+            size = min(self.max_list, size * 4)
+
     def _artifact_page(self, params: dict[str, str], limit: int,
-                       tries: int | None = None) -> tuple[list[dict[str, Any]], int]:
+                       tries: int | None = None) -> list[dict[str, Any]]:
         body = self._call("GET", "/api/artifacts/", params={**params, "limit": str(limit)}, tries=tries).body
         if (not isinstance(body, dict) or not isinstance(body.get("artifacts"), list)
-                or not isinstance(body.get("total"), int)):
-            raise self._shape_error("GET /api/artifacts/", 'an object with "artifacts" and "total"', body)
-        return body["artifacts"], body["total"]
+                or not all(isinstance(row, dict) for row in body["artifacts"])):
+            raise self._shape_error("GET /api/artifacts/", 'an object with an "artifacts" list of objects', body)
+        rows = body["artifacts"]
+        if len(rows) > limit:
+            raise self._shape_error("GET /api/artifacts/", f"at most {limit} rows (the limit sent)",
+                                    {"rows": len(rows)})
+        return rows
 
     def get_artifact(self, artifact_id: int) -> dict[str, Any] | None:
         """One artifact by id, or None on 404."""
@@ -300,13 +336,29 @@ class WebUIClient:
         if existing is not None:
             return self._patch_artifact(existing["id"], body), False
 
-        def already_stored() -> dict[str, Any] | None:
-            try:
-                rows, _ = self._artifact_page(
-                    {k: identity[k] for k in ("type", "symbol", "execution_id")}, self.page_size, tries=1)
-            except WebUIError:
-                return None  # still failing: let the POST retry loop wait and try again
-            return next((row for row in rows if row.get("step_name") == identity["step_name"]), None)
+        def already_stored(failure: HttpError) -> dict[str, Any] | None:
+            """Look the artifact up before any second POST. When the answer was lost (read timeout,
+            dropped connection, a proxy's 502/504), the service may still be inserting the row: keep
+            looking for ``settle_s`` before the POST is sent again."""
+            settle_until = time.monotonic() + (self.settle_s if failure.maybe_applied else 0.0)
+            looks = 0
+            while True:
+                looks += 1
+                try:
+                    rows = self._all_artifacts({k: identity[k] for k in ("type", "symbol", "execution_id")},
+                                               tries=1)
+                except WebUIError:
+                    rows = None  # still failing: keep waiting within the settle window
+                if rows is not None and (found := next(
+                        (row for row in rows if row.get("step_name") == identity["step_name"]), None)):
+                    return found
+                if time.monotonic() >= settle_until:
+                    if failure.maybe_applied:
+                        log.warning("WebUI POST /api/artifacts/ %s; the %s artifact was not found after %d look-ups"
+                                    " over %.0f s: posting it again", failure.kind, identity["type"], looks,
+                                    self.settle_s)
+                    return None
+                time.sleep(min(2.0, max(0.05, self.backoff_s)))
 
         reply = self._call("POST", "/api/artifacts/", json_body=body, before_retry=already_stored)
         row = reply.body
@@ -336,116 +388,67 @@ class WebUIClient:
         json_body: Any = None,
         accept: tuple[int, ...] = (),
         tries: int | None = None,
-        before_retry: Callable[[], Any | None] | None = None,
+        before_retry: Callable[[HttpError], Any | None] | None = None,
     ) -> _Reply:
-        """One request with retries. 2xx and ``accept`` statuses come back; the rest raise.
+        """One request through the project's HTTP layer (``tradeflow.http``: retry policy, total
+        deadline, size cap). 2xx and ``accept`` statuses come back; the rest raise ``WebUIError``.
 
-        ``before_retry`` (for non-idempotent requests) runs before each retry; a non-None result
-        ends the loop as if the request had answered it.
+        ``before_retry`` (for non-idempotent requests) runs before each retry with the last failure;
+        a non-None result ends the loop as if the request had answered it.
         """
         endpoint = f"{method} {path}"
-        url = self.base_url + path
-        data = None if json_body is None else _dumps(json_body)
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        tries = tries or self.retries
-        kind, reason, status = "", "", None
-        for attempt in range(1, tries + 1):
-            if attempt > 1 and before_retry is not None and (found := before_retry()) is not None:
-                log.info("WebUI %s: found the result of an earlier attempt; not sending it again", endpoint)
-                return _Reply(200, found)
-            wait = self.backoff_s * 2 ** (attempt - 1)
-            started = time.monotonic()
-            try:
-                response = self._session.request(method, url, params=params, data=data, headers=headers,
-                                                 timeout=self.timeout, allow_redirects=False)
-            except requests.ConnectTimeout as exc:
-                kind, reason, status = "unreachable", f"ConnectTimeout {_reason(exc)}", None
-            except requests.Timeout as exc:
-                kind, reason, status = "timed out", f"ReadTimeout {_reason(exc)}", None
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                kind, reason, status = "unreachable", f"{type(exc).__name__} {_reason(exc)}", None
-            else:
-                log.debug("WebUI %s -> %s in %.0f ms", endpoint, response.status_code,
-                          1000 * (time.monotonic() - started))
-                if response.status_code not in RETRY_STATUSES:
-                    return self._decode(response, endpoint, accept)
-                status = response.status_code
-                kind, reason = f"answered {status}", _detail(response)
-                retry_after = _retry_after(response)
-                if retry_after is not None and retry_after > self.max_retry_after_s:
-                    raise WebUIError(f"WebUI backend at {self.base_url} answered {status} to {endpoint} asking to"
-                                     f" retry after {retry_after:.0f} s (more than the {self.max_retry_after_s:g} s"
-                                     " this client waits); try again later", endpoint=endpoint, status=status)
-                wait = max(wait, retry_after or 0.0)
-            if attempt < tries:
-                log.warning("WebUI %s %s (%s); try %d/%d in %.1f s", endpoint, kind, reason, attempt + 1, tries, wait)
-                time.sleep(wait)
-        raise WebUIError(f"WebUI backend at {self.base_url} {kind} after {tries} {'try' if tries == 1 else 'tries'}:"
-                         f" {endpoint}: {reason}", endpoint=endpoint, status=status)
+        body = None if json_body is None else _plain(json_body)
+        try:
+            reply = self._http.send(method, self.base_url + path, params=params, json_body=body,
+                                    attempts=tries, before_retry=before_retry, label=f"WebUI {endpoint}")
+        except HttpError as exc:
+            if exc.retry_after is not None and not exc.transient:
+                raise WebUIError(f"WebUI backend at {self.base_url} {exc.kind} to {endpoint} asking to retry after"
+                                 f" {exc.retry_after:.0f} s (more than the {self.max_retry_after_s:g} s this client"
+                                 " waits); try again later", endpoint=endpoint, status=exc.status) from None
+            tries_text = f"{exc.tries} {'try' if exc.tries == 1 else 'tries'}"
+            raise WebUIError(f"WebUI backend at {self.base_url} {exc.kind} after {tries_text}: {endpoint}: "
+                             f"{exc.reason}", endpoint=endpoint, status=exc.status) from None
+        if not isinstance(reply, Reply):
+            return _Reply(200, reply)  # before_retry found the result of an earlier attempt
+        return self._decode(reply, endpoint, accept)
 
-    def _decode(self, response: requests.Response, endpoint: str, accept: tuple[int, ...]) -> _Reply:
-        status = response.status_code
+    def _decode(self, reply: Reply, endpoint: str, accept: tuple[int, ...]) -> _Reply:
+        status = reply.status
         if status >= 300 and status not in accept:
-            where = response.headers.get("Location", "")
+            where = reply.headers.get("Location", "")
             hint = f" (redirect to {where}; call the trailing-slash URL)" if 300 <= status < 400 else ""
-            raise WebUIError(f"WebUI backend at {self.base_url} rejected {endpoint} with {status}: "
-                             f"{_detail(response)}{hint}", endpoint=endpoint, status=status)
-        if status == 204 or not response.content:
+            kind = " (the payload was refused; not retried)" if status == 500 else ""
+            raise WebUIError(f"WebUI backend at {self.base_url} rejected {endpoint} with {status}{kind}: "
+                             f"{reply.detail()}{hint}", endpoint=endpoint, status=status)
+        if status == 204 or not reply.content:
             return _Reply(status, None)
         try:
-            return _Reply(status, response.json())
-        except ValueError:
+            return _Reply(status, _loads(reply.content))
+        except ValueError as exc:
             raise WebUIError(f"WebUI backend at {self.base_url} answered {endpoint} with malformed JSON "
-                             f"({status}, {response.headers.get('Content-Type', 'no content-type')}): "
-                             f"{_snippet(response.text)}", endpoint=endpoint, status=status) from None
+                             f"({status}, {reply.headers.get('Content-Type', 'no content-type')}): "
+                             f"{exc if isinstance(exc, _TooDeep) else _snippet(reply.text)}",
+                             endpoint=endpoint, status=status) from None
 
     def _shape_error(self, endpoint: str, expected: str, body: Any) -> WebUIError:
         return WebUIError(f"WebUI backend at {self.base_url} answered {endpoint} with {_snippet(json.dumps(body))};"
                           f" expected {expected}", endpoint=endpoint)
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost cause (``[Errno 111] Connection refused``), not urllib3's nested reprs."""
-    seen: BaseException = exc
-    for _ in range(8):
-        inner = getattr(seen, "reason", None)
-        if not isinstance(inner, BaseException):
-            inner = next((arg for arg in seen.args if isinstance(arg, BaseException)), None)
-        if inner is None:
-            break
-        seen = inner
-    text = str(seen)
-    if "Failed to establish a new connection: " in text:
-        text = text.split("Failed to establish a new connection: ", 1)[1]
-    return _snippet(text or type(seen).__name__)
+class _TooDeep(ValueError):
+    pass
 
 
-def _detail(response: requests.Response) -> str:
+def _loads(content: bytes) -> Any:
+    """JSON from the service; nesting too deep for the decoder is one line, not a RecursionError."""
     try:
-        body = response.json()
-    except ValueError:
-        return _snippet(response.text) or response.reason or "no body"
-    return _snippet(json.dumps(body.get("detail", body) if isinstance(body, dict) else body))
+        return json.loads(content)
+    except RecursionError:
+        raise _TooDeep("JSON nested too deep to decode") from None
 
 
-def _snippet(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+_snippet = snippet
 
 
 # --- payloads -----------------------------------------------------------------------------------
@@ -467,10 +470,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, PurePath):
         return str(value)
     return value
-
-
-def _dumps(body: Any) -> str:
-    return json.dumps(_plain(body), allow_nan=False)
 
 
 def clean_artifact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:

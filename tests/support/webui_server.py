@@ -111,10 +111,6 @@ class _Reject(Exception):
         self.answer = _Answer(status, {"detail": detail})
 
 
-def _internal_error() -> _Answer:
-    return _Answer(500, b"Internal Server Error", "text/plain; charset=utf-8")
-
-
 def _invalid(kind: str, loc: list[Any], msg: str) -> _Reject:
     """FastAPI's 422 shape for a request that fails validation."""
     return _Reject(422, [{"type": kind, "loc": loc, "msg": msg}])
@@ -412,8 +408,9 @@ class _Backend:
                 raise _Reject(400, "name and type are required")
             if body["type"] not in ARTIFACT_TYPES:
                 raise _Reject(400, f"Invalid artifact type: {body['type']}. Must be one of {list(ARTIFACT_TYPES)}")
-            if set(body) - ARTIFACT_COLUMNS:
-                return _internal_error()  # Artifact(**data) -> TypeError in the real service
+            if unknown := sorted(set(body) - ARTIFACT_COLUMNS):
+                # Artifact(**data) -> TypeError in the real service, answered as JSON (see the contract)
+                return _Answer(500, {"detail": f"{unknown[0]!r} is an invalid keyword argument for Artifact"})
             if self.strict_signals and body["type"] == "signal" and (problems := self._strict_signal_problems(body)):
                 raise _Reject(422, problems)
             artifact_id = self.next_artifact_id
@@ -435,7 +432,9 @@ class _Backend:
             rows = [r for r in self.artifacts.values()
                     if all(r.get(k) == query[k] for k in ("type", "symbol", "execution_id") if k in query)]
             rows.sort(key=lambda r: r["id"], reverse=True)
-            return _Answer(200, {"artifacts": json.loads(json.dumps(rows[: max(limit, 0)])), "total": len(rows)})
+            page = rows[: max(limit, 0)]
+            # the real service's quirk: ``total`` counts the rows of THIS answer, not every match
+            return _Answer(200, {"artifacts": json.loads(json.dumps(page)), "total": len(page)})
 
     def _artifact(self, raw_id: str) -> dict[str, Any]:
         if not raw_id.isdigit():

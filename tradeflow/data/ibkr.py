@@ -16,7 +16,7 @@ import requests
 
 from tradeflow.config import RunConfig
 from tradeflow.data.base import DataError, MarketData, finalise
-from tradeflow.data.http import NotFound, get_json
+from tradeflow.http import HttpClient, HttpError, Limits, RetryPolicy
 from tradeflow.data.ibkr_bars import ADJCP_NOTE, parse_ibkr_bars
 
 ENV_URL = "IBKR_API_URL"
@@ -35,6 +35,44 @@ def ibkr_settings(symbol: str) -> tuple[str, bool]:
     if raw not in _TRUE | _FALSE:
         raise DataError(f"{symbol}: {ENV_VERIFY}={raw!r} is not a boolean (use true or false)")
     return base, raw in _TRUE
+
+
+#: IBKR's gateway: 3 tries, short backoff; answers are small, so the cap is tight.
+POLICY = RetryPolicy(attempts=3, backoff_s=0.5)
+LIMITS = Limits(connect_s=3.05, read_s=10.0, deadline_s=30.0, max_bytes=16 * 1024 * 1024)
+
+
+class NotFound(DataError):
+    """The gateway answered 404; the caller turns it into its own message."""
+
+
+def get_json(url: str, *, params: dict[str, str] | None = None, session: requests.Session | None = None,
+             verify: bool = True, what: str) -> object:
+    """GET ``url`` through the project's HTTP layer and decode JSON. ``what`` names the request in
+    errors ("AAPL IBKR history"). Raises ``NotFound`` on 404 and ``DataError`` on any other failure;
+    only method, URL and status are logged (session cookies never)."""
+    http = HttpClient(policy=POLICY, limits=LIMITS, session=session, verify=verify)
+    try:
+        reply = http.send("GET", url, params=params, label=f"GET {url}")
+    except HttpError as exc:
+        if exc.kind == "TLS check failed":
+            raise DataError(f"{what}: TLS certificate check failed for {url} (for the IBKR gateway's "
+                            "self-signed certificate set IBKR_VERIFY_TLS=false)") from None
+        raise DataError(f"{what}: {url} {exc.kind} after {exc.tries} tries: {exc.reason}") from None
+    finally:
+        if session is None:
+            http.close()
+    if reply.status == 404:
+        raise NotFound(f"{what}: 404 from {url}")
+    if reply.status >= 300:
+        raise DataError(f"{what}: HTTP {reply.status} from {url}: {reply.detail()}")
+    try:
+        return reply.json()
+    except RecursionError:
+        raise DataError(f"{what}: {url} answered JSON nested too deep to decode") from None
+    except ValueError:
+        raise DataError(f"{what}: {url} did not answer JSON (content-type "
+                        f"{reply.headers.get('content-type', 'unknown')})") from None
 
 
 def history_period(cfg: RunConfig, today: date) -> str:
