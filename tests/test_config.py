@@ -98,3 +98,23 @@ def test_canonical_json_round_trips_and_is_stable():
     assert flat["cfg.split.valid_start"] == "2020-01-01"
     assert cfg.registered_model_name == "trademaster_BTC"
     assert resolve_config({"symbol": "BRK.B"}).registered_model_name == "trademaster_BRK_B"
+
+
+def test_a_mistyped_tradeflow_variable_fails_with_the_known_names(monkeypatch):
+    from tradeflow.config import OPERATIONAL_ENV, check_env_names, known_env_names
+
+    monkeypatch.setenv("TRADEFLOW_EPOCH", "5")
+    with pytest.raises(ConfigError) as caught:
+        resolve_config({"symbol": "AAPL"}, with_env=True)
+    message = str(caught.value)
+    assert message.startswith("unknown environment variable TRADEFLOW_EPOCH (did you mean TRADEFLOW_EPOCHS?);")
+    assert "known TRADEFLOW_* names: " in message and "TRADEFLOW_TASK_RETRIES" in message and "\n" not in message
+    monkeypatch.delenv("TRADEFLOW_EPOCH")
+    # operational names share the prefix and are known; run parameters still apply
+    check_env_names({name: "1" for name in OPERATIONAL_ENV})
+    monkeypatch.setenv("TRADEFLOW_EPOCHS", "5")
+    monkeypatch.setenv("TRADEFLOW_PARALLEL_SYMBOLS", "2")
+    assert resolve_config({"symbol": "AAPL"}, with_env=True).trademaster.epochs == 5
+    assert "TRADEFLOW_EPOCHS" in known_env_names() and "TRADEFLOW_CONFIG" in known_env_names()
+    with pytest.raises(ConfigError, match=r"variables TRADEFLOW_A, TRADEFLOW_ZZZ_UNRELATED; known"):
+        check_env_names({"TRADEFLOW_ZZZ_UNRELATED": "", "TRADEFLOW_A": "", "OTHER": ""})

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import date
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -311,11 +311,56 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
+#: ``TRADEFLOW_*`` names that are operational settings, not run parameters; each is read where
+#: named. A new one must be added here, or every run refuses it as a mistyped parameter.
+OPERATIONAL_ENV: Final = frozenset({
+    # the DAG and orchestration (tradeflow/orchestration.py)
+    "TRADEFLOW_DAG_SCHEDULE", "TRADEFLOW_PARALLEL_SYMBOLS", "TRADEFLOW_POOL", "TRADEFLOW_TASK_RETRIES",
+    "TRADEFLOW_RETRY_DELAY_S", "TRADEFLOW_MAX_RETRY_DELAY_S", "TRADEFLOW_SYMBOL_TIMEOUT_MIN",
+    "TRADEFLOW_DAG_MAX_ACTIVE_RUNS", "TRADEFLOW_DAG_MAX_SYMBOLS", "TRADEFLOW_EXECUTOR",
+    "TRADEFLOW_GIT_URL", "TRADEFLOW_GIT_COMMIT", "TRADEFLOW_GIT_PROVIDER", "TRADEFLOW_DATABRICKS_SPEC",
+    "TRADEFLOW_DATABRICKS_CLUSTER_ID", "TRADEFLOW_DATABRICKS_CONN_ID", "TRADEFLOW_DATABRICKS_POLL_S",
+    "TRADEFLOW_SESSION_NOW",
+    # stage launching, the CLI, reproduce, the stage-cache lease
+    "TRADEFLOW_ENV_MANAGER", "TRADEFLOW_LOG_LEVEL", "TRADEFLOW_REPRODUCTION_OF", "TRADEFLOW_HOME",
+    "TRADEFLOW_LEASE_TIMEOUT_S",
+    # tests and their servers (tests/support, scripts/test.sh)
+    "TRADEFLOW_PG_BIN", "TRADEFLOW_PG_OS_USER", "TRADEFLOW_KEEP_SERVER_DIRS", "TRADEFLOW_UPDATE_GOLDEN",
+    "TRADEFLOW_LOAD_SYMBOLS", "TRADEFLOW_LOAD_WARM", "TRADEFLOW_LOAD_RESTART", "TRADEFLOW_LOAD_DAG_RUNS",
+})
+
+
+def known_env_names() -> list[str]:
+    """Every ``TRADEFLOW_*`` name the project reads: run parameters and operational settings."""
+    params = {ENV_PREFIX + key.upper() for key in TOP_LEVEL_KEYS | set(FLAT_KEYS) | {"config"}}
+    return sorted(params | OPERATIONAL_ENV)
+
+
+def check_env_names(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse an unknown ``TRADEFLOW_*`` name (a mistyped ``TRADEFLOW_EPOCH=5`` would otherwise be
+    silently ignored): ``ConfigError`` naming it, the closest known name and the list of known ones."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = known_env_names()
+    unknown = sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        suffixes = {known_name.removeprefix(ENV_PREFIX): known_name for known_name in known}
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), list(suffixes), n=1, cutoff=0.75)
+        hints.append(f"{name}" + (f" (did you mean {suffixes[close[0]]}?)" if close else ""))
+    raise ConfigError(f"unknown environment variable{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                      f"known TRADEFLOW_* names: {', '.join(known)}")
+
+
 def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``TRADEFLOW_<KEY>`` variables (flat keys, e.g. ``TRADEFLOW_EPOCHS=3``), plus
-    ``TRADEFLOW_CONFIG`` holding a JSON layer. Unknown ``TRADEFLOW_*`` names are ignored so that
-    operational settings (``TRADEFLOW_HOME`` ...) can share the prefix."""
+    ``TRADEFLOW_CONFIG`` holding a JSON layer. Operational settings (``OPERATIONAL_ENV``) share the
+    prefix and are skipped here; any other ``TRADEFLOW_*`` name is refused (``check_env_names``)."""
     environ = os.environ if environ is None else environ
+    check_env_names(environ)
     known = TOP_LEVEL_KEYS | set(FLAT_KEYS) | {"config"}
     flat = {}
     for name, value in environ.items():
