@@ -54,9 +54,12 @@ fi
 if git -C "$TM_SRC" rev-parse HEAD >/dev/null 2>&1; then
   head=$(git -C "$TM_SRC" rev-parse HEAD)
   [ "$head" = "$TM_COMMIT" ] || { echo "$TM_SRC is at $head, not $TM_COMMIT" >&2; exit 1; }
-else
-  echo "note: $TM_SRC is not a git checkout; trusting it is commit $TM_COMMIT"
 fi
+# A git checkout or a plain tree (a copy, an unpacked archive): either way the files installed
+# must be the pinned commit's, byte for byte, and nothing else (scripts/trademaster-c1c4838.sha256,
+# generated from the commit's git objects).
+bash scripts/verify_source_tree.sh "$TM_SRC" "scripts/trademaster-${TM_COMMIT:0:7}.sha256" trademaster \
+  || { echo "refusing to install $TM_SRC: it is not upstream TradeMaster @ ${TM_COMMIT:0:12}" >&2; exit 1; }
 
 # --- 2. venv + torch (CPU) with pip -------------------------------------------------------------
 [ -x "$PY" ] || { say "creating $TM_VENV"; "$PYTHON" -m venv "$TM_VENV"; }
