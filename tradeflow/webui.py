@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ ARTIFACT_KEYS: Final[Mapping[str, frozenset[str]]] = {
 IDENTITY_KEYS: Final = ("execution_id", "step_name", "symbol", "type")
 
 ACTIONS: Final = ("BUY", "SELL", "HOLD")
+#: A link's trading session as the WebUI stores it (read by ``tradeflow.sessions``).
+SESSION_KEYS: Final = ("timezone", "session_start", "session_end", "allow_weekend")
 PAGE_SIZE: Final = 500
 #: A listing never asks for more rows than this; past it the query must be narrowed.
 MAX_LIST: Final = 50_000
@@ -181,9 +184,8 @@ class WebUIClient:
         if max_symbols < 1:
             raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
         assigned = []
-        for row in self.list_workflow_symbols(enabled_only=True):
-            if not isinstance(row.get("symbol"), str):
-                raise self._shape_error("GET /api/workflow-symbols/", 'rows with a "symbol"', row)
+        for index, row in enumerate(self.list_workflow_symbols(enabled_only=True)):
+            self._check_symbol_row(row, "GET /api/workflow-symbols/", f"[{index}]")
             if row.get("enabled") is not True:
                 continue  # the query already filters; do not trust it with a trading decision
             links = [link for link in row.get("workflows") or []
@@ -199,6 +201,7 @@ class WebUIClient:
                 "workflow_symbol_id": row.get("id"), "priority": row.get("priority") or 0,
                 "link_id": link.get("link_id"), "link_priority": link.get("priority") or 0,
                 "config": link.get("config") if link.get("config") is not None else {},
+                **{key: link.get(key) for key in SESSION_KEYS},
             })
         assigned.sort(key=lambda item: (-item["priority"], item["symbol"]))
         if len(assigned) > max_symbols:
@@ -220,7 +223,41 @@ class WebUIClient:
             return None
         if not isinstance(reply.body, dict):
             raise self._shape_error("GET /api/workflow-symbols/{symbol}", "a JSON object", reply.body)
+        self._check_symbol_row(reply.body, "GET /api/workflow-symbols/{symbol}", symbol)
         return reply.body
+
+    def _check_symbol_row(self, row: Any, endpoint: str, where: str) -> None:
+        """The fields this client reads, type-checked: a wrong type is one ``WebUIError`` naming the
+        field (never an AttributeError deep in the DAG). Unknown extra fields are fine."""
+        def wrong(field_name: str, expected: str, value: Any) -> WebUIError:
+            return WebUIError(f"WebUI backend at {self.base_url} answered {endpoint} with {where}.{field_name} = "
+                              f"{_snippet(json.dumps(value), 60)}; expected {expected}", endpoint=endpoint)
+
+        if not isinstance(row, dict):
+            raise wrong("", "an object", row)
+        checks = (("symbol", (str,), "a string"), ("id", (int,), "an integer"),
+                  ("enabled", (bool,), "true or false"), ("priority", (int, type(None)), "an integer"),
+                  ("conid", (int, type(None)), "an integer or null"), ("workflows", (list, type(None)), "a list"))
+        for name, types, expected in checks:
+            value = row.get(name)
+            if name in ("symbol", "id", "enabled") and name not in row:
+                raise wrong(name, expected, None)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise wrong(name, expected, value)
+        if not re.fullmatch(r"[A-Za-z0-9.^-]{1,20}", row["symbol"]) or not re.search(r"[A-Za-z0-9]", row["symbol"]):
+            raise wrong("symbol", "a ticker (letters, digits, '.', '^', '-')", row["symbol"])
+        for index, link in enumerate(row.get("workflows") or []):
+            prefix = f"workflows[{index}]"
+            if not isinstance(link, dict):
+                raise wrong(prefix, "an object", link)
+            link_checks = (("dag_id", (str,), "a string"), ("is_active", (bool,), "true or false"),
+                           ("link_id", (int, type(None)), "an integer"), ("priority", (int, type(None)), "an integer"))
+            for name, types, expected in link_checks:
+                value = link.get(name)
+                if name in ("dag_id", "is_active") and name not in link:
+                    raise wrong(f"{prefix}.{name}", expected, None)
+                if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                    raise wrong(f"{prefix}.{name}", expected, value)
 
     def link_config(self, symbol: str, dag_id: str) -> dict[str, Any] | None:
         """The config layer of ``symbol``'s link to ``dag_id``: the link's ``config`` as stored (``{}``

@@ -327,10 +327,9 @@ class _Backend:
             self.symbols[symbol] = row
             fired = []
             if trigger:
-                for link in links:
-                    if link["is_active"]:
-                        fired.append({"dag_id": link["dag_id"], "conf": {
-                            "symbol": symbol, "conid": row["conid"], "workflow_symbol_id": symbol_id}})
+                for link in links:  # the real service fires even for inactive links and disabled symbols
+                    fired.append({"dag_id": link["dag_id"], "conf": {
+                        "symbol": symbol, "conid": row["conid"], "workflow_symbol_id": symbol_id}})
                 self.triggers.extend(fired)
             return self._public_symbol(row), fired
 
