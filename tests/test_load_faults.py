@@ -361,7 +361,9 @@ def faults(world):
         web_bad.seed_symbol(good2, priority=1)
         home_bad = clone_airflow_home(world.template, world.tmp / "corrupt")
         corrupt = DagTest.start(home_bad, env=world.env(BACKEND_API_URL=web_bad.url, TRADEFLOW_TASK_RETRIES="1",
-                                                        TRADEFLOW_RETRY_DELAY_S="0"), label="corrupt")
+                                                        TRADEFLOW_RETRY_DELAY_S="0",
+                                                        TRADEFLOW_CSV_ROOTS=f"{DJ30_VALID.parent}:{world.tmp}"),
+                                label="corrupt")
         stack.callback(lambda: corrupt.proc.poll() is None and corrupt.kill())
         out["corrupt"] = {"symbols": (good1, bad, good2), "path": path, "day": day, "home": home_bad}
 

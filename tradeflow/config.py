@@ -41,6 +41,10 @@ MAX_EPOCHS = 50
 MAX_WINDOW = 60
 MAX_LOOKBACK_DAYS = 3660
 MAX_SYMBOLS = 50
+MAX_HIDDEN_LAYERS = 8
+#: Data sources that take no argument: ``backend:http://elsewhere`` is refused, not ignored.
+PLAIN_SOURCES = ("backend", "ibkr", "yfinance", "synthetic")
+_EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9_./ @+-]{1,200}$")
 
 
 class ConfigError(ValueError):
@@ -48,7 +52,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class TradeMasterParams(_Strict):
@@ -77,8 +81,8 @@ class TradeMasterParams(_Strict):
     @field_validator("hidden_dims")
     @classmethod
     def _check_dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if not value or any(d < 1 or d > 4096 for d in value):
-            raise ValueError("hidden_dims must be 1..4096 units per layer, e.g. 64,64")
+        if not value or len(value) > MAX_HIDDEN_LAYERS or any(d < 1 or d > 4096 for d in value):
+            raise ValueError(f"hidden_dims must be 1..{MAX_HIDDEN_LAYERS} layers of 1..4096 units, e.g. 64,64")
         return value
 
 
@@ -147,6 +151,8 @@ class RunConfig(_Strict):
     def _check_symbol(cls, value: str) -> str:
         if not SYMBOL_RE.match(value):
             raise ValueError(f"{value!r} has characters outside [A-Z0-9.^-] (or is longer than 20)")
+        if not re.search(r"[A-Z0-9]", value):
+            raise ValueError(f"{value!r} must hold at least one letter or digit")
         return value
 
     @field_validator("data_source")
@@ -160,6 +166,17 @@ class RunConfig(_Strict):
             )
         if kind == "csv" and not value[4:].strip():
             raise ValueError("csv data source needs a path: csv:<path>[,<path>...]")
+        if kind in PLAIN_SOURCES and value != kind:
+            raise ValueError(f"data source {kind} takes no argument (got {value[:60]!r}); its endpoint comes from"
+                             " the environment (BACKEND_API_URL, IBKR_API_URL)")
+        return value
+
+    @field_validator("experiment_name")
+    @classmethod
+    def _check_experiment(cls, value: str) -> str:
+        if not _EXPERIMENT_RE.match(value) or any(part in {".", ".."} for part in value.split("/")):
+            raise ValueError(f"{value[:60]!r} must be 1..200 letters, digits, spaces or _./@+- on one line, "
+                             "without '.' or '..' path segments")
         return value
 
     @field_validator("bar_size")
@@ -177,7 +194,10 @@ class RunConfig(_Strict):
     @property
     def registered_model_name(self) -> str:
         """Per-symbol Model Registry name; ``inference`` resolves ``models:/<name>@<alias>``."""
-        return f"trademaster_{re.sub(r'[^A-Za-z0-9_]', '_', self.symbol)}"
+        # Injective: symbols hold no '_' or lower case, so BRK.B and BRK-B (or ^GSPC, .GSPC, -GSPC)
+        # get different names; plain tickers keep the readable trademaster_AAPL.
+        marks = {".": "_dot_", "-": "_dash_", "^": "_caret_"}
+        return "trademaster_" + "".join(marks.get(char, char) for char in self.symbol)
 
     @property
     def is_synthetic(self) -> bool:
@@ -284,6 +304,8 @@ def normalise_layer(layer: Mapping[str, Any] | None, *, origin: str = "config") 
                     value = json.loads(value)
                 except json.JSONDecodeError as exc:
                     raise ConfigError(f"{origin}: parameter 'config' is not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise ConfigError(f"{origin}: parameter 'config' is nested too deep") from None
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{origin}: parameter 'config' must be a JSON object")
             nested_override = normalise_layer(value, origin=f"{origin}.config")
@@ -322,10 +344,9 @@ OPERATIONAL_ENV: Final = frozenset({
     "TRADEFLOW_DAG_MAX_ACTIVE_RUNS", "TRADEFLOW_DAG_MAX_SYMBOLS", "TRADEFLOW_EXECUTOR",
     "TRADEFLOW_GIT_URL", "TRADEFLOW_GIT_COMMIT", "TRADEFLOW_GIT_PROVIDER", "TRADEFLOW_DATABRICKS_SPEC",
     "TRADEFLOW_DATABRICKS_CLUSTER_ID", "TRADEFLOW_DATABRICKS_CONN_ID", "TRADEFLOW_DATABRICKS_POLL_S",
-    "TRADEFLOW_SESSION_NOW",
     # stage launching, the CLI, reproduce, the stage-cache lease
     "TRADEFLOW_ENV_MANAGER", "TRADEFLOW_LOG_LEVEL", "TRADEFLOW_REPRODUCTION_OF", "TRADEFLOW_HOME",
-    "TRADEFLOW_LEASE_TIMEOUT_S",
+    "TRADEFLOW_LEASE_TIMEOUT_S", "TRADEFLOW_CSV_ROOTS",
     # tests and their servers (tests/support, scripts/test.sh)
     "TRADEFLOW_PG_BIN", "TRADEFLOW_PG_OS_USER", "TRADEFLOW_KEEP_SERVER_DIRS", "TRADEFLOW_UPDATE_GOLDEN",
     "TRADEFLOW_LOAD_SYMBOLS", "TRADEFLOW_LOAD_WARM", "TRADEFLOW_LOAD_RESTART", "TRADEFLOW_LOAD_DAG_RUNS",

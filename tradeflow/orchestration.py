@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tradeflow.config import MAX_SYMBOLS, ConfigError, normalise_layer, resolve_config
+from tradeflow.filters import filter_value
 from tradeflow.sessions import Session, SessionError
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ def resolve_targets(ctx: RunContext, *, environ: Mapping[str, str] | None = None
     max_symbols = max(1, min(max_symbols, MAX_SYMBOLS))
     with client:
         assigned = client.assigned_symbols(ctx.dag_id, max_symbols=max_symbols)
-    force = ctx.get("force") is True
+    force = _as_bool(ctx.get("force", False))
     scheduled = ctx.run_id.startswith("scheduled__")
     moment = now or datetime.now(UTC)
     targets = []
@@ -377,8 +378,8 @@ def open_dag_run(targets: Sequence[Mapping[str, Any]] | None, ctx: RunContext) -
     client = MlflowClient()
     existing = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{TAG_RUN_LEVEL}` = 'dag_run' and tags.`{TAG_DAG_ID}` = '{ctx.dag_id}'"
-                       f" and tags.`{TAG_AIRFLOW_RUN_ID}` = '{_quote(ctx.run_id)}'"),
+        filter_string=(f"tags.`{TAG_RUN_LEVEL}` = 'dag_run' and tags.`{TAG_DAG_ID}` = {filter_value(ctx.dag_id)}"
+                       f" and tags.`{TAG_AIRFLOW_RUN_ID}` = {filter_value(ctx.run_id)}"),
         max_results=1,
     )
     symbols = [t["symbol"] for t in targets]
@@ -413,7 +414,39 @@ def symbol_config(target: Mapping[str, Any], ctx: RunContext):
     link = normalise_layer(target.get("link_config") or {}, origin=f"WebUI link config of {symbol}")
     # The link may not move the symbol elsewhere; the DAG decides which symbol runs.
     link.pop("symbol", None)
+    check_link_files(link, symbol)
     return resolve_config({"symbol": symbol}, link, conf_layer(ctx), with_env=True)
+
+
+#: Files a WebUI link config may name as ``data_source=csv:...`` (anyone who can edit a link in the
+#: WebUI could otherwise make the worker read any file it can): these roots, or TRADEFLOW_CSV_ROOTS.
+CSV_SUFFIXES = (".csv", ".csv.gz", ".txt", ".parquet", ".pq")
+
+
+def csv_roots(environ: Mapping[str, str] | None = None) -> list[Path]:
+    env = os.environ if environ is None else environ
+    raw = (env.get("TRADEFLOW_CSV_ROOTS") or "").strip()
+    roots = [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()] if raw else [
+        PROJECT_ROOT / "data", PROJECT_ROOT.parent / "shared" / "data"]
+    return [root.resolve() for root in roots]
+
+
+def check_link_files(link: Mapping[str, Any], symbol: str, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a link ``data_source=csv:`` path outside ``csv_roots`` or not a data file. The path is
+    named by position only; nothing of the file is read or echoed."""
+    source = link.get("data_source")
+    if not isinstance(source, str) or not source.strip().startswith("csv:"):
+        return
+    roots = csv_roots(environ)
+    for index, raw in enumerate(source.strip()[4:].split(","), start=1):
+        path = Path(raw.strip()).expanduser()
+        real = (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+        if not real.name.lower().endswith(CSV_SUFFIXES):
+            raise ConfigError(f"WebUI link config of {symbol}: data_source file {index} is not a CSV or Parquet "
+                              f"file ({', '.join(CSV_SUFFIXES)})")
+        if not any(real.is_relative_to(root) for root in roots):
+            raise ConfigError(f"WebUI link config of {symbol}: data_source file {index} is outside the directories a "
+                              f"WebUI link may read ({os.pathsep.join(map(str, roots))}; set TRADEFLOW_CSV_ROOTS)")
 
 
 def pipeline_parameters(cfg, ctx: RunContext, *, force: bool) -> dict[str, str]:
@@ -788,10 +821,6 @@ def _as_bool(value: Any) -> bool:
     if text in ("true", "1", "yes"):
         return True
     raise OrchestrationError(f"force={value!r} is not true/false")
-
-
-def _quote(value: str) -> str:
-    return value.replace("'", "\\'")
 
 
 if __name__ == "__main__":

@@ -174,6 +174,11 @@ def validate_bars(df: pd.DataFrame, symbol: str, source: str) -> pd.DataFrame:
         if nan.any():
             raise DataError(f"{where}: {int(nan.sum())} missing values in {column} "
                             f"(first on {_day(out['date'][nan].iloc[0])})")
+    for column in BAR_COLUMNS[1:]:
+        infinite = np.isinf(out[column].to_numpy())  # 1e400 in a CSV parses as inf
+        if infinite.any():
+            raise DataError(f"{where}: {int(infinite.sum())} non-finite values in {column} "
+                            f"(first on {_day(out['date'][infinite].iloc[0])})")
     dup = out["date"].duplicated(keep=False)
     if dup.any():
         raise DataError(f"{where}: duplicate bar date {_day(out['date'][dup].iloc[0])} "

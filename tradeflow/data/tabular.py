@@ -10,6 +10,7 @@ ignored on purpose: ``tradeflow.features`` recomputes them without upstream's ba
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,23 @@ def _resolve_columns(table: pd.DataFrame, where: str) -> tuple[dict[str, str], l
     return found, features, others
 
 
+_PLAIN = re.compile(r"^[A-Za-z0-9_^][A-Za-z0-9_ .^+-]{0,31}$")
+
+
+def _safe_list(values: Any) -> str:
+    """Names or values from a file, for an error message: only short, plain ones are shown, so a
+    file that is not market data (``csv:/etc/passwd``) never has its content echoed into errors,
+    logs and run tags."""
+    shown, hidden = [], 0
+    for value in values:
+        text = str(value)
+        if _PLAIN.match(text):
+            shown.append(text)
+        else:
+            hidden += 1
+    return ", ".join(shown + ([f"{hidden} not shown"] if hidden else [])) or "none"
+
+
 def parse_dates(values: pd.Series, where: str) -> pd.Series:
     """Parse a date column to tz-naive midnight ``datetime64[ns]``. A tz-aware value keeps its
     local calendar date; intraday times are cut to the day (a second bar on the same day then
@@ -65,7 +83,7 @@ def parse_dates(values: pd.Series, where: str) -> pd.Series:
     except (TypeError, ValueError) as exc:
         coerced = pd.to_datetime(values, errors="coerce", format="mixed")
         bad = values[coerced.isna() & values.notna()]
-        sample = repr(bad.iloc[0]) if len(bad) else str(exc).splitlines()[0]
+        sample = repr(_safe_list([bad.iloc[0]])) if len(bad) else "(pandas could not parse the column)"
         raise DataError(f"{where}: unparseable date {sample}") from None
     if not pd.api.types.is_datetime64_any_dtype(parsed):
         raise DataError(f"{where}: dates mix time zones; give one zone or plain dates")
@@ -95,7 +113,7 @@ def bars_from_table(
         mask = (tickers == symbol).fillna(False).to_numpy(dtype=bool)
         known = sorted(tickers.dropna().unique().tolist())
         if not mask.any():
-            listed = ", ".join(known[:_MAX_LISTED_TICKERS])
+            listed = _safe_list(known[:_MAX_LISTED_TICKERS])
             if len(known) > _MAX_LISTED_TICKERS:
                 listed += f", ... ({len(known)} in all)"
             raise DataError(f"unknown symbol {symbol!r} in {where} (tickers: {listed or 'none'})")
@@ -107,7 +125,7 @@ def bars_from_table(
     required = [name for name in ("date", "open", "high", "low", "close") if name not in columns]
     if required:
         raise DataError(f"{symbol}: {where} lacks column(s) {', '.join(required)} "
-                        f"(have: {', '.join(map(str, table.columns))})")
+                        f"(have: {_safe_list(table.columns)})")
     bars = pd.DataFrame({"date": parse_dates(table[columns["date"]], where).to_numpy()})
     for name in ("open", "high", "low", "close"):
         bars[name] = _numeric(table[columns[name]], name, symbol, where)
