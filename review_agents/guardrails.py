@@ -16,6 +16,8 @@ Prompts ask nicely; this module enforces. Every correction adds a ``"<code>: <de
   ``atr_multiple_cap`` x ATR is pulled in to that distance. HOLD carries no levels.
 - ``synthetic_data``: confidence capped at 0.5 when the evidence came from synthetic bars.
 - ``rationale_missing``: a too-short rationale is replaced by a stated placeholder.
+- ``implausible_levels``: levels that are not finite, not ordered (stop < entry < take-profit for
+  BUY), beyond 1e9, on an ATR over half the close, or with a reward over 20x the risk: HOLD at 0.
 """
 
 from __future__ import annotations
@@ -73,6 +75,27 @@ def _level(
     return round(level, 4)
 
 
+#: Bounds of a plausible daily-bar trade: ATR at most half the close, prices below 1e9, and a
+#: reward at most this many times the risk.
+MAX_ATR_FRACTION, MAX_PRICE, MAX_R_MULTIPLE = 0.5, 1e9, 20.0
+
+
+def _implausible(side: int, entry: float, stop: float, target: float, close: float, atr: float) -> str | None:
+    """Why the levels cannot be traded (unordered, absurd or degenerate), or None."""
+    values = (entry, stop, target, close, atr)
+    if not all(math.isfinite(v) for v in values):
+        return "a level is not a finite number"
+    if max(abs(v) for v in values) >= MAX_PRICE:
+        return f"prices of {max(abs(v) for v in values):.3g} are beyond {MAX_PRICE:g}"
+    if close <= 0 or atr <= 0 or atr > MAX_ATR_FRACTION * close:
+        return f"ATR {atr:g} against a close of {close:g} is not a plausible daily range"
+    if not side * (target - entry) > 0 or not side * (entry - stop) > 0:
+        return f"levels are not ordered (stop {stop:g}, entry {entry:g}, take-profit {target:g})"
+    if abs(target - entry) / abs(entry - stop) > MAX_R_MULTIPLE:
+        return f"reward is {abs(target - entry) / abs(entry - stop):.1f} times the risk (cap {MAX_R_MULTIPLE:g})"
+    return None
+
+
 def apply_guardrails(draft: DecisionDraft, ev: Evidence, config: ReviewConfig) -> tuple[TradeDecision, list[str]]:
     """Validate, correct and bound a draft against the evidence; returns the decision and notes."""
     notes: list[str] = []
@@ -118,6 +141,11 @@ def apply_guardrails(draft: DecisionDraft, ev: Evidence, config: ReviewConfig) -
         stop = _level("stop", draft.stop_loss, entry, -side, atr, cap, notes)
         target = _level("target", draft.take_profit, entry, side, atr, cap, notes)
         entry = round(entry, 4)
+        if problem := _implausible(side, entry, stop, target, close, atr):
+            notes.append(f"implausible_levels: {problem}; overridden to HOLD")
+            action, confidence, entry, stop, target = "HOLD", 0.0, None, None, None
+            contradicts = suggestion is not None and action != suggestion
+            reason = "guardrail: the price levels were implausible, so HOLD" if contradicts else None
 
     if len(rationale) < 10:
         notes.append("rationale_missing: the model gave no usable rationale")

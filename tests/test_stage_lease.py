@@ -112,7 +112,7 @@ def test_three_concurrent_cold_pipelines_on_postgres_train_once(tmp_path):
 
     require_shared_data()
     skip_if_no_postgres()
-    with PostgresServer() as pg, MlflowServer(pg.sqlalchemy_url) as server:
+    with PostgresServer() as pg, MlflowServer(pg.sqlalchemy_url, startup_timeout=240) as server:
         client = MlflowClient(server.url)
         experiment_id = client.create_experiment(EXPERIMENT)  # before the fan-out
         env = subprocess_env({"MLFLOW_TRACKING_URI": server.url, **tiny_config_env(),

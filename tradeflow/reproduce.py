@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -40,6 +41,9 @@ def recorded_invocation(run_id: str, client: MlflowClient | None = None) -> dict
         raise NotReproducible(f"run {run_id} was made by entry point {entry_point!r}; reproducible: {', '.join(REPRODUCIBLE)}")
     if not commit:
         raise NotReproducible(f"run {run_id} has no git commit tag; it was not started by `mlflow run` from a git checkout")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        # a tag is data anyone with write access to the store can set: never let it reach git as an option
+        raise NotReproducible(f"run {run_id} records commit {commit[:60]!r}, which is not a full 40-hex commit id")
     declared = _declared_params(entry_point)
     params = {k: v for k, v in recorded_params(run.data.params).items() if k in declared}
     return {"run": run, "entry_point": entry_point, "commit": commit, "params": params,
@@ -81,6 +85,10 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
         if not outcome.ok:
             raise RuntimeError(f"reproduction of {run_id} failed (run {outcome.run_id}): {outcome.failure}")
         again = client.get_run(outcome.run_id)
+        ran_at = again.data.tags.get(MLFLOW_GIT_COMMIT)
+        if ran_at != invocation["commit"]:
+            raise RuntimeError(f"reproduction of {run_id} ran at commit {ran_at!r}, not the recorded "
+                               f"{invocation['commit']}: not a reproduction")
         rows = compare_metrics(original.data.metrics, again.data.metrics)
         same_data = original.data.tags.get(TAG_DATA_DIGEST) == again.data.tags.get(TAG_DATA_DIGEST)
         match = bool(rows) and all(r["match"] for r in rows) and same_data
@@ -98,7 +106,9 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
 def checkout(commit: str, destination: Path, repo: Path = PROJECT_ROOT) -> None:
     """A clean clone of ``repo`` at ``commit`` (shares objects; the user's tree is untouched)."""
     subprocess.run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(destination)], check=True)
-    result = subprocess.run(["git", "-C", str(destination), "checkout", "--quiet", commit],
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise NotReproducible(f"{commit[:60]!r} is not a full 40-hex commit id")
+    result = subprocess.run(["git", "-C", str(destination), "checkout", "--quiet", "--detach", commit],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise NotReproducible(f"commit {commit} is not in {repo}: {result.stderr.strip()}")

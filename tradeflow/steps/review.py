@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +29,90 @@ ARTIFACTS = {
 }
 
 
+#: evidence.json is a few KB; anything far bigger is not evidence (and must not be downloaded whole).
+MAX_EVIDENCE_BYTES = 2 * 1024 * 1024
+_RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})/((?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+\.json)$")
+
+
 def load_evidence(evidence_uri: str) -> dict[str, Any]:
-    """Read evidence.json from a local path or any MLflow artifact URI (``runs:/...``)."""
-    path = Path(evidence_uri)
-    if path.is_file():
-        text = path.read_text()
+    """Read evidence.json from ``runs:/<run id>/<path>.json`` or a regular local file, at most
+    ``MAX_EVIDENCE_BYTES``. Everything else (directories, ``file://``, ``ftp://``, ``s3://`` ...)
+    is refused in one line before anything is read or downloaded; numbers must be finite."""
+    if "://" in evidence_uri:
+        raise ValueError(f"evidence_uri {evidence_uri[:80]!r}: only runs:/<run id>/<path>.json or a local file path "
+                         "is accepted (no other URI schemes)")
+    if evidence_uri.startswith("runs:/"):
+        text = _load_run_artifact(evidence_uri)
     else:
-        try:
-            text = mlflow.artifacts.load_text(evidence_uri)
-        except Exception as exc:
-            raise LookupError(f"evidence_uri {evidence_uri!r} cannot be read: {' '.join(str(exc).split())[:300]}") from None
+        path = Path(evidence_uri)
+        if not path.is_file():
+            raise LookupError(f"evidence_uri {evidence_uri[:200]!r} is not a regular file")
+        size = path.stat().st_size
+        if size > MAX_EVIDENCE_BYTES:
+            raise ValueError(f"evidence_uri {evidence_uri[:200]!r} is {size:,} bytes, over the "
+                             f"{MAX_EVIDENCE_BYTES:,}-byte limit for evidence")
+        text = path.read_text(errors="replace")
     try:
-        evidence = json.loads(text)
+        evidence = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"evidence_uri {evidence_uri!r} is not JSON ({exc.msg})") from None
+        raise ValueError(f"evidence_uri {evidence_uri[:200]!r} is not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ValueError(f"evidence_uri {evidence_uri[:200]!r} is JSON nested too deep") from None
+    except ValueError as exc:  # NaN / Infinity literals
+        raise ValueError(f"evidence_uri {evidence_uri[:200]!r}: {exc}") from None
+    if not isinstance(evidence, dict):
+        raise ValueError(f"evidence_uri {evidence_uri[:200]!r} is not a JSON object")
+    if where := _non_finite(evidence, "evidence"):
+        raise ValueError(f"evidence_uri {evidence_uri[:200]!r}: {where} is not a finite number")
     missing = [k for k in ("symbol", "indicators", "model", "latest_bars") if k not in evidence]
     if missing:
         raise ValueError(f"evidence {evidence_uri!r} lacks {', '.join(missing)}; produce it with the inference entry point")
     return evidence
+
+
+def _load_run_artifact(uri: str) -> str:
+    """One file artifact of a run, after checking (by listing its folder) that it is a file under
+    the size limit: ``load_text`` on a directory would download all of it first."""
+    from mlflow.tracking import MlflowClient
+
+    match = _RUNS_URI.match(uri)
+    if not match:
+        raise ValueError(f"evidence_uri {uri[:200]!r} must look like runs:/<32-hex run id>/<path>.json")
+    run_id, path = match.groups()
+    folder = path.rsplit("/", 1)[0] if "/" in path else None
+    try:
+        listed = MlflowClient().list_artifacts(run_id, folder)
+    except Exception as exc:
+        raise LookupError(f"evidence_uri {uri!r} cannot be read: {' '.join(str(exc).split())[:300]}") from None
+    entry = next((item for item in listed if item.path == path), None)
+    if entry is None or entry.is_dir:
+        raise LookupError(f"evidence_uri {uri!r}: run {run_id} has no file {path}")
+    if (entry.file_size or 0) > MAX_EVIDENCE_BYTES:
+        raise ValueError(f"evidence_uri {uri!r} is {entry.file_size:,} bytes, over the {MAX_EVIDENCE_BYTES:,}-byte "
+                         "limit for evidence")
+    try:
+        return mlflow.artifacts.load_text(uri)
+    except Exception as exc:
+        raise LookupError(f"evidence_uri {uri!r} cannot be read: {' '.join(str(exc).split())[:300]}") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _non_finite(value: Any, where: str, depth: int = 0) -> str | None:
+    """The path of the first non-finite number (1e400 parses as inf), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if found := _non_finite(item, f"{where}.{key}", depth + 1):
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if found := _non_finite(item, f"{where}[{index}]", depth + 1):
+                return found
+    return None
 
 
 def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> dict:
