@@ -113,9 +113,15 @@ def parse_evidence(evidence: dict[str, Any]) -> Evidence:
         raise EvidenceError(f"evidence field '{where}': {first['msg']}") from None
 
 
+#: The top-level keys the inference step writes as facts. Anything else in a bundle (a hand-made
+#: or tampered one) is not promoted into the trusted block.
+TRUSTED_KEYS = ("schema_version", "symbol", "as_of", "bar_size", "latest_bars", "indicators", "backtest",
+                "model", "data")
+
+
 def trusted_view(evidence: dict[str, Any]) -> dict[str, Any]:
-    """The bundle without its ``untrusted`` part: what analysts may treat as facts."""
-    return {key: value for key, value in evidence.items() if key != "untrusted"}
+    """The bundle's known fact sections only (never ``untrusted``, never unknown top-level keys)."""
+    return {key: evidence[key] for key in TRUSTED_KEYS if key in evidence}
 
 
 def untrusted_items(evidence: Evidence) -> dict[str, list[str]]:

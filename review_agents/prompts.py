@@ -72,11 +72,17 @@ def _escape(text: str) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e")
 
 
+def _inline(text: str, limit: int = 40) -> str:
+    """A value placed in the instruction line: one line, no tags, bounded (``as_of`` is data)."""
+    return " ".join(_escape(str(text)).split())[:limit]
+
+
 def task_message(evidence: dict[str, Any], parsed: Evidence) -> str:
     """The one user message that starts the review: trusted evidence, then untrusted data."""
     trusted = json.dumps(trusted_view(evidence), sort_keys=True, separators=(",", ":"), default=str)
     lines = [
-        f"Review the evidence for {parsed.symbol} as of {parsed.as_of} ({parsed.bar_size} bars) "
+        f"Review the evidence for {_inline(parsed.symbol)} as of {_inline(parsed.as_of)} "
+        f"({_inline(parsed.bar_size)} bars) "
         "and decide BUY, SELL or HOLD.",
         "<evidence>",
         _escape(trusted),

@@ -49,13 +49,24 @@ def configure_tracking() -> str:
     return uri
 
 
+def sqlite_artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside its database (``<db dir>/mlartifacts``): a store
+    outside the project must not fill the project's ``mlartifacts/``. None for other stores."""
+    if not uri.startswith("sqlite:"):
+        return None
+    database = uri.split(":///", 1)[1] if ":///" in uri else ""
+    if not database or database == ":memory:":
+        return DEFAULT_ARTIFACT_ROOT
+    return (Path(database).expanduser().resolve().parent / "mlartifacts").as_uri()
+
+
 def ensure_experiment(name: str) -> str:
     """Create the experiment once (artifacts under ``mlartifacts/`` for the embedded store)."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifact_location = DEFAULT_ARTIFACT_ROOT if tracking_uri().startswith("sqlite:") else None
+    artifact_location = sqlite_artifact_root(tracking_uri())
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except mlflow.exceptions.MlflowException:

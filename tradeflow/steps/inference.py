@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +47,19 @@ class ResolvedModel:
 
 
 def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | None = None) -> ResolvedModel:
-    """Turn ``model_uri`` (or the symbol's registry alias) into a pinned model and its training run."""
+    """Turn ``model_uri`` (or the symbol's registry alias) into a pinned model and its training run.
+
+    Loading a model runs code (SB3's zip holds cloudpickled objects, a pyfunc bundles its code), so
+    only models of the configured tracking store / registry are accepted: ``models:/`` and
+    ``runs:/<run id>/<path>``, never a path, URL or another store's URI."""
     client = client or MlflowClient()
     hint = f"run train_backtest first: mlflow run . -e train_backtest -P symbol={cfg.symbol}"
     uri = model_uri or f"models:/{cfg.registered_model_name}@{cfg.model_alias}"
     try:
         if uri.startswith("runs:/"):
+            if not re.fullmatch(r"runs:/[0-9a-f]{32}/(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_-][A-Za-z0-9_.-]*", uri) \
+                    or "/../" in uri + "/":
+                raise ModelNotFound(f"model_uri {uri[:120]!r} must be runs:/<32-hex run id>/<artifact path>")
             run_id = uri.removeprefix("runs:/").split("/", 1)[0]
             client.get_run(run_id)
             return ResolvedModel(uri, None, run_id, None)
