@@ -60,9 +60,9 @@ def test_a_trickling_server_is_cut_at_the_total_deadline(mode):
         with pytest.raises(HttpError) as caught:
             http.send("GET", server.url + "/api/workflow-symbols/")
         elapsed = time.monotonic() - started
-        assert caught.value.kind == "deadline exceeded" and caught.value.tries == 2
+        assert caught.value.kind == "deadline exceeded" and caught.value.tries == 1  # not retried
         assert "within 1.5 s" in caught.value.reason
-        assert 3.0 <= elapsed < 5.0, elapsed  # two tries of 1.5 s, not 20 s of trickle
+        assert 1.4 <= elapsed < 3.0, elapsed  # the deadline, not 20 s of trickle
         time.sleep(0.5)
         assert server.open_connections == 0  # the client hung up; nothing kept reading
 

@@ -9,7 +9,8 @@ Why a layer of our own on top of ``requests``:
   other 4xx, and a 500 whose body names the payload (the WebUI's ``"'foo' is an invalid keyword
   argument for Artifact"``): sending the same body again only repeats it.
 - **A total deadline per request.** ``requests`` timeouts are per socket read, so a server sending a
-  byte a second holds a client forever; a watchdog shuts the socket down when the deadline passes.
+  byte a second holds a client forever; a watchdog shuts the socket down when the deadline passes
+  (not retried: a trickling server trickles again). ``TRADEFLOW_HTTP_DEADLINE_S`` sets it.
 - **A response size cap**, checked against ``Content-Length`` and while reading: a hostile or broken
   server cannot make a client read 50 MB into memory.
 - **Lost answers are named.** ``HttpError.maybe_applied`` says whether a failed request may still have
@@ -68,6 +69,22 @@ class RetryPolicy:
     def wait(self, attempt: int) -> float:
         """Seconds to sleep after failed try number ``attempt`` (1-based)."""
         return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+
+
+def deadline_from_env(default: float, environ: Mapping[str, str] | None = None) -> float:
+    """``TRADEFLOW_HTTP_DEADLINE_S`` (seconds, > 0) or ``default``; a bad value is one ValueError."""
+    import os
+
+    raw = ((os.environ if environ is None else environ).get("TRADEFLOW_HTTP_DEADLINE_S") or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise ValueError(f"TRADEFLOW_HTTP_DEADLINE_S={raw!r}: give seconds between 0 and 3600")
+    return value
 
 
 @dataclass(frozen=True)
@@ -362,9 +379,10 @@ class HttpClient:
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError) as exc:
             if watch.fired:
+                # not retried: a server that trickles for the whole deadline will do it again
                 raise HttpError("deadline exceeded", f"no complete answer within {limits.deadline_s:g} s "
                                 f"(the server was still sending after {time.monotonic() - started:.0f} s)",
-                                maybe_applied=True) from None
+                                maybe_applied=True, transient=False) from None
             if isinstance(exc, requests.Timeout):
                 raise HttpError("timed out", f"ReadTimeout {_reason(exc)}", maybe_applied=True) from None
             refused = isinstance(exc, requests.ConnectionError) and _refused(exc)

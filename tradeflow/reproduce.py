@@ -105,9 +105,9 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
 
 def checkout(commit: str, destination: Path, repo: Path = PROJECT_ROOT) -> None:
     """A clean clone of ``repo`` at ``commit`` (shares objects; the user's tree is untouched)."""
-    subprocess.run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(destination)], check=True)
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise NotReproducible(f"{commit[:60]!r} is not a full 40-hex commit id")
+    subprocess.run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(destination)], check=True)
     result = subprocess.run(["git", "-C", str(destination), "checkout", "--quiet", "--detach", commit],
                             capture_output=True, text=True)
     if result.returncode != 0:

@@ -27,7 +27,7 @@ from pathlib import PurePath
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy, snippet
+from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy, deadline_from_env, snippet
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class WebUIClient:
         self.max_list = max_list
         connect_s, read_s = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         limits = Limits(connect_s=connect_s, read_s=read_s, max_bytes=max_bytes,
-                        deadline_s=deadline_s if deadline_s is not None else 2 * read_s + connect_s)
+                        deadline_s=deadline_s if deadline_s is not None else deadline_from_env(30.0))
         self._http = HttpClient(policy=RetryPolicy(attempts=retries, backoff_s=backoff_s,
                                                    max_retry_after_s=max_retry_after_s), limits=limits,
                                 headers={"Accept": "application/json", "User-Agent": "tradeflow-webui"})

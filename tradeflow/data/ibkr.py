@@ -8,6 +8,7 @@ id is the first result of ``/iserver/secdef/search``; history comes from
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from datetime import date
@@ -16,7 +17,7 @@ import requests
 
 from tradeflow.config import RunConfig
 from tradeflow.data.base import DataError, MarketData, finalise
-from tradeflow.http import HttpClient, HttpError, Limits, RetryPolicy
+from tradeflow.http import HttpClient, HttpError, Limits, RetryPolicy, deadline_from_env
 from tradeflow.data.ibkr_bars import ADJCP_NOTE, parse_ibkr_bars
 
 ENV_URL = "IBKR_API_URL"
@@ -51,7 +52,8 @@ def get_json(url: str, *, params: dict[str, str] | None = None, session: request
     """GET ``url`` through the project's HTTP layer and decode JSON. ``what`` names the request in
     errors ("AAPL IBKR history"). Raises ``NotFound`` on 404 and ``DataError`` on any other failure;
     only method, URL and status are logged (session cookies never)."""
-    http = HttpClient(policy=POLICY, limits=LIMITS, session=session, verify=verify)
+    limits = dataclasses.replace(LIMITS, deadline_s=deadline_from_env(LIMITS.deadline_s))
+    http = HttpClient(policy=POLICY, limits=limits, session=session, verify=verify)
     try:
         reply = http.send("GET", url, params=params, label=f"GET {url}")
     except HttpError as exc:

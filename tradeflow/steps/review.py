@@ -76,7 +76,7 @@ def _load_run_artifact(uri: str) -> str:
     from mlflow.tracking import MlflowClient
 
     match = _RUNS_URI.match(uri)
-    if not match:
+    if not match or any(part in {".", ".."} for part in match.group(2).split("/")):
         raise ValueError(f"evidence_uri {uri[:200]!r} must look like runs:/<32-hex run id>/<path>.json")
     run_id, path = match.groups()
     folder = path.rsplit("/", 1)[0] if "/" in path else None
