@@ -20,7 +20,15 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from tradeflow.config import RunConfig  # noqa: E402
-from tradeflow.tracking import TAG_DATA_DIGEST, TAG_DATA_SOURCE, TAG_SYMBOL, TAG_SYNTHETIC, stage_run  # noqa: E402
+from tradeflow.tracking import (  # noqa: E402
+    TAG_DATA_DIGEST,
+    TAG_DATA_SOURCE,
+    TAG_SYMBOL,
+    TAG_SYNTHETIC,
+    code_version,
+    log_own_params,
+    stage_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +106,10 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
 
     tags = {TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
+        from tradeflow import run_notes
+
+        own_params = run_notes.resolved_params(STAGE, cfg, model_uri=resolved.uri)
+        log_own_params(own_params)
         mlflow.log_params({
             "inference.model_uri": resolved.uri, "inference.model_version": resolved.version or "",
             "inference.training_run_id": resolved.training_run_id,
@@ -137,6 +149,20 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         mlflow.log_figure(figure, "plots/price.png")
         plt.close(figure)
         evidence_uri = f"runs:/{run.info.run_id}/evidence.json"
+        run_notes.set_name_and_note(run.info.run_id, run_notes.inference_name(cfg.symbol, as_of, str(prediction["suggestion"])), "\n".join([
+            f"## {cfg.symbol} · inference as of {as_of} → model suggests **{prediction['suggestion']}** (target position {action})",
+            "",
+            run_notes.data_line(market.source, market.synthetic, start=str(market.start.date()), end=as_of,
+                                rows=market.rows, digest=market.digest),
+            "",
+            f"**Model**: `{resolved.uri}` (training run {run_notes.run_link(training.get('experiment_id') or run.info.experiment_id, resolved.training_run_id)}); "
+            f"scores: {', '.join(f'{k}: {v:.3f}' for k, v in scores.items())}.",
+            "",
+            "**Evidence** for the review: `evidence.json`; chart: `plots/price.png`.",
+            "",
+            run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
+                                      experiment_name=cfg.experiment_name),
+        ]))
         print(f"{cfg.symbol} {as_of}: model {resolved.uri} suggests {prediction['suggestion']} "
               f"(target position {action}); evidence {evidence_uri}", flush=True)
         return {"run_id": run.info.run_id, "evidence_uri": evidence_uri, "suggestion": prediction["suggestion"]}

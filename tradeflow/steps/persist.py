@@ -16,7 +16,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
-from tradeflow.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, stage_run
+from tradeflow.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
 
     tags = {TAG_SYMBOL: cfg.symbol, TAG_EXECUTION_ID: execution_id}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
+        from tradeflow.run_notes import SEP, set_name_and_note
+
+        log_own_params({"review_run_id": review_run_id, "execution_id": execution_id, "dag_id": dag_id, "task_id": task_id})
         mlflow.log_params({"persist.review_run_id": review_run_id, "persist.execution_id": execution_id,
                            "persist.dag_id": dag_id, "persist.task_id": task_id})
         record = review_record(review_run_id)
@@ -87,6 +90,8 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
             mlflow.set_tag("webui.persist", "skipped")
             mlflow.log_dict({"skipped": message}, "webui_artifacts.json")
             print(f"{cfg.symbol}: {message}", flush=True)
+            set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", "skipped (no WebUI)")),
+                              f"## {cfg.symbol} · persist: skipped\n\n{message}.")
             return {"run_id": run.info.run_id, "skipped": True, "artifacts": []}
         written = []
         for payload in build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id):
@@ -97,4 +102,7 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
         mlflow.log_dict({"artifacts": written}, "webui_artifacts.json")
         summary = ", ".join(f"{w['type']} #{w['id']} ({'created' if w['created'] else 'updated'})" for w in written)
         print(f"{cfg.symbol}: WebUI artifacts {summary} for execution {execution_id}", flush=True)
+        set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", summary)),
+                          f"## {cfg.symbol} · persist → WebUI `{client.base_url}`\n\nArtifacts: {summary}; "
+                          f"execution `{execution_id}`, review run `{review_run_id}`.")
         return {"run_id": run.info.run_id, "skipped": False, "artifacts": written}
