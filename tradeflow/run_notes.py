@@ -315,7 +315,9 @@ def describe_pipeline(cfg: RunConfig, parent: Any, outcomes: Iterable[Any], *, m
         name = SEP.join((cfg.symbol, "pipeline", "FAILED"))
     note = pipeline_note(cfg, stages=stages, decision=decision, suggestion=suggestion, as_of=as_of, test=test,
                          data=data, model_uri=model_uri, failed=failed,
-                         reproduce=reproduce_block("pipeline", own_params, commit=commit, run_id=parent.info.run_id,
+                         reproduce=reproduce_block("pipeline", {k: v for k, v in own_params.items()
+                                                               if not (k == "execution_id" and v == parent.info.run_id)},
+                                                   commit=commit, run_id=parent.info.run_id,
                                                    experiment_name=cfg.experiment_name)
                          + "\n\nCached stages are reused; add `-P force=true` to re-run them.")
     set_name_and_note(parent.info.run_id, name, note, client)

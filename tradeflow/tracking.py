@@ -92,8 +92,12 @@ def ensure_experiment(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = sqlite_artifact_root(tracking_uri())
+    # The MLflow 3 UI shows a "model training" experiment with its runs table first.
+    tags = {"mlflow.experimentKind": "custom_model_development",
+            "mlflow.note.content": "tradeflow: one parent run per symbol's pipeline (named after its decision), "
+                                   "its stages nested under it; reviews are in the Traces tab."}
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
     except mlflow.exceptions.MlflowException:
         # Created concurrently by another process: fetch it.
         experiment = client.get_experiment_by_name(name)
