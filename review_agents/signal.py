@@ -64,6 +64,8 @@ def signal_payload(outcome: ReviewOutcome, evidence: dict[str, Any]) -> dict[str
         "suggested_stop_loss": d.stop_loss,
         "suggested_take_profit": d.take_profit,
         "r_multiple": _r_multiple(d.entry, d.stop_loss, d.take_profit),
+        # what the WebUI's signal page reads for its risk/reward box (hidden when absent)
+        "risk_reward_ratio": _r_multiple(d.entry, d.stop_loss, d.take_profit),
         "position_size_percent": round(d.confidence * MAX_POSITION_PERCENT, 1) if directional else None,
         "timeframe_analyzed": ev.bar_size,
         "model_used": outcome.model_used,
@@ -98,7 +100,7 @@ def validate_signal_data(data: dict[str, Any]) -> dict[str, Any]:
         value = data.get(name)
         if value is not None and (not _is_number(value) or value <= 0):
             problems.append(f"{name} {value!r} must be a positive number or null")
-    for name in ("r_multiple", "position_size_percent"):
+    for name in ("r_multiple", "risk_reward_ratio", "position_size_percent"):
         value = data.get(name)
         if value is not None and (not _is_number(value) or value < 0):
             problems.append(f"{name} {value!r} must be a non-negative number or null")

@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: one symbol's whole pipeline (train_backtest -> inference
-# -> review -> persist) as MLflow child runs in a SQLite store inside the project folder.
-#   bash scripts/demo.sh                     # offline: SYNTHETIC prices (labelled as such)
-#   bash scripts/demo.sh AAPL csv:../shared/data/trademaster/portfolio_management/dj30/valid.csv,../shared/data/trademaster/portfolio_management/dj30/test.csv
+# -> review -> persist) as MLflow child runs of one parent run, in the experiment
+# `trademaster_autogen` of a SQLite store inside the project folder (artifacts beside it).
+# Real market data by default: AAPL daily bars 2020-2021 shipped in data/trademaster/ (TradeMaster,
+# Apache-2.0). Synthetic prices only when asked for by name.
+#   bash scripts/demo.sh                                   # AAPL on the shipped real data
+#   bash scripts/demo.sh MSFT                              # MSFT (or JPM) from the same file
+#   bash scripts/demo.sh BTC csv:data/trademaster/btc_2018_2021.csv
+#   bash scripts/demo.sh DEMO synthetic                    # generated prices (labelled as such)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SYMBOL=${1:-DEMO}
-DATA_SOURCE=${2:-synthetic}
+SYMBOL=${1:-AAPL}
+DATA_SOURCE=${2:-csv:data/trademaster/dj30_2020_2021.csv}
 bash scripts/setup.sh
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns.db}
+# Create the store and the experiment once, before any process fans out (SQLite).
 .venv/bin/python -c "from tradeflow.tracking import configure_tracking, ensure_experiment; configure_tracking(); ensure_experiment('trademaster_autogen')"
 if [ "$DATA_SOURCE" = "synthetic" ]; then
-  echo "NOTE: running on SYNTHETIC prices (generated, not market data). Real data: bash scripts/demo.sh AAPL csv:<path>"
+  echo "NOTE: running on SYNTHETIC prices (generated, not market data). Real data: bash scripts/demo.sh AAPL"
+else
+  echo "Data: $SYMBOL from $DATA_SOURCE"
 fi
+# No --experiment-name: tradeflow records the runs in its configured experiment (trademaster_autogen).
 PATH="$PWD/.venv/bin:$PATH" mlflow run . -e pipeline --env-manager local \
   -P symbol="$SYMBOL" -P data_source="$DATA_SOURCE" ${EXTRA_PARAMS:-}
 echo
-echo "Runs are in $MLFLOW_TRACKING_URI. Browse them: .venv/bin/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"
+echo "Runs are in experiment trademaster_autogen of $MLFLOW_TRACKING_URI. Browse them:"
+echo "  .venv/bin/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"

@@ -98,6 +98,89 @@ def test_mode_both_builds_the_run_tree_and_persists_with_lineage(world):
     lines = mlflow.artifacts.load_text(transcript_uri).splitlines()
     assert len(lines) >= 3 and all(json.loads(line)["agent"] for line in lines)
     assert by_type["chart"]["image_path"].endswith("plots/price.png")
+    # what the WebUI's pages read: the risk/reward box, a chart it can redraw, MLflow links it shows
+    signal_data = by_type["signal"]["signal_data"]
+    assert "risk_reward_ratio" in signal_data and signal_data["risk_reward_ratio"] == signal_data["r_multiple"]
+    if signal_data["action"] != "HOLD":
+        assert signal_data["risk_reward_ratio"] > 0
+    assert signal_data["mlflow"]["review_run"] == f"runs:/{review.info.run_id}"
+    assert f"runs:/{review.info.run_id}" in by_type["llm"]["response"] and "MLflow:" in by_type["llm"]["response"]
+    snapshot = by_type["chart"]["metadata"]["market_data_snapshot"]
+    assert snapshot["symbol"] == SYMBOL and snapshot["timeframe"] == "1 day"
+    assert snapshot["bar_count"] == len(snapshot["bars"]) == 120
+    assert snapshot["bars"][-1]["date"] == "2021-12-31" and snapshot["bars"][0]["date"] < snapshot["bars"][-1]["date"]
+    assert snapshot["latest_price"] == snapshot["bars"][-1]["close"]
+    assert set(snapshot["bars"][0]) == {"date", "open", "high", "low", "close", "volume"}
+    import requests
+
+    served = requests.get(f"{server.url}/api/artifacts/{by_type['chart']['id']}/market-data", timeout=10)
+    assert served.status_code == 200 and served.json()["bars"] == snapshot["bars"]
+    assert requests.get(f"{server.url}/api/artifacts/{by_type['signal']['id']}/market-data", timeout=10).status_code == 404
+
+    _assert_runs_explain_themselves(client, parent, children)
+    _assert_review_is_traced(client, review)
+
+
+def _assert_runs_explain_themselves(client, parent, children):
+    """Names say the outcome; descriptions say why, vs buy-and-hold, the data, links, reproduce."""
+    action = parent.data.tags["tradeflow.decision.action"]
+    confidence = parent.data.metrics["decision_confidence"]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.run_name == f"{SYMBOL} · pipeline · 2021-12-31 → {action} {confidence:.2f}"
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"## {SYMBOL} · pipeline (both) → **{action}**")
+    assert "**Why**:" in note and "Model vs buy-and-hold on the test split" in note
+    assert "real market data from `csv:" in note and "SYNTHETIC" not in note
+    assert f"models:/trademaster_{SYMBOL}/" in note
+    for child in children.values():
+        assert f"(#/experiments/{child.info.experiment_id}/runs/{child.info.run_id})" in note
+    assert "mlflow run . -e pipeline --env-manager local --experiment-name trademaster_autogen -P symbol=AAPL -P mode=both" in note
+    train = client.get_run(children["train_backtest"].info.run_id)
+    assert train.info.run_name == f"{SYMBOL} · train_backtest · dqn 1 ep"
+    train_note = train.data.tags["mlflow.note.content"]
+    assert "| test |" in train_note and "buy-and-hold" in train_note and "mlflow run . -e reproduce" in train_note
+    # MLproject params under their own names, with the values used (not the '' MLflow would log)
+    params = train.data.params
+    assert (params["symbol"], params["epochs"], params["engine"], params["seed"], params["hidden_dims"]) == (
+        SYMBOL, "1", "builtin", "42", "64,64")
+    assert "''" not in params.values()
+    assert json.loads(params["config"])["trademaster"]["epochs"] == 1
+    assert parent.data.params["mode"] == "both" and parent.data.params["reviewer"] == "rules"
+    metrics_json = json.loads(mlflow.artifacts.load_text(f"runs:/{train.info.run_id}/metrics.json"))
+    assert metrics_json["headline"]["test_total_return"] == train.data.metrics["test_total_return"]
+    assert set(metrics_json) >= {"headline", "train", "valid", "test"}
+    for stage in ("inference", "review", "persist"):
+        named = client.get_run(children[stage].info.run_id)
+        assert named.info.run_name.startswith(f"{SYMBOL} · {stage} · ") and named.data.tags["mlflow.note.content"]
+    # the registered version says what it is
+    version = client.get_model_version(f"trademaster_{SYMBOL}", train.data.tags["tradeflow.model_version"])
+    assert "real data" in version.description and "buy-and-hold" in version.description
+    assert version.tags["symbol"] == SYMBOL and version.tags["pipeline_run_id"] == parent.info.run_id
+    assert version.tags["data_window"] == "2020-01-02..2021-12-31" and float(version.tags["test_total_return"]) == \
+        pytest.approx(train.data.metrics["test_total_return"], abs=1e-6)
+
+
+def _assert_review_is_traced(client, review):
+    """One trace per review, linked to its run, a span per transcript line, no tokens for rules."""
+    lines = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{review.info.run_id}/autogen_conversation.jsonl").splitlines()]
+    traces = mlflow.search_traces(locations=[review.info.experiment_id], run_id=review.info.run_id, return_type="list")
+    assert len(traces) == 1
+    trace = traces[0]
+    assert trace.info.request_metadata.get("mlflow.sourceRun") == review.info.run_id
+    assert review.data.tags["review.trace_id"] == trace.info.trace_id
+    root = next(span for span in trace.data.spans if span.parent_id is None)
+    children = [span for span in trace.data.spans if span.parent_id == root.span_id]
+    assert len(children) == len(lines) and root.name == f"review {SYMBOL}"
+    assert [span.name.split(" ", 1)[1] for span in sorted(children, key=lambda s: s.name)] == \
+        [f"{line['agent']}: {line['type']}" for line in lines]
+    assert root.outputs["decision"]["action"] == review.data.tags["review.action"]
+    assert all(span.get_attribute("mlflow.chat.tokenUsage") is None for span in trace.data.spans)  # rules: no tokens
+    assert all(line["prompt_tokens"] is None and line["completion_tokens"] is None for line in lines)
+    assert "total_tokens" not in review.data.metrics
+    transcript = mlflow.artifacts.load_text(f"runs:/{review.info.run_id}/transcript.md")
+    assert transcript.startswith(f"# {SYMBOL} review: {review.data.tags['review.action']}")
+    assert transcript.count("\n## ") == len(lines) and "```json" in transcript
+    assert "<h2>" in mlflow.artifacts.load_text(f"runs:/{review.info.run_id}/transcript.html")
 
 
 def test_identical_rerun_reuses_every_stage_and_adds_no_artifact(world):

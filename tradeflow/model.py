@@ -103,10 +103,16 @@ def log_agent_model(
     return info.model_uri
 
 
-def register_model(model_uri: str, name: str, alias: str, *, tags: dict[str, str] | None = None) -> str:
-    """Register ``model_uri`` under ``name``, point ``alias`` at the new version; return the version."""
+def register_model(model_uri: str, name: str, alias: str, *, tags: dict[str, str] | None = None,
+                   description: str | None = None) -> str:
+    """Register ``model_uri`` under ``name``, point ``alias`` at the new version; return the version.
+
+    ``description`` and ``tags`` (symbol, data window, test metrics vs buy-and-hold, runs) are what
+    the registry page shows for the version."""
     client = MlflowClient()
     version = mlflow.register_model(model_uri, name, tags=tags)
+    if description:
+        client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, alias, version.version)
     log.info("registered %s version %s (alias @%s)", name, version.version, alias)
     return str(version.version)

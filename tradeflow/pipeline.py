@@ -30,6 +30,7 @@ from tradeflow.tracking import (
     TAG_FAILURE,
     TAG_SYMBOL,
     code_version,
+    log_own_params,
     stage_run,
 )
 
@@ -134,6 +135,8 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
         execution_id = execution_id or parent_id
         mlflow.set_tags({TAG_EXECUTION_ID: execution_id, "tradeflow.mode": cfg.mode, "tradeflow.force": str(force).lower()})
         close_abandoned_runs(client, parent.info.experiment_id, cfg.symbol, execution_id, parent_id)
+        own_params = _own_params(cfg, execution_id=execution_id, force=force, dag_id=dag_id, task_id=task_id)
+        log_own_params(own_params)
         mlflow.log_params(cfg.flat_params())
         if cfg.adjustments:
             mlflow.set_tag("tradeflow.config_adjustments", "; ".join(cfg.adjustments))
@@ -149,6 +152,17 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
         code = code_version()
         config_json = stage_config_json(cfg)
         outcomes: list[StageOutcome] = []
+
+        def describe(failed: str | None = None) -> None:
+            from tradeflow.run_notes import describe_pipeline
+
+            try:
+                describe_pipeline(cfg, parent, outcomes, market=market, model_uri=state.model_uri,
+                                  review_run_id=state.review_run_id, own_params=own_params, commit=code,
+                                  failed=failed, client=client)
+            except Exception as exc:  # noqa: BLE001 - the description never fails the pipeline
+                log.warning("could not describe the pipeline run: %s", exc)
+
         for stage in STAGES_BY_MODE[cfg.mode]:
             params = _stage_params(stage, cfg, state, config_json, execution_id=execution_id,
                                    dag_id=dag_id or DAG_ID, task_id=task_id or "pipeline")
@@ -162,6 +176,7 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
             if not outcome.ok:
                 mlflow.set_tag(TAG_FAILED_STAGE, stage)
                 _write_summary(cfg, execution_id, outcomes, state)
+                describe(f"stage {stage} failed (run {outcome.run_id}): {outcome.failure}")
                 raise StageFailed(f"{cfg.symbol}: stage {stage} failed (run {outcome.run_id}): {outcome.failure}")
             _collect(stage, outcome.run_id, client, state)
 
@@ -169,6 +184,7 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
         if state.decision:
             mlflow.set_tags({"tradeflow.decision.action": state.decision["action"]})
             mlflow.log_metric("decision_confidence", float(state.decision["confidence"]))
+        describe()
         reused = sum(o.reused for o in outcomes)
         print(f"{cfg.symbol}: pipeline {cfg.mode} finished: " + ", ".join(
             f"{o.entry_point} {o.run_id[:8]}{' (cached)' if o.reused else ''}" for o in outcomes)
@@ -191,6 +207,13 @@ def _stage_params(stage: str, cfg: RunConfig, state: PipelineState, config_json:
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def _own_params(cfg: RunConfig, *, execution_id: str, force: bool, dag_id: str, task_id: str) -> dict[str, str]:
+    """The pipeline's MLproject parameters as resolved (``mode`` '' -> ``both`` ...)."""
+    from tradeflow.run_notes import resolved_params
+
+    return resolved_params("pipeline", cfg, execution_id=execution_id, force=force, dag_id=dag_id, task_id=task_id)
+
+
 def _run_or_reuse(client: MlflowClient, stage: str, params: dict[str, str], key: str, parent, *, force: bool) -> StageOutcome:
     experiment_id = parent.info.experiment_id
     lease: StageLease | None = None
@@ -208,10 +231,11 @@ def _run_or_reuse(client: MlflowClient, stage: str, params: dict[str, str], key:
                 mlflow.set_tag(f"tradeflow.stage.{stage}.lease", "adopted")
                 return StageOutcome(stage, adopted, "FINISHED", time.monotonic() - started, reused=True, params=params)
             mlflow.set_tag(f"tradeflow.stage.{stage}.lease", "held")
+    symbol = client.get_run(parent.info.run_id).data.tags.get(TAG_SYMBOL, "")
     try:
         with lease.heartbeat() if lease else _nothing():
             outcome = run_entry_point(stage, params, experiment_id=experiment_id, parent_run_id=parent.info.run_id,
-                                      run_name=f"{stage}")
+                                      run_name=f"{symbol} · {stage}" if symbol else stage)
         if outcome.ok:
             client.set_tag(outcome.run_id, TAG_CACHE_KEY, key)
         return outcome

@@ -21,7 +21,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE
+from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE, create_project_run
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,10 @@ def run_entry_point(
     # A stray MLFLOW_RUN_ID (we may be running inside another entry point) must not leak into
     # how mlflow resolves the active run for the child.
     inherited = os.environ.pop("MLFLOW_RUN_ID", None)
+    # We create the run (nested, tagged like `mlflow run` does) so that MLflow does not log the raw
+    # -P values; the step logs every parameter's resolved value under its own name.
+    precreated = create_project_run(entry_point, experiment_id=experiment_id, project_dir=Path(project_uri),
+                                    parent_run_id=parent_run_id, run_name=run_name)
     try:
         submitted = mlflow.projects.run(
             uri=str(project_uri),
@@ -91,7 +95,12 @@ def run_entry_point(
             env_manager=env_manager,
             synchronous=False,
             run_name=run_name,
+            run_id=precreated,
         )
+    except BaseException as exc:
+        client.set_tag(precreated, TAG_FAILURE, f"entry point '{entry_point}' could not start: {' '.join(str(exc).split())[:500]}")
+        client.set_terminated(precreated, "FAILED")
+        raise
     finally:
         if inherited is not None:
             os.environ["MLFLOW_RUN_ID"] = inherited

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
 from tradeflow.projects import recorded_params, run_entry_point
-from tradeflow.tracking import PROJECT_ROOT, TAG_CODE_VERSION, TAG_DATA_DIGEST, stage_run
+from tradeflow.tracking import PROJECT_ROOT, TAG_CODE_VERSION, TAG_DATA_DIGEST, log_own_params, stage_run
 
 REPRODUCIBLE = ("train_backtest", "inference", "review")
 VOLATILE_SUFFIXES = ("_seconds", "_per_s", "latency_s")
@@ -73,6 +73,7 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
     original = invocation["run"]
     with stage_run("reproduce", experiment_name=experiment_name, tags={"tradeflow.reproduction_of": run_id}) as run, \
             tempfile.TemporaryDirectory(prefix="tradeflow-reproduce-") as tmp:
+        log_own_params({"run_id": run_id})
         mlflow.log_params({"reproduce.run_id": run_id, "reproduce.entry_point": invocation["entry_point"],
                            "reproduce.commit": invocation["commit"]})
         if invocation["dirty"]:
@@ -81,7 +82,7 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
         checkout(invocation["commit"], source)
         os.environ["TRADEFLOW_REPRODUCTION_OF"] = run_id  # the re-run must not move registry aliases
         outcome = run_entry_point(invocation["entry_point"], invocation["params"], project_uri=source,
-                                  experiment_id=original.info.experiment_id, parent_run_id=run.info.run_id)
+                                  experiment_id=run.info.experiment_id, parent_run_id=run.info.run_id)
         if not outcome.ok:
             raise RuntimeError(f"reproduction of {run_id} failed (run {outcome.run_id}): {outcome.failure}")
         again = client.get_run(outcome.run_id)
@@ -98,6 +99,13 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
         mlflow.log_metrics({"mismatched_metrics": float(sum(not r["match"] for r in rows)),
                             "compared_metrics": float(len(rows))})
         verdict = "MATCH" if match else "MISMATCH"
+        from tradeflow.run_notes import SEP, run_link, set_name_and_note
+
+        set_name_and_note(run.info.run_id, SEP.join(("reproduce", original.info.run_name or run_id[:8], verdict)),
+                          f"## reproduce → **{verdict}**\n\nRe-ran {run_link(original.info.experiment_id, run_id, original.info.run_name)} "
+                          f"at commit `{invocation['commit']}` as {run_link(run.info.experiment_id, outcome.run_id)}: "
+                          f"{len(rows)} metrics compared, {sum(not r['match'] for r in rows)} differ; same data: {same_data}. "
+                          "Details: `comparison.json`.")
         print(f"reproduce {run_id} -> {outcome.run_id}: {verdict} ({len(rows)} metrics compared, "
               f"{sum(not r['match'] for r in rows)} differ; same data: {same_data})", flush=True)
         return {"run_id": run.info.run_id, "reproduced_run_id": outcome.run_id, "match": match, "metrics": rows}

@@ -1,7 +1,15 @@
 """MLflow plumbing shared by every entry point: where runs go, what code made them, how they end.
 
 The embedded default is a SQLite store inside the project folder (``mlruns.db``) with artifacts in
-``mlartifacts/``; ``MLFLOW_TRACKING_URI`` overrides it (a team points it at an ``mlflow server``).
+``mlartifacts/`` beside it; ``MLFLOW_TRACKING_URI`` overrides it (a team points it at an ``mlflow
+server``). A SQLite store anywhere keeps its artifacts beside itself (``<store dir>/mlartifacts``),
+never in ``./mlruns`` of whatever folder a command ran from.
+
+Every run lands in the configured experiment (``RunConfig.experiment_name``, default
+``trademaster_autogen``): ``mlflow run`` without ``--experiment-name`` creates its run in
+*Default*; ``stage_run`` moves such a run (a new run in the right experiment with the same tags
+and parameters; the stray one is tagged ``tradeflow.moved_to`` and deleted). A run started in any
+other named experiment is refused with a one-line reason (its run ends FAILED saying so).
 """
 
 from __future__ import annotations
@@ -17,7 +25,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_RUN_NAME,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +53,13 @@ TAG_DATA_DIGEST = "tradeflow.data_digest"
 TAG_DATA_SOURCE = "tradeflow.data_source"
 TAG_SYNTHETIC = "tradeflow.synthetic_data"
 TAG_EXECUTION_ID = "tradeflow.execution_id"
+TAG_MOVED_TO = "tradeflow.moved_to"  # on a run `mlflow run` started in Default: where it went
+TAG_MOVED_FROM = "tradeflow.moved_from"  # on the run that replaced it
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default" experiment
+
+
+class WrongExperiment(ValueError):
+    """A run was started in an experiment other than the configured one (one line, says how to fix)."""
 
 
 def tracking_uri() -> str:
@@ -54,21 +80,25 @@ def sqlite_artifact_root(uri: str) -> str | None:
     outside the project must not fill the project's ``mlartifacts/``. None for other stores."""
     if not uri.startswith("sqlite:"):
         return None
-    database = uri.split(":///", 1)[1] if ":///" in uri else ""
+    database = uri.split(":///", 1)[1].split("?", 1)[0] if ":///" in uri else ""
     if not database or database == ":memory:":
         return DEFAULT_ARTIFACT_ROOT
     return (Path(database).expanduser().resolve().parent / "mlartifacts").as_uri()
 
 
 def ensure_experiment(name: str) -> str:
-    """Create the experiment once (artifacts under ``mlartifacts/`` for the embedded store)."""
+    """Create the experiment once (a SQLite store's artifacts go beside the store)."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = sqlite_artifact_root(tracking_uri())
+    # The MLflow 3 UI shows a "model training" experiment with its runs table first.
+    tags = {"mlflow.experimentKind": "custom_model_development",
+            "mlflow.note.content": "tradeflow: one parent run per symbol's pipeline (named after its decision), "
+                                   "its stages nested under it; reviews are in the Traces tab."}
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
     except mlflow.exceptions.MlflowException:
         # Created concurrently by another process: fetch it.
         experiment = client.get_experiment_by_name(name)
@@ -106,18 +136,127 @@ def _git(root: Path, *args: str) -> str:
     ).stdout
 
 
+def home_run(run_id: str, experiment_name: str, client: MlflowClient | None = None) -> str:
+    """The id of the run to record into: ``run_id`` if it is in ``experiment_name``; a moved copy
+    if ``mlflow run`` put it in Default; ``WrongExperiment`` if it was started in another one."""
+    client = client or MlflowClient()
+    run = client.get_run(run_id)
+    target_id = ensure_experiment(experiment_name)
+    if run.info.experiment_id == target_id:
+        return run_id
+    current = client.get_experiment(run.info.experiment_id).name
+    if run.info.experiment_id != DEFAULT_EXPERIMENT_ID:
+        raise WrongExperiment(
+            f"run {run_id} was started in experiment '{current}' but tradeflow records to "
+            f"'{experiment_name}' (experiment_name); drop --experiment-name or pass --experiment-name "
+            f"{experiment_name}, or set experiment_name='{current}' (TRADEFLOW_EXPERIMENT_NAME or -P config)")
+    tags = {**run.data.tags, TAG_MOVED_FROM: run_id}
+    moved = client.create_run(target_id, start_time=run.info.start_time, tags=tags)
+    # MLflow logs MLproject params shell-quoted, "" as "''": keep only the ones that were set,
+    # unquoted, so each step logs the resolved value of the others under the same name.
+    from tradeflow.projects import recorded_params
+
+    params = {k: v for k, v in recorded_params(run.data.params).items() if v != ""}
+    if params:
+        client.log_batch(moved.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    client.set_tag(run_id, TAG_MOVED_TO, moved.info.run_id)
+    client.set_tag(run_id, "mlflow.note.content",
+                   f"Moved to experiment `{experiment_name}` as run `{moved.info.run_id}` (tradeflow records every "
+                   "run in its configured experiment).")
+    client.update_run(run_id, name=f"moved to {experiment_name}")
+    # `mlflow run` marks its run terminated when the process ends and fails if it was deleted:
+    # a detached helper deletes the stub once that has happened.
+    subprocess.Popen([sys.executable, "-m", "tradeflow.tracking", "--delete-when-terminated", run_id],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()})
+    print(f"note: `mlflow run` started run {run_id} in experiment '{current}'; recording in experiment "
+          f"'{experiment_name}' as run {moved.info.run_id} instead (the stub is deleted when `mlflow run` ends)",
+          file=sys.stderr, flush=True)
+    return moved.info.run_id
+
+
+def delete_when_terminated(run_id: str, *, timeout_s: float = 6 * 3600) -> bool:
+    """Wait for ``mlflow run`` to mark its stub run terminated, then delete it; True if deleted."""
+    import time
+
+    from mlflow.entities import RunStatus
+
+    client = MlflowClient(tracking_uri())
+    deadline, delay = time.monotonic() + timeout_s, 0.2
+    while time.monotonic() < deadline:
+        run = client.get_run(run_id)
+        if run.info.lifecycle_stage == "deleted":
+            return False
+        if RunStatus.is_terminated(RunStatus.from_string(run.info.status)):
+            client.delete_run(run_id)
+            return True
+        time.sleep(delay)
+        delay = min(delay * 1.5, 5.0)
+    return False
+
+
+def create_project_run(entry_point: str, *, experiment_id: str, project_dir: Path,
+                       parent_run_id: str | None = None, run_name: str | None = None) -> str:
+    """Create the run of an MLproject entry point with the tags ``mlflow run`` would write, but no
+    parameters: the step logs each parameter's *resolved* value under its own name (MLflow logs
+    the raw ``-P`` values, ``''`` for "not set", and a param cannot be changed once logged)."""
+    import getpass
+
+    tags = {MLFLOW_SOURCE_TYPE: "PROJECT", MLFLOW_PROJECT_ENTRY_POINT: entry_point,
+            MLFLOW_SOURCE_NAME: str(project_dir)}
+    try:
+        tags[MLFLOW_USER] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    try:
+        tags[MLFLOW_GIT_COMMIT] = _git(project_dir, "rev-parse", "HEAD").strip()
+        remote = _git(project_dir, "config", "--get", "remote.origin.url").strip() if _has_origin(project_dir) else ""
+        if remote:
+            tags[MLFLOW_GIT_REPO_URL] = tags[MLFLOW_SOURCE_NAME] = remote
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if run_name:
+        tags[MLFLOW_RUN_NAME] = run_name
+    return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+
+def _has_origin(root: Path) -> bool:
+    return "origin" in _git(root, "remote").split()
+
+
+def log_own_params(values: dict[str, object]) -> None:
+    """Log each MLproject parameter's resolved value under its own name, unless already logged
+    (``mlflow run`` logged the raw ``-P`` values; a logged param cannot change)."""
+    run = mlflow.active_run()
+    if run is None:
+        return
+    logged = MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {k: "" if v is None else str(v) for k, v in values.items() if k not in logged}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
 @contextmanager
 def stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume, under ``mlflow run``) the run of one stage and end it honestly.
 
-    On any exception the run is marked FAILED with ``tradeflow.failure_reason`` set to the
-    exception's one-line message, then the exception propagates (the process exits non-zero).
+    The run is always in ``experiment_name`` (see the module docstring). On any exception the run
+    is marked FAILED with ``tradeflow.failure_reason`` set to the exception's one-line message,
+    then the exception propagates (the process exits non-zero).
     """
     configure_tracking()
+    experiment_id = ensure_experiment(experiment_name)
     if os.environ.get("MLFLOW_RUN_ID"):
-        run = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
+        run_id = home_run(os.environ["MLFLOW_RUN_ID"], experiment_name)
+        os.environ["MLFLOW_RUN_ID"] = run_id
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id  # traces follow the run's experiment
+        mlflow.set_experiment(experiment_id=experiment_id)
+        run = mlflow.start_run(run_id=run_id)
     else:
-        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or ensure_experiment(experiment_name)
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
         run = mlflow.start_run(experiment_id=experiment_id)
     mlflow.set_tags({TAG_STAGE: stage, TAG_CODE_VERSION: code_version(), **(tags or {})})
     try:
@@ -146,3 +285,10 @@ def fail_cli(message: str, code: int = 2) -> None:
     """Print a one-line error to stderr and exit (used before any run or expensive work)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+if __name__ == "__main__":  # python -m tradeflow.tracking --delete-when-terminated <run_id>
+    if len(sys.argv) == 3 and sys.argv[1] == "--delete-when-terminated":
+        delete_when_terminated(sys.argv[2])
+    else:
+        fail_cli("usage: python -m tradeflow.tracking --delete-when-terminated <run_id>")

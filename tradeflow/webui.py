@@ -555,7 +555,7 @@ def check_trading_signal(signal_data: Mapping[str, Any]) -> None:
         if not signal_data.get(key):
             problems.append(f"{key} is required")
     for key in ("support_level", "resistance_level", "suggested_entry_price", "suggested_stop_loss",
-                "suggested_take_profit", "r_multiple", "position_size_percent"):
+                "suggested_take_profit", "r_multiple", "risk_reward_ratio", "position_size_percent"):
         value = signal_data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             problems.append(f"{key} must be a number or null (got {value!r})")

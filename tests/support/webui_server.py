@@ -229,6 +229,7 @@ class _Backend:
             ("POST", re.compile(r"/api/artifacts/"), self.create_artifact),
             ("GET", re.compile(r"/api/artifacts/(?P<artifact_id>[^/]+)"), self.get_artifact),
             ("PATCH", re.compile(r"/api/artifacts/(?P<artifact_id>[^/]+)"), self.patch_artifact),
+            ("GET", re.compile(r"/api/artifacts/(?P<artifact_id>[^/]+)/market-data"), self.artifact_market_data),
             ("GET", re.compile(r"/api/market-data/cache/(?P<symbol>[^/]+)"), self.market_data),
             ("GET", re.compile(r"/health"), self.health),
         ]
@@ -456,6 +457,16 @@ class _Backend:
             row.update({k: v for k, v in body.items() if k in ARTIFACT_COLUMNS})  # unknown keys ignored
             row["updated_at"] = _now().isoformat()
             return _Answer(200, json.loads(json.dumps(row)))
+
+    def artifact_market_data(self, *, query: dict[str, str], body: Any, artifact_id: str) -> _Answer:
+        """The bars a chart artifact was drawn from (``metadata.market_data_snapshot``); 404 without
+        them. The service regenerates a chart image from these when ``image_path`` is not on its disk."""
+        with self.lock:
+            row = self._artifact(artifact_id)
+            snapshot = (row.get("metadata") or {}).get("market_data_snapshot")
+            if not isinstance(snapshot, dict) or not snapshot.get("bars"):
+                raise _Reject(404, f"No market data snapshot for artifact {artifact_id}")
+            return _Answer(200, json.loads(json.dumps(snapshot)))
 
     # market data & health --------------------------------------------------------------------
 

@@ -21,7 +21,15 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from tradeflow.config import RunConfig  # noqa: E402
-from tradeflow.tracking import TAG_DATA_DIGEST, TAG_DATA_SOURCE, TAG_SYMBOL, TAG_SYNTHETIC, stage_run  # noqa: E402
+from tradeflow.tracking import (  # noqa: E402
+    TAG_DATA_DIGEST,
+    TAG_DATA_SOURCE,
+    TAG_SYMBOL,
+    TAG_SYNTHETIC,
+    code_version,
+    log_own_params,
+    stage_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +38,9 @@ ARTIFACTS = {
     "evidence.json": "what the review team sees: latest bars, indicators, backtest metrics, model suggestion",
     "prediction.json": "the model's raw output for the latest window",
     "plots/price.png": "latest prices with SMA 20/50, support/resistance and the suggestion",
+    "plots/price_bars.json": "the bars plots/price.png shows, as the WebUI's market_data_snapshot",
 }
+CHART_BARS = 120  # bars on plots/price.png (and in its market_data_snapshot)
 TAG_SUGGESTION = "tradeflow.model_suggestion"
 
 
@@ -106,6 +116,10 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
 
     tags = {TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
+        from tradeflow import run_notes
+
+        own_params = run_notes.resolved_params(STAGE, cfg, model_uri=resolved.uri)
+        log_own_params(own_params)
         mlflow.log_params({
             "inference.model_uri": resolved.uri, "inference.model_version": resolved.version or "",
             "inference.training_run_id": resolved.training_run_id,
@@ -144,7 +158,22 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         figure = price_chart(market.bars, evidence)
         mlflow.log_figure(figure, "plots/price.png")
         plt.close(figure)
+        mlflow.log_dict(market_data_snapshot(cfg.symbol, cfg.bar_size, market.bars), "plots/price_bars.json")
         evidence_uri = f"runs:/{run.info.run_id}/evidence.json"
+        run_notes.set_name_and_note(run.info.run_id, run_notes.inference_name(cfg.symbol, as_of, str(prediction["suggestion"])), "\n".join([
+            f"## {cfg.symbol} · inference as of {as_of} → model suggests **{prediction['suggestion']}** (target position {action})",
+            "",
+            run_notes.data_line(market.source, market.synthetic, start=str(market.start.date()), end=as_of,
+                                rows=market.rows, digest=market.digest),
+            "",
+            f"**Model**: `{resolved.uri}` (training run {run_notes.run_link(training.get('experiment_id') or run.info.experiment_id, resolved.training_run_id)}); "
+            f"scores: {', '.join(f'{k}: {v:.3f}' for k, v in scores.items())}.",
+            "",
+            "**Evidence** for the review: `evidence.json`; chart: `plots/price.png`.",
+            "",
+            run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
+                                      experiment_name=cfg.experiment_name),
+        ]))
         print(f"{cfg.symbol} {as_of}: model {resolved.uri} suggests {prediction['suggestion']} "
               f"(target position {action}); evidence {evidence_uri}", flush=True)
         return {"run_id": run.info.run_id, "evidence_uri": evidence_uri, "suggestion": prediction["suggestion"]}
@@ -158,20 +187,35 @@ def _agent_meta(model: Any) -> dict[str, Any]:
     return dict(meta)
 
 
+def market_data_snapshot(symbol: str, bar_size: str, bars) -> dict[str, Any]:
+    """The WebUI's ``metadata.market_data_snapshot``: the chart's bars, oldest first (it redraws
+    the chart from these when it cannot read the image)."""
+    from tradeflow.evidence import latest_bars
+
+    shown = latest_bars(bars, CHART_BARS)
+    return {"symbol": symbol, "timeframe": bar_size, "bar_count": len(shown), "bars": shown,
+            "latest_price": shown[-1]["close"] if shown else None}
+
+
 def price_chart(bars, evidence: dict):
-    recent = bars.tail(120)
+    recent = bars.tail(CHART_BARS)
     close = bars["close"]
     figure, ax = plt.subplots(figsize=(10, 4.5))
     ax.plot(recent["date"], recent["close"], label="close", color="black", linewidth=1.2)
-    ax.plot(recent["date"], close.rolling(20).mean().tail(120), label="SMA 20", linewidth=1)
-    ax.plot(recent["date"], close.rolling(50).mean().tail(120), label="SMA 50", linewidth=1)
+    ax.plot(recent["date"], close.rolling(20).mean().tail(CHART_BARS), label="SMA 20", linewidth=1)
+    ax.plot(recent["date"], close.rolling(50).mean().tail(CHART_BARS), label="SMA 50", linewidth=1)
     ind = evidence["indicators"]
     for level, style in (("support", "--"), ("resistance", ":")):
         if ind.get(level):
             ax.axhline(ind[level], linestyle=style, color="grey", linewidth=0.8, label=level)
-    ax.set_title(f"{evidence['symbol']} as of {evidence['as_of']}: model suggests {evidence['model']['suggestion']}")
+    data = evidence.get("data", {})
+    source = "SYNTHETIC prices (generated, not market data)" if data.get("synthetic") else f"data: {data.get('source', '?')}"
+    if len(source) > 70:
+        source = "data: ..." + source[-60:]
+    ax.set_title(f"{evidence['symbol']} last {len(recent)} daily bars to {evidence['as_of']}: model suggests "
+                 f"{evidence['model']['suggestion']}\n{source}", fontsize=10)
     ax.set_xlabel("date")
-    ax.set_ylabel("price")
+    ax.set_ylabel("close price (quote currency)")
     ax.legend(loc="best", fontsize=8)
     figure.autofmt_xdate()
     figure.tight_layout()

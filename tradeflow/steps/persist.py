@@ -16,7 +16,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
-from tradeflow.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, stage_run
+from tradeflow.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,45 @@ def review_record(review_run_id: str, client: MlflowClient | None = None) -> dic
     evidence = json.loads(mlflow.artifacts.load_text(f"{base}/evidence.json"))
     transcript = mlflow.artifacts.load_text(f"{base}/autogen_conversation.jsonl")
     evidence_uri = run.data.params.get("review.evidence_uri", "")
-    chart_uri = None
+    chart_uri = snapshot = None
     if evidence_uri.startswith("runs:/"):
         inference_run = client.get_run(evidence_uri.removeprefix("runs:/").split("/", 1)[0])
         chart_uri = f"{inference_run.info.artifact_uri}/plots/price.png"
+        try:
+            snapshot = json.loads(mlflow.artifacts.load_text(f"runs:/{inference_run.info.run_id}/plots/price_bars.json"))
+        except Exception:  # an inference run from before the snapshot existed
+            snapshot = None
     return {
         "run": run, "decision": decision, "signal_data": signal_data, "evidence": evidence,
         "transcript_lines": [json.loads(line) for line in transcript.splitlines() if line.strip()],
         "transcript_uri": f"{run.info.artifact_uri}/autogen_conversation.jsonl", "chart_uri": chart_uri,
+        "market_data_snapshot": snapshot, "links": mlflow_links(run),
     }
+
+
+def mlflow_links(review_run: Any) -> dict[str, str]:
+    """Where a person finds the runs behind a WebUI artifact: MLflow UI addresses when the
+    tracking URI is a server, else ``runs:/`` URIs (open them with ``mlflow ui`` on the store)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from tradeflow.tracking import tracking_uri
+
+    base = tracking_uri().rstrip("/")
+    experiment = review_run.info.experiment_id
+
+    def link(run_id: str, path: str = "") -> str:
+        if base.startswith(("http://", "https://")):
+            return f"{base}/#/experiments/{experiment}/runs/{run_id}" + (f"/artifacts/{path}" if path else "")
+        return f"runs:/{run_id}" + (f"/{path}" if path else "")
+
+    links = {"review_run": link(review_run.info.run_id), "transcript": link(review_run.info.run_id, "transcript.md")}
+    parent = review_run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+    if parent:
+        links["pipeline_run"] = link(parent)
+    trace = review_run.data.tags.get("review.trace_id")
+    if trace and base.startswith(("http://", "https://")):
+        links["trace"] = f"{base}/#/experiments/{experiment}/traces?selectedEvaluationId={trace}"
+    return links
 
 
 def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, task_id: str) -> list[dict[str, Any]]:
@@ -57,19 +87,26 @@ def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, t
     lineage = {"symbol": symbol, "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                "workflow_id": dag_id, "dag_id": dag_id, "execution_id": execution_id, "task_id": task_id}
     prompt = next((line["content"] for line in record["transcript_lines"] if line.get("agent") in ("user", "task")), "")
-    response = decision["rationale"] + ("\nKey factors: " + "; ".join(decision["key_factors"]) if decision.get("key_factors") else "")
+    links = record.get("links") or {}
+    # The WebUI's pages never show `metadata`: the MLflow links go where they are shown (the llm
+    # response, the signal_data dump).
+    response = (decision["rationale"] + ("\nKey factors: " + "; ".join(decision["key_factors"]) if decision.get("key_factors") else "")
+                + ("\nMLflow: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in links.items()) if links else ""))
     meta = {"analysis_method": "trademaster_autogen", "mlflow_run_id": run.info.run_id,
             "model_uri": record["evidence"]["model"].get("uri"), "fallback_reason": record["decision"].get("fallback_reason")}
     payloads = [
         webui.signal_artifact(action=decision["action"], confidence=float(decision["confidence"]),
-                              signal_data=record["signal_data"], metadata=meta, **lineage),
+                              signal_data={**record["signal_data"], **({"mlflow": links} if links else {})},
+                              metadata={**meta, "mlflow_links": links}, **lineage),
         webui.llm_artifact(prompt=prompt, response=response, model_name=record["decision"]["model_used"],
                            metadata={**meta, "transcript_uri": record["transcript_uri"],
                                      "messages": len(record["transcript_lines"])}, **lineage),
     ]
     if record["chart_uri"]:
+        chart_meta = {**meta, **({"market_data_snapshot": record["market_data_snapshot"]}
+                                 if record.get("market_data_snapshot") else {})}
         payloads.append(webui.chart_artifact(image_path=record["chart_uri"], chart_type="price",
-                                             metadata=meta, **lineage))
+                                             metadata=chart_meta, **lineage))
     return payloads
 
 
@@ -78,6 +115,9 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
 
     tags = {TAG_SYMBOL: cfg.symbol, TAG_EXECUTION_ID: execution_id}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
+        from tradeflow.run_notes import SEP, set_name_and_note
+
+        log_own_params({"review_run_id": review_run_id, "execution_id": execution_id, "dag_id": dag_id, "task_id": task_id})
         mlflow.log_params({"persist.review_run_id": review_run_id, "persist.execution_id": execution_id,
                            "persist.dag_id": dag_id, "persist.task_id": task_id})
         record = review_record(review_run_id)
@@ -87,6 +127,8 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
             mlflow.set_tag("webui.persist", "skipped")
             mlflow.log_dict({"skipped": message}, "webui_artifacts.json")
             print(f"{cfg.symbol}: {message}", flush=True)
+            set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", "skipped (no WebUI)")),
+                              f"## {cfg.symbol} · persist: skipped\n\n{message}.")
             return {"run_id": run.info.run_id, "skipped": True, "artifacts": []}
         written = []
         for payload in build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id):
@@ -97,4 +139,7 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
         mlflow.log_dict({"artifacts": written}, "webui_artifacts.json")
         summary = ", ".join(f"{w['type']} #{w['id']} ({'created' if w['created'] else 'updated'})" for w in written)
         print(f"{cfg.symbol}: WebUI artifacts {summary} for execution {execution_id}", flush=True)
+        set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", summary)),
+                          f"## {cfg.symbol} · persist → WebUI `{client.base_url}`\n\nArtifacts: {summary}; "
+                          f"execution `{execution_id}`, review run `{review_run_id}`.")
         return {"run_id": run.info.run_id, "skipped": False, "artifacts": written}

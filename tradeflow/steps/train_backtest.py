@@ -31,6 +31,8 @@ from tradeflow.tracking import (  # noqa: E402
     TAG_DATA_SOURCE,
     TAG_SYMBOL,
     TAG_SYNTHETIC,
+    code_version,
+    log_own_params,
     stage_run,
 )
 
@@ -47,6 +49,7 @@ ARTIFACTS = {
     "plots/drawdown.png": "drawdown of the strategy on the test split",
     "plots/trades.png": "trades marked on the price",
     "summary.json": "headline metrics, model URI and version",
+    "metrics.json": "every metric, grouped by split (the headline ones first)",
 }
 TAG_MODEL_VERSION = "tradeflow.model_version"
 TAG_MODEL_NAME = "tradeflow.model_name"
@@ -66,7 +69,11 @@ def train_backtest_step(cfg: RunConfig) -> dict:
     engine = get_engine(cfg.engine)  # unknown/unavailable engine fails before the run starts
     tags = {TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
+        from tradeflow import run_notes
+
         workdir = Path(tmp)
+        own_params = run_notes.resolved_params(STAGE, cfg)
+        log_own_params(own_params)
         mlflow.log_params(cfg.flat_params())
         if cfg.adjustments:
             mlflow.set_tag("tradeflow.config_adjustments", "; ".join(cfg.adjustments))
@@ -113,10 +120,11 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         for split_name in ("valid", "test"):
             _log_table(backtests[split_name].table, f"backtest/{split_name}_backtest.csv", workdir)
         _log_table(pd.DataFrame(result.learning_curve), "backtest/learning_curve.csv", workdir)
-        _log_plots(backtests["test"].table, cfg.symbol)
+        run_notes.log_metrics_json(metrics)
+        _log_plots(backtests["test"].table, cfg.symbol, source=market, test_bounds=bounds.get("test", {}), metrics=metrics)
 
         model_uri = _log_model(result.agent, cfg, features, workdir)
-        version = _maybe_register(model_uri, cfg, run.info.run_id)
+        version = _maybe_register(model_uri, cfg, run.info.run_id, market=market, bounds=bounds, metrics=metrics)
         summary = {
             "symbol": cfg.symbol, "run_id": run.info.run_id, "model_uri": model_uri,
             "registered_model": cfg.registered_model_name if version else None, "model_version": version,
@@ -124,6 +132,13 @@ def train_backtest_step(cfg: RunConfig) -> dict:
             "test": {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")},
         }
         mlflow.log_dict(summary, "summary.json")
+        model_line = (f"`{model_uri}`, registered as `{cfg.registered_model_name}` version {version}"
+                      f" (alias `@{cfg.model_alias}`)" if version else
+                      f"`{model_uri}` (not registered: {mlflow.active_run().data.tags.get('tradeflow.registry', 'see tags')})")
+        run_notes.set_name_and_note(run.info.run_id, run_notes.train_backtest_name(cfg), run_notes.train_backtest_note(
+            cfg, metrics=metrics, bounds=bounds, market=market, model_line=model_line,
+            reproduce=run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
+                                                experiment_name=cfg.experiment_name)))
         _print_summary(summary)
         return summary
 
@@ -146,19 +161,17 @@ def _log_table(table, artifact_path: str, workdir: Path) -> None:
     mlflow.log_artifact(str(path), str(Path(artifact_path).parent))
 
 
-def _log_plots(table, symbol: str) -> None:
-    from tradeflow.plots import drawdown_plot, equity_plot, trades_plot
+def _log_plots(table, symbol: str, *, source, test_bounds: dict, metrics: dict) -> None:
+    from tradeflow.plots import drawdown_plot, equity_plot, plot_title, trades_plot
 
+    title = plot_title(symbol, "test split", start=test_bounds.get("start"), end=test_bounds.get("end"),
+                       source=source.source, synthetic=source.synthetic,
+                       model_return=metrics.get("test_total_return"),
+                       benchmark_return=metrics.get("test_benchmark_total_return"))
     for name, make in (("equity", equity_plot), ("drawdown", drawdown_plot), ("trades", trades_plot)):
-        figure = make(table, title=f"{symbol} test split") if _accepts_title(make) else make(table)
+        figure = make(table, title=title)
         mlflow.log_figure(figure, f"plots/{name}.png")
         plt.close(figure)
-
-
-def _accepts_title(function) -> bool:
-    import inspect
-
-    return "title" in inspect.signature(function).parameters
 
 
 def _log_model(agent, cfg: RunConfig, features, workdir: Path) -> str:
@@ -170,7 +183,8 @@ def _log_model(agent, cfg: RunConfig, features, workdir: Path) -> str:
     )
 
 
-def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str) -> str | None:
+def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None, bounds: dict | None = None,
+                    metrics: dict | None = None) -> str | None:
     """Register under the per-symbol name and move the alias, except for reproductions (which
     must not change what ``inference`` serves) or when ``register_model=false``."""
     from tradeflow.model import register_model
@@ -183,8 +197,30 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str) -> str | None:
     if not cfg.register_model:
         mlflow.set_tag("tradeflow.registry", "skipped: register_model=false")
         return None
-    version = register_model(model_uri, cfg.registered_model_name, cfg.model_alias,
-                             tags={"symbol": cfg.symbol, "source_run_id": run_id})
+    from mlflow.tracking import MlflowClient
+
+    from tradeflow.plots import pct_text
+
+    metrics, test = metrics or {}, (bounds or {}).get("test", {})
+    tags = {"symbol": cfg.symbol, "source_run_id": run_id}
+    description = None
+    if market is not None:
+        tags.update({
+            "data_source": market.source[:250], "synthetic_data": str(market.synthetic).lower(),
+            "data_window": f"{market.start.date()}..{market.end.date()}",
+            "test_window": f"{test.get('start', '?')}..{test.get('end', '?')}",
+            "test_total_return": f"{metrics.get('test_total_return', float('nan')):.6f}",
+            "test_benchmark_total_return": f"{metrics.get('test_benchmark_total_return', float('nan')):.6f}",
+            "test_sharpe": f"{metrics.get('test_sharpe', float('nan')):.4f}",
+            "pipeline_run_id": MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId", ""),
+        })
+        description = (
+            f"{cfg.symbol} {cfg.engine}/{cfg.algorithm} agent, {cfg.trademaster.epochs} epochs, seed {cfg.seed}, trained on "
+            f"{'SYNTHETIC prices' if market.synthetic else 'real data'} `{market.source}` ({market.start.date()} → {market.end.date()}). "
+            f"Test split {test.get('start', '?')} → {test.get('end', '?')}: model {pct_text(metrics.get('test_total_return'))} vs "
+            f"buy-and-hold {pct_text(metrics.get('test_benchmark_total_return'))}, Sharpe {metrics.get('test_sharpe', float('nan')):.2f}. "
+            f"Training run {run_id}.")
+    version = register_model(model_uri, cfg.registered_model_name, cfg.model_alias, tags=tags, description=description)
     mlflow.set_tags({TAG_MODEL_NAME: cfg.registered_model_name, TAG_MODEL_VERSION: version})
     return version
 
