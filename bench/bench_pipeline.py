@@ -56,8 +56,8 @@ def measure(project: Path, attempt: int, uri: str) -> dict:
 
 
 def report(label: str, rows: list[dict]) -> None:
-    print(f"  [{label}] total wall {median([r['total'] for r in rows]):.1f} s "
-          f"(runs: {', '.join(f'{r['total']:.0f}' for r in rows)}), "
+    runs = ", ".join(f"{r['total']:.0f}" for r in rows)
+    print(f"  [{label}] total wall {median([r['total'] for r in rows]):.1f} s (runs: {runs}), "
           f"CPU {median([r['total_cpu'] for r in rows]):.1f} s, peak RSS {median([r['peak'] for r in rows]):.0f} MiB, "
           f"load during runs {median([r['load'] for r in rows]):.1f}")
     print(f"    {'stage':15} {'projects.run':>12} {'direct':>8} {'overhead':>9} {'ratio':>6} {'direct CPU':>10}  goal <=15% or <=1.5 s")
