@@ -11,16 +11,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import matplotlib
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from tradeflow.config import RunConfig  # noqa: E402
-from tradeflow.tracking import TAG_DATA_DIGEST, TAG_DATA_SOURCE, TAG_SYMBOL, TAG_SYNTHETIC, stage_run  # noqa: E402
+from tradeflow.config import RunConfig
+from tradeflow.tracking import TAG_DATA_DIGEST, TAG_DATA_SOURCE, TAG_SYMBOL, TAG_SYNTHETIC, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +131,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         mlflow.log_dict(evidence, "evidence.json")
         figure = price_chart(market.bars, evidence)
         mlflow.log_figure(figure, "plots/price.png")
-        plt.close(figure)
+        _pyplot().close(figure)
         evidence_uri = f"runs:/{run.info.run_id}/evidence.json"
         print(f"{cfg.symbol} {as_of}: model {resolved.uri} suggests {prediction['suggestion']} "
               f"(target position {action}); evidence {evidence_uri}", flush=True)
@@ -150,10 +146,21 @@ def _agent_meta(model: Any) -> dict[str, Any]:
     return dict(meta)
 
 
+def _pyplot():
+    """pyplot on the Agg backend, imported when a chart is drawn: ``resolve_model`` (imported by
+    the pipeline process) must not pay ~1 s of matplotlib import."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def price_chart(bars, evidence: dict):
     recent = bars.tail(120)
     close = bars["close"]
-    figure, ax = plt.subplots(figsize=(10, 4.5))
+    figure, ax = _pyplot().subplots(figsize=(10, 4.5))
     ax.plot(recent["date"], recent["close"], label="close", color="black", linewidth=1.2)
     ax.plot(recent["date"], close.rolling(20).mean().tail(120), label="SMA 20", linewidth=1)
     ax.plot(recent["date"], close.rolling(50).mean().tail(120), label="SMA 50", linewidth=1)

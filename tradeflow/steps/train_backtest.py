@@ -18,15 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from tradeflow.config import RunConfig  # noqa: E402
-from tradeflow.tracking import (  # noqa: E402
+from tradeflow.config import RunConfig
+from tradeflow.tracking import (
     TAG_DATA_DIGEST,
     TAG_DATA_SOURCE,
     TAG_SYMBOL,
@@ -147,6 +143,11 @@ def _log_table(table, artifact_path: str, workdir: Path) -> None:
 
 
 def _log_plots(table, symbol: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # before anything imports pyplot
+    import matplotlib.pyplot as plt
+
     from tradeflow.plots import drawdown_plot, equity_plot, trades_plot
 
     for name, make in (("equity", equity_plot), ("drawdown", drawdown_plot), ("trades", trades_plot)):
