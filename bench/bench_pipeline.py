@@ -16,6 +16,7 @@ loaded machine they move far less than wall time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -73,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--baseline", type=Path, help="a checkout of the commit to compare against")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
     projects = ([args.baseline.resolve()] if args.baseline else []) + [REPO]
     uri = fresh_store()
@@ -81,6 +83,8 @@ def main() -> None:
         for project in projects:
             rows[project].append(measure(project, attempt, uri))
             print(f"  run {attempt + 1} {project.name}: {rows[project][-1]['total']:.1f} s", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"machine": machine(), "rows": {str(k): v for k, v in rows.items()}}, indent=2))
     print(f"pipeline AAPL mode=both (dj30 2020-2021, epochs 3, rules reviewer) on {machine()}, {args.repeat} run(s) each")
     for project in projects:
         report(f"{project.name} {'(baseline)' if project != REPO else '(this checkout)'}", rows[project])
