@@ -24,6 +24,7 @@ class Timed:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system of every process it started (robust to a loaded machine)
 
 
 def fresh_store() -> str:
@@ -36,27 +37,27 @@ def fresh_store() -> str:
     return uri
 
 
-def run_timed(cmd: list[str], *, env: dict[str, str]) -> Timed:
-    """Run a command; wall time and the peak RSS of the largest process it started.
+def run_timed(cmd: list[str], *, env: dict[str, str], cwd: Path = REPO) -> Timed:
+    """Run a command; wall time, CPU time and the peak RSS of the largest process it started.
 
     Each command runs under a fresh ``python -c`` wrapper so ``RUSAGE_CHILDREN`` counts only it.
     """
     wrapper = (
         "import resource, subprocess, sys, time;"
         "t=time.perf_counter(); p=subprocess.run(sys.argv[1:], capture_output=True, text=True);"
-        "w=time.perf_counter()-t; r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
+        "w=time.perf_counter()-t; u=resource.getrusage(resource.RUSAGE_CHILDREN);"
         "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr);"
-        "print(f'__BENCH__ {w} {r}'); sys.exit(p.returncode)"
+        "print(f'__BENCH__ {w} {u.ru_maxrss} {u.ru_utime + u.ru_stime}'); sys.exit(p.returncode)"
     )
     full_env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **env}
-    done = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=full_env, cwd=REPO)
+    done = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=full_env, cwd=cwd)
     marker = [line for line in done.stdout.splitlines() if line.startswith("__BENCH__")][-1].split()
     stdout = "\n".join(line for line in done.stdout.splitlines() if not line.startswith("__BENCH__"))
-    return Timed(float(marker[1]), int(marker[2]) / 1024, done.returncode, stdout, done.stderr)
+    return Timed(float(marker[1]), int(marker[2]) / 1024, done.returncode, stdout, done.stderr, float(marker[3]))
 
 
-def mlflow_run_cmd(entry_point: str, params: dict[str, str]) -> list[str]:
-    cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+def mlflow_run_cmd(entry_point: str, params: dict[str, str], project: Path = REPO) -> list[str]:
+    cmd = [str(BIN / "mlflow"), "run", str(project), "-e", entry_point, "--env-manager", "local",
            "--experiment-name", "trademaster_autogen"]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
@@ -68,6 +69,6 @@ def median(values: list[float]) -> float:
 
 
 def machine() -> str:
-    load = os.getloadavg()[0]
-    return f"{os.cpu_count()} cores, load {load:.1f}, python {sys.version.split()[0]}"
+    load = os.getloadavg()
+    return f"{os.cpu_count()} cores, load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, python {sys.version.split()[0]}"
 

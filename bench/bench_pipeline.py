@@ -1,58 +1,97 @@
-"""One ``pipeline`` run (mode both, default bounded config, rules reviewer): wall time by stage,
-and the overhead of each ``mlflow.projects.run`` stage versus running the same stage's code
+"""One ``pipeline`` run (mode both, default bounded config, rules reviewer): wall and CPU time by
+stage, and the overhead of each ``mlflow.projects.run`` stage versus running the same stage's code
 directly (``python -m entrypoints.<stage>`` with the same parameters). Goal: overhead at most
 15 % or 1.5 s per stage. Also the peak RSS of the largest process.
 
-    .venv/bin/python bench/bench_pipeline.py [--repeat 1]
+With ``--baseline DIR`` (a checkout of an older commit, e.g. ``git worktree add ../base <commit>``),
+the same measurement runs for DIR and for this checkout, alternating, in one process with one
+interpreter (this one's environment), so the two are compared under the same load.
+
+    .venv/bin/python bench/bench_pipeline.py [--repeat 3] [--baseline ../i13-base]
+
+CPU seconds (user + system of every process) are reported beside wall seconds: on a shared,
+loaded machine they move far less than wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
-from _common import DJ30, fresh_store, machine, median, mlflow_run_cmd, run_timed
+from _common import DJ30, REPO, fresh_store, machine, median, mlflow_run_cmd, run_timed
 
 STAGES = ("train_backtest", "inference", "review", "persist")
+
+
+def measure(project: Path, attempt: int, uri: str) -> dict:
+    """One pipeline through ``mlflow run`` in ``project``, then each stage again, directly."""
+    from mlflow.tracking import MlflowClient
+
+    from tradeflow.projects import recorded_params
+
+    env = {"MLFLOW_TRACKING_URI": uri}
+    client = MlflowClient(uri)
+    execution = f"bench-{project.name}-{attempt}"
+    load_before = os.getloadavg()[0]
+    timed = run_timed(mlflow_run_cmd("pipeline", {"symbol": "AAPL", "data_source": DJ30, "force": "true",
+                                                  "execution_id": execution}, project=project), env=env, cwd=project)
+    if timed.returncode != 0:
+        raise SystemExit(f"{project}: pipeline failed:\n{timed.stderr[-3000:]}")
+    out = {"total": timed.seconds, "total_cpu": timed.cpu_seconds, "peak": timed.peak_rss_mib,
+           "load": (load_before + os.getloadavg()[0]) / 2, "via": {}, "direct": {}, "direct_cpu": {}}
+    parent = client.search_runs(["1"], f"tags.`tradeflow.execution_id` = '{execution}' and tags.`tradeflow.stage` = 'pipeline'")[0]
+    for stage in STAGES:
+        out["via"][stage] = parent.data.metrics[f"stage_{stage}_seconds"]
+        child = client.get_run(parent.data.tags[f"tradeflow.stage.{stage}.run_id"])
+        params = {k: v for k, v in recorded_params(child.data.params).items() if "." not in k and v != ""}
+        cmd = [sys.executable, "-m", f"entrypoints.{stage}"] + [f"--{k}={v}" for k, v in params.items()]
+        again = run_timed(cmd, env=env, cwd=project)
+        if again.returncode != 0:
+            raise SystemExit(f"{project}: direct {stage} failed:\n{again.stderr[-2000:]}")
+        out["direct"][stage] = again.seconds
+        out["direct_cpu"][stage] = again.cpu_seconds
+    return out
+
+
+def report(label: str, rows: list[dict]) -> None:
+    runs = ", ".join(f"{r['total']:.0f}" for r in rows)
+    print(f"  [{label}] total wall {median([r['total'] for r in rows]):.1f} s (runs: {runs}), "
+          f"CPU {median([r['total_cpu'] for r in rows]):.1f} s, peak RSS {median([r['peak'] for r in rows]):.0f} MiB, "
+          f"load during runs {median([r['load'] for r in rows]):.1f}")
+    print(f"    {'stage':15} {'projects.run':>12} {'direct':>8} {'overhead':>9} {'ratio':>6} {'direct CPU':>10}  goal <=15% or <=1.5 s")
+    for stage in STAGES:
+        a, b = median([r["via"][stage] for r in rows]), median([r["direct"][stage] for r in rows])
+        over = a - b
+        ok = over <= 1.5 or over <= 0.15 * b
+        cpu = median([r["direct_cpu"][stage] for r in rows])
+        print(f"    {stage:15} {a:11.1f}s {b:7.1f}s {over:8.1f}s {a / b:6.2f} {cpu:9.1f}s  {'OK' if ok else 'MISSED'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--baseline", type=Path, help="a checkout of the commit to compare against")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
-    from mlflow.tracking import MlflowClient
-
-    from tradeflow.projects import recorded_params
-
+    projects = ([args.baseline.resolve()] if args.baseline else []) + [REPO]
     uri = fresh_store()
-    env = {"MLFLOW_TRACKING_URI": uri}
-    client = MlflowClient(uri)
-    totals, via_project, direct, peaks = [], {s: [] for s in STAGES}, {s: [] for s in STAGES}, []
+    rows: dict[Path, list[dict]] = {p: [] for p in projects}
     for attempt in range(args.repeat):
-        timed = run_timed(mlflow_run_cmd("pipeline", {"symbol": "AAPL", "data_source": DJ30, "force": "true",
-                                                      "execution_id": f"bench-{attempt}"}), env=env)
-        if timed.returncode != 0:
-            raise SystemExit(f"pipeline failed:\n{timed.stderr[-3000:]}")
-        totals.append(timed.seconds)
-        peaks.append(timed.peak_rss_mib)
-        parent = client.search_runs(["1"], f"tags.`tradeflow.execution_id` = 'bench-{attempt}' and tags.`tradeflow.stage` = 'pipeline'")[0]
-        for stage in STAGES:
-            via_project[stage].append(parent.data.metrics[f"stage_{stage}_seconds"])
-            child = client.get_run(parent.data.tags[f"tradeflow.stage.{stage}.run_id"])
-            params = {k: v for k, v in recorded_params(child.data.params).items() if "." not in k and v != ""}
-            cmd = [sys.executable, "-m", f"entrypoints.{stage}"] + [f"--{k}={v}" for k, v in params.items()]
-            again = run_timed(cmd, env=env)
-            if again.returncode != 0:
-                raise SystemExit(f"direct {stage} failed:\n{again.stderr[-2000:]}")
-            direct[stage].append(again.seconds)
-    print(f"pipeline AAPL mode=both (dj30 2020-2021, epochs 3, rules reviewer) on {machine()}, {args.repeat} run(s)")
-    print(f"  total wall {median(totals):.1f} s, peak RSS {median(peaks):.0f} MiB")
-    print(f"  {'stage':15} {'projects.run':>12} {'direct':>8} {'overhead':>9} {'ratio':>6}  goal <=15% or <=1.5 s")
-    for stage in STAGES:
-        a, b = median(via_project[stage]), median(direct[stage])
-        over = a - b
-        ok = over <= 1.5 or over <= 0.15 * b
-        print(f"  {stage:15} {a:11.1f}s {b:7.1f}s {over:8.1f}s {a / b:6.2f}  {'OK' if ok else 'MISSED'}")
+        for project in projects:
+            rows[project].append(measure(project, attempt, uri))
+            print(f"  run {attempt + 1} {project.name}: {rows[project][-1]['total']:.1f} s", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"machine": machine(), "rows": {str(k): v for k, v in rows.items()}}, indent=2))
+    print(f"pipeline AAPL mode=both (dj30 2020-2021, epochs 3, rules reviewer) on {machine()}, {args.repeat} run(s) each")
+    for project in projects:
+        report(f"{project.name} {'(baseline)' if project != REPO else '(this checkout)'}", rows[project])
+    if args.baseline:
+        base, new = rows[projects[0]], rows[REPO]
+        print(f"  this/baseline: wall {median([r['total'] for r in new]) / median([r['total'] for r in base]):.2f}, "
+              f"CPU {median([r['total_cpu'] for r in new]) / median([r['total_cpu'] for r in base]):.2f}")
     print(f"  store {uri} (delete when done)")
 
 

@@ -631,7 +631,7 @@ def test_worker_killed_mid_training_then_retried(faults):
     persists = [r for r in store.stage_runs("persist", symbol=symbol, status="FINISHED")
                 if r.data.params.get("persist.execution_id") == result.run_id]
     assert len(persists) == 1
-    # the process killed in try 1 did not leave its run RUNNING: its `mlflow run` closed it FAILED
+    # the process killed in try 1 did not leave its run RUNNING: the pipeline's run_entry_point closed it FAILED
     assert store.runs[case["killed_train"]].info.status == "FAILED"
     symbol_runs = sorted(store.children(audit.parent_run_id), key=lambda r: r.info.start_time)
     assert [r.info.status for r in symbol_runs] == ["FAILED", "FAILED", "FINISHED"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -84,13 +85,28 @@ def _fail_pending_run(message: str) -> None:
         log.warning("could not mark run %s FAILED: %s", run_id, one_line(exc))
 
 
+class Terminated(BaseException):
+    """SIGTERM (Airflow timeout, a cancelled parent): unwinds like Ctrl-C, so the step's run is
+    closed FAILED with the reason and a stage this process started is cancelled with it."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
+
+
 def main_wrapper(step: Callable[[], object]) -> None:
-    """Run a step; an expected error becomes ``error: <one line>`` and exit code 1."""
+    """Run a step; an expected error becomes ``error: <one line>`` and exit code 1; SIGTERM
+    becomes ``Terminated`` (exit 143) instead of an exit that skips every ``finally``."""
     setup_logging()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         step()
     except SystemExit:
         raise
+    except Terminated as exc:
+        _fail_pending_run(str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
     except EXPECTED_ERRORS as exc:
         log.debug("step failed", exc_info=True)
         _fail_pending_run(one_line(exc))

@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
 AGENT_META = "agent_meta.json"
+#: What loading and running the logged model imports (tradeflow's own code travels in ``code_paths``).
+#: Their pins come from the project's environment file, so the model's environment is the
+#: project's, and MLflow never starts a subprocess to infer requirements at log time.
+MODEL_PACKAGES = ("mlflow", "torch", "stable-baselines3", "gymnasium", "numpy", "pandas", "pydantic")
+#: Engines whose agents need more than ``MODEL_PACKAGES`` (not installable from PyPI).
+ENGINE_ENV_NOTES = {"trademaster": "the model also needs upstream TradeMaster, which is not on PyPI: "
+                                   "install it with scripts/install_trademaster.sh"}
 
 
 def suggestion_for(action: int) -> str:
@@ -58,6 +65,25 @@ class TradingAgentModel(mlflow.pyfunc.PythonModel):
         for action in range(-int(self.meta["max_volume"]), int(self.meta["max_volume"]) + 1):
             row[f"score_{action}"] = float(result.scores.get(action, float("nan")))
         return pd.DataFrame([row])
+
+
+def pinned_requirements(packages: tuple[str, ...] = MODEL_PACKAGES, env_file: Path | None = None) -> list[str]:
+    """``packages`` as pinned in the project's ``conda.yaml`` (the MLproject environment, which
+    mirrors requirements.txt); a package missing there is an error, never an unpinned guess."""
+    import yaml
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from tradeflow.tracking import PROJECT_ROOT
+
+    env_file = env_file or PROJECT_ROOT / "conda.yaml"
+    spec = yaml.safe_load(env_file.read_text())
+    pip_lists = [d["pip"] for d in spec.get("dependencies", []) if isinstance(d, dict) and "pip" in d]
+    pins = {canonicalize_name(Requirement(line).name): line.strip() for group in pip_lists for line in group}
+    missing = [name for name in packages if canonicalize_name(name) not in pins]
+    if missing:
+        raise RuntimeError(f"{env_file} pins no {', '.join(missing)}: the logged model's environment would be incomplete")
+    return [pins[canonicalize_name(name)] for name in packages]
 
 
 def _signature(feature_columns: list[str], max_volume: int) -> ModelSignature:
@@ -99,7 +125,10 @@ def log_agent_model(
         code_paths=[str(PROJECT_ROOT / "tradeflow")],
         signature=_signature(list(agent.feature_columns), int(agent.max_volume)),
         input_example=example,
+        pip_requirements=pinned_requirements(),
     )
+    note = ENGINE_ENV_NOTES.get(engine)
+    mlflow.set_tag("tradeflow.model_env", f"incomplete: {note}" if note else "pinned from conda.yaml (requirements.txt)")
     return info.model_uri
 
 

@@ -4,6 +4,15 @@ Nesting is done by tagging ``mlflow.parentRunId`` on the submitted run instead o
 parent with ``mlflow.start_run(run_id=parent)``: resuming flips the parent's status on exit and is
 not safe when several threads (Airflow mapped tasks, batch fan-out) nest under one parent.
 The child keeps every tag ``mlflow.projects.run`` writes (entry point, params, git commit).
+
+Stages go through the ``tradeflow-local`` project backend (``DirectLocalBackend``): MLflow's local
+backend, minus the extra ``mlflow run`` CLI process its asynchronous mode starts per run (an
+interpreter that imports mlflow, ~3 s, only to start the entry point's command). It creates the run
+as the local backend does (same tags and params), tags the parent *before* the command starts, and
+starts the command itself in its own process group, so the caller waits on it, or cancels the whole
+tree, exactly as before. Other env managers (virtualenv, conda, uv) go through MLflow's local
+backend unchanged. The backend is thread-safe: the child's environment is built per call, never by
+editing ``os.environ``, so stages or symbols may be launched from several threads at once.
 """
 
 from __future__ import annotations
@@ -11,19 +20,88 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import mlflow.projects
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, RunTag
+from mlflow.projects.backend import loader as _backend_loader
+from mlflow.projects.backend.abstract_backend import AbstractBackend
+from mlflow.projects.backend.local import LocalBackend
+from mlflow.projects.submitted_run import LocalSubmittedRun
+from mlflow.projects.utils import (
+    MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG,
+    PROJECT_ENV_MANAGER,
+    PROJECT_STORAGE_DIR,
+    fetch_and_validate_project,
+    get_entry_point_command,
+    get_or_create_run,
+    get_run_env_vars,
+    load_project,
+)
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE, create_project_run
 
 log = logging.getLogger(__name__)
+
+#: The project backend name ``run_entry_point`` passes to ``mlflow.projects.run``.
+BACKEND = "tradeflow-local"
+#: ``backend_config`` keys our backend reads: tags set on the run before its command starts.
+CONFIG_TAGS = "tradeflow.tags"
+
+
+class DirectLocalBackend(AbstractBackend):
+    """MLflow's local backend for ``env_manager=local`` without the intermediate ``mlflow run``.
+
+    ``mlflow.projects.run(synchronous=False)`` with the stock backend starts ``mlflow run --run-id``
+    in a new process group, which starts the entry point's command; this backend starts the
+    command directly, as the stock backend does in synchronous mode, but returns at once and puts
+    the command in its own process group (what the CLI process gave us: ``cancel()`` stops the
+    whole tree). The run is created by MLflow's own ``get_or_create_run``, so its tags and params
+    are the ones ``mlflow run`` writes.
+    """
+
+    def run(self, project_uri, entry_point, params, version, backend_config, tracking_uri, experiment_id):
+        env_manager = backend_config.get(PROJECT_ENV_MANAGER) or "local"
+        tags = dict(backend_config.get(CONFIG_TAGS) or {})
+        if env_manager != "local":
+            # The env has to be built and activated: MLflow's local backend does it (with its CLI).
+            submitted = LocalBackend().run(project_uri, entry_point, params, version, backend_config,
+                                           tracking_uri, experiment_id)
+            _set_tags(submitted.run_id, tags)
+            return submitted
+        work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
+        project = load_project(work_dir)
+        run = get_or_create_run(backend_config.get(MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG), project_uri, experiment_id, work_dir, version, entry_point, params)
+        run_id = run.info.run_id
+        _set_tags(run_id, tags)
+        command = " ".join(get_entry_point_command(project, entry_point, params, backend_config.get(PROJECT_STORAGE_DIR)))
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+        env.update(get_run_env_vars(run_id, experiment_id))
+        log.debug("run %s: %s (in %s)", run_id, command, work_dir)
+        try:
+            process = subprocess.Popen(["bash", "-c", command], cwd=work_dir, env=env, close_fds=True,
+                                       start_new_session=True)
+        except OSError as exc:
+            _set_tags(run_id, {TAG_FAILURE: f"entry point '{entry_point}' could not start: {exc}"})
+            MlflowClient().set_terminated(run_id, "FAILED")
+            raise
+        return LocalSubmittedRun(run_id, process)
+
+
+def _set_tags(run_id: str, tags: dict[str, str]) -> None:
+    if tags:
+        MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+# Registered statically, as MLflow registers its own "local" backend (no package metadata needed,
+# so it also works from a plain checkout on a Databricks driver).
+_backend_loader.MLFLOW_BACKENDS.setdefault(BACKEND, DirectLocalBackend)
 
 
 @dataclass(frozen=True)
@@ -79,11 +157,11 @@ def run_entry_point(
     env_manager = env_manager or os.environ.get("TRADEFLOW_ENV_MANAGER", "local")
     client = MlflowClient()
     started = time.perf_counter()
-    # A stray MLFLOW_RUN_ID (we may be running inside another entry point) must not leak into
-    # how mlflow resolves the active run for the child.
-    inherited = os.environ.pop("MLFLOW_RUN_ID", None)
-    # We create the run (nested, tagged like `mlflow run` does) so that MLflow does not log the raw
-    # -P values; the step logs every parameter's resolved value under its own name.
+    # We create the run (nested, tagged like `mlflow run` does, the parent tagged before the command
+    # starts, so a kill at any moment leaves a child that ``pipeline.close_abandoned_runs`` finds)
+    # so that MLflow does not log the raw -P values: the step logs every parameter's resolved value
+    # under its own name. The backend drops a stray MLFLOW_RUN_ID of ours from the child's environment
+    # (we may be running inside another entry point).
     precreated = create_project_run(entry_point, experiment_id=experiment_id, project_dir=Path(project_uri),
                                     parent_run_id=parent_run_id, run_name=run_name)
     try:
@@ -93,20 +171,17 @@ def run_entry_point(
             parameters=parameters,
             experiment_id=experiment_id,
             env_manager=env_manager,
+            backend=BACKEND,
+            backend_config={MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG: precreated,
+                            CONFIG_TAGS: {MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}},
             synchronous=False,
             run_name=run_name,
-            run_id=precreated,
         )
     except BaseException as exc:
         client.set_tag(precreated, TAG_FAILURE, f"entry point '{entry_point}' could not start: {' '.join(str(exc).split())[:500]}")
         client.set_terminated(precreated, "FAILED")
         raise
-    finally:
-        if inherited is not None:
-            os.environ["MLFLOW_RUN_ID"] = inherited
     run_id = submitted.run_id
-    if parent_run_id:
-        client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent_run_id)
     try:
         succeeded = submitted.wait()
     except BaseException:

@@ -12,16 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import matplotlib
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from tradeflow.config import RunConfig  # noqa: E402
-from tradeflow.tracking import (  # noqa: E402
+from tradeflow.config import RunConfig
+from tradeflow.tracking import (
     TAG_DATA_DIGEST,
     TAG_DATA_SOURCE,
     TAG_SYMBOL,
@@ -157,7 +153,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         mlflow.log_dict(evidence, "evidence.json")
         figure = price_chart(market.bars, evidence)
         mlflow.log_figure(figure, "plots/price.png")
-        plt.close(figure)
+        _pyplot().close(figure)
         mlflow.log_dict(market_data_snapshot(cfg.symbol, cfg.bar_size, market.bars), "plots/price_bars.json")
         evidence_uri = f"runs:/{run.info.run_id}/evidence.json"
         run_notes.set_name_and_note(run.info.run_id, run_notes.inference_name(cfg.symbol, as_of, str(prediction["suggestion"])), "\n".join([
@@ -197,10 +193,21 @@ def market_data_snapshot(symbol: str, bar_size: str, bars) -> dict[str, Any]:
             "latest_price": shown[-1]["close"] if shown else None}
 
 
+def _pyplot():
+    """pyplot on the Agg backend, imported when a chart is drawn: ``resolve_model`` (imported by
+    the pipeline process) must not pay ~1 s of matplotlib import."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def price_chart(bars, evidence: dict):
     recent = bars.tail(CHART_BARS)
     close = bars["close"]
-    figure, ax = plt.subplots(figsize=(10, 4.5))
+    figure, ax = _pyplot().subplots(figsize=(10, 4.5))
     ax.plot(recent["date"], recent["close"], label="close", color="black", linewidth=1.2)
     ax.plot(recent["date"], close.rolling(20).mean().tail(CHART_BARS), label="SMA 20", linewidth=1)
     ax.plot(recent["date"], close.rolling(50).mean().tail(CHART_BARS), label="SMA 50", linewidth=1)

@@ -18,15 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from tradeflow.config import RunConfig  # noqa: E402
-from tradeflow.tracking import (  # noqa: E402
+from tradeflow.config import RunConfig
+from tradeflow.tracking import (
     TAG_DATA_DIGEST,
     TAG_DATA_SOURCE,
     TAG_SYMBOL,
@@ -162,6 +158,11 @@ def _log_table(table, artifact_path: str, workdir: Path) -> None:
 
 
 def _log_plots(table, symbol: str, *, source, test_bounds: dict, metrics: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # before anything imports pyplot
+    import matplotlib.pyplot as plt
+
     from tradeflow.plots import drawdown_plot, equity_plot, plot_title, trades_plot
 
     title = plot_title(symbol, "test split", start=test_bounds.get("start"), end=test_bounds.get("end"),

@@ -173,12 +173,25 @@ def reproducible_torch(threads: int = 1) -> Iterator[None]:
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
         torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
+        _deterministic_algorithms(previous[1], warn_only=previous[2])
+
+
+def _deterministic_algorithms(mode: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without its ``import torch._inductor.config``, which
+    imports torch._dynamo (2-3 s a process; 8 s on a loaded machine): the flag is the same, and
+    inductor's copy of it only matters to ``torch.compile``, which we never use. Once inductor is
+    loaded anyway, the public call is cheap and keeps both in step."""
+    import sys
+
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 class _EpochEvaluator(BaseCallback):

@@ -1,0 +1,115 @@
+"""The DJ30 universe through the DAG: the 29 tickers of ``../shared`` (dj30, 2020-2021), mode both,
+the default bounded config, rules reviewer, 2 parallel symbol slots, on a real Airflow (api-server +
+scheduler with LocalExecutor + dag-processor, ``max_active_tis_per_dagrun`` = 2), a SQLite tracking
+store and the WebUI contract server assigning the symbols.
+
+In the same run, first a one-symbol DAG run (the top-priority ticker) measures "one symbol" the
+same way; the universe's goal is wall <= 1.25 x 29 x (one symbol) / 2.
+
+Reported: DAG-run wall, symbols/min, per-symbol task seconds (median, max), peak RSS (largest
+process; summed over the Airflow process trees, an upper bound since shared pages count once per
+process) and the ratio to 29 x one symbol / 2. Load averages are printed before and after.
+
+    .venv/bin/python bench/bench_universe.py [--symbols 29] [--parallel 2]
+
+On a quiet 2-core machine expect ~15-20 min for 29 symbols. Writes bench/results/universe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.airflow_env import DJ30_DIR, DJ30_SOURCE, AirflowHome, AirflowServices  # noqa: E402
+from tests.support.load import DJ30_TICKERS, PeakMemory  # noqa: E402
+
+DAG_ID = "trademaster_autogen_pipeline_workflow"
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def dag_run(services: AirflowServices, home: AirflowHome, symbols: int, memory: PeakMemory) -> dict:
+    for _, proc in services._procs:  # the scheduler's task processes are its children
+        memory.add(proc.pid)
+    run_id = services.trigger(DAG_ID, conf={"max_symbols": symbols, "force": True})
+    state = services.wait(DAG_ID, run_id, timeout=4 * 3600)
+    with sqlite3.connect(home.db_path) as db:
+        start, end = db.execute("SELECT start_date, end_date FROM dag_run WHERE run_id = ?", (run_id,)).fetchone()
+    wall = datetime.fromisoformat(end).timestamp() - datetime.fromisoformat(start).timestamp()
+    tasks = [t for t in services.task_timings(DAG_ID, run_id, "run_symbol") if t["duration"] is not None]
+    durations = [t["duration"] for t in tasks]
+    return {"run_id": run_id, "state": state, "symbols": len(tasks), "wall_s": round(wall, 1),
+            "symbols_per_min": round(60 * len(tasks) / wall, 2) if wall else None,
+            "symbol_s_median": round(statistics.median(durations), 1) if durations else None,
+            "symbol_s_max": round(max(durations), 1) if durations else None,
+            "failed": [t["map_index"] for t in tasks if t["state"] != "success"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--symbols", type=int, default=len(DJ30_TICKERS), help="first N of the 29 dj30 tickers")
+    parser.add_argument("--parallel", type=int, default=2, help="parallel symbol slots")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "universe.json")
+    args = parser.parse_args()
+    if not DJ30_DIR.is_dir():
+        raise SystemExit(f"dj30 data not found at {DJ30_DIR}")
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.webui_server import WebUIServer
+
+    tickers = DJ30_TICKERS[: args.symbols]
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {_load()} (1/5/15 min)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tradeflow-bench-universe-") as tmp:
+        work = Path(tmp)
+        uri = f"sqlite:///{work / 'mlruns.db'}"
+        MlflowClient(uri).create_experiment("trademaster_autogen", artifact_location=(work / "artifacts").as_uri())
+        home = AirflowHome.create(work / "airflow")
+        with WebUIServer() as webui:
+            for priority, ticker in enumerate(reversed(tickers)):
+                webui.seed_symbol(ticker, priority=priority, config={"mode": "both"})
+            env = {"MLFLOW_TRACKING_URI": uri, "BACKEND_API_URL": webui.url, "TRADEFLOW_DATA_SOURCE": DJ30_SOURCE,
+                   "TRADEFLOW_PARALLEL_SYMBOLS": str(args.parallel), "TRADEFLOW_TASK_RETRIES": "0",
+                   "TRADEFLOW_REVIEWER": "rules"}
+            with AirflowServices(home, env=env, parallelism=args.parallel + 2) as services:
+                services.wait_for_dag(DAG_ID)
+                with PeakMemory() as one_memory:
+                    one = dag_run(services, home, 1, one_memory)
+                print(f"one symbol ({tickers[0]}): {one['state']}, DAG run {one['wall_s']} s, task "
+                      f"{one['symbol_s_median']} s; load {_load()}", flush=True)
+                with PeakMemory() as memory:
+                    universe = dag_run(services, home, len(tickers), memory)
+    expected = len(tickers) * one["wall_s"] / args.parallel
+    ratio = universe["wall_s"] / expected
+    result = {
+        "machine": f"{os.cpu_count()} cores, load at end {_load()}", "tickers": list(tickers), "parallel": args.parallel,
+        "one_symbol": one, "universe": universe, "ideal_s": round(expected, 1), "ratio_to_ideal": round(ratio, 2),
+        "goal": 1.25, "ok": ratio <= 1.25 and universe["state"] == "success",
+        "peak_rss_mib": {"largest_process": round(memory.peak_process_mib), "sum_of_trees": round(memory.peak_total_mib),
+                         "system_used_above_start": round(memory.peak_system_mib), "processes": memory.peak_processes},
+    }
+    print(f"universe: {universe['symbols']} symbols, {universe['state']}, wall {universe['wall_s']} s, "
+          f"{universe['symbols_per_min']} symbols/min, per symbol median {universe['symbol_s_median']} s "
+          f"(max {universe['symbol_s_max']} s); peak RSS largest process {result['peak_rss_mib']['largest_process']} MiB, "
+          f"sum of trees {result['peak_rss_mib']['sum_of_trees']} MiB")
+    print(f"ratio to {len(tickers)} x one symbol / {args.parallel} = {universe['wall_s']} / {expected:.1f} = {ratio:.2f} "
+          f"(goal <= 1.25): {'OK' if result['ok'] else 'MISSED'}; load {_load()}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
