@@ -188,3 +188,48 @@ def test_evaluate_refuses_bad_parameters_before_any_work(tracking_store, capsys)
         main(["--symbols", "AAPL,bad sym"])
     assert "invalid parameter 'symbol'" in capsys.readouterr().err
     assert MlflowClient().search_runs(["1"]) == []
+
+
+# --- the gate in the registry, inference and review -------------------------------------------
+
+@pytest.mark.slow
+def test_a_model_that_loses_on_validation_gets_no_alias_and_a_capped_labelled_decision(tracking_store, monkeypatch):
+    """train (fails the gate) -> no alias, inference serves it labelled, the review caps it;
+    train (passes) -> champion; train again (passes, but no better on the same window) -> alias stays."""
+    require_shared_data()
+    from tradeflow.steps.inference import inference_step, resolve_model, training_context
+    from tradeflow.steps.review import review_step
+    from tradeflow.steps.train_backtest import train_backtest_step
+
+    client = MlflowClient()
+    cfg = resolve_config({"symbol": "KO", "data_source": DJ30_BOTH, "epochs": 1})
+    name = cfg.registered_model_name
+
+    monkeypatch.setattr("tradeflow.gate.GATE_MARGIN", 10.0)  # no model beats buy-and-hold by 1000%
+    first = train_backtest_step(cfg)
+    version = client.get_model_version(name, first["model_version"])
+    assert version.tags["tradeflow.gate"] == "failed" and "does not beat buy-and-hold" in version.tags["tradeflow.gate_reason"]
+    assert version.tags["tradeflow.alias_decision"].startswith("not moved: failed the do-no-harm gate")
+    assert {"engine", "algorithm", "data_window", "valid_window"} <= set(version.tags)
+    assert client.get_registered_model(name).aliases == {}
+
+    resolved = resolve_model(cfg, None)  # no champion: the newest version serves, labelled
+    assert resolved.version == first["model_version"] and "no version of trademaster_KO passed" in resolved.gate_note
+    served = inference_step(cfg, resolved, training_context(resolved.training_run_id))
+    evidence = json.loads(mlflow.artifacts.load_text(served["evidence_uri"]))
+    assert evidence["model"]["gate"]["passed"] is False and evidence["model"]["gate"]["enforced"] is True
+    assert client.get_run(served["run_id"]).data.tags["tradeflow.gate"] == "failed"
+    reviewed = review_step(cfg, evidence, served["evidence_uri"])
+    assert reviewed["confidence"] <= GATE_CONFIDENCE_CAP
+    decision = json.loads(mlflow.artifacts.load_text(f"runs:/{reviewed['run_id']}/decision.json"))
+    assert decision["decision"]["rationale"].startswith("[do-no-harm gate: model failed the do-no-harm gate")
+    assert any(note.startswith("model_failed_gate:") for note in decision["guardrail_notes"])
+
+    monkeypatch.setattr("tradeflow.gate.GATE_MARGIN", -10.0)  # everything passes
+    second = train_backtest_step(cfg)
+    assert client.get_registered_model(name).aliases == {"champion": int(second["model_version"])}
+    third = train_backtest_step(cfg)  # same data and seed: passes, but does not beat the champion
+    alias_decision = client.get_model_version(name, third["model_version"]).tags["tradeflow.alias_decision"]
+    assert alias_decision.startswith("not moved: passed the gate but")
+    assert client.get_registered_model(name).aliases == {"champion": int(second["model_version"])}
+    assert client.get_run(third["run_id"]).data.tags["tradeflow.serving_model"] == f"models:/{name}/{second['model_version']}"
