@@ -50,6 +50,8 @@ class ModelView(_Open):
     suggestion: Literal["BUY", "SELL", "HOLD"] | None = None
     target_position: float | None = None
     scores: dict[str, float | None] = Field(default_factory=dict)
+    #: the do-no-harm gate block (``tradeflow.gate.GateResult.as_evidence``); None = not checked
+    gate: dict[str, Any] | None = None
 
     @field_validator("suggestion", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ Prompts ask nicely; this module enforces. Every correction adds a ``"<code>: <de
 - ``rationale_missing``: a too-short rationale is replaced by a stated placeholder.
 - ``implausible_levels``: levels that are not finite, not ordered (stop < entry < take-profit for
   BUY), beyond 1e9, on an ATR over half the close, or with a reward over 20x the risk: HOLD at 0.
+- ``model_failed_gate``: the model failed the do-no-harm gate (``tradeflow.gate``): confidence
+  capped at ``GATE_CONFIDENCE_CAP`` and the reason leads the rationale and the key factors.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import math
 import re
 
 from tradeflow.config import ReviewConfig
+from tradeflow.gate import cap_confidence
 
 from .analysis import SYNTHETIC_CONFIDENCE_CAP, assess
 from .evidence import Evidence
@@ -130,6 +133,13 @@ def apply_guardrails(draft: DecisionDraft, ev: Evidence, config: ReviewConfig) -
         notes.append(f"synthetic_data: confidence {confidence:g} capped at {SYNTHETIC_CONFIDENCE_CAP}")
         confidence = SYNTHETIC_CONFIDENCE_CAP
 
+    gate_factor = None
+    confidence, gate_note = cap_confidence(confidence, ev.model.gate)
+    if gate_note:
+        notes.append(gate_note)
+        gate_factor = f"model failed the do-no-harm gate: {ev.model.gate.get('reason', '')}"[:MAX_FACTOR_CHARS]
+        rationale = _clean(f"[do-no-harm gate: {gate_factor}] {rationale}", MAX_RATIONALE_CHARS)
+
     entry = stop = target = None
     if action != "HOLD":
         close, atr, cap = ev.close, ev.atr, config.atr_multiple_cap
@@ -151,6 +161,8 @@ def apply_guardrails(draft: DecisionDraft, ev: Evidence, config: ReviewConfig) -
         notes.append("rationale_missing: the model gave no usable rationale")
         rationale = f"{action} decision; the model gave no usable rationale."
     factors = [f for f in (_clean(k, MAX_FACTOR_CHARS) for k in draft.key_factors) if f][:MAX_FACTORS]
+    if gate_factor:
+        factors = [gate_factor, *factors][:MAX_FACTORS]
     decision = TradeDecision(
         action=action,
         confidence=round(confidence, 4),

@@ -307,7 +307,8 @@ def test_mlflow_run_train_backtest_and_inference_with_upstream(upstream, trackin
     for key in ("test_total_return", "test_sharpe", "test_max_drawdown", "upstream_test_total_return",
                 "best_valid_total_return", "env_steps_per_s"):
         assert np.isfinite(metrics[key]), key
-    version = client.get_model_version_by_alias("trademaster_BTC", "champion")
+    (version,) = client.search_model_versions("name='trademaster_BTC'")  # champion only if it passed the gate
+    assert version.tags["engine"] == "trademaster"
     agent_dir = mlflow.artifacts.download_artifacts(f"models:/trademaster_BTC/{version.version}")
     meta = json.loads(open(f"{agent_dir}/artifacts/agent/agent.json").read())
     assert meta["engine"] == "trademaster" and meta["upstream"]["commit"].startswith("c1c4838b518a")

@@ -74,10 +74,15 @@ def test_mlflow_run_train_backtest_on_real_data(tracking_store, symbol, source, 
     assert {"date", "price", "action", "position", "equity", "benchmark"} <= set(table.columns)
     assert len(table) > 10
 
-    # the model: registered per symbol, aliased, loadable, predicting a valid action
-    version = client.get_model_version_by_alias(f"trademaster_{symbol}", "champion")
+    # the model: registered per symbol, tagged, aliased only when it passed the do-no-harm gate,
+    # loadable, predicting a valid action
+    (version,) = client.search_model_versions(f"name='trademaster_{symbol}'")
     assert version.run_id == run.info.run_id
-    model = mlflow.pyfunc.load_model(f"models:/trademaster_{symbol}@champion")
+    assert version.tags["engine"] == "builtin" and version.tags["algorithm"] == "dqn"
+    assert version.tags["data_window"] and version.tags["tradeflow.gate"] == tags["tradeflow.gate"]
+    aliased = client.get_registered_model(f"trademaster_{symbol}").aliases.get("champion")
+    assert aliased == (version.version if tags["tradeflow.gate"] == "passed" else None)
+    model = mlflow.pyfunc.load_model(f"models:/trademaster_{symbol}/{version.version}")
     example = model.input_example
     prediction = model.predict(example)
     assert int(prediction["action"].iloc[0]) in (-1, 0, 1)

@@ -136,6 +136,8 @@ class RunConfig(_Strict):
     review: ReviewConfig = ReviewConfig()
     mode: Literal["both", "train_backtest", "inference"] = "both"
     register_model: bool = True
+    do_no_harm_gate: bool = Field(True, description="champion only for a model that beats buy-and-hold and flat "
+                                  "on validation; a failed model's decisions are labelled and capped (tradeflow.gate)")
     model_alias: str = Field("champion", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
     experiment_name: str = "trademaster_autogen"
 

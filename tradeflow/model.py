@@ -133,15 +133,43 @@ def log_agent_model(
 
 
 def register_model(model_uri: str, name: str, alias: str, *, tags: dict[str, str] | None = None,
-                   description: str | None = None) -> str:
-    """Register ``model_uri`` under ``name``, point ``alias`` at the new version; return the version.
+                   description: str | None = None, move_alias: bool = True) -> str:
+    """Register ``model_uri`` under ``name``, point ``alias`` at the new version unless
+    ``move_alias`` is false (the do-no-harm gate said no); return the version.
 
-    ``description`` and ``tags`` (symbol, data window, test metrics vs buy-and-hold, runs) are what
-    the registry page shows for the version."""
+    ``description`` and ``tags`` (symbol, engine, data window, test metrics vs buy-and-hold, gate,
+    runs) are what the registry page shows for the version."""
     client = MlflowClient()
     version = mlflow.register_model(model_uri, name, tags=tags)
     if description:
         client.update_model_version(name, version.version, description=description)
-    client.set_registered_model_alias(name, alias, version.version)
-    log.info("registered %s version %s (alias @%s)", name, version.version, alias)
+    if move_alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    log.info("registered %s version %s (%s)", name, version.version,
+             f"alias @{alias}" if move_alias else f"alias @{alias} not moved")
     return str(version.version)
+
+
+def champion_return_on(name: str, alias: str, frame: pd.DataFrame, cfg: Any) -> float | None:
+    """Total return of the version ``alias`` points at, replayed on ``frame`` (the challenger's
+    validation window) with the same accounting; ``None`` when there is no such version.
+
+    A champion that cannot be replayed there (other window or features) counts as no champion,
+    and the log says so: a model that cannot be compared must not block a passing one forever.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from tradeflow.engines import get_engine
+
+    try:
+        MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        wrapper = model.unwrap_python_model()
+        agent, meta = wrapper.agent, wrapper.meta
+        return float(get_engine(meta["engine"]).backtest(agent, frame, cfg).metrics["total_return"])
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        log.warning("champion %s@%s cannot be replayed on the validation window (%s); treated as absent", name, alias, exc)
+        return None

@@ -378,6 +378,8 @@ def _collect(stage: str, run_id: str, client: MlflowClient, state: PipelineState
     if stage == "train_backtest":
         name, version = tags.get("tradeflow.model_name"), tags.get("tradeflow.model_version")
         state.model_uri = f"models:/{name}/{version}" if name and version else f"runs:/{run_id}/model"
+        # the do-no-harm gate kept the alias on a better version: serve that one (labelled in its evidence)
+        state.model_uri = tags.get("tradeflow.serving_model") or state.model_uri
     elif stage == "inference":
         state.evidence_uri = f"runs:/{run_id}/evidence.json"
     elif stage == "review":

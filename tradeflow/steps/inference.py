@@ -50,6 +50,8 @@ class ResolvedModel:
     version: str | None
     training_run_id: str
     registered_name: str | None
+    #: set when the alias had no version (no version passed the do-no-harm gate) and the newest serves
+    gate_note: str | None = None
 
 
 def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | None = None) -> ResolvedModel:
@@ -84,7 +86,47 @@ def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | 
     except MlflowException as exc:
         if model_uri:
             raise ModelNotFound(f"model {uri} not found for {cfg.symbol} ({exc.error_code}); {hint}") from None
+        newest = _newest_version(client, cfg.registered_model_name) if cfg.do_no_harm_gate else None
+        if newest is not None:
+            note = (f"no version of {cfg.registered_model_name} passed the do-no-harm gate (alias @{cfg.model_alias} "
+                    f"is unset); serving the newest, version {newest.version}")
+            log.warning("%s: %s", cfg.symbol, note)
+            return ResolvedModel(f"models:/{newest.name}/{newest.version}", str(newest.version), newest.run_id,
+                                 newest.name, gate_note=note)
         raise ModelNotFound(f"no registered model {uri.removeprefix('models:/')} for {cfg.symbol}; {hint}") from None
+
+
+def _newest_version(client: MlflowClient, name: str):
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def gate_block(cfg: RunConfig, resolved: ResolvedModel, client: MlflowClient | None = None) -> dict[str, Any]:
+    """The evidence's ``model.gate``: did the served model pass the do-no-harm gate, and why.
+
+    Read from the version's tags (or the training run's, for a ``runs:/`` model); a model trained
+    before the gate existed is ``passed: null`` ("not checked"), which caps nothing.
+    """
+    from tradeflow.gate import TAG_GATE, TAG_GATE_REASON
+
+    client = client or MlflowClient()
+    tags: dict[str, str] = {}
+    try:
+        if resolved.registered_name and resolved.version:
+            tags = dict(client.get_model_version(resolved.registered_name, resolved.version).tags)
+        if TAG_GATE not in tags:
+            tags = dict(client.get_run(resolved.training_run_id).data.tags)
+    except MlflowException:
+        tags = {}
+    status = tags.get(TAG_GATE)
+    passed = None if status is None else status == "passed"
+    reason = tags.get(TAG_GATE_REASON, "trained before the do-no-harm gate existed" if status is None else "")
+    if resolved.gate_note:
+        reason = f"{resolved.gate_note}: {reason}" if reason else resolved.gate_note
+    return {"passed": passed, "enforced": bool(cfg.do_no_harm_gate), "reason": reason, "source": "validation split"}
 
 
 def training_context(run_id: str, client: MlflowClient | None = None) -> dict[str, Any]:
@@ -141,12 +183,19 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         mlflow.set_tag(TAG_SUGGESTION, str(prediction["suggestion"]))
         mlflow.log_dict({"model_uri": resolved.uri, "as_of": as_of, **prediction}, "prediction.json")
 
+        gate = gate_block(cfg, resolved)
+        mlflow.set_tags({"tradeflow.gate": {True: "passed", False: "failed", None: "unknown"}[gate["passed"]],
+                         "tradeflow.gate_reason": gate["reason"][:5000]})
+        if gate["passed"] is False:
+            print(f"{cfg.symbol}: the served model FAILED the do-no-harm gate ({gate['reason']}); "
+                  f"the review caps the decision's confidence" + ("" if gate["enforced"] else " (gate disabled: not capped)"),
+                  flush=True)
         evidence = build_evidence(
             symbol=cfg.symbol, bars=market.bars, bar_size=cfg.bar_size,
             periods_per_year=periods_per_year_for(market.bars["date"]),
             model={"uri": resolved.uri, "version": resolved.version, "engine": meta.get("engine"),
                    "algorithm": meta.get("algorithm"), "suggestion": prediction["suggestion"],
-                   "target_position": action, "scores": scores},
+                   "target_position": action, "scores": scores, "gate": gate},
             training_run=training,
             data={"source": market.source, "digest": market.digest, "rows": market.rows, "synthetic": market.synthetic},
         )

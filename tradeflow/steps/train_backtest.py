@@ -119,8 +119,10 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         run_notes.log_metrics_json(metrics)
         _log_plots(backtests["test"].table, cfg.symbol, source=market, test_bounds=bounds.get("test", {}), metrics=metrics)
 
+        gate = _log_gate(metrics)
         model_uri = _log_model(result.agent, cfg, features, workdir)
-        version = _maybe_register(model_uri, cfg, run.info.run_id, market=market, bounds=bounds, metrics=metrics)
+        version = _maybe_register(model_uri, cfg, run.info.run_id, market=market, gate=gate,
+                                  valid_frame=framed["valid"], bounds=bounds, metrics=metrics)
         summary = {
             "symbol": cfg.symbol, "run_id": run.info.run_id, "model_uri": model_uri,
             "registered_model": cfg.registered_model_name if version else None, "model_version": version,
@@ -184,10 +186,36 @@ def _log_model(agent, cfg: RunConfig, features, workdir: Path) -> str:
     )
 
 
-def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None, bounds: dict | None = None,
-                    metrics: dict | None = None) -> str | None:
-    """Register under the per-symbol name and move the alias, except for reproductions (which
-    must not change what ``inference`` serves) or when ``register_model=false``."""
+def _log_gate(metrics: dict[str, float]):
+    """The do-no-harm gate on the validation backtest, as run tags (``tradeflow.gate``)."""
+    from tradeflow.gate import TAG_GATE, TAG_GATE_REASON, check_gate
+
+    gate = check_gate({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
+    mlflow.set_tags({TAG_GATE: "passed" if gate.passed else "failed", TAG_GATE_REASON: gate.reason})
+    print(f"do-no-harm gate {'passed' if gate.passed else 'FAILED'}: {gate.reason}", flush=True)
+    return gate
+
+
+def _gate_alias(model_name: str, cfg: RunConfig, gate, valid_frame, metrics: dict[str, float]) -> tuple[bool, str]:
+    """``champion`` moves only to a version that passes the gate and beats the current champion
+    on this version's validation window (``tradeflow.gate.decide_alias``)."""
+    from tradeflow.gate import TAG_ALIAS_DECISION, decide_alias
+    from tradeflow.model import champion_return_on
+
+    champion = champion_return_on(model_name, cfg.model_alias, valid_frame, cfg) if cfg.do_no_harm_gate and gate.passed else None
+    move, reason = decide_alias(gate, metrics["valid_total_return"], champion, enforced=cfg.do_no_harm_gate)
+    mlflow.set_tag(TAG_ALIAS_DECISION, reason)
+    print(f"alias @{cfg.model_alias} {reason}", flush=True)
+    return move, reason
+
+
+def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None, gate=None, valid_frame=None,
+                    bounds: dict | None = None, metrics: dict[str, float] | None = None) -> str | None:
+    """Register under the per-symbol name and move the alias (subject to the do-no-harm gate),
+    except for reproductions (which must not change what ``inference`` serves) or when
+    ``register_model=false``. Every version is tagged with its engine, algorithm, data window and
+    gate result."""
+    from tradeflow.gate import TAG_ALIAS_DECISION, TAG_GATE, TAG_GATE_REASON
     from tradeflow.model import register_model
 
     reproduction_of = os.environ.get("TRADEFLOW_REPRODUCTION_OF")
@@ -203,12 +231,11 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
     from tradeflow.plots import pct_text
 
     metrics, test = metrics or {}, (bounds or {}).get("test", {})
-    tags = {"symbol": cfg.symbol, "source_run_id": run_id}
+    tags = {"symbol": cfg.symbol, "source_run_id": run_id, "engine": cfg.engine, "algorithm": cfg.algorithm}
     description = None
     if market is not None:
         tags.update({
             "data_source": market.source[:250], "synthetic_data": str(market.synthetic).lower(),
-            "data_window": f"{market.start.date()}..{market.end.date()}",
             "test_window": f"{test.get('start', '?')}..{test.get('end', '?')}",
             "test_total_return": f"{metrics.get('test_total_return', float('nan')):.6f}",
             "test_benchmark_total_return": f"{metrics.get('test_benchmark_total_return', float('nan')):.6f}",
@@ -221,9 +248,40 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
             f"Test split {test.get('start', '?')} → {test.get('end', '?')}: model {pct_text(metrics.get('test_total_return'))} vs "
             f"buy-and-hold {pct_text(metrics.get('test_benchmark_total_return'))}, Sharpe {metrics.get('test_sharpe', float('nan')):.2f}. "
             f"Training run {run_id}.")
-    version = register_model(model_uri, cfg.registered_model_name, cfg.model_alias, tags=tags, description=description)
+    move = True
+    if gate is not None and "valid_total_return" in metrics:
+        move, reason = _gate_alias(cfg.registered_model_name, cfg, gate, valid_frame, metrics)
+        tags |= {TAG_GATE: "passed" if gate.passed else "failed", TAG_GATE_REASON: gate.reason[:5000],
+                 TAG_ALIAS_DECISION: reason[:5000], "valid_total_return": f"{metrics['valid_total_return']:.6f}"}
+        if description:
+            description += f" Do-no-harm gate: {'passed' if gate.passed else 'FAILED'} ({gate.reason}); alias @{cfg.model_alias} {reason}."
+    if bounds:
+        tags |= {"data_window": f"{bounds['train']['start']}..{bounds['test']['end']}",
+                 "valid_window": f"{bounds['valid']['start']}..{bounds['valid']['end']}"}
+    elif market is not None:
+        tags["data_window"] = f"{market.start.date()}..{market.end.date()}"
+    version = register_model(model_uri, cfg.registered_model_name, cfg.model_alias, tags=tags,
+                             description=description, move_alias=move)
     mlflow.set_tags({TAG_MODEL_NAME: cfg.registered_model_name, TAG_MODEL_VERSION: version})
+    if not move:
+        _tag_serving_champion(cfg)
     return version
+
+
+TAG_SERVING_MODEL = "tradeflow.serving_model"
+
+
+def _tag_serving_champion(cfg: RunConfig) -> None:
+    """The new version did not become champion: the pipeline's inference serves the champion
+    (pinned), when there is one, instead of the model that lost."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        champion = MlflowClient().get_model_version_by_alias(cfg.registered_model_name, cfg.model_alias)
+    except MlflowException:
+        return
+    mlflow.set_tag(TAG_SERVING_MODEL, f"models:/{champion.name}/{champion.version}")
 
 
 def _flatten(node: dict, prefix: str = "") -> dict[str, object]:

@@ -1,0 +1,78 @@
+"""``evaluate``: walk-forward evaluation of the pipeline's decisions over a universe of symbols.
+
+    mlflow run . -e evaluate -P symbols=AAPL,MSFT,JPM -P data_source=csv:<path>[,<path>] --env-manager local
+
+``symbols`` empty = every symbol in the data; the default data is the 29 DJ30 stocks in
+``../shared`` (TradeMaster's dj30 2020-2021). See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
+from tradeflow.config import ConfigError
+from tradeflow.tracking import PROJECT_ROOT
+
+#: the default universe: TradeMaster's dj30 files beside the project (29 Dow stocks, 2020-2021)
+DJ30_DIR = PROJECT_ROOT.parent / "shared" / "data" / "trademaster" / "portfolio_management" / "dj30"
+DEFAULT_DATA_SOURCE = f"csv:{DJ30_DIR / 'valid.csv'},{DJ30_DIR / 'test.csv'}"
+
+SPEC_FLAGS = ("symbols", "algorithms", "min_train", "window", "step", "horizon", "refit_every", "random_seeds")
+FLAGS = (*SPEC_FLAGS, "data_source", "engine", "seed", "epochs", "reviewer", "review_model", "end_date",
+         "do_no_harm_gate", "config")
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"invalid parameter '{name}': {text!r} is not a comma-separated list of integers") from None
+
+
+def spec_from_flags(args):
+    """``WalkForwardSpec`` from the flags ("" keeps the default); raises ``ConfigError``."""
+    from tradeflow.evaluation import WalkForwardSpec
+
+    values: dict = {}
+    for name in ("min_train", "window", "step", "horizon", "refit_every"):
+        text = getattr(args, name).strip()
+        if text:
+            number = _ints(text, name)
+            if len(number) != 1:
+                raise ConfigError(f"invalid parameter '{name}': {text!r} is not one integer")
+            values[name] = number[0]
+    if args.algorithms.strip():
+        values["algorithms"] = tuple(a.strip().lower() for a in args.algorithms.split(",") if a.strip())
+    if args.random_seeds.strip():
+        values["random_seeds"] = _ints(args.random_seeds, "random_seeds")
+    return WalkForwardSpec(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(__doc__, FLAGS).parse_args(argv)
+
+    def step() -> None:
+        from tradeflow.evaluation.step import evaluate_step
+        from tradeflow.evaluation.universe import parse_symbols, universe_symbols
+
+        try:
+            spec = spec_from_flags(args)
+            default_source = {} if os.environ.get("TRADEFLOW_DATA_SOURCE") else {"data_source": DEFAULT_DATA_SOURCE}
+            symbols = parse_symbols(args.symbols)
+            probe = config_from_flags(args, extra_layers=[default_source, {"symbol": symbols[0] if symbols else "UNIVERSE"}])
+            if not symbols:
+                symbols = universe_symbols(probe.data_source)
+            if not symbols:
+                raise ConfigError(f"evaluate: no symbols found in {probe.data_source}")
+            for symbol in symbols:  # every symbol is validated before any work
+                probe.override({"symbol": symbol})
+        except ConfigError as exc:
+            fail_before_work(str(exc))
+        evaluate_step(probe, symbols, spec)
+
+    main_wrapper(step)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Walk-forward across a universe: one parent MLflow run, one child run per symbol, a report.
+
+    result = evaluate_universe(base_cfg, ["AAPL", "MSFT"], WalkForwardSpec())
+
+Universe figures are medians over symbols with percentile-bootstrap 95% intervals (symbols
+resampled with replacement, seeded), so one lucky stock cannot carry them. The random policy
+enters the comparisons as the mean over its seeds per symbol (``random_mean``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tradeflow.config import MAX_SYMBOLS, ConfigError, RunConfig
+from tradeflow.evaluation.policies import BUY_AND_HOLD, FLAT, RANDOM_PREFIX, REVIEWED, SMA_CROSSOVER
+from tradeflow.evaluation.walkforward import SymbolResult, WalkForwardSpec, evaluate_symbol
+
+log = logging.getLogger(__name__)
+
+RANDOM_MEAN = "random_mean"
+HEADLINE_METRICS = ("sharpe", "total_return", "annualised_return", "sortino", "max_drawdown", "turnover", "hit_rate")
+BOOTSTRAP_DRAWS = 2000
+TICKER_COLUMNS = ("tic", "ticker", "symbol")
+
+
+def universe_symbols(data_source: str) -> list[str]:
+    """Every ticker in a ``csv:`` source's ticker column, sorted; other sources need ``symbols``."""
+    from tradeflow.data.files import parse_paths, read_table
+
+    if not data_source.startswith("csv:"):
+        raise ConfigError(f"evaluate: symbols is empty and data_source {data_source!r} cannot list its symbols; "
+                          "give -P symbols=AAPL,MSFT,...")
+    found: set[str] = set()
+    for path in parse_paths(data_source, "universe"):
+        table = read_table(path, "universe")
+        column = next((c for c in table.columns if str(c).strip().lower() in TICKER_COLUMNS), None)
+        if column is None:
+            raise ConfigError(f"evaluate: {path} has no ticker column ({'/'.join(TICKER_COLUMNS)}); "
+                              "give -P symbols=<the one symbol it holds>")
+        found |= set(table[column].dropna().astype(str).str.strip().str.upper())
+    return sorted(found)
+
+
+def parse_symbols(text: str) -> list[str]:
+    """``"AAPL, msft"`` -> ``["AAPL", "MSFT"]`` (order kept, duplicates dropped)."""
+    out: list[str] = []
+    for part in (p.strip().upper() for p in text.split(",")):
+        if part and part not in out:
+            out.append(part)
+    return out
+
+
+@dataclass
+class UniverseResult:
+    """Everything the report needs."""
+
+    spec: WalkForwardSpec
+    per_symbol: dict[str, SymbolResult]
+    failures: dict[str, str]
+    table: pd.DataFrame  # long: symbol, policy, metrics
+    summary: pd.DataFrame  # policy -> median (+ CI) of each headline metric
+    comparisons: dict[str, dict[str, float]]
+    calibration: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def bootstrap_median(values: np.ndarray, *, seed: int, draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float, float]:
+    """(median, 2.5th, 97.5th percentile of the bootstrapped median); NaNs dropped."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    samples = rng.choice(values, size=(draws, len(values)), replace=True)
+    medians = np.median(samples, axis=1)
+    return float(np.median(values)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def long_table(per_symbol: dict[str, SymbolResult]) -> pd.DataFrame:
+    """One row per (symbol, policy), plus ``random_mean`` (mean over the random seeds)."""
+    rows = []
+    for symbol, result in per_symbol.items():
+        randoms = []
+        for policy, metrics in result.metrics.items():
+            rows.append({"symbol": symbol, "policy": policy, **metrics})
+            if policy.startswith(RANDOM_PREFIX):
+                randoms.append(metrics)
+        if randoms:
+            mean = {k: float(np.nanmean([m[k] for m in randoms])) for k in randoms[0]}
+            rows.append({"symbol": symbol, "policy": RANDOM_MEAN, **mean})
+    return pd.DataFrame(rows)
+
+
+def summarise(table: pd.DataFrame, *, seed: int) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Medians with bootstrap intervals per policy, and paired comparisons of the reviewed decision
+    (and each agent) against buy-and-hold, flat and random."""
+    rows = []
+    for policy, group in table.groupby("policy", sort=False):
+        row: dict[str, Any] = {"policy": policy, "symbols": len(group)}
+        for metric in HEADLINE_METRICS + ("brier",):
+            if metric not in group or group[metric].isna().all():
+                continue
+            median, lo, hi = bootstrap_median(group[metric].to_numpy(), seed=seed)
+            row |= {metric: median, f"{metric}_lo": lo, f"{metric}_hi": hi}
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    wide = table.pivot(index="symbol", columns="policy", values="sharpe")
+    comparisons: dict[str, dict[str, float]] = {}
+    subjects = [p for p in wide.columns if p == REVIEWED or p.startswith("agent_")]
+    for subject in subjects:
+        for baseline in (BUY_AND_HOLD, FLAT, RANDOM_MEAN, SMA_CROSSOVER):
+            if baseline not in wide:
+                continue
+            diff = (wide[subject] - wide[baseline]).to_numpy()
+            median, lo, hi = bootstrap_median(diff, seed=seed)
+            comparisons[f"{subject}_vs_{baseline}"] = {
+                "median_sharpe_difference": median, "ci_lo": lo, "ci_hi": hi,
+                "beats_on": float(np.sum(diff > 0)), "symbols": float(np.isfinite(diff).sum()),
+            }
+    return summary, comparisons
+
+
+def calibration_table(per_symbol: dict[str, SymbolResult], bins: Sequence[float] = (0.0, 0.5, 0.6, 0.7, 0.8, 1.0001)) -> pd.DataFrame:
+    """Reviewed BUY/SELL calls binned by stated confidence: count, mean confidence, observed hit rate."""
+    frames = []
+    for result in per_symbol.values():
+        t = result.decisions.table
+        if "reviewed_action" not in t:
+            continue
+        directional = t[t["reviewed_action"].isin(["BUY", "SELL"]) & t["forward_return"].notna()]
+        sign = directional["reviewed_action"].map({"BUY": 1, "SELL": -1})
+        frames.append(pd.DataFrame({"confidence": directional["reviewed_confidence"],
+                                    "hit": (sign * directional["forward_return"] > 0).astype(float)}))
+    if not frames:
+        return pd.DataFrame(columns=["bin", "count", "mean_confidence", "hit_rate"])
+    calls = pd.concat(frames, ignore_index=True)
+    calls["bin"] = pd.cut(calls["confidence"], list(bins), right=False)
+    grouped = calls.groupby("bin", observed=True)
+    return pd.DataFrame({"count": grouped.size(), "mean_confidence": grouped["confidence"].mean(),
+                         "hit_rate": grouped["hit"].mean()}).reset_index().assign(bin=lambda f: f["bin"].astype(str))
+
+
+def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec, *,
+                      log_children: bool = True) -> UniverseResult:
+    """Walk forward over every symbol (each in its own child run when an MLflow run is active);
+    a symbol that fails is reported with its reason and the others go on."""
+    import mlflow
+
+    from tradeflow.data import load_market_data
+
+    if len(symbols) > MAX_SYMBOLS:
+        raise ConfigError(f"evaluate: {len(symbols)} symbols exceed the cap of {MAX_SYMBOLS}")
+    per_symbol: dict[str, SymbolResult] = {}
+    failures: dict[str, str] = {}
+    started = time.perf_counter()
+    for index, symbol in enumerate(symbols, 1):
+        cfg = base_cfg.override({"symbol": symbol})
+        t0 = time.perf_counter()
+        child = mlflow.start_run(nested=True, run_name=f"evaluate {symbol}") if log_children and mlflow.active_run() else None
+        try:
+            market = load_market_data(cfg)
+            result = evaluate_symbol(cfg, market.bars, spec, source=market.source)
+        except Exception as exc:  # one symbol's failure is reported, not fatal to the universe
+            from tradeflow.tracking import TAG_FAILURE, one_line
+
+            failures[symbol] = one_line(exc)
+            log.warning("evaluate %s failed: %s", symbol, failures[symbol])
+            if child is not None:
+                mlflow.set_tag(TAG_FAILURE, failures[symbol][:5000])
+                mlflow.end_run(status="FAILED")
+            continue
+        per_symbol[symbol] = result
+        wall = time.perf_counter() - t0
+        if child is not None:
+            from tradeflow.evaluation.report import log_symbol_run
+
+            log_symbol_run(cfg, result, market, wall)
+            mlflow.end_run(status="FINISHED")
+        rev = result.metrics.get(REVIEWED, {})
+        log.info("evaluate %d/%d %s: %.1fs (train %.1fs, review %.1fs) reviewed sharpe %s, buy-and-hold %.2f",
+                 index, len(symbols), symbol, wall, result.decisions.seconds["train"], result.decisions.seconds["review"],
+                 f"{rev['sharpe']:.2f}" if rev else "n/a", result.metrics[BUY_AND_HOLD]["sharpe"])
+    if not per_symbol:
+        raise RuntimeError("evaluate: every symbol failed: " + "; ".join(f"{s}: {r}" for s, r in failures.items())[:2000])
+    table = long_table(per_symbol)
+    summary, comparisons = summarise(table, seed=base_cfg.seed)
+    return UniverseResult(spec, per_symbol, failures, table, summary, comparisons, calibration_table(per_symbol),
+                          {"wall": time.perf_counter() - started,
+                           "train": sum(r.decisions.seconds["train"] for r in per_symbol.values()),
+                           "review": sum(r.decisions.seconds["review"] for r in per_symbol.values())})
+
+
+def result_json(result: UniverseResult) -> dict[str, Any]:
+    """The machine-readable summary (``summary.json``)."""
+    return json.loads(json.dumps({
+        "spec": {**result.spec.__dict__, "mode": result.spec.mode},
+        "symbols": sorted(result.per_symbol), "failures": result.failures,
+        "summary": result.summary.to_dict(orient="records"), "comparisons": result.comparisons,
+        "calibration": result.calibration.to_dict(orient="records"), "seconds": result.seconds,
+    }, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def write_outputs(result: UniverseResult, directory: Path) -> list[Path]:
+    """Tables, report and plots into ``directory`` (the caller logs them as artifacts)."""
+    from tradeflow.evaluation.report import write_report
+
+    return write_report(result, directory)

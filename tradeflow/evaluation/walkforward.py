@@ -1,0 +1,332 @@
+"""Walk-forward evaluation of one symbol: refit, decide out of sample, account, score.
+
+Schedule (on the feature rows of ``tradeflow.features.compute_features``):
+
+- rebalance rows ``r_0 = min_train - 1, r_0 + step, ...`` up to the second-to-last row; the
+  decision taken at the close of ``r_j`` is held until the close of ``r_{j+1}``;
+- every ``refit_every``-th rebalance, each algorithm is retrained on the rows up to ``r_j``
+  (all of them: expanding; the last ``window``: rolling), exactly as ``train_backtest`` would on
+  that day: ``split_for_run`` (train/valid/test by the config's ratios), ``Engine.train``
+  (best epoch on valid), ``Engine.backtest`` on valid and test;
+- the do-no-harm gate (``tradeflow.gate``) is applied to each refit, and a per-symbol
+  ``champion`` moves as the registry alias does: only to a model that passes and beats the
+  current champion on the new model's validation window;
+- at each rebalance the served model acts on the last window of features (position 0, as
+  ``inference`` does), the evidence is built with ``tradeflow.evidence.build_evidence`` from
+  the bars up to that close, and ``review_agents.review`` (the review step's library code,
+  guardrails included) turns it into the reviewed decision.
+
+Nothing at a rebalance reads a bar after it: training data, evidence bars and indicators are cut at
+the rebalance close (``tests/test_evaluation.py`` scrambles the future to prove it). Every policy
+is then replayed through the same ``tradeflow.backtest.simulate`` ledger on the same bars and fees.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tradeflow.backtest import BacktestResult, periods_per_year_for, simulate
+from tradeflow.config import ConfigError, RunConfig
+from tradeflow.data.base import DataError, bars_digest
+from tradeflow.evaluation.policies import (
+    BUY_AND_HOLD,
+    FLAT,
+    REVIEWED,
+    SMA_CROSSOVER,
+    agent_name,
+    buy_and_hold,
+    flat,
+    random_name,
+    random_policy,
+    sma_crossover,
+)
+from tradeflow.gate import GateResult, check_gate
+
+log = logging.getLogger(__name__)
+
+REVIEW_DIRECTION = {"BUY": 1, "SELL": -1, "HOLD": 0}
+
+
+@dataclass(frozen=True)
+class WalkForwardSpec:
+    """How to walk forward. Bars are feature rows (daily bars after the 29-bar feature warm-up)."""
+
+    min_train: int = 252
+    window: int = 0
+    step: int = 21
+    horizon: int = 21
+    refit_every: int = 3
+    algorithms: tuple[str, ...] = ("dqn",)
+    random_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    review: bool = True
+    sma_fast: int = 20
+    sma_slow: int = 50
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.min_train >= 30, f"min_train must be >= 30 bars, got {self.min_train}"),
+            (self.window == 0 or self.window >= 30, f"window must be 0 (expanding) or >= 30 bars, got {self.window}"),
+            (self.step >= 1, f"step must be >= 1 bar, got {self.step}"),
+            (self.horizon >= 1, f"horizon must be >= 1 bar, got {self.horizon}"),
+            (self.refit_every >= 1, f"refit_every must be >= 1 rebalance, got {self.refit_every}"),
+            (len(self.algorithms) >= 1, "algorithms must name at least one of dqn, ppo, a2c"),
+            (set(self.algorithms) <= {"dqn", "ppo", "a2c"}, f"algorithms {','.join(self.algorithms)}: choose from dqn, ppo, a2c"),
+            (0 < self.sma_fast < self.sma_slow, f"sma_fast {self.sma_fast} must be positive and below sma_slow {self.sma_slow}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"evaluate: {message}")
+
+    @property
+    def mode(self) -> str:
+        return "expanding" if self.window == 0 else f"rolling {self.window}"
+
+    def policies(self) -> list[str]:
+        """Every policy name, in report order."""
+        names = [REVIEWED] if self.review else []
+        names += [agent_name(a) for a in self.algorithms]
+        names += [BUY_AND_HOLD, FLAT, SMA_CROSSOVER]
+        names += [random_name(s) for s in self.random_seeds]
+        return names
+
+
+@dataclass
+class _Fitted:
+    """A model trained at one refit, with the metrics ``train_backtest`` would log for it."""
+
+    algorithm: str
+    agent: Any
+    row: int
+    date: str
+    metrics: dict[str, float]
+    gate: GateResult
+    valid_frame: pd.DataFrame
+    train_seconds: float
+
+
+@dataclass
+class Decisions:
+    """The out-of-sample decisions of every policy at every rebalance of one symbol."""
+
+    symbol: str
+    rebalance_rows: np.ndarray
+    table: pd.DataFrame  # one row per rebalance: date, close, pos_<policy>, reviewed_*, model_*
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def rebalance_rows(n_rows: int, spec: WalkForwardSpec, *, symbol: str = "data") -> np.ndarray:
+    """Feature rows at whose close a decision is taken; the last row is never one (nothing to
+    trade it against)."""
+    rows = np.arange(spec.min_train - 1, n_rows - 1, spec.step)
+    if len(rows) == 0:
+        raise DataError(f"{symbol}: {n_rows} feature rows leave no out-of-sample rebalance after "
+                        f"min_train={spec.min_train}; lower min_train or load more history")
+    return rows
+
+
+def _fit(engine, cfg: RunConfig, history: pd.DataFrame, row: int, workdir: Path) -> _Fitted:
+    """Train as ``train_backtest`` does on ``history`` and backtest on its valid and test splits."""
+    from tradeflow.features import split_for_run
+    from tradeflow.steps.train_backtest import with_history
+
+    window = cfg.trademaster.backward_num_day
+    splits = split_for_run(history, cfg)
+    started = time.perf_counter()
+    result = engine.train(splits, cfg, workdir=workdir)
+    seconds = time.perf_counter() - started
+    valid_frame = with_history(splits.train, splits.valid, window)
+    valid = engine.backtest(result.agent, valid_frame, cfg).metrics
+    test = engine.backtest(result.agent, with_history(splits.valid, splits.test, window), cfg).metrics
+    metrics = {**{f"valid_{k}": float(v) for k, v in valid.items()}, **{f"test_{k}": float(v) for k, v in test.items()}}
+    return _Fitted(cfg.algorithm, result.agent, row, f"{history['date'].iloc[-1]:%Y-%m-%d}", metrics,
+                   check_gate(valid), valid_frame, seconds)
+
+
+def _promote(engine, cfg: RunConfig, champion: _Fitted | None, new: _Fitted) -> tuple[_Fitted | None, str]:
+    """The registry's alias rule: champion moves only to a passing model that beats it on the new
+    model's validation window."""
+    if not new.gate.passed:
+        return champion, f"kept: new model failed the gate ({new.gate.reason})"
+    if champion is None:
+        return new, "promoted: first model to pass the gate"
+    incumbent = engine.backtest(champion.agent, new.valid_frame, cfg).metrics["total_return"]
+    challenger = new.metrics["valid_total_return"]
+    if challenger > incumbent:
+        return new, f"promoted: {challenger:+.2%} beats champion's {incumbent:+.2%} on the same validation window"
+    return champion, f"kept: {challenger:+.2%} does not beat champion's {incumbent:+.2%} on the same validation window"
+
+
+def _evidence(cfg: RunConfig, bars_upto: pd.DataFrame, served: _Fitted, action: Any, gate: dict, source: str) -> dict:
+    from tradeflow.evidence import build_evidence
+    from tradeflow.model import suggestion_for
+
+    return build_evidence(
+        symbol=cfg.symbol, bars=bars_upto, bar_size=cfg.bar_size,
+        periods_per_year=periods_per_year_for(bars_upto["date"]),
+        model={"uri": None, "version": f"walk-forward {served.date}", "engine": cfg.engine,
+               "algorithm": served.algorithm, "suggestion": suggestion_for(int(action.action)),
+               "target_position": int(action.action), "scores": {str(k): float(v) for k, v in action.scores.items()},
+               "gate": gate},
+        training_run={"run_id": None, "metrics": served.metrics},
+        data={"source": source, "digest": bars_digest(bars_upto), "rows": len(bars_upto), "synthetic": cfg.is_synthetic},
+    )
+
+
+def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "") -> Decisions:
+    """Walk forward over one symbol's validated bars; every decision uses bars up to its close only."""
+    from review_agents import review
+
+    from tradeflow.engines import get_engine
+    from tradeflow.features import FEATURE_COLUMNS, compute_features
+
+    if cfg.split.valid_start is not None:
+        raise ConfigError("evaluate: split.valid_start/test_start are fixed dates; the walk-forward refits on "
+                          "moving windows, so give train_ratio/valid_ratio instead")
+    engine = get_engine(cfg.engine)
+    features = compute_features(bars)
+    rows = rebalance_rows(len(features), spec, symbol=cfg.symbol)
+    bar_pos = np.searchsorted(bars["date"].to_numpy(), features["date"].to_numpy())
+    columns = list(FEATURE_COLUMNS)
+    window = cfg.trademaster.backward_num_day
+    max_volume = cfg.trademaster.max_volume
+    n = len(rows)
+    seconds = {"train": 0.0, "review": 0.0}
+    records: list[dict[str, Any]] = []
+    folds: list[dict[str, Any]] = []
+    newest: dict[str, _Fitted] = {}
+    champions: dict[str, _Fitted | None] = {a: None for a in spec.algorithms}
+    reviewed_position = 0
+    with tempfile.TemporaryDirectory(prefix="tradeflow-wf-") as tmp:
+        for j, r in enumerate(rows):
+            r = int(r)
+            if j % spec.refit_every == 0:
+                lo = 0 if spec.window == 0 else max(0, r + 1 - spec.window)
+                history = features.iloc[lo : r + 1].reset_index(drop=True)
+                for algorithm in spec.algorithms:
+                    algo_cfg = cfg.override({"algorithm": algorithm})
+                    fitted = _fit(engine, algo_cfg, history, r, Path(tmp))
+                    seconds["train"] += fitted.train_seconds
+                    newest[algorithm] = fitted
+                    champions[algorithm], alias = _promote(engine, algo_cfg, champions[algorithm], fitted)
+                    folds.append({"symbol": cfg.symbol, "algorithm": algorithm, "refit_date": fitted.date,
+                                  "train_rows": len(history), "train_start": f"{history['date'].iloc[0]:%Y-%m-%d}",
+                                  "gate_passed": fitted.gate.passed, "gate_reason": fitted.gate.reason,
+                                  "alias": alias, "train_seconds": round(fitted.train_seconds, 3),
+                                  **{k: fitted.metrics[k] for k in ("valid_total_return", "valid_benchmark_total_return",
+                                                                     "valid_sharpe", "test_total_return", "test_sharpe")}})
+            obs = features[columns].to_numpy(np.float64)[r - window + 1 : r + 1]
+            record: dict[str, Any] = {"date": features["date"].iloc[r], "row": r, "close": float(features["close"].iloc[r])}
+            for algorithm in spec.algorithms:
+                record[f"pos_{agent_name(algorithm)}"] = int(newest[algorithm].agent.act(obs, 0.0).action)
+            if spec.review:
+                primary = spec.algorithms[0]
+                served = champions[primary] if cfg.do_no_harm_gate and champions[primary] is not None else newest[primary]
+                gate = served.gate.as_evidence(enforced=cfg.do_no_harm_gate)
+                if cfg.do_no_harm_gate and not served.gate.passed:
+                    gate["reason"] = f"no model has passed the gate yet; serving the newest: {served.gate.reason}"
+                action = served.agent.act(obs, 0.0)
+                bars_upto = bars.iloc[: int(bar_pos[r]) + 1].reset_index(drop=True)
+                evidence = _evidence(cfg, bars_upto, served, action, gate, source)
+                started = time.perf_counter()
+                outcome = review(evidence, cfg.review)
+                seconds["review"] += time.perf_counter() - started
+                decision = outcome.decision
+                direction = REVIEW_DIRECTION[decision.action]
+                if direction:
+                    reviewed_position = direction * max_volume
+                record.update({
+                    "pos_reviewed": reviewed_position, "reviewed_action": decision.action,
+                    "reviewed_confidence": float(decision.confidence),
+                    "reviewed_fallback": outcome.fallback_reason or "",
+                    "model_suggestion": evidence["model"]["suggestion"], "served_model": served.date,
+                    "served_gate_passed": bool(served.gate.passed),
+                })
+            records.append(record)
+    table = pd.DataFrame(records)
+    table["pos_buy_and_hold"] = buy_and_hold(n, max_volume)
+    table["pos_flat"] = flat(n)
+    table["pos_sma_crossover"] = sma_crossover(bars["close"], bar_pos[rows], max_volume,
+                                               fast=spec.sma_fast, slow=spec.sma_slow)
+    for seed in spec.random_seeds:
+        table[f"pos_{random_name(seed)}"] = random_policy(n, max_volume, seed=seed, symbol=cfg.symbol)
+    return Decisions(cfg.symbol, rows, table, folds, seconds)
+
+
+@dataclass
+class SymbolResult:
+    """Decisions plus their accounting: per-policy ledgers and metrics."""
+
+    decisions: Decisions
+    ledgers: dict[str, pd.DataFrame]
+    metrics: dict[str, dict[str, float]]
+
+
+def score(cfg: RunConfig, bars: pd.DataFrame, decisions: Decisions, spec: WalkForwardSpec) -> SymbolResult:
+    """Replay every policy's decisions through ``simulate`` on the same bars and fees, from the
+    first rebalance close to the last bar, and score them."""
+    from tradeflow.features import compute_features
+
+    features = compute_features(bars)
+    rows = decisions.rebalance_rows
+    first = int(rows[0])
+    prices = features["close"].to_numpy(np.float64)
+    dates = features["date"].to_numpy()[first:]
+    # which rebalance's decision is held at each bar from the first rebalance on
+    held_index = np.searchsorted(rows, np.arange(first, len(features)), side="right") - 1
+    forward = np.full(len(rows), np.nan)
+    ahead = rows + spec.horizon
+    ok = ahead < len(prices)
+    forward[ok] = prices[ahead[ok]] / prices[rows[ok]] - 1.0
+    table = decisions.table
+    table["forward_return"] = forward
+    ledgers: dict[str, pd.DataFrame] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    tm = cfg.trademaster
+    for policy in spec.policies():
+        targets = table[f"pos_{policy}"].to_numpy(np.int64)
+        ledger = simulate(prices[first:], targets[held_index], initial_amount=tm.initial_amount,
+                          transaction_cost_pct=tm.transaction_cost_pct, max_volume=tm.max_volume, dates=dates)
+        result = BacktestResult.from_table(ledger)
+        if policy == REVIEWED:
+            direction = table["reviewed_action"].map(REVIEW_DIRECTION).to_numpy(np.int64)
+        else:
+            direction = np.sign(targets)
+        m = {k: float(result.metrics[k]) for k in ("total_return", "annualised_return", "sharpe", "sortino",
+                                                    "max_drawdown", "turnover", "num_trades", "exposure")}
+        m |= hit_rate(direction, forward)
+        if policy == REVIEWED:
+            m |= brier(direction, table["reviewed_confidence"].to_numpy(np.float64), forward)
+        ledgers[policy] = ledger
+        metrics[policy] = m
+    return SymbolResult(decisions, ledgers, metrics)
+
+
+def hit_rate(direction: np.ndarray, forward: np.ndarray) -> dict[str, float]:
+    """Share of directional decisions (long or short) whose sign matched the next-``horizon``-bar
+    return; decisions whose horizon runs past the data are not counted."""
+    mask = (direction != 0) & np.isfinite(forward)
+    hits = (direction[mask] * forward[mask]) > 0
+    return {"hit_rate": float(hits.mean()) if mask.any() else float("nan"), "directional_decisions": float(mask.sum())}
+
+
+def brier(direction: np.ndarray, confidence: np.ndarray, forward: np.ndarray) -> dict[str, float]:
+    """Brier score of the stated confidence as the probability that a BUY/SELL call is right over
+    the horizon (0 is perfect; always saying 0.5 scores 0.25)."""
+    mask = (direction != 0) & np.isfinite(forward)
+    hits = ((direction[mask] * forward[mask]) > 0).astype(float)
+    value = float(np.mean((confidence[mask] - hits) ** 2)) if mask.any() else float("nan")
+    return {"brier": value}
+
+
+def evaluate_symbol(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "") -> SymbolResult:
+    """``decide`` then ``score``: the whole walk-forward of one symbol."""
+    return score(cfg, bars, decide(cfg, bars, spec, source=source), spec)
