@@ -114,8 +114,9 @@ def parse_evidence(evidence: dict[str, Any]) -> Evidence:
 
 
 def trusted_view(evidence: dict[str, Any]) -> dict[str, Any]:
-    """The bundle without its ``untrusted`` part: what analysts may treat as facts."""
-    return {key: value for key, value in evidence.items() if key != "untrusted"}
+    """The bundle without its ``untrusted`` part (and ``prompts``, which become system messages):
+    what analysts may treat as facts."""
+    return {key: value for key, value in evidence.items() if key not in ("untrusted", "prompts")}
 
 
 def untrusted_items(evidence: Evidence) -> dict[str, list[str]]:

@@ -82,6 +82,14 @@ class TradeMasterParams(_Strict):
         return value
 
 
+class FinAgentParams(_Strict):
+    """``engine=finagent``: how upstream FinAgent's technical analysis is fed and calibrated (docs/finagent.md)."""
+
+    lookback_bars: int = Field(60, ge=35, le=260, description="bars upstream's indicators see at each decision")
+    allow_short: bool = Field(False, description="a 'sell' rating goes short (else it closes the long)")
+    top_k: int = Field(10, ge=1, le=100, description="best configs on train re-ranked on valid (walk-forward)")
+
+
 class SplitConfig(_Strict):
     """Chronological train/valid/test split, by ratios or by start dates of valid and test."""
 
@@ -124,11 +132,12 @@ class RunConfig(_Strict):
     bar_size: str = "1 day"
     backtest_lookback_days: int = Field(1095, ge=30, description="calendar days of history to load")
     end_date: date | None = Field(None, description="last bar to use (default: newest available)")
-    engine: Literal["builtin", "trademaster"] = "builtin"
+    engine: Literal["builtin", "trademaster", "finagent"] = "builtin"
     algorithm: Literal["dqn", "ppo", "a2c"] = "dqn"
     seed: int = Field(42, ge=0, le=2**31 - 1)
     split: SplitConfig = SplitConfig()
     trademaster: TradeMasterParams = TradeMasterParams()
+    finagent: FinAgentParams = FinAgentParams()
     review: ReviewConfig = ReviewConfig()
     mode: Literal["both", "train_backtest", "inference"] = "both"
     register_model: bool = True
@@ -177,7 +186,8 @@ class RunConfig(_Strict):
     @property
     def registered_model_name(self) -> str:
         """Per-symbol Model Registry name; ``inference`` resolves ``models:/<name>@<alias>``."""
-        return f"trademaster_{re.sub(r'[^A-Za-z0-9_]', '_', self.symbol)}"
+        prefix = "finagent" if self.engine == "finagent" else "trademaster"
+        return f"{prefix}_{re.sub(r'[^A-Za-z0-9_]', '_', self.symbol)}"
 
     @property
     def is_synthetic(self) -> bool:
@@ -244,6 +254,7 @@ class RunConfig(_Strict):
 FLAT_KEYS: dict[str, tuple[str, ...]] = {
     **{name: ("trademaster", name) for name in TradeMasterParams.model_fields},
     **{name: ("split", name) for name in SplitConfig.model_fields},
+    **{f"finagent_{name}": ("finagent", name) for name in FinAgentParams.model_fields},
     "reviewer": ("review", "provider"),
     "review_provider": ("review", "provider"),
     "review_model": ("review", "model"),
@@ -252,7 +263,7 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "review_timeout_s": ("review", "timeout_s"),
 }
 TOP_LEVEL_KEYS = set(RunConfig.model_fields)
-SECTIONS = {"trademaster", "split", "review"}
+SECTIONS = {"trademaster", "split", "review", "finagent"}
 
 
 def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
