@@ -143,7 +143,6 @@ def _import() -> FinAgentUpstream:
         with _environment_restored(), _network_blocked(), contextlib.redirect_stdout(sys.stderr):
             technical = importlib.import_module(TECHNICAL_MODULE)
             forecaster = importlib.import_module(FORECASTER_MODULE)
-        import ta
     except UpstreamNetworkBlocked as exc:
         raise EngineUnavailable(f"engine 'finagent' is unavailable: importing upstream tried the network ({exc})") from None
     except ImportError as exc:
@@ -162,7 +161,7 @@ def _import() -> FinAgentUpstream:
         forecaster_module=forecaster,
         origin=str(backend),
         commit=commit,
-        ta_version=getattr(ta, "__version__", "0.11.0"),
+        ta_version=str(getattr(sys.modules.get("ta"), "__version__", "not imported")),
     )
 
 
