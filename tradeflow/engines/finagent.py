@@ -31,6 +31,7 @@ import itertools
 import json
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -144,11 +145,20 @@ class Calibration:
 # --- running upstream --------------------------------------------------------------------------------
 
 
+_loops = threading.local()
+
+
 def _run_coroutine(coro: Any) -> Any:
+    """Run upstream's coroutine to completion: on this thread's own loop (one per thread, reused:
+    a fresh ``asyncio.run`` per bar costs more than upstream's analysis), or on a worker thread
+    when the caller already runs an event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        loop = getattr(_loops, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = _loops.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(coro)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="finagent") as pool:
         return pool.submit(asyncio.run, coro).result()
 
