@@ -19,6 +19,8 @@ defaults < `TRADEFLOW_*` env < the symbol's WebUI link config, e.g.
 `train_backtest.run_symbol` / `inference.run_symbol` (one mapped task per symbol each, a child run
 per symbol and stage) -> `finalize`. Runbook: `docs/finagent.md`.
 """
+# An Airflow DAG file (Airflow only parses files that mention "airflow" and "dag"): the DAG is
+# built by tradeflow.dag_builder, shared with trademaster_autogen_pipeline_workflow.
 
 from __future__ import annotations
 
