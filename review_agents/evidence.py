@@ -118,11 +118,12 @@ def parse_evidence(evidence: dict[str, Any]) -> Evidence:
 #: The top-level keys the inference step writes as facts. Anything else in a bundle (a hand-made
 #: or tampered one) is not promoted into the trusted block.
 TRUSTED_KEYS = ("schema_version", "symbol", "as_of", "bar_size", "latest_bars", "indicators", "backtest",
-                "model", "data")
+                "model", "data", "finagent")
 
 
 def trusted_view(evidence: dict[str, Any]) -> dict[str, Any]:
-    """The bundle's known fact sections only (never ``untrusted``, never unknown top-level keys)."""
+    """The bundle's known fact sections only (never ``untrusted``, never ``prompts`` — they become
+    system messages —, never unknown top-level keys)."""
     return {key: evidence[key] for key in TRUSTED_KEYS if key in evidence}
 
 

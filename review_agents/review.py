@@ -32,7 +32,7 @@ from .clients import describe_client, make_client
 from .evidence import Evidence, parse_evidence
 from .failures import Failure, GuardedClient, classify_exception, classify_team_error
 from .guardrails import apply_guardrails, fallback_decision
-from .prompts import task_message
+from .prompts import forecaster_prompt, task_message
 from .redaction import Redactor, secret_values
 from .schema import DecisionDraft, ReviewOutcome, TradeDecision, Usage
 from .team import Limits, build_team, is_decision
@@ -112,6 +112,14 @@ async def _run_team(team: Any, task: str, timeout_s: float, sink: list[Message])
     return classify_exception(exc) if not isinstance(exc, RuntimeError) else classify_team_error(str(exc))
 
 
+def _forecaster_message(evidence: dict[str, Any]) -> str | None:
+    """The forecaster's system message when the evidence carries upstream's forecaster prompt."""
+    entry = (evidence.get("prompts") or {}).get("forecaster") if isinstance(evidence.get("prompts"), dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("text"), str) or not entry["text"].strip():
+        return None
+    return forecaster_prompt(entry["text"], str(entry.get("source") or "upstream FinAgent"))
+
+
 def _model_used(config: ReviewConfig, client: ChatCompletionClient | None, environ: Mapping[str, str]) -> str:
     if client is None:
         return describe_client(config, environ)["model"]
@@ -158,7 +166,7 @@ async def areview(
     failure: Failure | None = None
     limits: Limits | None = None
     try:
-        team, limits = build_team(guarded, config)
+        team, limits = build_team(guarded, config, forecaster_system_message=_forecaster_message(evidence))
         failure = await _run_team(team, task_message(evidence, ev), config.timeout_s, messages)
         if failure is not None and guarded.failures and failure.reason != "timeout":
             failure = guarded.failures[0]  # the precise reason, classified at the call

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from .analysis import STOP_ATR, Assessment, assess
 from .evidence import EvidenceError, parse_evidence
-from .prompts import DECISION_MAKER, RISK_REVIEWER, extract_evidence
+from .prompts import DECISION_MAKER, FORECASTER, RISK_REVIEWER, extract_evidence
 from .schema import DecisionDraft
 
 RULES_MODEL_NAME = "rule-based (tradeflow-rules-v1)"
@@ -78,6 +78,8 @@ class RuleBasedChatCompletionClient(ChatCompletionClient):
             return self._decision_json(verdict, json_output)
         if role == RISK_REVIEWER:
             return self._risk_text(ev, verdict)
+        if role == FORECASTER:
+            return self._forecaster_text(evidence)
         return self._technical_text(ev, verdict)
 
     @staticmethod
@@ -93,6 +95,34 @@ class RuleBasedChatCompletionClient(ChatCompletionClient):
             f"{'; '.join(v.technical_factors) or 'no trend indicators'}. "
             f"{', '.join(levels).capitalize() or 'No support/resistance'}; ATR14 {ev.atr:.2f}.\n"
             f"Technical stance: {v.technical_stance}"
+        )
+
+    @staticmethod
+    def _forecaster_text(evidence: dict[str, Any]) -> str:
+        """Upstream FinAgent's analysis read as its forecaster's sections ask (technical overview,
+        probability and confidence, recommendation), from the evidence's ``finagent`` section."""
+        section = evidence.get("finagent") if isinstance(evidence.get("finagent"), dict) else {}
+        analysis = section.get("analysis") if isinstance(section.get("analysis"), dict) else {}
+        indicators = analysis.get("indicators") if isinstance(analysis.get("indicators"), dict) else {}
+        calibrated = section.get("calibrated") if isinstance(section.get("calibrated"), dict) else {}
+        if not indicators or not calibrated:
+            return "No upstream FinAgent analysis in the evidence.\nForecast: HOLD"
+
+        def label(key: str, field: str) -> str:
+            node = indicators.get(key)
+            return str(node.get(field)) if isinstance(node, dict) else "n/a"
+
+        prob = calibrated.get("probability")
+        confidence = "high" if isinstance(prob, (int, float)) and (prob >= 0.66 or prob <= 0.33) else "moderate"
+        rating = str(calibrated.get("rating", "hold")).upper()
+        return (
+            f"Technical overview: EMA crossover {label('ema', 'signal')}, RSI {label('rsi', 'signal')}, "
+            f"MACD {label('macd', 'trend')}, stochastics {label('stochastics', 'signal')}, "
+            f"ADX {label('adx', 'trend_direction')} ({label('adx', 'trend_strength')}). "
+            f"Upstream's own rule rates it {str(section.get('upstream_rating', 'n/a')).upper()} at probability "
+            f"{section.get('upstream_probability')}; the calibrated rule gives {prob} ({confidence} confidence) "
+            f"and {rating}. No fundamentals or news in the data. Past performance is not indicative of future "
+            f"results.\nForecast: {rating if rating in ('BUY', 'SELL') else 'HOLD'}"
         )
 
     @staticmethod

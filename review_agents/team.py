@@ -18,7 +18,7 @@ from autogen_core.models import ChatCompletionClient
 
 from tradeflow.config import ReviewConfig
 
-from .prompts import DECISION_MAKER, DESCRIPTIONS, ROLES, system_prompts
+from .prompts import DECISION_MAKER, DESCRIPTIONS, FORECASTER, FORECASTER_DESCRIPTION, ROLES, system_prompts
 from .schema import DecisionDraft
 
 DecisionMessage = StructuredMessage[DecisionDraft]
@@ -61,11 +61,16 @@ def _decided(messages: Sequence[BaseAgentEvent | BaseChatMessage]) -> bool:
     return any(is_decision(m) for m in messages)
 
 
-def build_team(client: ChatCompletionClient, config: ReviewConfig) -> tuple[RoundRobinGroupChat, Limits]:
-    """technical_analyst -> risk_reviewer -> decision_maker; stops on the structured decision,
-    ``max_messages`` (the task counts as one) or ``max_total_tokens``, whichever comes first."""
+def build_team(client: ChatCompletionClient, config: ReviewConfig, *,
+               forecaster_system_message: str | None = None) -> tuple[RoundRobinGroupChat, Limits]:
+    """technical_analyst -> risk_reviewer -> decision_maker (after a ``forecaster`` when given its
+    system message, engine=finagent); stops on the structured decision, ``max_messages`` (the task
+    counts as one) or ``max_total_tokens``, whichever comes first."""
     prompts = system_prompts(config.atr_multiple_cap)
-    agents = [
+    first = [] if forecaster_system_message is None else [AssistantAgent(
+        name=FORECASTER, model_client=client, system_message=forecaster_system_message,
+        description=FORECASTER_DESCRIPTION, reflect_on_tool_use=False)]
+    agents = first + [
         AssistantAgent(
             name=role,
             model_client=client,

@@ -86,6 +86,14 @@ class TradeMasterParams(_Strict):
         return value
 
 
+class FinAgentParams(_Strict):
+    """``engine=finagent``: how upstream FinAgent's technical analysis is fed and calibrated (docs/finagent.md)."""
+
+    lookback_bars: int = Field(60, ge=35, le=260, description="bars upstream's indicators see at each decision")
+    allow_short: bool = Field(False, description="a 'sell' rating goes short (else it closes the long)")
+    top_k: int = Field(10, ge=1, le=100, description="best configs on train re-ranked on valid (walk-forward)")
+
+
 class SplitConfig(_Strict):
     """Chronological train/valid/test split, by ratios or by start dates of valid and test."""
 
@@ -128,11 +136,12 @@ class RunConfig(_Strict):
     bar_size: str = "1 day"
     backtest_lookback_days: int = Field(1095, ge=30, description="calendar days of history to load")
     end_date: date | None = Field(None, description="last bar to use (default: newest available)")
-    engine: Literal["builtin", "trademaster"] = "builtin"
+    engine: Literal["builtin", "trademaster", "finagent"] = "builtin"
     algorithm: Literal["dqn", "ppo", "a2c"] = "dqn"
     seed: int = Field(42, ge=0, le=2**31 - 1)
     split: SplitConfig = SplitConfig()
     trademaster: TradeMasterParams = TradeMasterParams()
+    finagent: FinAgentParams = FinAgentParams()
     review: ReviewConfig = ReviewConfig()
     mode: Literal["both", "train_backtest", "inference"] = "both"
     register_model: bool = True
@@ -199,7 +208,8 @@ class RunConfig(_Strict):
         # Injective: symbols hold no '_' or lower case, so BRK.B and BRK-B (or ^GSPC, .GSPC, -GSPC)
         # get different names; plain tickers keep the readable trademaster_AAPL.
         marks = {".": "_dot_", "-": "_dash_", "^": "_caret_"}
-        return "trademaster_" + "".join(marks.get(char, char) for char in self.symbol)
+        prefix = "finagent" if self.engine == "finagent" else "trademaster"
+        return f"{prefix}_" + "".join(marks.get(char, char) for char in self.symbol)
 
     @property
     def is_synthetic(self) -> bool:
@@ -266,6 +276,7 @@ class RunConfig(_Strict):
 FLAT_KEYS: dict[str, tuple[str, ...]] = {
     **{name: ("trademaster", name) for name in TradeMasterParams.model_fields},
     **{name: ("split", name) for name in SplitConfig.model_fields},
+    **{f"finagent_{name}": ("finagent", name) for name in FinAgentParams.model_fields},
     "reviewer": ("review", "provider"),
     "review_provider": ("review", "provider"),
     "review_model": ("review", "model"),
@@ -274,7 +285,7 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "review_timeout_s": ("review", "timeout_s"),
 }
 TOP_LEVEL_KEYS = set(RunConfig.model_fields)
-SECTIONS = {"trademaster", "split", "review"}
+SECTIONS = {"trademaster", "split", "review", "finagent"}
 
 
 def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

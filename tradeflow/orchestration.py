@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DAG_ID = "trademaster_autogen_pipeline_workflow"  # == tradeflow.webui.DAG_ID (asserted in tests)
+FINAGENT_DAG_ID = "finagent_autogen_pipeline_workflow"
+#: per-DAG config layer (above the TRADEFLOW_* env, below the WebUI link config and dag_run.conf);
+#: its keys are also required of the final config: a DAG runs its own engine, whatever conf says
+PIPELINE_LAYERS: dict[str, dict[str, Any]] = {FINAGENT_DAG_ID: {"engine": "finagent"}}
 RUN_SYMBOL_TASK = "run_symbol"
 RESOLVE_TASK = "resolve_targets"
 MODES = ("both", "train_backtest", "inference")
@@ -415,7 +419,13 @@ def symbol_config(target: Mapping[str, Any], ctx: RunContext):
     # The link may not move the symbol elsewhere; the DAG decides which symbol runs.
     link.pop("symbol", None)
     check_link_files(link, symbol)
-    return resolve_config({"symbol": symbol}, link, conf_layer(ctx), with_env=True)
+    pinned = PIPELINE_LAYERS.get(ctx.dag_id, {})
+    cfg = resolve_config({"symbol": symbol}, pinned, link, conf_layer(ctx), with_env=True)
+    for key, value in pinned.items():
+        if getattr(cfg, key) != value:
+            raise ConfigError(f"{ctx.dag_id} runs {key}={value}; the WebUI link config or dag_run.conf asked for "
+                              f"{key}={getattr(cfg, key)} (use that pipeline's DAG instead)")
+    return cfg
 
 
 #: Files a WebUI link config may name as ``data_source=csv:...`` (anyone who can edit a link in the
@@ -470,9 +480,11 @@ def executor_kind(environ: Mapping[str, str] | None = None) -> str:
     return kind
 
 
-def run_symbol(target: Mapping[str, Any], parent: Mapping[str, str] | None, ctx: RunContext) -> dict[str, Any]:
+def run_symbol(target: Mapping[str, Any], parent: Mapping[str, str] | None, ctx: RunContext, *,
+               mode: str | None = None) -> dict[str, Any]:
     """One symbol's ``pipeline`` run, child of the DAG-run parent. Returns a small dict (XCom);
-    raises on failure (Airflow retries it; a bad config fails at once, without retries)."""
+    raises on failure (Airflow retries it; a bad config fails at once, without retries).
+    ``mode`` overrides the config's (the per-stage task groups of ``tradeflow.dag_builder``)."""
     from mlflow.tracking import MlflowClient
 
     from tradeflow.tracking import configure_tracking
@@ -489,6 +501,8 @@ def run_symbol(target: Mapping[str, Any], parent: Mapping[str, str] | None, ctx:
         reason = f"{symbol}: {exc}"
         _record_failed_symbol_run(client, parent, symbol, reason, ctx)
         _fail_now(reason)
+    if mode is not None and cfg.mode != mode:
+        cfg = cfg.override({"mode": mode})
     for note in cfg.adjustments:
         log.warning("%s: %s", symbol, note)
     params = pipeline_parameters(cfg, ctx, force=force)

@@ -8,9 +8,10 @@ __all__ = ["ActionResult", "Engine", "EngineUnavailable", "TradingAgent", "Train
 
 
 def get_engine(name: str) -> Engine:
-    """``builtin`` (stable-baselines3) or ``trademaster`` (upstream TradeMaster, imported only when asked for).
+    """``builtin`` (stable-baselines3), ``trademaster`` (upstream TradeMaster) or ``finagent`` (upstream
+    FinAgent's technical analysis, calibrated); upstreams are imported only when asked for.
 
-    Raises ``EngineUnavailable`` when the trademaster engine cannot be imported and ``ValueError``
+    Raises ``EngineUnavailable`` when an upstream engine cannot be imported and ``ValueError``
     for any other name.
     """
     if name == "builtin":
@@ -23,4 +24,10 @@ def get_engine(name: str) -> Engine:
         except ImportError as exc:
             raise EngineUnavailable(f"engine 'trademaster' is unavailable: {exc}") from None
         return TradeMasterEngine()
-    raise ValueError(f"unknown engine {name!r}; choose 'builtin' or 'trademaster'")
+    if name == "finagent":
+        try:
+            from tradeflow.engines.finagent import FinAgentEngine
+        except ImportError as exc:
+            raise EngineUnavailable(f"engine 'finagent' is unavailable: {exc}") from None
+        return FinAgentEngine()
+    raise ValueError(f"unknown engine {name!r}; choose 'builtin', 'trademaster' or 'finagent'")

@@ -35,6 +35,8 @@ ARTIFACTS = {
     "prediction.json": "the model's raw output for the latest window",
     "plots/price.png": "latest prices with SMA 20/50, support/resistance and the suggestion",
     "plots/price_bars.json": "the bars plots/price.png shows, as the WebUI's market_data_snapshot",
+    "finagent/analysis.json": "engine=finagent only: upstream FinAgent's technical analysis of the window",
+    "finagent/forecaster_prompt.md": "engine=finagent only: upstream's forecaster prompt for that analysis",
 }
 CHART_BARS = 120  # bars on plots/price.png (and in its market_data_snapshot)
 TAG_SUGGESTION = "tradeflow.model_suggestion"
@@ -199,6 +201,8 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
             training_run=training,
             data={"source": market.source, "digest": market.digest, "rows": market.rows, "synthetic": market.synthetic},
         )
+        if meta.get("engine") == "finagent":
+            _add_finagent_evidence(model, window, evidence)
         mlflow.log_dict(evidence, "evidence.json")
         figure = price_chart(market.bars, evidence)
         mlflow.log_figure(figure, "plots/price.png")
@@ -222,6 +226,20 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         print(f"{cfg.symbol} {as_of}: model {resolved.uri} suggests {prediction['suggestion']} "
               f"(target position {action}); evidence {evidence_uri}", flush=True)
         return {"run_id": run.info.run_id, "evidence_uri": evidence_uri, "suggestion": prediction["suggestion"]}
+
+
+def _add_finagent_evidence(model: Any, window: Any, evidence: dict[str, Any]) -> None:
+    """engine=finagent: upstream FinAgent's analysis JSON and forecaster prompt join the evidence
+    (``finagent`` and ``prompts`` sections; also logged under ``finagent/``)."""
+    from tradeflow.engines.finagent import review_evidence
+
+    section, prompts = review_evidence(model.unwrap_python_model().agent, window)
+    evidence["finagent"] = section
+    evidence["prompts"] = prompts
+    mlflow.log_dict(section["analysis"], "finagent/analysis.json")
+    mlflow.log_text(prompts["forecaster"]["text"], "finagent/forecaster_prompt.md")
+    mlflow.set_tags({"finagent.upstream_rating": str(section["upstream_rating"]),
+                     "finagent.calibrated_rating": section["calibrated"]["rating"]})
 
 
 def _agent_meta(model: Any) -> dict[str, Any]:

@@ -101,7 +101,9 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         metrics: dict[str, float] = {}
         backtests = {}
         # valid/test get the previous split's last window-1 rows as history, so the backtest
-        # trades from the split's first bar (the first observation needs a full window).
+        # trades from the split's first bar (the first observation needs a full window; the
+        # agent's own, which for engine=finagent is its lookback rather than backward_num_day).
+        window = int(getattr(result.agent, "window", window))
         framed = {"train": splits.train,
                   "valid": with_history(splits.train, splits.valid, window),
                   "test": with_history(splits.valid, splits.test, window)}
