@@ -39,12 +39,25 @@ def bars():
     return {s: pd.concat([trademaster_bars(DJ30_VALID, s), trademaster_bars(DJ30_TEST, s)]) for s in ("AAPL", "MSFT")}
 
 
-@pytest.fixture
-def ibkr_experiment(tracking_store, tmp_path):
+@pytest.fixture(scope="module")
+def _module_store(tmp_path_factory) -> str:
+    """One MLflow SQLite store for the module (creating one costs seconds of migrations)."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().create_experiment("ibkr_test", artifact_location=(tmp_path / "ibkr-artifacts").as_uri())
-    return tracking_store
+    root = tmp_path_factory.mktemp("ibkr-mlflow")
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    MlflowClient(uri).create_experiment("ibkr_test", artifact_location=(root / "artifacts").as_uri())
+    return uri
+
+
+@pytest.fixture
+def ibkr_experiment(_module_store, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _module_store)
+    mlflow.set_tracking_uri(_module_store)
+    yield _module_store
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture
@@ -212,6 +225,7 @@ _KILLED_PLACER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # starts a Python subprocess
 def test_placer_killed_after_broker_accepted_then_retried_places_one_order(gateway):
     """The duplicate-submission scenario: the broker accepts, the process dies before it hears back."""
     gateway.set_fault("hang_after_accept", delay_s=30.0)
@@ -383,6 +397,41 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
     assert {"charts/AAPL.png", "signals/AAPL.json", "signals/AAPL_transcript.jsonl", "orders/AAPL.json", "risk/AAPL.json"} <= names
 
 
+def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path, ibkr_experiment, monkeypatch, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.webui_server import WebUIServer
+    from tradeflow.ibkr import tracking
+    from tradeflow.ibkr.airflow import operators as ops
+
+    path = _strategy_file(tmp_path, risk={"min_confidence": 0.9})
+    ref = tracking.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__3", strategy="test_swing",
+                            kind="trading", params={})
+    store = {"start_tracking": ref}
+    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__3")}
+    common = {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+    with WebUIServer() as webui:
+        monkeypatch.setenv("BACKEND_API_URL", webui.url)
+        store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
+        store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
+                                                                   **common).execute(context)
+        store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
+                                                     **common).execute(context)
+        with caplog.at_level("WARNING"):
+            store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
+                                                            indicators_task_id="AAPL.indicators", **common).execute(context)
+        order = ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk", market_data_task_id="AAPL.market_data",
+                                           signal_task_id="AAPL.signal", **common).execute(context)
+        [artifact] = webui.artifacts()
+    reason = "confidence 0.75 is below min_confidence 0.90"
+    assert order["status"] == "not_placed" and reason in order["reason"] and gateway.orders() == []
+    assert any("REFUSED" in r.message and reason in r.message for r in caplog.records)
+    assert MlflowClient().get_run(ref["run_id"]).data.tags["risk.AAPL"] == f"refused: {reason}"
+    assert artifact["type"] == "signal" and artifact["execution_id"] == "manual__3" and artifact["run_id"] == ref["run_id"]
+    assert artifact["signal_data"]["reasoning"].startswith(f"Order refused by risk: {reason}")
+    assert artifact["signal_data"]["order"]["status"] == "not_placed"  # the order step updated the same artifact
+
+
 def test_failed_operator_is_recorded_and_fails_the_run(gateway, tmp_path, ibkr_experiment):
     from mlflow.tracking import MlflowClient
 
@@ -419,14 +468,32 @@ def test_template_writes_dags_for_a_new_strategy(tmp_path):
     assert main([str(yaml_path), "--out", str(tmp_path / "dags")]) == 0
     files = sorted(p.name for p in (tmp_path / "dags").glob("*.py"))
     assert files == ["ibkr_market_data_momo.py", "ibkr_monitoring_momo.py", "ibkr_trading_momo.py"]
-    probe = ("import importlib.util,sys; s=importlib.util.spec_from_file_location('m', sys.argv[1]); "
-             "m=importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m.dag.dag_id, len(m.dag.task_dict))")
-    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "dags" / "ibkr_trading_momo.py")], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["ibkr_trading_momo", "19"]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ibkr_trading_momo", tmp_path / "dags" / "ibkr_trading_momo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.dag.dag_id == "ibkr_trading_momo" and len(module.dag.task_dict) == 19
+    assert module.dag.task_dict["AAPL.order"].upstream_task_ids == {"AAPL.risk"}
     yaml_path.write_text("name: Bad Name\nsymbols: [AAPL]\n")
     assert main([str(yaml_path), "--out", str(tmp_path / "other")]) == 2 and not (tmp_path / "other").exists()
+
+
+def test_every_strategy_key_is_documented():
+    from pydantic import BaseModel
+
+    from tradeflow.ibkr.config import StrategyConfig
+
+    text = (REPO / "docs" / "ibkr_workflow.md").read_text()
+    missing = []
+    for name, spec in StrategyConfig.model_fields.items():
+        section = spec.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel) and name != "signal":
+            missing += [f"{name}.{key}" for key in section.model_fields
+                        if f"`{name}.{key}`" not in text and f"`{key}`" not in text]
+        elif f"`{name}`" not in text and f"`{name}." not in text:
+            missing.append(name)
+    assert not missing, f"strategy keys missing from docs/ibkr_workflow.md: {missing}"
 
 
 # --- an optional real gateway ------------------------------------------------------------------------
