@@ -1,0 +1,327 @@
+"""The seven IBKR workflow operators. Each is a thin shell over one ``tradeflow.ibkr.workflow`` step:
+it loads the strategy, talks to the gateway through ``IBKRHook``, logs task metrics and artifacts
+into the DAG run's MLflow run and returns JSON through XCom.
+
+Every operator templates ``strategy_file`` and ``as_of`` (and ``symbol`` where it has one), so
+``"{{ params.as_of }}"`` and ``"{{ dag_run.conf.get('symbol') }}"`` render. Heavy imports (pandas,
+mlflow, the review team) happen in ``execute``, never when the DAG file is parsed.
+
+| operator                      | step                     | MLflow                                    |
+|-------------------------------|--------------------------|-------------------------------------------|
+| IBKRMarketDataOperator        | bars from the gateway    | market_data/<S>.json, <S>.bars            |
+| TechnicalIndicatorsOperator   | SMA/RSI/ATR/volatility   | indicators/<S>.json, <S>.rsi_14 ...       |
+| ChartOperator                 | price chart (PNG)        | charts/<S>.png                            |
+| LLMSignalOperator             | AutoGen review decision  | signals/<S>.json, transcript, confidence  |
+| RiskAssessmentOperator        | sizing + limits          | risk/<S>.json, <S>.risk_approved, tag     |
+| OrderPlacementOperator        | paper order, once (cOID) | orders/<S>.json, <S>.order_quantity       |
+| PortfolioUpdateOperator       | positions, exposure      | portfolio/positions.json, equity, alerts  |
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+log = logging.getLogger(__name__)
+
+TRACKING_TASK = "start_tracking"
+DEFAULT_AS_OF = "{{ params.as_of or '' }}"
+
+
+class IBKRBaseOperator(BaseOperator):
+    """Strategy loading, the gateway session, MLflow bookkeeping and failure tagging."""
+
+    template_fields: tuple[str, ...] = ("strategy_file", "as_of")
+    ui_color = "#e8f0fe"
+    metric_name = "task"
+
+    def __init__(self, *, strategy_file: str, as_of: str = DEFAULT_AS_OF, tracking_task_id: str | None = TRACKING_TASK,
+                 ibkr_conn_id: str = "ibkr_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strategy_file = strategy_file
+        self.as_of = as_of
+        self.tracking_task_id = tracking_task_id
+        self.ibkr_conn_id = ibkr_conn_id
+
+    # subclasses implement
+    def run(self, context: Any, strategy: Any, mlflow_run_id: str | None) -> Any:
+        raise NotImplementedError
+
+    def execute(self, context: Any) -> Any:
+        from tradeflow.ibkr import tracking
+        from tradeflow.ibkr.config import load_strategy
+
+        strategy = load_strategy(self.strategy_file)
+        ref = context["ti"].xcom_pull(task_ids=self.tracking_task_id) if self.tracking_task_id else None
+        run_id = ref["run_id"] if isinstance(ref, dict) else None
+        started = time.perf_counter()
+        try:
+            result = self.run(context, strategy, run_id)
+        except Exception as exc:
+            if run_id:
+                tracking.mark_task(run_id, self.task_id, exc)
+            raise
+        if run_id:
+            tracking.mark_task(run_id, self.task_id, None)
+            tracking.log_metrics(run_id, {f"{self._prefix()}{self.metric_name}.seconds": time.perf_counter() - started})
+        return result
+
+    def _prefix(self) -> str:
+        symbol = getattr(self, "symbol", None)
+        return f"{symbol}." if symbol else ""
+
+    def client(self, strategy: Any):
+        from tradeflow.ibkr.airflow.hooks import IBKRHook
+
+        return IBKRHook(self.ibkr_conn_id, allow_live=strategy.broker.allow_live,
+                        timeout_s=strategy.broker.timeout_s).get_conn()
+
+    def as_of_ts(self):
+        from tradeflow.ibkr.workflow import parse_as_of
+
+        return parse_as_of(self.as_of)
+
+    @staticmethod
+    def pull(context: Any, task_id: str) -> Any:
+        value = context["ti"].xcom_pull(task_ids=task_id)
+        if value is None:
+            raise RuntimeError(f"no result from upstream task {task_id}")
+        return value
+
+
+class _SymbolOperator(IBKRBaseOperator):
+    template_fields = ("strategy_file", "as_of", "symbol")
+
+    def __init__(self, *, symbol: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.symbol = symbol
+
+
+class IBKRMarketDataOperator(_SymbolOperator):
+    """Daily bars of ``symbol`` from the Client Portal gateway (sessions before ``as_of`` only)."""
+
+    metric_name = "market_data"
+
+    def run(self, context, strategy, mlflow_run_id):
+        from tradeflow.ibkr import tracking, workflow
+
+        with self.client(strategy) as client:
+            payload = workflow.market_data(strategy, self.symbol, client, as_of=self.as_of_ts())
+        log.info("%s: %d bars %s..%s (conid %s)", self.symbol, payload["count"], payload["first_date"],
+                 payload["last_date"], payload["conid"])
+        if mlflow_run_id:
+            tracking.log_json(mlflow_run_id, f"market_data/{self.symbol}.json", payload)
+            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.bars": payload["count"]})
+        return payload
+
+
+class TechnicalIndicatorsOperator(_SymbolOperator):
+    """SMA 20/50, RSI 14, ATR 14, volatility, support/resistance at the last bar (tradeflow.evidence)."""
+
+    template_fields = (*_SymbolOperator.template_fields, "market_data_task_id")
+    metric_name = "indicators"
+
+    def __init__(self, *, market_data_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.market_data_task_id = market_data_task_id
+
+    def run(self, context, strategy, mlflow_run_id):
+        from tradeflow.ibkr import tracking, workflow
+
+        values = workflow.indicators(self.pull(context, self.market_data_task_id))
+        log.info("%s indicators: %s", self.symbol, values)
+        if mlflow_run_id:
+            tracking.log_json(mlflow_run_id, f"indicators/{self.symbol}.json", values)
+            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.{k}": v for k, v in values.items()
+                                                 if k in ("close", "rsi_14", "atr_14", "sma_20", "sma_50")})
+        return values
+
+
+class ChartOperator(_SymbolOperator):
+    """A PNG of the close, its averages and support/resistance, logged to MLflow ``charts/``."""
+
+    template_fields = (*_SymbolOperator.template_fields, "market_data_task_id", "indicators_task_id")
+    metric_name = "chart"
+
+    def __init__(self, *, market_data_task_id: str, indicators_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.market_data_task_id = market_data_task_id
+        self.indicators_task_id = indicators_task_id
+
+    def run(self, context, strategy, mlflow_run_id):
+        from tradeflow.ibkr import tracking, workflow
+
+        path = workflow.chart(self.pull(context, self.market_data_task_id), self.pull(context, self.indicators_task_id),
+                              tracking.scratch_dir())
+        uri = None
+        if mlflow_run_id:
+            tracking.log_file(mlflow_run_id, path, "charts")
+            uri = f"runs:/{mlflow_run_id}/charts/{path.name}"
+        return {"symbol": self.symbol, "chart": uri or str(path)}
+
+
+class LLMSignalOperator(_SymbolOperator):
+    """BUY/SELL/HOLD from the project's AutoGen review team (``review_agents``) on the evidence bundle."""
+
+    template_fields = (*_SymbolOperator.template_fields, "market_data_task_id")
+    metric_name = "signal"
+
+    def __init__(self, *, market_data_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.market_data_task_id = market_data_task_id
+
+    def run(self, context, strategy, mlflow_run_id):
+        import json
+
+        from tradeflow.ibkr import tracking, workflow
+
+        sig = workflow.signal(strategy, self.pull(context, self.market_data_task_id))
+        log.info("%s signal: %s confidence %.2f (model %s%s)", self.symbol, sig["action"], sig["confidence"],
+                 sig["model_used"], f", fallback {sig['fallback_reason']}" if sig["fallback_reason"] else "")
+        transcript = sig.pop("transcript")
+        evidence = sig.pop("evidence")
+        if mlflow_run_id:
+            tracking.log_json(mlflow_run_id, f"signals/{self.symbol}.json", sig)
+            tracking.log_json(mlflow_run_id, f"signals/{self.symbol}_evidence.json", evidence)
+            tracking.log_text(mlflow_run_id, f"signals/{self.symbol}_transcript.jsonl",
+                              "\n".join(json.dumps(line) for line in transcript) + "\n")
+            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.signal_confidence": sig["confidence"],
+                                                 f"{self.symbol}.signal_fallback": sig["fallback_reason"] is not None})
+            tracking.set_tags(mlflow_run_id, {f"signal.{self.symbol}": f"{sig['action']} {sig['confidence']:.2f}"})
+        return sig
+
+
+class RiskAssessmentOperator(_SymbolOperator):
+    """Sizes the trade from equity and ATR and checks the limits; a refusal is logged (task log,
+    MLflow tag ``risk.<S>``, WebUI signal reasoning) and is not an error."""
+
+    template_fields = (*_SymbolOperator.template_fields, "signal_task_id", "indicators_task_id")
+    metric_name = "risk"
+
+    def __init__(self, *, signal_task_id: str, indicators_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.signal_task_id = signal_task_id
+        self.indicators_task_id = indicators_task_id
+
+    def run(self, context, strategy, mlflow_run_id):
+        from tradeflow.ibkr import tracking, workflow
+
+        sig = self.pull(context, self.signal_task_id)
+        with self.client(strategy) as client:
+            decision = workflow.risk(strategy, sig, self.pull(context, self.indicators_task_id), client)
+        if decision["approved"]:
+            log.info("%s risk: APPROVED %s %d @ ~%.2f, stop %.2f (%s)", self.symbol, decision["side"],
+                     decision["quantity"], decision["entry_price"], decision["stop_price"], decision["reason"])
+        else:
+            log.warning("%s risk: REFUSED: %s", self.symbol, decision["reason"])
+        if mlflow_run_id:
+            tracking.log_json(mlflow_run_id, f"risk/{self.symbol}.json", decision)
+            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.risk_approved": decision["approved"],
+                                                 f"{self.symbol}.risk_quantity": decision["quantity"],
+                                                 f"{self.symbol}.risk_amount": decision["risk_amount"]})
+            tracking.set_tags(mlflow_run_id, {f"risk.{self.symbol}": ("approved: " if decision["approved"] else
+                                                                      "refused: ") + decision["reason"]})
+        publish_signal(strategy, context, self.task_id, mlflow_run_id, sig, decision, None)
+        return decision
+
+
+class OrderPlacementOperator(_SymbolOperator):
+    """Places the approved order once: its ``cOID`` comes from the DAG run, symbol and side and is
+    looked up among the live orders first, so a retried or killed-and-retried task never doubles it.
+    Paper only unless live is explicitly enabled; ``broker.dry_run`` records without sending."""
+
+    template_fields = (*_SymbolOperator.template_fields, "risk_task_id", "market_data_task_id", "signal_task_id")
+    metric_name = "order"
+
+    def __init__(self, *, risk_task_id: str, market_data_task_id: str, signal_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.risk_task_id = risk_task_id
+        self.market_data_task_id = market_data_task_id
+        self.signal_task_id = signal_task_id
+
+    def run(self, context, strategy, mlflow_run_id):
+        from tradeflow.ibkr import tracking, workflow
+
+        decision = self.pull(context, self.risk_task_id)
+        conid = self.pull(context, self.market_data_task_id)["conid"]
+        dag_run = context["dag_run"]
+        if decision["approved"]:
+            with self.client(strategy) as client:
+                order = workflow.place(strategy, decision, conid, client, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        else:
+            order = workflow.place(strategy, decision, conid, None, dag_id=dag_run.dag_id, run_id=dag_run.run_id)  # type: ignore[arg-type]
+        log.info("%s order: %s", self.symbol, {k: order.get(k) for k in ("status", "coid", "order_id", "already_placed",
+                                                                          "dry_run", "filled_quantity", "reason")})
+        if mlflow_run_id:
+            tracking.log_json(mlflow_run_id, f"orders/{self.symbol}.json", order)
+            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.order_placed": order["status"] not in ("not_placed",),
+                                                 f"{self.symbol}.order_quantity": order.get("filled_quantity") or 0.0,
+                                                 f"{self.symbol}.order_already_placed": bool(order.get("already_placed"))})
+            tracking.set_tags(mlflow_run_id, {f"order.{self.symbol}": f"{order['status']} {order.get('coid') or ''}".strip()})
+        publish_signal(strategy, context, self.task_id, mlflow_run_id, self.pull(context, self.signal_task_id),
+                       decision, order)
+        return order
+
+
+class PortfolioUpdateOperator(IBKRBaseOperator):
+    """Positions, equity and exposure after the orders; monitoring alerts in the log and MLflow."""
+
+    metric_name = "portfolio"
+
+    def __init__(self, *, fail_on_alert: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail_on_alert = fail_on_alert
+
+    def run(self, context, strategy, mlflow_run_id):
+        from tradeflow.ibkr import tracking, workflow
+
+        with self.client(strategy) as client:
+            snapshot = workflow.portfolio(strategy, client)
+        log.info("portfolio %s: equity %.2f, gross exposure %.2f, %d positions", snapshot["account"], snapshot["equity"],
+                 snapshot["gross_exposure"], len(snapshot["positions"]))
+        for alert in snapshot["alerts"]:
+            log.warning("portfolio alert: %s", alert)
+        if mlflow_run_id:
+            tracking.log_json(mlflow_run_id, "portfolio/positions.json", snapshot)
+            tracking.log_metrics(mlflow_run_id, {"portfolio.equity": snapshot["equity"],
+                                                 "portfolio.gross_exposure": snapshot["gross_exposure"],
+                                                 "portfolio.positions": len(snapshot["positions"]),
+                                                 "portfolio.alerts": len(snapshot["alerts"])})
+        if self.fail_on_alert and snapshot["alerts"]:
+            raise RuntimeError("portfolio alerts: " + "; ".join(snapshot["alerts"]))
+        return snapshot
+
+
+def publish_signal(strategy: Any, context: Any, task_id: str, mlflow_run_id: str | None, sig: dict[str, Any],
+                   decision: dict[str, Any], order: dict[str, Any] | None) -> None:
+    """Upsert the WebUI ``signal`` artifact of this DAG run and symbol: the review's signal with the
+    risk verdict (a refusal leads the reasoning, which the UI shows) and, once placed, the order."""
+    from tradeflow.webui import WebUIClient, signal_artifact
+
+    if not strategy.webui.publish or mlflow_run_id is None:
+        return
+    client = WebUIClient.from_env()
+    if client is None:
+        return
+    data = dict(sig["signal_data"])
+    verdict = "approved" if decision["approved"] else "refused"
+    data["reasoning"] = (f"Order {verdict} by risk: {decision['reason']}. " + data["reasoning"])
+    data["risk"] = {k: decision.get(k) for k in ("approved", "reason", "side", "quantity", "stop_price", "notional",
+                                                 "risk_amount", "binding_limit", "account")}
+    if order is not None:
+        data["order"] = {k: order.get(k) for k in ("status", "coid", "order_id", "filled_quantity", "avg_price",
+                                                   "already_placed", "dry_run")}
+    dag_run = context["dag_run"]
+    from tradeflow.ibkr.tracking import _client
+
+    experiment_id = _client().get_run(mlflow_run_id).info.experiment_id
+    payload = signal_artifact(symbol=sig["symbol"], action=sig["action"], confidence=sig["confidence"], signal_data=data,
+                              run_id=mlflow_run_id, experiment_id=experiment_id, execution_id=dag_run.run_id,
+                              dag_id=dag_run.dag_id, task_id=task_id, step_name="ibkr_trade_decision",
+                              name=f"IBKR Signal {sig['symbol']}",
+                              metadata={"analysis_method": "ibkr_trading_workflow", "strategy": strategy.name})
+    with client:
+        client.upsert_artifact(payload)

@@ -1,0 +1,433 @@
+"""The IBKR Client Portal Web API client: auth, contracts, history, portfolio and paper orders.
+
+Why not ``ibind`` (checked: 0.2.2 installs with our pins): its ``RestClient`` retries *every*
+method on a read timeout, so an order POST whose answer is slow would be sent again, which is
+exactly how a retry places an order twice. Orders here are sent once per attempt; an attempt whose
+outcome is unknown (timeout, dropped connection, 5xx) looks the order up by its client order id
+(``cOID``) instead of resending it, and so does every retried Airflow task before it places.
+
+Safety:
+- **paper only by default**: an account that is not a paper account (``DU...``/``DF...``) is refused
+  unless the strategy sets ``broker.allow_live`` AND the environment sets ``IBKR_ALLOW_LIVE=true``;
+- ``dry_run`` records the order it would place and sends nothing;
+- the session cookie / headers are never logged (only method, path and status).
+
+Settings from the environment: ``IBKR_API_URL`` (``https://localhost:5000/v1/api``),
+``IBKR_VERIFY_TLS`` (default true), ``IBKR_ACCOUNT_ID`` (default: the gateway's first account).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from tradeflow.data.http import ATTEMPTS, BACKOFF_S
+
+log = logging.getLogger(__name__)
+
+ENV_URL = "IBKR_API_URL"
+ENV_VERIFY = "IBKR_VERIFY_TLS"
+ENV_ACCOUNT = "IBKR_ACCOUNT_ID"
+ENV_ALLOW_LIVE = "IBKR_ALLOW_LIVE"
+PAPER_PREFIXES = ("DU", "DF")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_DUPLICATE_RE = re.compile(r"Local order ID=(\S+?) is already registered", re.I)
+
+
+class BrokerError(RuntimeError):
+    """A broker call failed; ``str(err)`` is one line that says what to do."""
+
+
+class GatewayDown(BrokerError):
+    """The gateway cannot be reached (connection refused / timeout)."""
+
+
+class NotAuthenticated(BrokerError):
+    """The gateway is up but its brokerage session is not logged in."""
+
+
+class OrderRejected(BrokerError):
+    """The broker refused the order; nothing was placed."""
+
+
+class LiveTradingRefused(BrokerError):
+    """A live (non-paper) account without the explicit live settings."""
+
+
+class OutcomeUnknown(BrokerError):
+    """The request may have reached the broker (timeout, dropped connection, 5xx)."""
+
+
+def is_paper_account(account_id: str) -> bool:
+    return account_id.upper().startswith(PAPER_PREFIXES)
+
+
+def client_order_id(dag_id: str, run_id: str, symbol: str, side: str) -> str:
+    """The order's ``cOID``: the same DAG run, symbol and side always give the same id, so a
+    retried task finds the order it already placed instead of placing a second one."""
+    digest = hashlib.sha256(f"{dag_id}|{run_id}|{symbol}|{side}".encode()).hexdigest()[:12]
+    return f"tf-{symbol}-{side[0]}-{digest}"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    base_url: str
+    verify_tls: bool = True
+    account_id: str | None = None
+    timeout_s: float = 15.0
+    live_allowed: bool = False  # allow_live in the strategy AND IBKR_ALLOW_LIVE in the environment
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, allow_live: bool = False,
+                 timeout_s: float = 15.0) -> GatewaySettings:
+        environ = os.environ if environ is None else environ
+        base = (environ.get(ENV_URL) or "").strip().rstrip("/")
+        if not base:
+            raise BrokerError(f"{ENV_URL} is not set (e.g. https://localhost:5000/v1/api for a Client Portal gateway)")
+        verify = _env_bool(environ, ENV_VERIFY, True)
+        live_env = _env_bool(environ, ENV_ALLOW_LIVE, False)
+        return cls(base_url=base, verify_tls=verify, account_id=(environ.get(ENV_ACCOUNT) or "").strip() or None,
+                   timeout_s=timeout_s, live_allowed=allow_live and live_env)
+
+
+def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE | _FALSE:
+        raise BrokerError(f"{name}={raw!r} is not a boolean (use true or false)")
+    return raw in _TRUE
+
+
+@dataclass
+class OrderTicket:
+    """What the workflow wants placed: a parent order and an optional protective stop."""
+
+    symbol: str
+    conid: int
+    side: str  # BUY | SELL
+    quantity: int
+    coid: str
+    order_type: str = "MKT"
+    limit_price: float | None = None
+    stop_price: float | None = None
+    tif: str = "DAY"
+    outside_rth: bool = False
+
+    def payload(self, account_id: str) -> dict[str, Any]:
+        parent = {"acctId": account_id, "conid": self.conid, "cOID": self.coid, "orderType": self.order_type,
+                  "side": self.side, "quantity": self.quantity, "tif": self.tif, "outsideRTH": self.outside_rth}
+        if self.order_type == "LMT":
+            parent["price"] = self.limit_price
+        orders = [parent]
+        if self.stop_price is not None:
+            orders.append({"acctId": account_id, "conid": self.conid, "cOID": f"{self.coid}-SL", "parentId": self.coid,
+                           "orderType": "STP", "price": self.stop_price,
+                           "side": "SELL" if self.side == "BUY" else "BUY", "quantity": self.quantity, "tif": "GTC"})
+        return {"orders": orders}
+
+
+@dataclass
+class OrderResult:
+    coid: str
+    status: str  # Filled | Submitted | PreSubmitted | dry_run | ...
+    order_id: str | None
+    account_id: str
+    already_placed: bool = False  # found by cOID: an earlier attempt placed it
+    dry_run: bool = False
+    replies: list[str] = field(default_factory=list)  # confirmation questions answered (message ids)
+    filled_quantity: float = 0.0
+    avg_price: float | None = None
+    request: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class ClientPortal:
+    """One gateway session. Every HTTP call goes through ``_request`` (the one place for the
+    transport and its retry policy: reads retry on connection errors and 5xx; order placement
+    and replies never retry; their unknown outcomes are resolved by looking the ``cOID`` up)."""
+
+    def __init__(self, settings: GatewaySettings, *, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self._session = session or requests.Session()
+        self._session.headers.update({"User-Agent": "tradeflow-ibkr", "Accept": "application/json"})
+        self._iserver_accounts: list[str] | None = None
+        self._portfolio_accounts: list[dict[str, Any]] | None = None
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> ClientPortal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport --------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                 body: Any = None, retry: bool = True) -> Any:
+        url = f"{self.settings.base_url}{path}"
+        attempts = ATTEMPTS if retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._session.request(method, url, params=params, json=body,
+                                                 timeout=self.settings.timeout_s, verify=self.settings.verify_tls)
+            except requests.exceptions.SSLError:
+                raise BrokerError(f"{method} {path}: TLS check failed for {self.settings.base_url} (the gateway's "
+                                  f"certificate is self-signed: set {ENV_VERIFY}=false)") from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                problem = f"{type(exc).__name__}"
+                if not retry:
+                    raise OutcomeUnknown(f"{method} {path}: no answer from the gateway ({problem}); "
+                                         "the request may have reached the broker") from None
+                if attempt == attempts:
+                    raise GatewayDown(f"{method} {path}: the IBKR gateway at {self.settings.base_url} cannot be "
+                                      f"reached ({problem}, {attempts} attempts); is it running?") from None
+            else:
+                log.debug("%s %s -> %s", method, path, response.status_code)
+                if response.status_code == 401:
+                    raise NotAuthenticated(f"{method} {path}: the gateway is not authenticated (401); log in at the "
+                                           "gateway's page, then /iserver/auth/status must say authenticated")
+                if response.status_code < 500:
+                    return _decode(response, method, path)
+                problem = f"HTTP {response.status_code}: {_detail(response)}"
+                if not retry:
+                    raise OutcomeUnknown(f"{method} {path}: {problem}; the request may have reached the broker")
+                if attempt == attempts:
+                    raise BrokerError(f"{method} {path}: {problem} ({attempts} attempts)")
+            log.warning("%s %s: %s; retrying (attempt %d of %d)", method, path, problem, attempt + 1, attempts)
+            time.sleep(BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)])
+        raise AssertionError("unreachable")
+
+    # -- session ----------------------------------------------------------------------------------
+
+    def auth_status(self) -> dict[str, Any]:
+        body = self._request("POST", "/iserver/auth/status")
+        return body if isinstance(body, dict) else {}
+
+    def tickle(self) -> dict[str, Any]:
+        """Keep the session alive (IBKR drops it after ~5 idle minutes)."""
+        body = self._request("POST", "/tickle")
+        return body if isinstance(body, dict) else {}
+
+    def ensure_authenticated(self) -> dict[str, Any]:
+        self.tickle()
+        status = self.auth_status()
+        if not status.get("authenticated"):
+            reason = status.get("fail") or status.get("message") or "no reason given"
+            raise NotAuthenticated(f"the IBKR gateway's brokerage session is not authenticated ({reason}); "
+                                   "log in at the gateway")
+        if status.get("competing"):
+            raise NotAuthenticated("another session (TWS or a second gateway) competes for this login")
+        return status
+
+    # -- contracts and data -----------------------------------------------------------------------
+
+    def search(self, symbol: str) -> int:
+        """The stock's contract id (``conid``; the search answers it as a string)."""
+        body = self._request("GET", "/iserver/secdef/search", params={"symbol": symbol})
+        if isinstance(body, dict) and "error" in body:
+            raise BrokerError(f"{symbol}: IBKR contract search: {body['error']}")
+        rows = [r for r in body if isinstance(r, dict)] if isinstance(body, list) else []
+        stocks = [r for r in rows if any(s.get("secType") == "STK" for s in r.get("sections") or [])] or rows
+        if not stocks:
+            raise BrokerError(f"{symbol}: IBKR has no contract for this symbol")
+        try:
+            return int(stocks[0]["conid"])
+        except (KeyError, TypeError, ValueError):
+            raise BrokerError(f"{symbol}: the contract search answered no usable conid") from None
+
+    def history(self, conid: int, *, period: str, bar: str = "1d") -> list[dict[str, Any]]:
+        body = self._request("GET", "/iserver/marketdata/history",
+                             params={"conid": str(conid), "period": period, "bar": bar})
+        if isinstance(body, dict) and "error" in body:
+            raise BrokerError(f"conid {conid}: IBKR history: {body['error']}")
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise BrokerError(f"conid {conid}: IBKR history answered no data list")
+        return body["data"]
+
+    def schedule(self, symbol: str) -> list[dict[str, Any]]:
+        body = self._request("GET", "/trsrv/secdef/schedule", params={"assetClass": "STK", "symbol": symbol})
+        if isinstance(body, dict) and "error" in body:
+            raise BrokerError(f"{symbol}: IBKR trading schedule: {body['error']}")
+        return body if isinstance(body, list) else []
+
+    # -- accounts and portfolio -------------------------------------------------------------------
+
+    def trading_account(self) -> str:
+        """The account orders go to, checked for paper. ``/iserver/accounts`` must precede orders."""
+        if self._iserver_accounts is None:
+            body = self._request("GET", "/iserver/accounts")
+            self._iserver_accounts = list(body.get("accounts") or []) if isinstance(body, dict) else []
+        accounts = self._iserver_accounts
+        account = self.settings.account_id or (accounts[0] if accounts else None)
+        if not account:
+            raise BrokerError("the gateway lists no trading account")
+        if account not in accounts:
+            raise BrokerError(f"account {account} ({ENV_ACCOUNT}) is not one of the gateway's accounts")
+        if not is_paper_account(account) and not self.settings.live_allowed:
+            raise LiveTradingRefused(
+                f"account {account} is a LIVE account; orders are paper-only unless the strategy sets "
+                f"broker.allow_live: true AND the environment sets {ENV_ALLOW_LIVE}=true")
+        return account
+
+    def _portfolio_ready(self) -> None:
+        if self._portfolio_accounts is None:  # /portfolio/accounts must precede other /portfolio calls
+            body = self._request("GET", "/portfolio/accounts")
+            self._portfolio_accounts = body if isinstance(body, list) else []
+
+    def positions(self, account_id: str) -> list[dict[str, Any]]:
+        self._portfolio_ready()
+        rows: list[dict[str, Any]] = []
+        for page in range(50):  # 100 per page
+            body = self._request("GET", f"/portfolio/{account_id}/positions/{page}")
+            if isinstance(body, dict) and "error" in body:
+                raise BrokerError(f"positions of {account_id}: {body['error']}")
+            if not isinstance(body, list) or not body:
+                break
+            rows += body
+            if len(body) < 100:
+                break
+        return rows
+
+    def summary(self, account_id: str) -> dict[str, float]:
+        """Account values in the account currency: ``{"netliquidation": 1e6, ...}``."""
+        self._portfolio_ready()
+        body = self._request("GET", f"/portfolio/{account_id}/summary")
+        if not isinstance(body, dict) or "error" in body:
+            raise BrokerError(f"summary of {account_id}: {body.get('error') if isinstance(body, dict) else body!r}")
+        out = {}
+        for key, value in body.items():
+            if isinstance(value, dict) and isinstance(value.get("amount"), (int, float)) and not value.get("isNull"):
+                out[key] = float(value["amount"])
+        if "netliquidation" not in out:
+            raise BrokerError(f"summary of {account_id} has no netliquidation")
+        return out
+
+    # -- orders -----------------------------------------------------------------------------------
+
+    def live_orders(self) -> list[dict[str, Any]]:
+        """The session's orders. The first call after login only starts the subscription and
+        answers ``snapshot: false`` with an empty list: ask again until the snapshot is real."""
+        self.trading_account()
+        for attempt in range(4):
+            body = self._request("GET", "/iserver/account/orders")
+            if isinstance(body, dict) and body.get("snapshot", True) is not False:
+                return [o for o in body.get("orders") or [] if isinstance(o, dict)]
+            time.sleep(0.2 * (attempt + 1))
+        raise BrokerError("/iserver/account/orders never answered a snapshot (4 tries)")
+
+    def find_order(self, coid: str) -> dict[str, Any] | None:
+        return next((o for o in self.live_orders() if o.get("order_ref") == coid), None)
+
+    def place_order(self, ticket: OrderTicket, *, dry_run: bool = False, reply_rounds: int = 5) -> OrderResult:
+        """Place ``ticket`` at most once: look its ``cOID`` up first; answer the confirmation
+        questions (``/iserver/reply/{id}``); resolve an unknown outcome by looking it up again."""
+        account = self.trading_account()
+        request = ticket.payload(account)
+        if dry_run:
+            log.info("dry run: would place %s", request)
+            return OrderResult(ticket.coid, "dry_run", None, account, dry_run=True, request=request)
+        existing = self.find_order(ticket.coid)
+        if existing is not None:
+            log.info("order %s already placed (order id %s, %s): not placing it again", ticket.coid,
+                     existing.get("orderId"), existing.get("status"))
+            return _result(ticket, account, existing, request, already=True)
+        replies: list[str] = []
+        try:
+            body = self._request("POST", f"/iserver/account/{account}/orders", body=request, retry=False)
+            for _ in range(reply_rounds):
+                question = _question(body)
+                if question is None:
+                    break
+                replies += question.get("messageIds") or []
+                log.info("confirming %s: %s", ticket.coid, " ".join(question.get("message") or [])[:200])
+                body = self._request("POST", f"/iserver/reply/{question['id']}", body={"confirmed": True}, retry=False)
+            else:
+                if _question(body) is not None:
+                    raise OrderRejected(f"{ticket.coid}: still asked to confirm after {reply_rounds} replies; not placed")
+        except OutcomeUnknown as exc:
+            log.warning("%s; looking order %s up by its cOID", exc, ticket.coid)
+            found = self._find_after_unknown(ticket.coid)
+            if found is None:
+                raise OutcomeUnknown(f"{ticket.coid}: {exc} and the order is not among the live orders; "
+                                     "the task may be retried safely") from None
+            return _result(ticket, account, found, request, already=False, replies=replies)
+        error = _error(body)
+        if error:
+            duplicate = _DUPLICATE_RE.search(error)
+            if duplicate:  # placed by a concurrent or earlier attempt
+                found = self._find_after_unknown(ticket.coid)
+                if found is not None:
+                    return _result(ticket, account, found, request, already=True, replies=replies)
+            raise OrderRejected(f"{ticket.symbol} {ticket.side} {ticket.quantity} ({ticket.coid}) rejected: {error}")
+        found = self._find_after_unknown(ticket.coid)
+        if found is None:
+            placed = body[0] if isinstance(body, list) and body and isinstance(body[0], dict) else {}
+            return OrderResult(ticket.coid, str(placed.get("order_status", "Submitted")), str(placed.get("order_id")),
+                               account, replies=replies, request=request)
+        return _result(ticket, account, found, request, already=False, replies=replies)
+
+    def _find_after_unknown(self, coid: str) -> dict[str, Any] | None:
+        try:
+            return self.find_order(coid)
+        except (GatewayDown, BrokerError) as exc:
+            log.warning("could not look order %s up: %s", coid, exc)
+            return None
+
+
+def _result(ticket: OrderTicket, account: str, row: Mapping[str, Any], request: dict[str, Any], *,
+            already: bool, replies: list[str] | None = None) -> OrderResult:
+    avg = row.get("avgPrice")
+    return OrderResult(ticket.coid, str(row.get("status")), str(row.get("orderId")), account, already_placed=already,
+                       replies=list(replies or []), filled_quantity=float(row.get("filledQuantity") or 0.0),
+                       avg_price=float(avg) if isinstance(avg, (int, float, str)) and str(avg) else None,
+                       request=request)
+
+
+def _question(body: Any) -> dict[str, Any] | None:
+    if isinstance(body, list) and body and isinstance(body[0], dict) and "id" in body[0] and "message" in body[0]:
+        return body[0]
+    return None
+
+
+def _error(body: Any) -> str | None:
+    if isinstance(body, dict) and body.get("error"):
+        return str(body["error"])
+    if isinstance(body, list) and body and isinstance(body[0], dict) and body[0].get("error"):
+        return str(body[0]["error"])
+    return None
+
+
+def _decode(response: requests.Response, method: str, path: str) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        raise BrokerError(f"{method} {path}: HTTP {response.status_code}, not JSON") from None
+    if response.status_code >= 400:
+        detail = body.get("error") if isinstance(body, dict) else body
+        if isinstance(body, dict) and "error" in body:
+            return body  # the caller turns {"error": ...} into its own message
+        raise BrokerError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+    return body
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        text = body.get("error", body) if isinstance(body, dict) else body
+    except ValueError:
+        text = response.text
+    return " ".join(str(text).split())[:200] or "(empty body)"
