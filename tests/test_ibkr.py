@@ -142,7 +142,7 @@ def test_not_authenticated_and_gateway_down(gateway, monkeypatch):
         c.search("AAPL")
     gateway.set_fault(None)
     gateway.stop()
-    monkeypatch.setattr(cp, "BACKOFF_S", (0.01, 0.01))
+    monkeypatch.setattr(cp, "RETRY", cp.RetryPolicy(attempts=3, backoff_s=0.01))
     with client() as c, pytest.raises(cp.GatewayDown, match="cannot be reached .* is it running"):
         c.auth_status()
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from tradeflow.data.http import ATTEMPTS, BACKOFF_S
+from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ ENV_ALLOW_LIVE = "IBKR_ALLOW_LIVE"
 PAPER_PREFIXES = ("DU", "DF")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+#: Reads retry under the project policy (``tradeflow.http``); orders and replies are sent once.
+RETRY = RetryPolicy(attempts=3, backoff_s=0.5)
 _DUPLICATE_RE = re.compile(r"Local order ID=(\S+?) is already registered", re.I)
 
 
@@ -160,13 +162,14 @@ class ClientPortal:
 
     def __init__(self, settings: GatewaySettings, *, session: requests.Session | None = None) -> None:
         self.settings = settings
-        self._session = session or requests.Session()
-        self._session.headers.update({"User-Agent": "tradeflow-ibkr", "Accept": "application/json"})
+        self._http = HttpClient(policy=RETRY, session=session, verify=settings.verify_tls,
+                                limits=Limits(read_s=settings.timeout_s, deadline_s=max(30.0, 2 * settings.timeout_s)),
+                                headers={"User-Agent": "tradeflow-ibkr", "Accept": "application/json"})
         self._iserver_accounts: list[str] | None = None
         self._portfolio_accounts: list[dict[str, Any]] | None = None
 
     def close(self) -> None:
-        self._session.close()
+        self._http.close()
 
     def __enter__(self) -> ClientPortal:
         return self
@@ -178,38 +181,34 @@ class ClientPortal:
 
     def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                  body: Any = None, retry: bool = True) -> Any:
+        """One call through the project's HTTP layer (``tradeflow.http``: its retry policy, total
+        deadline and size cap). ``retry=False`` (orders, replies) sends once: an answer that may
+        have been applied becomes ``OutcomeUnknown`` for the caller to resolve by ``cOID``."""
         url = f"{self.settings.base_url}{path}"
-        attempts = ATTEMPTS if retry else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._session.request(method, url, params=params, json=body,
-                                                 timeout=self.settings.timeout_s, verify=self.settings.verify_tls)
-            except requests.exceptions.SSLError:
+        try:
+            reply = self._http.send(method, url, params=params, json_body=body,
+                                    attempts=None if retry else 1, label=f"{method} {path}")
+        except HttpError as exc:
+            if exc.kind == "TLS check failed":
                 raise BrokerError(f"{method} {path}: TLS check failed for {self.settings.base_url} (the gateway's "
                                   f"certificate is self-signed: set {ENV_VERIFY}=false)") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                problem = f"{type(exc).__name__}"
-                if not retry:
-                    raise OutcomeUnknown(f"{method} {path}: no answer from the gateway ({problem}); "
-                                         "the request may have reached the broker") from None
-                if attempt == attempts:
-                    raise GatewayDown(f"{method} {path}: the IBKR gateway at {self.settings.base_url} cannot be "
-                                      f"reached ({problem}, {attempts} attempts); is it running?") from None
-            else:
-                log.debug("%s %s -> %s", method, path, response.status_code)
-                if response.status_code == 401:
-                    raise NotAuthenticated(f"{method} {path}: the gateway is not authenticated (401); log in at the "
-                                           "gateway's page, then /iserver/auth/status must say authenticated")
-                if response.status_code < 500:
-                    return _decode(response, method, path)
-                problem = f"HTTP {response.status_code}: {_detail(response)}"
-                if not retry:
-                    raise OutcomeUnknown(f"{method} {path}: {problem}; the request may have reached the broker")
-                if attempt == attempts:
-                    raise BrokerError(f"{method} {path}: {problem} ({attempts} attempts)")
-            log.warning("%s %s: %s; retrying (attempt %d of %d)", method, path, problem, attempt + 1, attempts)
-            time.sleep(BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)])
-        raise AssertionError("unreachable")
+            if not retry and exc.maybe_applied:
+                raise OutcomeUnknown(f"{method} {path}: no usable answer from the gateway ({exc}); "
+                                     "the request may have reached the broker") from None
+            if exc.status is not None:
+                raise BrokerError(f"{method} {path}: {exc} ({exc.tries} attempts)") from None
+            raise GatewayDown(f"{method} {path}: the IBKR gateway at {self.settings.base_url} cannot be "
+                              f"reached ({exc}, {exc.tries} attempts); is it running?") from None
+        log.debug("%s %s -> %s", method, path, reply.status)
+        if reply.status == 401:
+            raise NotAuthenticated(f"{method} {path}: the gateway is not authenticated (401); log in at the "
+                                   "gateway's page, then /iserver/auth/status must say authenticated")
+        if reply.status >= 500:
+            problem = f"HTTP {reply.status}: {_detail(reply)}"
+            if not retry:
+                raise OutcomeUnknown(f"{method} {path}: {problem}; the request may have reached the broker")
+            raise BrokerError(f"{method} {path}: {problem}")
+        return _decode(reply, method, path)
 
     # -- session ----------------------------------------------------------------------------------
 
@@ -411,20 +410,20 @@ def _error(body: Any) -> str | None:
     return None
 
 
-def _decode(response: requests.Response, method: str, path: str) -> Any:
+def _decode(response: Reply, method: str, path: str) -> Any:
     try:
         body = response.json()
     except ValueError:
-        raise BrokerError(f"{method} {path}: HTTP {response.status_code}, not JSON") from None
-    if response.status_code >= 400:
+        raise BrokerError(f"{method} {path}: HTTP {response.status}, not JSON") from None
+    if response.status >= 400:
         detail = body.get("error") if isinstance(body, dict) else body
         if isinstance(body, dict) and "error" in body:
             return body  # the caller turns {"error": ...} into its own message
-        raise BrokerError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+        raise BrokerError(f"{method} {path}: HTTP {response.status}: {detail}")
     return body
 
 
-def _detail(response: requests.Response) -> str:
+def _detail(response: Reply) -> str:
     try:
         body = response.json()
         text = body.get("error", body) if isinstance(body, dict) else body
