@@ -83,7 +83,7 @@ def test_concurrent_trading_runs_bars_to_paper_fills_one_order_each_despite_faul
     portfolio update), against one gateway that answers 500 after accepting the first order and
     never answers after accepting the second: that run's order task is killed by its execution
     timeout and retried. Exactly one order per run, no duplicate."""
-    strategy = write_strategy(tmp_path / "s.yaml", airflow={"execution_timeout_s": 20}, broker={"timeout_s": 60},
+    strategy = write_strategy(tmp_path / "s.yaml", airflow={"order_timeout_s": 15}, broker={"timeout_s": 60},
                               risk={"max_position_pct": 0.5, "max_total_exposure_pct": 1.0})
     runs = 3
     homes = [home] + [home.clone(tmp_path / f"home{i}") for i in range(1, runs)]
