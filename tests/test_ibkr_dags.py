@@ -132,7 +132,9 @@ def test_concurrent_trading_runs_bars_to_paper_fills_one_order_each_despite_faul
         listed = {a.path for d in ("charts", "signals", "orders", "portfolio")
                   for a in client.list_artifacts(run.info.run_id, d)}
         assert {"charts/AAPL.png", "signals/AAPL.json", "orders/AAPL.json", "portfolio/positions.json"} <= listed
-    assert sorted(already) == [0.0, 0.0, 1.0]  # the killed attempt's retry found its order by cOID
+    # the killed attempt's retry found its order by cOID (on a loaded machine another order task may
+    # also hit its timeout after sending: its retry must find its order the same way)
+    assert 1.0 in already and set(already) <= {0.0, 1.0}
 
     signals = [a for a in artifacts if a["type"] == "signal"]
     assert sorted(a["execution_id"] for a in signals) == sorted(run_ids)
