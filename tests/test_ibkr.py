@@ -228,13 +228,13 @@ _KILLED_PLACER = textwrap.dedent("""
 @pytest.mark.slow  # starts a Python subprocess
 def test_placer_killed_after_broker_accepted_then_retried_places_one_order(gateway):
     """The duplicate-submission scenario: the broker accepts, the process dies before it hears back."""
-    gateway.set_fault("hang_after_accept", delay_s=30.0)
+    gateway.set_fault("hang_after_accept", delay_s=600.0)
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_PLACER, gateway.url, str(gateway.conid("AAPL"))],
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not gateway.orders() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # generous: a loaded machine starts Python slowly
+    while not gateway.orders() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert gateway.orders(), "the placer never reached the broker"
+    assert gateway.orders(), f"the placer never reached the broker (exit code {proc.poll()})"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
@@ -477,6 +477,21 @@ def test_template_writes_dags_for_a_new_strategy(tmp_path):
     assert module.dag.task_dict["AAPL.order"].upstream_task_ids == {"AAPL.risk"}
     yaml_path.write_text("name: Bad Name\nsymbols: [AAPL]\n")
     assert main([str(yaml_path), "--out", str(tmp_path / "other")]) == 2 and not (tmp_path / "other").exists()
+
+
+def test_environment_check_names_what_would_fail():
+    from tradeflow.ibkr.template import check_environment
+
+    problems = check_environment(strategy(broker={"allow_live": True}), {})
+    assert any("IBKR_API_URL is not set" in p for p in problems)
+    assert any("BACKEND_API_URL is not set" in p for p in problems)
+    problems = check_environment(strategy(broker={"allow_live": True}), {
+        "IBKR_API_URL": "https://localhost:5000/v1/api", "MLFLOW_TRACKING_URI": "sqlite:///x.db",
+        "BACKEND_API_URL": "http://webui:8000"})
+    assert problems == ["broker.allow_live is true but IBKR_ALLOW_LIVE is not: orders stay paper-only"]
+    assert check_environment(strategy(), {"IBKR_API_URL": "https://localhost:5000/v1/api", "IBKR_VERIFY_TLS": "maybe",
+                                          "MLFLOW_TRACKING_URI": "x", "BACKEND_API_URL": "y"}) == [
+        "IBKR_VERIFY_TLS='maybe' is not a boolean (use true or false)"]
 
 
 def test_every_strategy_key_is_documented():

@@ -83,7 +83,7 @@ def test_concurrent_trading_runs_bars_to_paper_fills_one_order_each_despite_faul
     portfolio update), against one gateway that answers 500 after accepting the first order and
     never answers after accepting the second: that run's order task is killed by its execution
     timeout and retried. Exactly one order per run, no duplicate."""
-    strategy = write_strategy(tmp_path / "s.yaml", airflow={"execution_timeout_s": 20}, broker={"timeout_s": 60},
+    strategy = write_strategy(tmp_path / "s.yaml", airflow={"order_timeout_s": 15}, broker={"timeout_s": 60},
                               risk={"max_position_pct": 0.5, "max_total_exposure_pct": 1.0})
     runs = 3
     homes = [home] + [home.clone(tmp_path / f"home{i}") for i in range(1, runs)]
@@ -132,7 +132,9 @@ def test_concurrent_trading_runs_bars_to_paper_fills_one_order_each_despite_faul
         listed = {a.path for d in ("charts", "signals", "orders", "portfolio")
                   for a in client.list_artifacts(run.info.run_id, d)}
         assert {"charts/AAPL.png", "signals/AAPL.json", "orders/AAPL.json", "portfolio/positions.json"} <= listed
-    assert sorted(already) == [0.0, 0.0, 1.0]  # the killed attempt's retry found its order by cOID
+    # the killed attempt's retry found its order by cOID (on a loaded machine another order task may
+    # also hit its timeout after sending: its retry must find its order the same way)
+    assert 1.0 in already and set(already) <= {0.0, 1.0}
 
     signals = [a for a in artifacts if a["type"] == "signal"]
     assert sorted(a["execution_id"] for a in signals) == sorted(run_ids)

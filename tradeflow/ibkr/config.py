@@ -106,6 +106,8 @@ class AirflowSettings(_Strict):
     retries: int = Field(2, ge=0, le=10)
     retry_delay_s: float = Field(30.0, ge=0, le=3600)
     execution_timeout_s: float = Field(600.0, gt=0, le=6 * 3600)
+    order_timeout_s: float = Field(120.0, gt=0, le=3600, description="the order task's execution timeout: a hung "
+                                   "broker call is cut, and the retry finds the order by its cOID")
     sensor_poke_s: float = Field(60.0, gt=0, le=3600)
     sensor_timeout_s: float = Field(3600.0, gt=0, le=24 * 3600)
     require_market_open: bool = Field(True, description="trading waits for the exchange to be open")

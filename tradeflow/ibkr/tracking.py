@@ -54,6 +54,10 @@ def open_run(*, experiment: str, dag_id: str, execution_id: str, strategy: str, 
     return {"run_id": run_id, "experiment_id": experiment_id}
 
 
+def experiment_of(run_id: str) -> str:
+    return _client().get_run(run_id).info.experiment_id
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, Any]) -> None:
     client = _client()
     for key, value in metrics.items():

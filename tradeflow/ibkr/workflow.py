@@ -175,10 +175,10 @@ def risk(strategy: StrategyConfig, sig: Mapping[str, Any], values: Mapping[str, 
 
 def place(strategy: StrategyConfig, decision: Mapping[str, Any], conid: int, client: ClientPortal, *,
           dag_id: str, run_id: str) -> dict[str, Any]:
-    """Place the approved order once (cOID from DAG run, symbol, side); a refusal places nothing."""
+    """Place the approved order once (cOID from DAG run, symbol, side)."""
     symbol = decision["symbol"]
     if not decision["approved"]:
-        return {"symbol": symbol, "status": "not_placed", "reason": decision["reason"], "coid": None}
+        raise ValueError(f"{symbol}: the risk check refused this order ({decision['reason']}); nothing to place")
     side = decision["side"]
     orders = strategy.orders
     limit = None
@@ -191,6 +191,11 @@ def place(strategy: StrategyConfig, decision: Mapping[str, Any], conid: int, cli
                          tif=orders.tif, outside_rth=orders.outside_rth)
     result = client.place_order(ticket, dry_run=strategy.broker.dry_run, reply_rounds=strategy.broker.reply_rounds)
     return {"symbol": symbol, **result.as_dict()}
+
+
+def not_placed(decision: Mapping[str, Any]) -> dict[str, Any]:
+    """The order step's record when the risk check refused: nothing is sent, the reason is kept."""
+    return {"symbol": decision["symbol"], "status": "not_placed", "reason": decision["reason"], "coid": None}
 
 
 def portfolio(strategy: StrategyConfig, client: ClientPortal) -> dict[str, Any]:

@@ -99,6 +99,17 @@ def _dag(dag_id: str, strategy: StrategyConfig, path: str, title: str, schedule:
     )
 
 
+def _data_steps(symbol: str, common: dict[str, Any]):
+    """market_data -> indicators -> chart of one symbol (inside its TaskGroup)."""
+    bars = IBKRMarketDataOperator(task_id="market_data", symbol=symbol, **common)
+    values = TechnicalIndicatorsOperator(task_id="indicators", symbol=symbol, market_data_task_id=f"{symbol}.market_data",
+                                         **common)
+    chart = ChartOperator(task_id="chart", symbol=symbol, market_data_task_id=f"{symbol}.market_data",
+                          indicators_task_id=f"{symbol}.indicators", **common)
+    bars >> values >> chart
+    return bars, values, chart
+
+
 def build_trading_dag(path: str | Path, dag_id: str = TRADING_DAG_ID) -> DAG:
     path = str(path)
     strategy = load_strategy(path)
@@ -115,18 +126,16 @@ def build_trading_dag(path: str | Path, dag_id: str = TRADING_DAG_ID) -> DAG:
             with TaskGroup(group_id=symbol):
                 ids = {name: f"{symbol}.{name}" for name in ("market_data", "indicators", "signal", "risk")}
                 ready = DataAvailabilitySensor(task_id="data_available", symbol=symbol, **common, **_sensor_args(strategy))
-                bars = IBKRMarketDataOperator(task_id="market_data", symbol=symbol, **common)
-                values = TechnicalIndicatorsOperator(task_id="indicators", symbol=symbol,
-                                                     market_data_task_id=ids["market_data"], **common)
-                chart = ChartOperator(task_id="chart", symbol=symbol, market_data_task_id=ids["market_data"],
-                                      indicators_task_id=ids["indicators"], **common)
+                bars, values, chart = _data_steps(symbol, common)
                 sig = LLMSignalOperator(task_id="signal", symbol=symbol, market_data_task_id=ids["market_data"], **common)
                 risk = RiskAssessmentOperator(task_id="risk", symbol=symbol, signal_task_id=ids["signal"],
                                               indicators_task_id=ids["indicators"], **common)
                 order = OrderPlacementOperator(task_id="order", symbol=symbol, risk_task_id=ids["risk"],
                                                market_data_task_id=ids["market_data"], signal_task_id=ids["signal"],
+                                               execution_timeout=timedelta(seconds=strategy.airflow.order_timeout_s),
                                                **common)
-                auth >> ready >> bars >> values >> [chart, sig]
+                auth >> ready >> bars
+                values >> sig
                 [values, sig] >> risk >> order
                 [chart, order] >> portfolio
         portfolio >> finish_tracking(ref)
@@ -145,12 +154,9 @@ def build_market_data_dag(path: str | Path, dag_id: str = MARKET_DATA_DAG_ID) ->
         done = finish_tracking(ref)
         for symbol in strategy.symbols:
             with TaskGroup(group_id=symbol):
-                bars = IBKRMarketDataOperator(task_id="market_data", symbol=symbol, **common)
-                values = TechnicalIndicatorsOperator(task_id="indicators", symbol=symbol,
-                                                     market_data_task_id=f"{symbol}.market_data", **common)
-                chart = ChartOperator(task_id="chart", symbol=symbol, market_data_task_id=f"{symbol}.market_data",
-                                      indicators_task_id=f"{symbol}.indicators", **common)
-                auth >> bars >> values >> chart >> done
+                bars, _, chart = _data_steps(symbol, common)
+                auth >> bars
+                chart >> done
     return dag
 
 

@@ -252,7 +252,7 @@ class OrderPlacementOperator(_SymbolOperator):
             with self.client(strategy) as client:
                 order = workflow.place(strategy, decision, conid, client, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
         else:
-            order = workflow.place(strategy, decision, conid, None, dag_id=dag_run.dag_id, run_id=dag_run.run_id)  # type: ignore[arg-type]
+            order = workflow.not_placed(decision)
         log.info("%s order: %s", self.symbol, {k: order.get(k) for k in ("status", "coid", "order_id", "already_placed",
                                                                           "dry_run", "filled_quantity", "reason")})
         if mlflow_run_id:
@@ -314,10 +314,10 @@ def publish_signal(strategy: Any, context: Any, task_id: str, mlflow_run_id: str
     if order is not None:
         data["order"] = {k: order.get(k) for k in ("status", "coid", "order_id", "filled_quantity", "avg_price",
                                                    "already_placed", "dry_run")}
-    dag_run = context["dag_run"]
-    from tradeflow.ibkr.tracking import _client
+    from tradeflow.ibkr.tracking import experiment_of
 
-    experiment_id = _client().get_run(mlflow_run_id).info.experiment_id
+    dag_run = context["dag_run"]
+    experiment_id = experiment_of(mlflow_run_id)
     payload = signal_artifact(symbol=sig["symbol"], action=sig["action"], confidence=sig["confidence"], signal_data=data,
                               run_id=mlflow_run_id, experiment_id=experiment_id, execution_id=dag_run.run_id,
                               dag_id=dag_run.dag_id, task_id=task_id, step_name="ibkr_trade_decision",
