@@ -135,12 +135,12 @@ def test_a_person_sees_the_run_tree_its_description_the_review_trace_and_a_plot(
             page.get_by_text(parent_name).first.wait_for()
             _close_assistant(page)
             assert page.get_by_text("trademaster_autogen").first.is_visible()
-            parent_row = page.locator(f'[row-id="{parent.info.run_id}"]')
+            parent_row = page.locator(f'[row-id="{parent.info.run_id}"]').first
             for child in children.values():
                 assert page.locator(f'[row-id="{child.info.run_id}"]').count() == 0  # collapsed under the parent
             parent_row.locator("button").first.click()
-            for child in children.values():
-                page.locator(f'[row-id="{child.info.run_id}"]').wait_for()
+            for child in children.values():  # ag-grid renders a row once per column block
+                page.locator(f'[row-id="{child.info.run_id}"]').first.wait_for()
             page.get_by_text("AAPL · train_backtest · dqn 1 ep").first.wait_for()
             page.screenshot(path=str(SHOTS / "01_runs_nested.png"))
 
