@@ -135,12 +135,12 @@ def test_a_person_sees_the_run_tree_its_description_the_review_trace_and_a_plot(
             page.get_by_text(parent_name).first.wait_for()
             _close_assistant(page)
             assert page.get_by_text("trademaster_autogen").first.is_visible()
-            parent_row = page.locator(f'[row-id="{parent.info.run_id}"]')
+            parent_row = page.locator(f'[row-id="{parent.info.run_id}"]').first
             for child in children.values():
                 assert page.locator(f'[row-id="{child.info.run_id}"]').count() == 0  # collapsed under the parent
             parent_row.locator("button").first.click()
-            for child in children.values():
-                page.locator(f'[row-id="{child.info.run_id}"]').wait_for()
+            for child in children.values():  # ag-grid renders a row once per column block
+                page.locator(f'[row-id="{child.info.run_id}"]').first.wait_for()
             page.get_by_text("AAPL · train_backtest · dqn 1 ep").first.wait_for()
             page.screenshot(path=str(SHOTS / "01_runs_nested.png"))
 
@@ -151,22 +151,27 @@ def test_a_person_sees_the_run_tree_its_description_the_review_trace_and_a_plot(
             show_more = page.get_by_text("Show more")
             if show_more.count():
                 show_more.first.click()
+                page.get_by_text("Show less").first.wait_for()
             body = page.inner_text("body")
             assert parent_name in body
             for text in ("Data: real market data from csv:", "Why:", "Model vs buy-and-hold on the test split",
                          "AAPL · train_backtest · dqn 1 ep", "mlflow run . -e pipeline"):
                 assert text in body, text
-            page.screenshot(path=str(SHOTS / "02_parent_description.png"), full_page=True)
+            page.set_viewport_size({"width": 1600, "height": 1800})  # the whole description, not the page's width
+            page.screenshot(path=str(SHOTS / "02_parent_description.png"))
+            page.set_viewport_size({"width": 1600, "height": 1000})
 
             # 3. the review's trace: one span per message, the decision as output
             review = children["review"]
             trace_id = review.data.tags["review.trace_id"]
             page.goto(f"{server}/#/experiments/{experiment_id}/runs/{review.info.run_id}/traces")
+            page.get_by_text(trace_id).first.wait_for()
+            _close_assistant(page)  # before opening the trace: its drawer has a Close button too
             page.get_by_text(trace_id).first.click()
             page.get_by_text("review AAPL").first.wait_for()
-            for span in ("technical_analyst", "risk_reviewer", "decision_maker", "guardrail: FinalDecision"):
+            for span in ("01 user: TextMessage", "technical_analyst", "risk_reviewer", "decision_maker",
+                         "guardrail: FinalDecision"):
                 page.get_by_text(span, exact=False).first.wait_for()
-            _close_assistant(page)
             page.screenshot(path=str(SHOTS / "03_review_trace.png"))
 
             # 4. a plot: the equity curve of the test split, rendered

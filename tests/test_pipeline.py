@@ -136,15 +136,15 @@ def _assert_runs_explain_themselves(client, parent, children):
         assert f"(#/experiments/{child.info.experiment_id}/runs/{child.info.run_id})" in note
     assert "mlflow run . -e pipeline --env-manager local --experiment-name trademaster_autogen -P symbol=AAPL -P mode=both" in note
     train = client.get_run(children["train_backtest"].info.run_id)
-    assert train.info.run_name == f"{SYMBOL} · train_backtest · dqn 1 ep"
+    assert train.info.run_name == f"{SYMBOL} · train_backtest · dqn {BASE['epochs']} ep"
     train_note = train.data.tags["mlflow.note.content"]
     assert "| test |" in train_note and "buy-and-hold" in train_note and "mlflow run . -e reproduce" in train_note
     # MLproject params under their own names, with the values used (not the '' MLflow would log)
     params = train.data.params
     assert (params["symbol"], params["epochs"], params["engine"], params["seed"], params["hidden_dims"]) == (
-        SYMBOL, "1", "builtin", "42", "64,64")
+        SYMBOL, BASE["epochs"], "builtin", "42", "64,64")
     assert "''" not in params.values()
-    assert json.loads(params["config"])["trademaster"]["epochs"] == 1
+    assert json.loads(params["config"])["trademaster"]["epochs"] == int(BASE["epochs"])
     assert parent.data.params["mode"] == "both" and parent.data.params["reviewer"] == "rules"
     metrics_json = json.loads(mlflow.artifacts.load_text(f"runs:/{train.info.run_id}/metrics.json"))
     assert metrics_json["headline"]["test_total_return"] == train.data.metrics["test_total_return"]

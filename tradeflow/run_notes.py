@@ -19,6 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import FLAT_KEYS, TOP_LEVEL_KEYS, RunConfig
+from tradeflow.plots import pct_text as pct
 
 NOTE_TAG = "mlflow.note.content"
 SEP = " · "
@@ -92,12 +93,6 @@ def set_name_and_note(run_id: str, name: str | None, markdown: str | None, clien
 def run_link(experiment_id: str, run_id: str, label: str | None = None) -> str:
     """A markdown link to a run that works in the MLflow UI (its routes are hash-based)."""
     return f"[{label or run_id[:8]}](#/experiments/{experiment_id}/runs/{run_id})"
-
-
-def pct(value: float | None) -> str:
-    if value is None or not math.isfinite(float(value)):
-        return "n/a"
-    return f"{float(value) * 100:+.1f} %"
 
 
 def num(value: float | None, digits: int = 2) -> str:
