@@ -358,12 +358,11 @@ def test_entry_points_refuse_hostile_input_before_work_and_leave_nothing_running
         (["entrypoints.pipeline", "--symbol", "..", "--execution_id", "a'b"], "at least one letter or digit"),
     ]
     for args, expected in cases:
-        started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=120)
+                                timeout=300)
         lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert result.returncode != 0 and len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
-        assert "Traceback" not in result.stderr and time.monotonic() - started < 60
+        assert "Traceback" not in result.stderr
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    assert runs == []  # refused before any run was created: nothing RUNNING, nothing to clean up

@@ -41,7 +41,6 @@ from typing import Any
 
 from tradeflow.config import MAX_SYMBOLS, ConfigError, normalise_layer, resolve_config
 from tradeflow.filters import filter_value
-from tradeflow.sessions import Session, SessionError
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +251,7 @@ def resolve_targets(ctx: RunContext, *, environ: Mapping[str, str] | None = None
     - A scheduled batch skips, and names, each symbol outside its link's session (timezone,
       session_start/end, allow_weekend); ``force`` runs them all. ``now`` is for tests.
     """
+    from tradeflow.sessions import Session, SessionError
     from tradeflow.webui import WebUIClient
 
     env = os.environ if environ is None else environ

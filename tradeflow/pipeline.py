@@ -261,9 +261,10 @@ class StageLease:
     runs (three DAG runs of one symbol) train once and the others adopt the result.
 
     MLflow has no compare-and-set, so the claim is ordered: every claimer tags its own pipeline run
-    (key, claim time, heartbeat), waits ``settle_s`` (longer than the gap between a claim's time and
-    its tag being visible, and than clock skew between workers), then the live claim with the
-    smallest (claim time, run id) holds the lease; every claimer computes the same order. The holder
+    in one write (key, claim time, heartbeat), waits ``settle_s`` (longer than the gap between a
+    claim's time and its tags being visible, and than clock skew between workers), then the live
+    claim with the smallest (claim time, run id) holds the lease; every claimer computes the same
+    order, and a claimer holds only after finding itself first twice, ``settle_s`` apart. The holder
     heartbeats while its stage runs; the others poll for the FINISHED cached run and adopt it. A
     holder whose pipeline run ended, or whose heartbeat is older than ``stale_s`` (its worker was
     killed), no longer counts: the next in order runs the stage. Past ``timeout_s`` a waiter fails
@@ -306,13 +307,17 @@ class StageLease:
     def acquire_or_adopt(self) -> str | None:
         """Block until this run holds the lease (None: run the stage) or another run's result is
         there (its run id: adopt it)."""
+        from mlflow.entities import RunTag
+
         self.claimed_at = time.time()
-        self.client.set_tag(self.run_id, TAG_LEASE.format(stage=self.stage), self.key)
-        self.client.set_tag(self.run_id, TAG_LEASE_AT.format(stage=self.stage), f"{self.claimed_at:.6f}")
-        self._beat()
+        stamp = f"{self.claimed_at:.6f}"
+        self.client.log_batch(self.run_id, tags=[  # one write: the claim appears whole or not at all
+            RunTag(TAG_LEASE.format(stage=self.stage), self.key), RunTag(TAG_LEASE_AT.format(stage=self.stage), stamp),
+            RunTag(TAG_LEASE_BEAT.format(stage=self.stage), stamp)])
         time.sleep(self.settle_s)
         deadline = time.monotonic() + self.timeout_s
         holder = None
+        confirmed = False
         while True:
             cached = find_cached(self.client, self.experiment_id, self.key)
             if cached:
@@ -323,10 +328,15 @@ class StageLease:
             claims = self._live_claims()
             first = claims[0][1] if claims else self.run_id
             if first == self.run_id:
+                if not confirmed:  # first twice, settle_s apart: a slow claim had time to appear
+                    confirmed = True
+                    time.sleep(self.settle_s)
+                    continue
                 if holder:
                     log.warning("stage %s: pipeline run %s, which held the lease, ended or stopped heartbeating"
                                 " without a result; running the stage here", self.stage, holder)
                 return None
+            confirmed = False
             if first != holder:
                 log.info("stage %s: pipeline run %s is running it with the same cache key; waiting for its result"
                          " (up to %.0f s)", self.stage, first, self.timeout_s)
