@@ -154,7 +154,7 @@ def test_evaluate_entry_point_is_deterministic_and_reports_parent_and_children(t
     """The real ``mlflow run -e evaluate`` twice with the same seed: same figures; one parent run,
     a child per symbol, the report and plots as artifacts."""
     require_shared_data()
-    params = {"symbols": "AAPL,KO", "epochs": "1", "min_train": "150", "refit_every": "3", "random_seeds": "0,1",
+    params = {"symbols": "AAPL,KO", "epochs": "1", "min_train": "150", "refit_every": "4", "random_seeds": "0,1",
               "end_date": TINY_END, "seed": "7"}
     client = MlflowClient()
     summaries = []
