@@ -154,7 +154,7 @@ def test_evaluate_entry_point_is_deterministic_and_reports_parent_and_children(t
     """The real ``mlflow run -e evaluate`` twice with the same seed: same figures; one parent run,
     a child per symbol, the report and plots as artifacts."""
     require_shared_data()
-    params = {"symbols": "AAPL,KO", "epochs": "1", "min_train": "150", "refit_every": "3", "random_seeds": "0,1",
+    params = {"symbols": "AAPL,KO", "epochs": "1", "min_train": "150", "refit_every": "4", "random_seeds": "0,1",
               "end_date": TINY_END, "seed": "7"}
     client = MlflowClient()
     summaries = []
@@ -173,7 +173,8 @@ def test_evaluate_entry_point_is_deterministic_and_reports_parent_and_children(t
     plots = {f.path for f in client.list_artifacts(parent.info.run_id, "report/plots")}
     assert plots == {f"report/plots/{n}.png" for n in ("sharpe_by_policy", "equity_curves", "reliability")}
     assert "reviewed_vs_buy_and_hold_median_sharpe_difference" in parent.data.metrics
-    first, second = ({k: v for k, v in s.items() if k not in ("run_id", "seconds")} for s in summaries)
+    first, second = (json.dumps({k: v for k, v in s.items() if k not in ("run_id", "seconds")}, sort_keys=True)
+                     for s in summaries)  # compared as text: NaN (no directional calls) != NaN as floats
     assert first == second
 
 

@@ -149,6 +149,19 @@ def calibration_table(per_symbol: dict[str, SymbolResult], bins: Sequence[float]
                          "hit_rate": grouped["hit"].mean()}).reset_index().assign(bin=lambda f: f["bin"].astype(str))
 
 
+def _start_child(run_name: str):
+    """A new child run of the active run. Created explicitly: under ``mlflow run``,
+    ``start_run(nested=True)`` would resume the parent (it reads ``MLFLOW_RUN_ID``)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    parent = mlflow.active_run()
+    child = MlflowClient().create_run(parent.info.experiment_id, run_name=run_name,
+                                      tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id})
+    return mlflow.start_run(run_id=child.info.run_id, nested=True)
+
+
 def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec, *,
                       log_children: bool = True) -> UniverseResult:
     """Walk forward over every symbol (each in its own child run when an MLflow run is active);
@@ -165,7 +178,7 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
     for index, symbol in enumerate(symbols, 1):
         cfg = base_cfg.override({"symbol": symbol})
         t0 = time.perf_counter()
-        child = mlflow.start_run(nested=True, run_name=f"evaluate {symbol}") if log_children and mlflow.active_run() else None
+        child = _start_child(f"evaluate {symbol}") if log_children and mlflow.active_run() else None
         try:
             market = load_market_data(cfg)
             result = evaluate_symbol(cfg, market.bars, spec, source=market.source)
