@@ -72,8 +72,9 @@ def main() -> None:
 
     tickers = DJ30_TICKERS[: args.symbols]
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {_load()} (1/5/15 min)", flush=True)
-    with tempfile.TemporaryDirectory(prefix="tradeflow-bench-universe-") as tmp:
-        work = Path(tmp)
+    work = Path(tempfile.mkdtemp(prefix="tradeflow-bench-universe-"))  # kept: Airflow logs, the store
+    print(f"work dir (Airflow logs, store): {work}", flush=True)
+    if True:
         uri = f"sqlite:///{work / 'mlruns.db'}"
         MlflowClient(uri).create_experiment("trademaster_autogen", artifact_location=(work / "artifacts").as_uri())
         home = AirflowHome.create(work / "airflow")
