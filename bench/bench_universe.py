@@ -72,8 +72,9 @@ def main() -> None:
 
     tickers = DJ30_TICKERS[: args.symbols]
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {_load()} (1/5/15 min)", flush=True)
-    with tempfile.TemporaryDirectory(prefix="tradeflow-bench-universe-") as tmp:
-        work = Path(tmp)
+    work = Path(tempfile.mkdtemp(prefix="tradeflow-bench-universe-"))  # kept: Airflow logs, the store
+    print(f"work dir (Airflow logs, store): {work}", flush=True)
+    if True:
         uri = f"sqlite:///{work / 'mlruns.db'}"
         MlflowClient(uri).create_experiment("trademaster_autogen", artifact_location=(work / "artifacts").as_uri())
         home = AirflowHome.create(work / "airflow")
@@ -85,10 +86,16 @@ def main() -> None:
                    "TRADEFLOW_REVIEWER": "rules"}
             with AirflowServices(home, env=env, parallelism=args.parallel + 2) as services:
                 services.wait_for_dag(DAG_ID)
-                with PeakMemory() as one_memory:
-                    one = dag_run(services, home, 1, one_memory)
-                print(f"one symbol ({tickers[0]}): {one['state']}, DAG run {one['wall_s']} s, task "
-                      f"{one['symbol_s_median']} s; load {_load()}", flush=True)
+                for attempt in (1, 2):  # on a loaded box the first task after start-up can fail to start
+                    with PeakMemory() as one_memory:
+                        one = dag_run(services, home, 1, one_memory)
+                    print(f"one symbol ({tickers[0]}), try {attempt}: {one['state']}, DAG run {one['wall_s']} s, "
+                          f"task {one['symbol_s_median']} s; load {_load()}", flush=True)
+                    if one["state"] == "success" and one["symbols"] == 1:
+                        break
+                else:
+                    raise SystemExit("the one-symbol DAG run failed twice: no reference to compare with; "
+                                     f"see {services.log_dir}")
                 with PeakMemory() as memory:
                     universe = dag_run(services, home, len(tickers), memory)
     expected = len(tickers) * one["wall_s"] / args.parallel
