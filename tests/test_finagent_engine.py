@@ -253,10 +253,9 @@ def test_review_adds_the_forecaster_on_upstreams_prompt(stub):
     agent = FinAgentAgent(FinAgentAnalyst(stub, "TEST"), Calibration.upstream_default(), window=60, max_volume=1)
     section, prompts = review_evidence(agent, bars.tail(60))
     evidence = build_evidence(symbol="TEST", bars=bars, bar_size="1 day", periods_per_year=252,
-                              model={"engine": "finagent", "suggestion": section["calibrated"]["rating"].upper()
-                                     .replace("BUY", "BUY"), "target_position": 0},
+                              model={"engine": "finagent", "target_position": 0,
+                                     "suggestion": {"buy": "BUY", "sell": "SELL"}.get(section["calibrated"]["rating"], "HOLD")},
                               training_run={"metrics": {}}, data={"source": "test", "rows": 120})
-    evidence["model"]["suggestion"] = {"buy": "BUY", "sell": "SELL"}.get(section["calibrated"]["rating"], "HOLD")
     evidence.update(finagent=section, prompts=prompts)
     assert prompts["forecaster"]["text"].startswith("STUB FORECASTER PROMPT")
     assert prompts["forecaster"]["source"].startswith("akshata29/finagent@aa7fe01525fe:agents/forecaster.py")
@@ -269,7 +268,7 @@ def test_review_adds_the_forecaster_on_upstreams_prompt(stub):
     forecast = outcome.transcript[1]["content"]
     rating = section["calibrated"]["rating"].upper()
     assert f"calibrated rule gives {section['calibrated']['probability']}" in forecast
-    assert forecast.endswith(f"Forecast: {rating if rating != 'HOLD' else 'HOLD'}")
+    assert forecast.endswith(f"Forecast: {rating}")
     assert outcome.fallback_reason is None and outcome.decision.action in ("BUY", "SELL", "HOLD")
 
     plain = review({k: v for k, v in evidence.items() if k not in ("finagent", "prompts")}, ReviewConfig())

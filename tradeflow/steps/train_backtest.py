@@ -184,7 +184,9 @@ def _log_model(agent, cfg: RunConfig, features, workdir: Path) -> str:
 
     return log_agent_model(
         agent, engine=cfg.engine, input_example=features, workdir=workdir,
-        extra_meta={"symbol": cfg.symbol, "algorithm": cfg.algorithm, "seed": cfg.seed},
+        extra_meta={"symbol": cfg.symbol, "seed": cfg.seed,
+                    # engine=finagent calibrates a rule; it has no RL algorithm
+                    "algorithm": "calibrated_rule" if cfg.engine == "finagent" else cfg.algorithm},
     )
 
 
