@@ -82,7 +82,8 @@ def test_log_agent_model_infers_nothing_and_logs_a_buildable_environment(trackin
     splits = Splits(train=features.iloc[:200].reset_index(drop=True), valid=features.iloc[200:250].reset_index(drop=True),
                     test=features.iloc[250:].reset_index(drop=True))
     agent = BuiltinEngine().train(splits, cfg, workdir=tmp_path).agent
-    with mlflow.start_run() as run:
+    # in the store's experiment: Default's artifacts would land in ./mlruns of the checkout
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("trademaster_autogen").experiment_id) as run:
         uri = log_agent_model(agent, engine="builtin", input_example=features, workdir=tmp_path)
     assert mlflow.get_run(run.info.run_id).data.tags["tradeflow.model_env"].startswith("pinned")
     local = Path(mlflow.artifacts.download_artifacts(uri))

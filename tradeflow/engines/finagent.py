@@ -465,7 +465,25 @@ def review_evidence(agent: FinAgentAgent, window: pd.DataFrame) -> tuple[dict[st
         "calibrated": {"votes": decision["votes"], "probability": decision["probability"],
                        "rating": decision["rating"], **package["calibration"]},
     }
+    missing: list[str] = []
+    section = _finite_or_null(section, "finagent", missing)
+    if missing:
+        # JSON has no NaN/inf and the review refuses them: an indicator upstream could not compute
+        # (too few bars for its window) is an absent value, and the evidence says which.
+        section["non_finite_as_null"] = missing
     prompt = agent.analyst.forecaster_prompt(analysis)
     prompts = {"forecaster": {"text": prompt, "source": f"{package['upstream']['repository']}@"
                               f"{package['upstream']['commit'][:12]}:{package['upstream']['forecaster']}"}}
     return section, prompts
+
+
+def _finite_or_null(value: Any, where: str, missing: list[str]) -> Any:
+    """``value`` with every NaN/inf number replaced by None; the dotted paths go into ``missing``."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v, f"{where}.{k}", missing) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v, f"{where}[{i}]", missing) for i, v in enumerate(value)]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        missing.append(where)
+        return None
+    return value
