@@ -68,10 +68,6 @@ def project(tmp_path: Path) -> Path:
               code: {{type: string, default: "0"}}
               note: {{type: string, default: ""}}
             command: "{sys.executable} child.py {{out}} {{seconds}} {{code}}"
-          plain:
-            parameters:
-              out: string
-            command: "python child.py {{out}} 0 0"
     """))
     git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
@@ -226,12 +222,3 @@ def test_an_interrupted_caller_cancels_the_stage_and_its_whole_process_tree(proj
     assert run.info.status == "FAILED"
     assert run.data.tags["tradeflow.failure_reason"] == "entry point 'step' cancelled: its caller was interrupted"
 
-
-def test_the_commands_python_is_the_callers_even_when_its_bin_is_not_on_path(project, experiment, tmp_path, monkeypatch):
-    """env_manager=local: an Airflow worker or cron job need not put the venv's bin on PATH."""
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    out = tmp_path / "plain.json"
-    outcome = run_entry_point("plain", {"out": str(out)}, experiment_id=experiment, parent_run_id=_parent(experiment),
-                              project_uri=project)
-    assert outcome.ok, outcome
-    assert Path(_record(out)["executable"]).parent == Path(sys.executable).parent

@@ -21,7 +21,6 @@ import logging
 import os
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,11 +83,6 @@ class DirectLocalBackend(AbstractBackend):
         command = " ".join(get_entry_point_command(project, entry_point, params, backend_config.get(PROJECT_STORAGE_DIR)))
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
         env.update(get_run_env_vars(run_id, experiment_id))
-        # env_manager=local means this interpreter's environment: the command's `python` is ours
-        # even when its bin directory is not on PATH (an Airflow worker, a cron job).
-        here = Path(sys.executable).parent
-        if (here / "python").exists():
-            env["PATH"] = f"{here}{os.pathsep}{env.get('PATH', '')}"
         log.debug("run %s: %s (in %s)", run_id, command, work_dir)
         try:
             process = subprocess.Popen(["bash", "-c", command], cwd=work_dir, env=env, close_fds=True,
