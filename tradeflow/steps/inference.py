@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -177,7 +178,10 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         window = latest_window(features, int(meta["window"]), symbol=cfg.symbol)
         prediction = model.predict(window[list(meta["feature_columns"])]).iloc[0].to_dict()
         action = int(prediction["action"])
-        scores = {k.removeprefix("score_"): float(v) for k, v in prediction.items() if k.startswith("score_")}
+        # an action the model gives no score for (FinAgent's rule without shorts: no -1) comes back
+        # as NaN from the DataFrame: it is absent, not a number (JSON and the review refuse NaN)
+        scores = {k.removeprefix("score_"): float(v) for k, v in prediction.items()
+                  if k.startswith("score_") and math.isfinite(float(v))}
         as_of = str(window["date"].iloc[-1].date())
         mlflow.log_params({"data.rows": market.rows, "data.start": str(market.start.date()),
                            "data.as_of": as_of, "data.window_start": str(window["date"].iloc[0].date())})
