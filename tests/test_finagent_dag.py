@@ -146,10 +146,10 @@ def test_mode_both_trains_then_infers_reviews_and_persists(stack, both_aapl):
     assert train.data.tags["tradeflow.model_name"] == "finagent_AAPL"
     assert {"test_total_return", "test_benchmark_total_return", "upstream_rule_test_total_return"} <= set(train.data.metrics)
     review_id = children[1].data.tags["tradeflow.stage.review.run_id"]
-    import mlflow
+    from pathlib import Path
 
-    lines = [json.loads(line) for line in mlflow.artifacts.load_text(
-        f"runs:/{review_id}/autogen_conversation.jsonl").splitlines()]
+    local = Path(stack.client.download_artifacts(review_id, "autogen_conversation.jsonl"))
+    lines = [json.loads(line) for line in local.read_text().splitlines()]
     assert [line["agent"] for line in lines][:5] == ["user", "forecaster", "technical_analyst", "risk_reviewer",
                                                       "decision_maker"]
     states = stack.home.task_states(DAG_ID, both_aapl.run_id)

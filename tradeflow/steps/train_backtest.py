@@ -259,11 +259,13 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
                  TAG_ALIAS_DECISION: reason[:5000], "valid_total_return": f"{metrics['valid_total_return']:.6f}"}
         if description:
             description += f" Do-no-harm gate: {'passed' if gate.passed else 'FAILED'} ({gate.reason}); alias @{cfg.model_alias} {reason}."
-    if bounds:
-        tags |= {"data_window": f"{bounds['train']['start']}..{bounds['test']['end']}",
-                 "valid_window": f"{bounds['valid']['start']}..{bounds['valid']['end']}"}
-    elif market is not None:
+    # data_window: the bars loaded; train/valid windows: what the splits used (after feature warm-up)
+    if market is not None:
         tags["data_window"] = f"{market.start.date()}..{market.end.date()}"
+    if bounds:
+        tags |= {"train_window": f"{bounds['train']['start']}..{bounds['train']['end']}",
+                 "valid_window": f"{bounds['valid']['start']}..{bounds['valid']['end']}"}
+        tags.setdefault("data_window", f"{bounds['train']['start']}..{bounds['test']['end']}")
     version = register_model(model_uri, cfg.registered_model_name, cfg.model_alias, tags=tags,
                              description=description, move_alias=move)
     mlflow.set_tags({TAG_MODEL_NAME: cfg.registered_model_name, TAG_MODEL_VERSION: version})
