@@ -20,7 +20,7 @@ defaults < `TRADEFLOW_*` env < the symbol's WebUI link config, e.g.
 per symbol and stage) -> `finalize`. Runbook: `docs/finagent.md`.
 """
 # An Airflow DAG file (Airflow only parses files that mention "airflow" and "dag"): the DAG is
-# built by tradeflow.dag_builder, shared with trademaster_autogen_pipeline_workflow.
+# built by tradeflow.orchestration.dag_builder, shared with trademaster_autogen_pipeline_workflow.
 
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ import sys
 from pathlib import Path
 
 try:
-    from tradeflow import orchestration as orch
-    from tradeflow.dag_builder import PipelineDag, build_pipeline_dag
+    from tradeflow.orchestration.dag_builder import PipelineDag, build_pipeline_dag
+    from tradeflow.orchestration.settings import FINAGENT_DAG_ID
 except ImportError:  # the repository is deployed, not installed: its root holds `tradeflow`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tradeflow import orchestration as orch
-    from tradeflow.dag_builder import PipelineDag, build_pipeline_dag
+    from tradeflow.orchestration.dag_builder import PipelineDag, build_pipeline_dag
+    from tradeflow.orchestration.settings import FINAGENT_DAG_ID
 
 workflow = build_pipeline_dag(PipelineDag(
-    dag_id=orch.FINAGENT_DAG_ID,
+    dag_id=FINAGENT_DAG_ID,
     doc_md=__doc__,
     tags=("tradeflow", "mlflow", "finagent", "autogen"),
     staged=True,

@@ -30,15 +30,15 @@ import sys
 from pathlib import Path
 
 try:
-    from tradeflow import orchestration as orch
-    from tradeflow.dag_builder import PipelineDag, build_pipeline_dag
+    from tradeflow.orchestration.dag_builder import PipelineDag, build_pipeline_dag
+    from tradeflow.orchestration.settings import DAG_ID
 except ImportError:  # the repository is deployed, not installed: its root holds `tradeflow`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tradeflow import orchestration as orch
-    from tradeflow.dag_builder import PipelineDag, build_pipeline_dag
+    from tradeflow.orchestration.dag_builder import PipelineDag, build_pipeline_dag
+    from tradeflow.orchestration.settings import DAG_ID
 
 workflow = build_pipeline_dag(PipelineDag(
-    dag_id=orch.DAG_ID,
+    dag_id=DAG_ID,
     doc_md=__doc__,
     tags=("tradeflow", "mlflow", "trademaster", "autogen"),
 ))

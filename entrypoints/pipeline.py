@@ -7,24 +7,16 @@ from __future__ import annotations
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
 from tradeflow.config import ConfigError
+from tradeflow.settings import parse_bool
 
 FLAGS = ("symbol", "mode", "execution_id", "force", "data_source", "epochs", "reviewer", "dag_id", "task_id", "config")
-
-
-def parse_bool(flag: str, value: str) -> bool:
-    text = value.strip().lower()
-    if text in ("", "false", "0", "no"):
-        return False
-    if text in ("true", "1", "yes"):
-        return True
-    raise ConfigError(f"invalid parameter '{flag}': {value!r} is not true/false")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__, FLAGS, required=("symbol",)).parse_args(argv)
     try:
         cfg = config_from_flags(args)
-        force = parse_bool("force", args.force)
+        force = parse_bool(args.force, "force")
     except ConfigError as exc:
         fail_before_work(str(exc))
 

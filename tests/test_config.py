@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tradeflow.config import MAX_EPOCHS, ConfigError, RunConfig, env_layer, resolve_config
+from tradeflow.config import MAX_EPOCHS, ConfigError, RunConfig, resolve_config
+from tradeflow.settings import env_layer
 
 WEBUI_LINK_CONFIG = {
     "mode": "both",
@@ -102,7 +103,7 @@ def test_canonical_json_round_trips_and_is_stable():
 
 
 def test_a_mistyped_tradeflow_variable_fails_with_the_known_names(monkeypatch):
-    from tradeflow.config import OPERATIONAL_ENV, check_env_names, known_env_names
+    from tradeflow.settings import OPERATIONAL_ENV, check_env_names, known_env_names
 
     monkeypatch.setenv("TRADEFLOW_EPOCH", "5")
     with pytest.raises(ConfigError) as caught:

@@ -35,6 +35,7 @@ from tests.support.airflow_env import DJ30_SOURCE, AirflowHome
 from tests.support.fake_databricks import FakeDatabricks
 from tests.support.webui_server import WebUIServer
 from tradeflow import orchestration as orch
+from tradeflow.config import ConfigError
 
 DAG_FILE = REPO / "dags" / "trademaster_autogen_pipeline_workflow.py"
 DAG_ID = orch.DAG_ID
@@ -157,7 +158,7 @@ def test_dag_settings_come_from_the_environment():
     assert orch.DagSettings.from_env({"TRADEFLOW_DAG_SCHEDULE": "none"}).schedule is None
     for bad in ({"TRADEFLOW_PARALLEL_SYMBOLS": "0"}, {"TRADEFLOW_PARALLEL_SYMBOLS": "two"},
                 {"TRADEFLOW_TASK_RETRIES": "99"}):
-        with pytest.raises(orch.OrchestrationError, match=next(iter(bad))):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
             orch.DagSettings.from_env(bad)
 
 
@@ -223,8 +224,6 @@ def test_unreachable_backend_fails_the_task(webui_server, monkeypatch):
 
 
 def test_config_layers_defaults_env_link_conf(monkeypatch):
-    from tradeflow.config import ConfigError
-
     monkeypatch.setenv("TRADEFLOW_SEED", "3")
     monkeypatch.setenv("TRADEFLOW_EPOCHS", "2")
     monkeypatch.setenv("TRADEFLOW_LEARNING_RATE", "0.01")

@@ -56,7 +56,7 @@ def test_dag_structure_groups_and_trigger_rules():
 
 
 def test_mode_chooses_the_groups_and_states_combine_per_symbol():
-    from tradeflow.dag_builder import chosen_groups, combined_states
+    from tradeflow.orchestration.dag_builder import chosen_groups, combined_states
 
     ctx = lambda conf: orch.RunContext(DAG_ID, "r", conf=conf, params={"mode": "both"})  # noqa: E731
     assert chosen_groups(ctx({})) == ("train_backtest", "inference")

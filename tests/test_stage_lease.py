@@ -1,4 +1,4 @@
-"""The stage-cache lease (tradeflow/pipeline.py ``StageLease``): concurrent cold runs that need the
+"""The stage-cache lease (tradeflow/stage_lease.py ``StageLease``): concurrent cold runs that need the
 same stage run it once; the others wait and adopt its result; a dead holder is taken over; a waiter
 gives up clearly after its timeout.
 
@@ -16,7 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, require_shared_data
-from tradeflow.pipeline import TAG_CACHE_KEY, StageLease, StageLeaseTimeout
+from tradeflow.pipeline import TAG_CACHE_KEY
+from tradeflow.stage_lease import StageLease, StageLeaseTimeout
 
 KEY = "f" * 64
 

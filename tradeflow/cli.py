@@ -17,6 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import ConfigError, RunConfig, resolve_config
+from tradeflow.settings import log_level
 from tradeflow.tracking import TAG_FAILURE, configure_tracking, one_line
 
 log = logging.getLogger("tradeflow")
@@ -27,7 +28,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, Loo
 
 def setup_logging() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    level = os.environ.get("TRADEFLOW_LOG_LEVEL", "INFO").upper()
+    level = log_level()
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from datetime import date
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -31,9 +30,10 @@ from pydantic import (
     model_validator,
 )
 
+from tradeflow.names import Mode, check_data_source, check_symbol
+
 log = logging.getLogger(__name__)
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9.^-]{1,20}$")
 ENV_PREFIX = "TRADEFLOW_"
 
 # Hard caps: a value above a cap is clamped to it and the reason is recorded.
@@ -42,8 +42,6 @@ MAX_WINDOW = 60
 MAX_LOOKBACK_DAYS = 3660
 MAX_SYMBOLS = 50
 MAX_HIDDEN_LAYERS = 8
-#: Data sources that take no argument: ``backend:http://elsewhere`` is refused, not ignored.
-PLAIN_SOURCES = ("backend", "ibkr", "yfinance", "synthetic")
 _EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9_./ @+-]{1,200}$")
 
 
@@ -143,7 +141,7 @@ class RunConfig(_Strict):
     trademaster: TradeMasterParams = TradeMasterParams()
     finagent: FinAgentParams = FinAgentParams()
     review: ReviewConfig = ReviewConfig()
-    mode: Literal["both", "train_backtest", "inference"] = "both"
+    mode: Mode = "both"
     register_model: bool = True
     do_no_harm_gate: bool = Field(True, description="champion only for a model that beats buy-and-hold and flat "
                                   "on validation; a failed model's decisions are labelled and capped (tradeflow.gate)")
@@ -160,27 +158,12 @@ class RunConfig(_Strict):
     @field_validator("symbol")
     @classmethod
     def _check_symbol(cls, value: str) -> str:
-        if not SYMBOL_RE.match(value):
-            raise ValueError(f"{value!r} has characters outside [A-Z0-9.^-] (or is longer than 20)")
-        if not re.search(r"[A-Z0-9]", value):
-            raise ValueError(f"{value!r} must hold at least one letter or digit")
-        return value
+        return check_symbol(value)
 
     @field_validator("data_source")
     @classmethod
     def _check_source(cls, value: str) -> str:
-        value = value.strip()
-        kind = value.split(":", 1)[0]
-        if kind not in {"csv", "backend", "ibkr", "yfinance", "synthetic"}:
-            raise ValueError(
-                f"{value!r} is not a data source; use csv:<path>, backend, ibkr, yfinance or synthetic"
-            )
-        if kind == "csv" and not value[4:].strip():
-            raise ValueError("csv data source needs a path: csv:<path>[,<path>...]")
-        if kind in PLAIN_SOURCES and value != kind:
-            raise ValueError(f"data source {kind} takes no argument (got {value[:60]!r}); its endpoint comes from"
-                             " the environment (BACKEND_API_URL, IBKR_API_URL)")
-        return value
+        return check_data_source(value)
 
     @field_validator("experiment_name")
     @classmethod
@@ -250,15 +233,10 @@ class RunConfig(_Strict):
         notes: list[str] = []
         tm = self.trademaster
         updates: dict[str, Any] = {}
-        if tm.epochs > MAX_EPOCHS:
-            notes.append(f"trademaster.epochs {tm.epochs} clamped to cap {MAX_EPOCHS}")
-            updates["epochs"] = MAX_EPOCHS
-        if tm.backward_num_day > MAX_WINDOW:
-            notes.append(f"trademaster.backward_num_day {tm.backward_num_day} clamped to cap {MAX_WINDOW}")
-            updates["backward_num_day"] = MAX_WINDOW
-        if tm.forward_num_day > MAX_WINDOW:
-            notes.append(f"trademaster.forward_num_day {tm.forward_num_day} clamped to cap {MAX_WINDOW}")
-            updates["forward_num_day"] = MAX_WINDOW
+        for name, cap in (("epochs", MAX_EPOCHS), ("backward_num_day", MAX_WINDOW), ("forward_num_day", MAX_WINDOW)):
+            if getattr(tm, name) > cap:
+                notes.append(f"trademaster.{name} {getattr(tm, name)} clamped to cap {cap}")
+                updates[name] = cap
         if updates:
             object.__setattr__(self, "trademaster", tm.model_copy(update=updates))
         if self.backtest_lookback_days > MAX_LOOKBACK_DAYS:
@@ -348,72 +326,14 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-#: ``TRADEFLOW_*`` names that are operational settings, not run parameters; each is read where
-#: named. A new one must be added here, or every run refuses it as a mistyped parameter.
-OPERATIONAL_ENV: Final = frozenset({
-    # the DAG and orchestration (tradeflow/orchestration.py)
-    "TRADEFLOW_DAG_SCHEDULE", "TRADEFLOW_PARALLEL_SYMBOLS", "TRADEFLOW_POOL", "TRADEFLOW_TASK_RETRIES",
-    "TRADEFLOW_RETRY_DELAY_S", "TRADEFLOW_MAX_RETRY_DELAY_S", "TRADEFLOW_SYMBOL_TIMEOUT_MIN",
-    "TRADEFLOW_DAG_MAX_ACTIVE_RUNS", "TRADEFLOW_DAG_MAX_SYMBOLS", "TRADEFLOW_EXECUTOR",
-    "TRADEFLOW_GIT_URL", "TRADEFLOW_GIT_COMMIT", "TRADEFLOW_GIT_PROVIDER", "TRADEFLOW_DATABRICKS_SPEC",
-    "TRADEFLOW_DATABRICKS_CLUSTER_ID", "TRADEFLOW_DATABRICKS_CONN_ID", "TRADEFLOW_DATABRICKS_POLL_S",
-    # stage launching, the CLI, reproduce, the stage-cache lease
-    "TRADEFLOW_ENV_MANAGER", "TRADEFLOW_LOG_LEVEL", "TRADEFLOW_REPRODUCTION_OF", "TRADEFLOW_HOME",
-    "TRADEFLOW_LEASE_TIMEOUT_S", "TRADEFLOW_CSV_ROOTS", "TRADEFLOW_HTTP_DEADLINE_S",
-    # tests and their servers (tests/support, scripts/test.sh)
-    "TRADEFLOW_PG_BIN", "TRADEFLOW_PG_OS_USER", "TRADEFLOW_KEEP_SERVER_DIRS", "TRADEFLOW_UPDATE_GOLDEN",
-    "TRADEFLOW_LOAD_SYMBOLS", "TRADEFLOW_LOAD_WARM", "TRADEFLOW_LOAD_RESTART", "TRADEFLOW_LOAD_DAG_RUNS",
-    "TRADEFLOW_TEST_OUTPUT",
-})
-
-
-def known_env_names() -> list[str]:
-    """Every ``TRADEFLOW_*`` name the project reads: run parameters and operational settings."""
-    params = {ENV_PREFIX + key.upper() for key in TOP_LEVEL_KEYS | set(FLAT_KEYS) | {"config"}}
-    return sorted(params | OPERATIONAL_ENV)
-
-
-def check_env_names(environ: Mapping[str, str] | None = None) -> None:
-    """Refuse an unknown ``TRADEFLOW_*`` name (a mistyped ``TRADEFLOW_EPOCH=5`` would otherwise be
-    silently ignored): ``ConfigError`` naming it, the closest known name and the list of known ones."""
-    import difflib
-
-    environ = os.environ if environ is None else environ
-    known = known_env_names()
-    unknown = sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
-    if not unknown:
-        return
-    hints = []
-    for name in unknown:
-        suffixes = {known_name.removeprefix(ENV_PREFIX): known_name for known_name in known}
-        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), list(suffixes), n=1, cutoff=0.75)
-        hints.append(f"{name}" + (f" (did you mean {suffixes[close[0]]}?)" if close else ""))
-    raise ConfigError(f"unknown environment variable{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
-                      f"known TRADEFLOW_* names: {', '.join(known)}")
-
-
-def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``TRADEFLOW_<KEY>`` variables (flat keys, e.g. ``TRADEFLOW_EPOCHS=3``), plus
-    ``TRADEFLOW_CONFIG`` holding a JSON layer. Operational settings (``OPERATIONAL_ENV``) share the
-    prefix and are skipped here; any other ``TRADEFLOW_*`` name is refused (``check_env_names``)."""
-    environ = os.environ if environ is None else environ
-    check_env_names(environ)
-    known = TOP_LEVEL_KEYS | set(FLAT_KEYS) | {"config"}
-    flat = {}
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX):
-            key = name[len(ENV_PREFIX):].lower()
-            if key in known:
-                flat[key] = value
-    return normalise_layer(flat, origin="environment")
-
-
 def resolve_config(*layers: Mapping[str, Any] | None, with_env: bool = False) -> RunConfig:
     """Merge layers (lowest first) into a validated ``RunConfig``.
 
     ``with_env=True`` inserts the environment layer right above the defaults. Raises
     ``ConfigError`` with a one-line message naming the offending parameter.
     """
+    from tradeflow.settings import env_layer  # the environment (it imports this module)
+
     merged: dict[str, Any] = env_layer() if with_env else {}
     for index, layer in enumerate(layers):
         merged = deep_merge(merged, normalise_layer(layer, origin=f"layer {index}"))

@@ -45,6 +45,7 @@ from mlflow.projects.utils import (
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from tradeflow import settings
 from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE, create_project_run
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def run_entry_point(
 
     ``env_manager`` defaults to ``TRADEFLOW_ENV_MANAGER`` or ``local`` (the worker's environment).
     """
-    env_manager = env_manager or os.environ.get("TRADEFLOW_ENV_MANAGER", "local")
+    env_manager = env_manager or settings.current().env_manager
     client = MlflowClient()
     started = time.perf_counter()
     # We create the run (nested, tagged like `mlflow run` does, the parent tagged before the command

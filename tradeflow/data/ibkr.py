@@ -15,15 +15,14 @@ from datetime import date
 
 import requests
 
-from tradeflow.config import RunConfig
+from tradeflow.config import ConfigError, RunConfig
 from tradeflow.data.base import DataError, MarketData, finalise
 from tradeflow.http import HttpClient, HttpError, Limits, RetryPolicy, deadline_from_env
 from tradeflow.data.ibkr_bars import ADJCP_NOTE, parse_ibkr_bars
+from tradeflow.settings import parse_bool
 
 ENV_URL = "IBKR_API_URL"
 ENV_VERIFY = "IBKR_VERIFY_TLS"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 def ibkr_settings(symbol: str) -> tuple[str, bool]:
@@ -33,9 +32,10 @@ def ibkr_settings(symbol: str) -> tuple[str, bool]:
         raise DataError(f"{symbol}: data_source=ibkr needs {ENV_URL} (e.g. https://localhost:5000/v1/api); "
                         "set it, or use data_source=backend, csv:<path> or synthetic")
     raw = os.environ.get(ENV_VERIFY, "true").strip().lower()
-    if raw not in _TRUE | _FALSE:
-        raise DataError(f"{symbol}: {ENV_VERIFY}={raw!r} is not a boolean (use true or false)")
-    return base, raw in _TRUE
+    try:
+        return base, parse_bool(raw, ENV_VERIFY, blank=None)
+    except ConfigError:
+        raise DataError(f"{symbol}: {ENV_VERIFY}={raw!r} is not a boolean (use true or false)") from None
 
 
 #: IBKR's gateway: 3 tries, short backoff; answers are small, so the cap is tight.

@@ -29,7 +29,9 @@ from typing import Any
 
 import requests
 
+from tradeflow.config import ConfigError
 from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy
+from tradeflow.settings import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ ENV_VERIFY = "IBKR_VERIFY_TLS"
 ENV_ACCOUNT = "IBKR_ACCOUNT_ID"
 ENV_ALLOW_LIVE = "IBKR_ALLOW_LIVE"
 PAPER_PREFIXES = ("DU", "DF")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 #: Reads retry under the project policy (``tradeflow.http``); orders and replies are sent once.
 RETRY = RetryPolicy(attempts=3, backoff_s=0.5)
 _DUPLICATE_RE = re.compile(r"Local order ID=(\S+?) is already registered", re.I)
@@ -103,11 +103,10 @@ class GatewaySettings:
 
 def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raw = (environ.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw not in _TRUE | _FALSE:
-        raise BrokerError(f"{name}={raw!r} is not a boolean (use true or false)")
-    return raw in _TRUE
+    try:
+        return parse_bool(raw, name, blank=default)
+    except ConfigError:
+        raise BrokerError(f"{name}={raw!r} is not a boolean (use true or false)") from None
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tradeflow.config import SYMBOL_RE, ReviewConfig
+from tradeflow.config import ReviewConfig
+from tradeflow.names import SYMBOL_RE
 
 #: The YAML the shipped DAGs read unless ``IBKR_STRATEGY_FILE`` names another one.
 DEFAULT_STRATEGY_FILE = Path(__file__).resolve().parents[2] / "dags" / "ibkr_strategy.yaml"

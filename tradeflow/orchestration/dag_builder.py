@@ -1,6 +1,6 @@
 """One builder for every per-symbol pipeline DAG, so a new pipeline is a small DAG file.
 
-Two shapes, both wired from ``tradeflow.orchestration`` (the tasks' logic lives there):
+Two shapes, both wired from this package's task functions (the tasks' logic lives there):
 
 * ``staged=False`` (``trademaster_autogen_pipeline_workflow``)::
 
@@ -20,7 +20,7 @@ Two shapes, both wired from ``tradeflow.orchestration`` (the tasks' logic lives 
   this DAG run skips inference (no signal from a stale model); the others go on.
 
 XCom carries ids only (targets, run ids, statuses). Parse cost: this module imports
-``airflow.sdk`` (loaded by Airflow anyway) and ``tradeflow.orchestration`` only.
+``airflow.sdk`` (loaded by Airflow anyway, inside ``build_pipeline_dag``) and this package only.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def chosen_groups(ctx: orch.RunContext) -> tuple[str, ...]:
     """The TaskGroups ``conf.mode`` selects (the trigger form's default mode is ``both``)."""
     mode = str(ctx.get("mode") or "both")
     if mode not in GROUPS_BY_MODE:
-        orch._fail_now(f"conf.mode {mode!r} is not one of {', '.join(GROUPS_BY_MODE)}")
+        orch.fail_now(f"conf.mode {mode!r} is not one of {', '.join(GROUPS_BY_MODE)}")
     return GROUPS_BY_MODE[mode]
 
 
@@ -113,11 +113,11 @@ def build_pipeline_dag(spec: PipelineDag, settings: orch.DagSettings | None = No
             ctx = orch.RunContext.from_airflow(airflow_context)
             groups = chosen_groups(ctx) if mode is not None else ()
             if mode == "inference" and INFERENCE_GROUP not in groups:
-                orch._skip(f"conf.mode runs {', '.join(groups)} only")
+                orch.skip(f"conf.mode runs {', '.join(groups)} only")
             if mode == "inference" and parent and TRAIN_GROUP in groups:
                 reason = training_failed_here(target["symbol"], parent)
                 if reason:
-                    orch._skip(f"{target['symbol']}: no inference, its training failed in this DAG run: {reason}")
+                    orch.skip(f"{target['symbol']}: no inference, its training failed in this DAG run: {reason}")
             return orch.run_symbol(target, parent, ctx, mode=mode)
 
         return run_symbol

@@ -1,0 +1,47 @@
+"""The project's fixed vocabulary, each declared once: pipeline modes, data-source kinds, the symbol
+pattern and the pipeline DAG ids. Standard library only (DAG files import it at parse time)."""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal, get_args
+
+#: what one symbol's pipeline runs (``pipeline.STAGES_BY_MODE``, the DAG's trigger form)
+Mode = Literal["both", "train_backtest", "inference"]
+MODES: Final = get_args(Mode)
+
+#: a symbol as typed (the DAG's trigger form checks it); upper-cased before use
+SYMBOL_PATTERN: Final = r"^[A-Za-z0-9.^-]{1,20}$"
+SYMBOL_RE: Final = re.compile(SYMBOL_PATTERN)
+
+#: data sources that take no argument: ``backend:http://elsewhere`` is refused, not ignored
+PLAIN_SOURCES: Final = ("backend", "ibkr", "yfinance", "synthetic")
+SOURCE_KINDS: Final = ("csv", *PLAIN_SOURCES)
+
+#: the pipeline DAGs (``tradeflow.orchestration``); the WebUI links symbols to them by id
+DAG_ID: Final = "trademaster_autogen_pipeline_workflow"
+FINAGENT_DAG_ID: Final = "finagent_autogen_pipeline_workflow"
+
+
+def check_symbol(value: str) -> str:
+    """An upper-cased symbol, or ``ValueError`` saying what is wrong with it."""
+    if not SYMBOL_RE.match(value) or value != value.upper():
+        raise ValueError(f"{value!r} has characters outside [A-Z0-9.^-] (or is longer than 20)")
+    if not re.search(r"[A-Z0-9]", value):
+        raise ValueError(f"{value!r} must hold at least one letter or digit")
+    return value
+
+
+def check_data_source(value: str) -> str:
+    """``csv:<path>[,<path>]`` or a plain source kind, stripped; else ``ValueError``."""
+    value = value.strip()
+    kind = value.split(":", 1)[0]
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"{value!r} is not a data source; use csv:<path>, {', '.join(PLAIN_SOURCES[:-1])} "
+                         f"or {PLAIN_SOURCES[-1]}")
+    if kind == "csv" and not value[4:].strip():
+        raise ValueError("csv data source needs a path: csv:<path>[,<path>...]")
+    if kind in PLAIN_SOURCES and value != kind:
+        raise ValueError(f"data source {kind} takes no argument (got {value[:60]!r}); its endpoint comes from"
+                         " the environment (BACKEND_API_URL, IBKR_API_URL)")
+    return value

@@ -1,0 +1,207 @@
+"""The DAG-run parent run: one MLflow run per DAG run (``open_dag_run``), the parent of every
+symbol's pipeline run, and the DAG run's verdict (``finalize``) from the task states, the XComs
+and the MLflow children."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tradeflow.config import ConfigError, resolve_config
+from tradeflow.filters import filter_value
+from tradeflow.orchestration.context import RunContext, conf_layer, fail_now, skip
+from tradeflow.orchestration.settings import RESOLVE_TASK, RUN_SYMBOL_TASK
+from tradeflow.settings import current
+
+log = logging.getLogger(__name__)
+
+# Tags of the DAG-run parent run (the symbol runs carry tradeflow.symbol / execution_id too).
+TAG_RUN_LEVEL = "tradeflow.run_level"  # "dag_run" on the parent
+TAG_DAG_ID = "tradeflow.dag_id"
+TAG_AIRFLOW_RUN_ID = "tradeflow.airflow_run_id"
+TAG_SYMBOL_COUNT = "tradeflow.symbol_count"
+TAG_SYMBOLS = "tradeflow.symbols"
+TAG_FAILED_SYMBOLS = "tradeflow.failed_symbols"
+TAG_EXECUTOR = "tradeflow.executor"
+TAG_AIRFLOW_TRY = "tradeflow.airflow_try_number"
+TAG_DATABRICKS_RUN = "tradeflow.databricks_run_id"
+TAG_DATABRICKS_URL = "tradeflow.databricks_run_page_url"
+
+
+def _experiment_id(targets: Sequence[Mapping[str, Any]], ctx: RunContext) -> str:
+    """The experiment of the DAG-run parent (and so of every symbol run): env < conf config.
+
+    Also validates the ``dag_run.conf`` layer once, for the whole run: a bad conf fails fast."""
+    from tradeflow.tracking import configure_tracking, ensure_experiment
+
+    try:
+        cfg = resolve_config({"symbol": targets[0]["symbol"]}, conf_layer(ctx), with_env=True)
+    except ConfigError as exc:
+        fail_now(f"config of this DAG run (TRADEFLOW_* environment + dag_run.conf): {exc}")
+    configure_tracking()
+    return ensure_experiment(cfg.experiment_name)
+
+
+def open_dag_run(targets: Sequence[Mapping[str, Any]] | None, ctx: RunContext) -> dict[str, str]:
+    """Create (or, on a task retry, find) the MLflow run of this DAG run; RUNNING until finalize.
+
+    Creating it also creates the tracking store before the fan-out (a new SQLite store must not
+    be created by parallel processes)."""
+    if not targets:
+        skip(f"empty batch: no symbols to run for {ctx.dag_id}; assign symbols in the WebUI "
+             "(Workflow Symbols, active link to this DAG) or trigger with conf.symbol")
+    from mlflow.tracking import MlflowClient
+
+    from tradeflow.tracking import TAG_EXECUTION_ID
+
+    experiment_id = _experiment_id(targets, ctx)
+    client = MlflowClient()
+    existing = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`{TAG_RUN_LEVEL}` = 'dag_run' and tags.`{TAG_DAG_ID}` = {filter_value(ctx.dag_id)}"
+                       f" and tags.`{TAG_AIRFLOW_RUN_ID}` = {filter_value(ctx.run_id)}"),
+        max_results=1,
+    )
+    symbols = [t["symbol"] for t in targets]
+    if existing:
+        run_id = existing[0].info.run_id
+        log.info("reusing DAG-run parent run %s (task retry)", run_id)
+        if existing[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+    else:
+        run = client.create_run(
+            experiment_id,
+            run_name=f"{ctx.dag_id} {ctx.run_id}",
+            tags={
+                TAG_RUN_LEVEL: "dag_run",
+                TAG_DAG_ID: ctx.dag_id,
+                TAG_AIRFLOW_RUN_ID: ctx.run_id,
+                TAG_EXECUTION_ID: ctx.run_id,
+                TAG_SYMBOL_COUNT: str(len(symbols)),
+                TAG_SYMBOLS: ",".join(symbols)[:5000],
+                TAG_EXECUTOR: current().executor,
+                "tradeflow.dag_conf": json.dumps(dict(ctx.conf), sort_keys=True, default=str)[:5000],
+            },
+        )
+        run_id = run.info.run_id
+        log.info("DAG-run parent run %s in experiment %s: %d symbol(s)", run_id, experiment_id, len(symbols))
+    return {"run_id": run_id, "experiment_id": experiment_id}
+
+
+def record_failed_symbol_run(client, parent: Mapping[str, str], symbol: str, reason: str, ctx: RunContext) -> str:
+    """A FAILED symbol-level run under the parent for a symbol that never reached its pipeline
+    (bad link config), so the MLflow tree shows every symbol of the batch."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from tradeflow.tracking import TAG_EXECUTION_ID, TAG_FAILURE, TAG_STAGE, TAG_SYMBOL
+
+    run = client.create_run(parent["experiment_id"], run_name=f"{symbol} pipeline", tags={
+        MLFLOW_PARENT_RUN_ID: parent["run_id"], TAG_SYMBOL: symbol, TAG_STAGE: "pipeline",
+        TAG_EXECUTION_ID: ctx.run_id, TAG_FAILURE: reason[:5000], TAG_AIRFLOW_TRY: str(ctx.try_number)})
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def symbol_runs(client, parent: Mapping[str, str]) -> dict[str, Any]:
+    """The latest child run of the parent per symbol (``tradeflow.symbol`` tag, else the
+    ``symbol`` param that ``mlflow.projects.run`` logged)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from tradeflow.tracking import TAG_SYMBOL
+
+    children = client.search_runs(
+        [parent["experiment_id"]],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent['run_id']}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5000,
+    )
+    latest: dict[str, Any] = {}
+    for run in children:
+        symbol = run.data.tags.get(TAG_SYMBOL) or run.data.params.get("symbol")
+        if symbol and symbol.upper() not in latest:
+            latest[symbol.upper()] = run
+    return latest
+
+
+def finalize(
+    targets: Sequence[Mapping[str, Any]] | None,
+    parent: Mapping[str, str] | None,
+    results: Sequence[Mapping[str, Any] | None] | None,
+    ctx: RunContext,
+    *,
+    task_states: Mapping[int, str] | None = None,
+) -> dict[str, Any]:
+    """Close the DAG-run parent and decide the DAG run's outcome (trigger rule all_done).
+
+    A symbol succeeded only if every available witness agrees: its mapped task ended ``success``
+    (``task_states``, by map index), it returned a FINISHED XCom, and its latest MLflow child run
+    under the parent is FINISHED. Anything else names it as failed."""
+    if targets is None:
+        fail_now(f"no targets: task {RESOLVE_TASK} failed (WebUI backend unreachable? see its log)")
+    if not targets:
+        message = (f"empty batch: no enabled symbol with an active link to {ctx.dag_id} in the WebUI; "
+                   "nothing ran (not an error)")
+        log.warning(message)
+        return {"symbols": 0, "failed": [], "message": message}
+    if not parent:
+        fail_now("the DAG-run parent run was not created (task open_dag_run failed; see its log); "
+                  f"no symbol ran: {', '.join(t['symbol'] for t in targets)}")
+
+    from mlflow.tracking import MlflowClient
+
+    from tradeflow.tracking import TAG_FAILURE, configure_tracking
+
+    configure_tracking()
+    client = MlflowClient()
+    latest = symbol_runs(client, parent)
+    returned = {r["symbol"]: r for r in (results or []) if r}
+    failed: dict[str, str] = {}
+    for index, target in enumerate(targets):
+        symbol = target["symbol"]
+        run = latest.get(symbol)
+        state = (task_states or {}).get(index)
+        reason = None
+        if run is None:
+            reason = "no pipeline run was recorded" + (f" (task {RUN_SYMBOL_TASK}[{index}] {state})" if state else "")
+        elif run.info.status != "FINISHED":
+            reason = run.data.tags.get(TAG_FAILURE) or f"pipeline run {run.info.run_id} {run.info.status}"
+        elif state is not None and state != "success":
+            reason = f"task {RUN_SYMBOL_TASK}[{index}] ended {state}"
+        elif symbol not in returned or returned[symbol].get("status") != "FINISHED":
+            reason = f"task {RUN_SYMBOL_TASK}[{index}] returned no result"
+        if reason:
+            failed[symbol] = " ".join(reason.split())
+
+    ok = [t["symbol"] for t in targets if t["symbol"] not in failed]
+    client.log_metric(parent["run_id"], "symbols_total", len(targets))
+    client.log_metric(parent["run_id"], "symbols_failed", len(failed))
+    client.log_metric(parent["run_id"], "symbols_succeeded", len(ok))
+    client.set_tag(parent["run_id"], "tradeflow.succeeded_symbols", ",".join(ok)[:5000])
+    if failed:
+        summary = f"{len(failed)} of {len(targets)} symbol(s) failed: " + "; ".join(
+            f"{symbol}: {reason}" for symbol, reason in failed.items())
+        client.set_tag(parent["run_id"], TAG_FAILED_SYMBOLS, ",".join(failed)[:5000])
+        client.set_tag(parent["run_id"], TAG_FAILURE, summary[:5000])
+        client.set_terminated(parent["run_id"], "FAILED")
+        fail_now(summary[:2000])
+    client.set_tag(parent["run_id"], TAG_FAILED_SYMBOLS, "")
+    client.set_terminated(parent["run_id"], "FINISHED")
+    log.info("all %d symbol(s) finished: %s", len(ok), ", ".join(ok))
+    return {"symbols": len(targets), "failed": [], "succeeded": ok}
+
+
+def mapped_task_states(ti: Any, ctx: RunContext, task_id: str = RUN_SYMBOL_TASK) -> dict[int, str] | None:
+    """``{map_index: state}`` of the mapped task in this DAG run via the Task SDK, or None."""
+    try:
+        states = ti.get_task_states(dag_id=ctx.dag_id, task_ids=[task_id], run_ids=[ctx.run_id])
+    except Exception as exc:  # older SDK / no API: fall back to XComs + MLflow
+        log.warning("could not read task states of %s (%s); relying on XComs and MLflow", task_id, exc)
+        return None
+    out: dict[int, str] = {}
+    for key, state in (states.get(ctx.run_id) or {}).items():
+        prefix, _, index = key.rpartition("_")
+        if prefix == task_id and index.isdigit():
+            out[int(index)] = str(state)
+    return out

@@ -1,0 +1,75 @@
+"""Where a symbol's ``pipeline`` entry point runs: one protocol, one typed result.
+
+``local`` runs it on this worker (``mlflow.projects.run``); ``databricks`` submits it as a
+Databricks run (``tradeflow.orchestration.databricks``). Either way the pipeline run is a child of
+the DAG-run parent; ``TRADEFLOW_EXECUTOR`` chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from tradeflow.orchestration.context import OrchestrationError
+
+if TYPE_CHECKING:
+    from tradeflow.orchestration.context import RunContext
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """How a symbol's pipeline run ended. ``failure`` is one line when it did not finish;
+    ``remote_id`` is the executor's own id of the run (the Databricks run id), if any."""
+
+    run_id: str | None
+    status: str
+    seconds: float
+    failure: str | None = None
+    remote_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "FINISHED"
+
+
+class Executor(Protocol):
+    """Runs the ``pipeline`` entry point with ``params`` as a child of ``parent``; never raises
+    for a run that failed (the result says so), only when it could not tell."""
+
+    kind: str
+
+    def run(self, symbol: str, params: Mapping[str, str], *, parent: Mapping[str, str],
+            ctx: RunContext) -> ExecutionResult: ...
+
+
+class LocalExecutor:
+    """The ``pipeline`` entry point on this worker, through ``mlflow.projects.run``."""
+
+    kind = "local"
+
+    def run(self, symbol: str, params: Mapping[str, str], *, parent: Mapping[str, str],
+            ctx: RunContext) -> ExecutionResult:
+        from tradeflow.projects import run_entry_point
+
+        outcome = run_entry_point("pipeline", dict(params), experiment_id=parent["experiment_id"],
+                                  parent_run_id=parent["run_id"], run_name=f"{symbol} pipeline")
+        return ExecutionResult(run_id=outcome.run_id, status=outcome.status, seconds=float(outcome.seconds),
+                               failure=outcome.failure)
+
+
+def _databricks() -> Executor:
+    from tradeflow.orchestration.databricks import DatabricksExecutor
+
+    return DatabricksExecutor()
+
+
+#: ``TRADEFLOW_EXECUTOR`` value -> its executor (== the values ``tradeflow.settings.Settings.executor`` accepts)
+EXECUTORS = {"local": LocalExecutor, "databricks": _databricks}
+
+
+def get_executor(kind: str) -> Executor:
+    try:
+        return EXECUTORS[kind]()
+    except KeyError:
+        raise OrchestrationError(f"TRADEFLOW_EXECUTOR={kind!r}: use one of {', '.join(EXECUTORS)}") from None

@@ -1,0 +1,156 @@
+"""The stage-cache lease: one stage's cache key, run by at most one live pipeline run at a time.
+
+Concurrent cold pipelines of one symbol (three DAG runs at once) would otherwise each train the
+same model; with the lease one trains and the others adopt its run (``tradeflow.pipeline``'s
+``_run_or_reuse`` takes it for ``LEASED_STAGES``). Tags on the claiming pipeline run are the only
+shared state, so it works on any MLflow store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from mlflow.tracking import MlflowClient
+
+from tradeflow import settings
+from tradeflow.filters import filter_value
+
+log = logging.getLogger(__name__)
+
+#: The stage-cache lease, as tags of the claiming pipeline run (see ``StageLease``).
+TAG_LEASE = "tradeflow.lease.{stage}"
+TAG_LEASE_AT = "tradeflow.lease.{stage}.claimed_at"
+TAG_LEASE_BEAT = "tradeflow.lease.{stage}.heartbeat"
+
+
+class StageLeaseTimeout(RuntimeError):
+    """Waited ``TRADEFLOW_LEASE_TIMEOUT_S`` for another pipeline's run of the same stage."""
+
+
+class StageLease:
+    """One stage's cache key, claimed by at most one live pipeline run at a time, so concurrent cold
+    runs (three DAG runs of one symbol) train once and the others adopt the result.
+
+    MLflow has no compare-and-set, so the claim is ordered: every claimer tags its own pipeline run
+    in one write (key, claim time, heartbeat), waits ``settle_s`` (longer than the gap between a
+    claim's time and its tags being visible, and than clock skew between workers), then the live
+    claim with the smallest (claim time, run id) holds the lease; every claimer computes the same
+    order, and a claimer holds only after finding itself first twice, ``settle_s`` apart. The holder
+    heartbeats while its stage runs; the others poll for the FINISHED cached run and adopt it. A
+    holder whose pipeline run ended, or whose heartbeat is older than ``stale_s`` (its worker was
+    killed), no longer counts: the next in order runs the stage. Past ``timeout_s`` a waiter fails
+    with ``StageLeaseTimeout`` naming the holder.
+    """
+
+    def __init__(self, client: MlflowClient, parent, stage: str, key: str, *, settle_s: float = 2.0,
+                 poll_s: float = 2.0, heartbeat_s: float = 10.0, stale_s: float = 60.0,
+                 timeout_s: float | None = None) -> None:
+        self.client, self.stage, self.key = client, stage, key
+        self.run_id = parent.info.run_id
+        self.experiment_id = parent.info.experiment_id
+        self.settle_s, self.poll_s, self.heartbeat_s, self.stale_s = settle_s, poll_s, heartbeat_s, stale_s
+        self.timeout_s = timeout_s if timeout_s is not None else settings.current().lease_timeout_s
+        self.tags = {name.format(stage=stage) for name in (TAG_LEASE, TAG_LEASE_AT, TAG_LEASE_BEAT)}
+        self.claimed_at = 0.0
+
+    def _beat(self, client: MlflowClient | None = None) -> None:
+        (client or self.client).set_tag(self.run_id, TAG_LEASE_BEAT.format(stage=self.stage), f"{time.time():.3f}")
+
+    def _live_claims(self) -> list[tuple[float, str]]:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_LEASE.format(stage=self.stage)}` = {filter_value(self.key)} "
+                          "and attributes.status = 'RUNNING'")
+        now = time.time()
+        claims = []
+        for run in runs:
+            tags = run.data.tags
+            try:
+                at = float(tags[TAG_LEASE_AT.format(stage=self.stage)])
+                beat = float(tags.get(TAG_LEASE_BEAT.format(stage=self.stage), at))
+            except (KeyError, ValueError):
+                continue
+            if run.info.run_id == self.run_id or now - beat <= self.stale_s:
+                claims.append((at, run.info.run_id))
+        return sorted(claims)
+
+    def acquire_or_adopt(self) -> str | None:
+        """Block until this run holds the lease (None: run the stage) or another run's result is
+        there (its run id: adopt it)."""
+        from mlflow.entities import RunTag
+
+        from tradeflow.pipeline import find_cached  # the stage cache (it imports this module)
+
+        self.claimed_at = time.time()
+        stamp = f"{self.claimed_at:.6f}"
+        self.client.log_batch(self.run_id, tags=[  # one write: the claim appears whole or not at all
+            RunTag(TAG_LEASE.format(stage=self.stage), self.key), RunTag(TAG_LEASE_AT.format(stage=self.stage), stamp),
+            RunTag(TAG_LEASE_BEAT.format(stage=self.stage), stamp)])
+        time.sleep(self.settle_s)
+        deadline = time.monotonic() + self.timeout_s
+        holder = None
+        confirmed = False
+        while True:
+            cached = find_cached(self.client, self.experiment_id, self.key)
+            if cached:
+                self.release()
+                log.info("stage %s: adopting run %s, finished by pipeline run %s while this one waited",
+                         self.stage, cached, holder or "another pipeline")
+                return cached
+            claims = self._live_claims()
+            first = claims[0][1] if claims else self.run_id
+            if first == self.run_id:
+                if not confirmed:  # first twice, settle_s apart: a slow claim had time to appear
+                    confirmed = True
+                    time.sleep(self.settle_s)
+                    continue
+                if holder:
+                    log.warning("stage %s: pipeline run %s, which held the lease, ended or stopped heartbeating"
+                                " without a result; running the stage here", self.stage, holder)
+                return None
+            confirmed = False
+            if first != holder:
+                log.info("stage %s: pipeline run %s is running it with the same cache key; waiting for its result"
+                         " (up to %.0f s)", self.stage, first, self.timeout_s)
+                holder = first
+            if time.monotonic() >= deadline:
+                self.release()
+                raise StageLeaseTimeout(f"stage {self.stage}: waited {self.timeout_s:.0f} s for pipeline run {holder}, "
+                                        "which runs it with the same cache key and is still running "
+                                        "(TRADEFLOW_LEASE_TIMEOUT_S); giving up")
+            self._beat()
+            time.sleep(self.poll_s)
+
+    def heartbeat(self):
+        """Context manager: keep the held lease's heartbeat fresh while the stage runs."""
+        lease = self
+
+        class _Beating:
+            def __enter__(self_inner) -> None:
+                self_inner.stop = threading.Event()
+                client = MlflowClient()
+
+                def loop() -> None:
+                    while not self_inner.stop.wait(lease.heartbeat_s):
+                        try:
+                            lease._beat(client)
+                        except Exception as exc:  # noqa: BLE001 - a missed beat is logged, not fatal
+                            log.warning("stage %s: lease heartbeat failed: %s", lease.stage, exc)
+
+                self_inner.thread = threading.Thread(target=loop, daemon=True, name=f"lease-{lease.stage}")
+                self_inner.thread.start()
+
+            def __exit__(self_inner, *exc: object) -> None:
+                self_inner.stop.set()
+                self_inner.thread.join(timeout=5)
+
+        return _Beating()
+
+    def release(self) -> None:
+        for tag in self.tags:
+            try:
+                self.client.delete_tag(self.run_id, tag)
+            except Exception:  # noqa: BLE001 - absent already; the run's end releases it anyway
+                pass
