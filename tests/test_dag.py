@@ -36,6 +36,7 @@ from tests.support.fake_databricks import FakeDatabricks
 from tests.support.webui_server import WebUIServer
 from tradeflow import orchestration as orch
 from tradeflow.config import ConfigError
+from tradeflow.names import SYMBOL_PATTERN
 
 DAG_FILE = REPO / "dags" / "trademaster_autogen_pipeline_workflow.py"
 DAG_ID = orch.DAG_ID
@@ -137,7 +138,7 @@ def test_dag_file_imports_fast_without_network_or_heavy_modules():
     assert set(params) == {"mode", "symbol", "max_symbols", "config", "force", "conid", "workflow_symbol_id"}
     assert params["mode"]["enum"] == ["both", "train_backtest", "inference"]
     assert probe["param_defaults"]["mode"] == "both" and probe["param_defaults"]["force"] is False
-    assert params["symbol"]["type"] == ["null", "string"] and params["symbol"]["pattern"] == orch.SYMBOL_PATTERN
+    assert params["symbol"]["type"] == ["null", "string"] and params["symbol"]["pattern"] == SYMBOL_PATTERN
     from tradeflow.config import MAX_SYMBOLS
 
     assert (params["max_symbols"]["minimum"], params["max_symbols"]["maximum"]) == (1, MAX_SYMBOLS)

@@ -68,7 +68,8 @@ class Settings(BaseModel):
     git_url: str | None = Field(None, description="the repository Databricks checks out (default: origin)")
     git_commit: str | None = Field(None, description="the commit Databricks runs (default: HEAD)")
     git_provider: str | None = Field(None, description="gitHub, gitLab, ... (default: from the URL)")
-    databricks_spec: str | None = Field(None, description="job template (default deploy/databricks/pipeline_run_submit.json)")
+    databricks_spec: str = Field("deploy/databricks/pipeline_run_submit.json",
+                                 description="the runs/submit template; a relative path is under the repository root")
     databricks_cluster_id: str | None = Field(None, description="an existing cluster instead of a job cluster")
     databricks_conn_id: str = Field("databricks_default", description="Airflow connection of the workspace")
     databricks_poll_s: float = Field(30.0, ge=0.01, le=600, description="seconds between run-state polls")
@@ -79,7 +80,7 @@ class Settings(BaseModel):
     reproduction_of: str | None = Field(None, description="set by reproduce for its re-run (registry aliases stay)")
     lease_timeout_s: float = Field(3 * 3600.0, gt=0, description="how long a pipeline waits for another running the same stage")
     csv_roots: str | None = Field(None, description="dirs (os.pathsep-separated) a WebUI link's csv: data_source may read")
-    http_deadline_s: float | None = Field(None, gt=0, le=3600, description="total seconds per HTTP request")
+    http_deadline_s: float = Field(30.0, gt=0, le=3600, description="total seconds per HTTP request (WebUI, IBKR)")
 
     @field_validator("dag_schedule")
     @classmethod

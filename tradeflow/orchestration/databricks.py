@@ -21,11 +21,11 @@ from tradeflow.orchestration.context import OrchestrationError, RunContext
 from tradeflow.orchestration.dag_run import TAG_DATABRICKS_RUN, TAG_DATABRICKS_URL, symbol_runs
 from tradeflow.orchestration.executors import ExecutionResult
 from tradeflow.orchestration.settings import PROJECT_ROOT
-from tradeflow.settings import current
+from tradeflow.settings import Settings, current
 
 log = logging.getLogger(__name__)
 
-DATABRICKS_SPEC = PROJECT_ROOT / "deploy" / "databricks" / "pipeline_run_submit.json"
+DATABRICKS_SPEC = PROJECT_ROOT / Settings.model_fields["databricks_spec"].default
 DATABRICKS_RUNNER = "deploy/databricks/run_pipeline.py"  # relative to the repository root
 
 
@@ -86,7 +86,7 @@ def databricks_run_spec(
     ``spark_python_task`` running ``deploy/databricks/run_pipeline.py`` = the ``pipeline`` entry
     point as a child of the DAG-run parent (same tracking server on both sides)."""
     settings = current(environ)
-    spec_path = Path(settings.databricks_spec or DATABRICKS_SPEC)
+    spec_path = PROJECT_ROOT / settings.databricks_spec  # an absolute path stays as it is
     spec = json.loads(spec_path.read_text())
     spec = {k: v for k, v in spec.items() if not k.startswith("_")}  # drop "_comment" keys
     tasks = spec.get("tasks") or []

@@ -13,6 +13,9 @@ Parsing imports only Airflow, pydantic, yaml and exchange_calendars (for the con
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -110,17 +113,37 @@ def _data_steps(symbol: str, common: dict[str, Any]):
     return bars, values, chart
 
 
-def build_trading_dag(path: str | Path, dag_id: str = TRADING_DAG_ID) -> DAG:
+@dataclass
+class _Frame:
+    """What every IBKR DAG starts with: its strategy, the tracking run and the gateway login sensor."""
+
+    dag: DAG
+    strategy: StrategyConfig
+    common: dict[str, Any]
+    ref: Any
+    auth: Any
+    finish_tracking: Any
+
+
+@contextmanager
+def _frame(path: str | Path, dag_id: str, kind: str, title: str) -> Iterator[_Frame]:
+    """The DAG of ``kind`` for the strategy at ``path``: start_tracking and ibkr_auth made (not wired)."""
     path = str(path)
     strategy = load_strategy(path)
     common = {"strategy_file": path}
-    with _dag(dag_id, strategy, path, "IBKR trading strategy", strategy.schedule.trading) as dag:
-        start_tracking, finish_tracking = _tracking_tasks(strategy, path, "trading")
+    with _dag(dag_id, strategy, path, title, getattr(strategy.schedule, kind)) as dag:
+        start_tracking, finish_tracking = _tracking_tasks(strategy, path, kind)
         ref = start_tracking()
+        auth = IBKRAuthSensor(task_id="ibkr_auth", **common, **_sensor_args(strategy))
+        yield _Frame(dag, strategy, common, ref, auth, finish_tracking)
+
+
+def build_trading_dag(path: str | Path, dag_id: str = TRADING_DAG_ID) -> DAG:
+    with _frame(path, dag_id, "trading", "IBKR trading strategy") as f:
+        strategy, common = f.strategy, f.common
         market_open = MarketOpenSensor(task_id="market_open", exchange=strategy.exchange,
                                        enabled=strategy.airflow.require_market_open, **_sensor_args(strategy))
-        auth = IBKRAuthSensor(task_id="ibkr_auth", **common, **_sensor_args(strategy))
-        ref >> market_open >> auth
+        f.ref >> market_open >> f.auth
         portfolio = PortfolioUpdateOperator(task_id="portfolio_update", trigger_rule="all_done", **common)
         for symbol in strategy.symbols:
             with TaskGroup(group_id=symbol):
@@ -134,43 +157,31 @@ def build_trading_dag(path: str | Path, dag_id: str = TRADING_DAG_ID) -> DAG:
                                                market_data_task_id=ids["market_data"], signal_task_id=ids["signal"],
                                                execution_timeout=timedelta(seconds=strategy.airflow.order_timeout_s),
                                                **common)
-                auth >> ready >> bars
+                f.auth >> ready >> bars
                 values >> sig
                 [values, sig] >> risk >> order
                 [chart, order] >> portfolio
-        portfolio >> finish_tracking(ref)
-    return dag
+        portfolio >> f.finish_tracking(f.ref)
+    return f.dag
 
 
 def build_market_data_dag(path: str | Path, dag_id: str = MARKET_DATA_DAG_ID) -> DAG:
-    path = str(path)
-    strategy = load_strategy(path)
-    common = {"strategy_file": path}
-    with _dag(dag_id, strategy, path, "IBKR market data collection", strategy.schedule.market_data) as dag:
-        start_tracking, finish_tracking = _tracking_tasks(strategy, path, "market_data")
-        ref = start_tracking()
-        auth = IBKRAuthSensor(task_id="ibkr_auth", **common, **_sensor_args(strategy))
-        ref >> auth
-        done = finish_tracking(ref)
-        for symbol in strategy.symbols:
+    with _frame(path, dag_id, "market_data", "IBKR market data collection") as f:
+        f.ref >> f.auth
+        done = f.finish_tracking(f.ref)
+        for symbol in f.strategy.symbols:
             with TaskGroup(group_id=symbol):
-                bars, _, chart = _data_steps(symbol, common)
-                auth >> bars
+                bars, _, chart = _data_steps(symbol, f.common)
+                f.auth >> bars
                 chart >> done
-    return dag
+    return f.dag
 
 
 def build_monitoring_dag(path: str | Path, dag_id: str = MONITORING_DAG_ID) -> DAG:
-    path = str(path)
-    strategy = load_strategy(path)
-    common = {"strategy_file": path}
-    with _dag(dag_id, strategy, path, "IBKR portfolio monitoring", strategy.schedule.monitoring) as dag:
-        start_tracking, finish_tracking = _tracking_tasks(strategy, path, "monitoring")
-        ref = start_tracking()
-        auth = IBKRAuthSensor(task_id="ibkr_auth", **common, **_sensor_args(strategy))
-        portfolio = PortfolioUpdateOperator(task_id="portfolio_update", **common)
-        ref >> auth >> portfolio >> finish_tracking(ref)
-    return dag
+    with _frame(path, dag_id, "monitoring", "IBKR portfolio monitoring") as f:
+        portfolio = PortfolioUpdateOperator(task_id="portfolio_update", **f.common)
+        f.ref >> f.auth >> portfolio >> f.finish_tracking(f.ref)
+    return f.dag
 
 
 BUILDERS = {"trading": build_trading_dag, "market_data": build_market_data_dag, "monitoring": build_monitoring_dag}
