@@ -2,7 +2,7 @@
 
 Layers, lowest first (later layers override earlier ones, key by key):
 
-    defaults (this file) < environment (TRADEFLOW_*) < per-symbol WebUI link ``config``
+    defaults (this file) < environment (TRADEFLOW_*, read by tradeflow.settings) < per-symbol WebUI link ``config``
     < Airflow ``dag_run.conf`` / MLproject ``-P`` params
 
 MLproject params, CLI flags, DAG conf and WebUI link configs are all *layers*: plain mappings that
@@ -20,21 +20,11 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tradeflow.names import Mode, check_data_source, check_symbol
 
 log = logging.getLogger(__name__)
-
-ENV_PREFIX = "TRADEFLOW_"
 
 # Hard caps: a value above a cap is clamped to it and the reason is recorded.
 MAX_EPOCHS = 50

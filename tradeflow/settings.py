@@ -25,7 +25,9 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tradeflow.config import ENV_PREFIX, FLAT_KEYS, MAX_SYMBOLS, TOP_LEVEL_KEYS, ConfigError, normalise_layer
+from tradeflow.config import FLAT_KEYS, MAX_SYMBOLS, TOP_LEVEL_KEYS, ConfigError, normalise_layer
+
+ENV_PREFIX: Final = "TRADEFLOW_"
 
 #: the one reading of a yes/no value (flags, ``dag_run.conf``, the environment)
 TRUE_WORDS: Final = frozenset({"true", "1", "yes", "on"})
