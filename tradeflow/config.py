@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from tradeflow.errors import InputError
+
 log = logging.getLogger(__name__)
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9.^-]{1,20}$")
@@ -47,7 +49,7 @@ PLAIN_SOURCES = ("backend", "ibkr", "yfinance", "synthetic")
 _EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9_./ @+-]{1,200}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is invalid. ``str(err)`` is one line naming the parameter."""
 
 

@@ -41,6 +41,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from tradeflow.errors import InputError, ServiceError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["HttpClient", "HttpError", "Limits", "Reply", "RetryPolicy", "is_transient", "payload_error"]
@@ -83,7 +85,7 @@ def deadline_from_env(default: float, environ: Mapping[str, str] | None = None) 
     except ValueError:
         value = -1.0
     if not 0 < value <= 3600:
-        raise ValueError(f"TRADEFLOW_HTTP_DEADLINE_S={raw!r}: give seconds between 0 and 3600")
+        raise InputError(f"TRADEFLOW_HTTP_DEADLINE_S={raw!r}: give seconds between 0 and 3600")
     return value
 
 
@@ -128,7 +130,7 @@ class Reply:
 
 
 @dataclass
-class HttpError(RuntimeError):
+class HttpError(ServiceError):
     """A request that did not get a usable answer. ``kind`` is a short phrase ("unreachable",
     "timed out", "answered 503", "answered too much", "deadline exceeded", "TLS check failed"),
     ``reason`` the innermost cause on one line, ``tries`` how many were made."""

@@ -45,6 +45,7 @@ import pandas as pd
 
 from tradeflow.config import RunConfig
 from tradeflow.engines.base import ActionResult, Engine, TrainResult, best_epoch_metrics
+from tradeflow.errors import InputError, StepError
 
 if TYPE_CHECKING:
     from tradeflow.engines._finagent_compat import FinAgentUpstream
@@ -77,11 +78,11 @@ _VOTE_PATHS: dict[str, tuple[str, str]] = {
 CACHE_SIZE = 8192
 
 
-class UpstreamOutputError(ValueError):
+class UpstreamOutputError(InputError):
     """Upstream's analysis is not what its code documents (junk, missing votes, an error result)."""
 
 
-class UpstreamFailed(RuntimeError):
+class UpstreamFailed(StepError):
     """Upstream raised while analysing bars; ``str(err)`` is one line naming the symbol and bar."""
 
 

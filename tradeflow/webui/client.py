@@ -1,4 +1,4 @@
-"""Client for the trading WebUI backend (``shared/contracts/webui-backend.md``), over HTTP only.
+"""The client for the trading WebUI backend (``shared/contracts/webui-backend.md``), over HTTP only.
 
 What it adds on top of the project's HTTP layer (``tradeflow.http``: one retry policy, a total
 deadline and a size cap per request), and why:
@@ -16,58 +16,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
-from pathlib import PurePath
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from tradeflow.errors import InputError, ServiceError
 from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy, deadline_from_env, snippet
+from tradeflow.webui.payloads import IDENTITY_KEYS, _plain, clean_artifact_payload
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ARTIFACT_KEYS",
-    "ARTIFACT_TYPES",
-    "COMMON_KEYS",
-    "DAG_ID",
-    "IDENTITY_KEYS",
-    "STEP_CHART",
-    "STEP_LLM",
-    "STEP_SIGNAL",
-    "WebUIClient",
-    "WebUIError",
-    "WebUINotFoundError",
-    "chart_artifact",
-    "check_trading_signal",
-    "clean_artifact_payload",
-    "llm_artifact",
-    "signal_artifact",
-]
+__all__ = ["PAGE_SIZE", "SESSION_KEYS", "WebUIClient", "WebUIError", "WebUINotFoundError"]
 
-DAG_ID: Final = "trademaster_autogen_pipeline_workflow"
-STEP_SIGNAL: Final = "trademaster_autogen_decision"
-STEP_LLM: Final = "trademaster_autogen_review"
-STEP_CHART: Final = "trademaster_autogen_chart"
-
-ARTIFACT_TYPES: Final = ("llm", "chart", "signal")
-COMMON_KEYS: Final = frozenset({"name", "type", "symbol", "run_id", "experiment_id", "workflow_id",
-                                "execution_id", "step_name", "dag_id", "task_id", "metadata"})
-#: The keys the contract allows per artifact type; anything else is dropped before sending.
-ARTIFACT_KEYS: Final[Mapping[str, frozenset[str]]] = {
-    "llm": COMMON_KEYS | {"prompt", "response", "model_name"},
-    "chart": COMMON_KEYS | {"image_path", "chart_type", "chart_data"},
-    "signal": COMMON_KEYS | {"action", "confidence", "signal_data"},
-}
-#: The identity of an artifact for idempotency (the service has no unique key of its own).
-IDENTITY_KEYS: Final = ("execution_id", "step_name", "symbol", "type")
-
-ACTIONS: Final = ("BUY", "SELL", "HOLD")
 #: A link's trading session as the WebUI stores it (read by ``tradeflow.sessions``).
 SESSION_KEYS: Final = ("timezone", "session_start", "session_end", "allow_weekend")
 PAGE_SIZE: Final = 500
@@ -77,7 +41,7 @@ MAX_LIST: Final = 50_000
 SETTLE_S: Final = 45.0
 
 
-class WebUIError(RuntimeError):
+class WebUIError(ServiceError):
     """The backend could not be used; ``str(err)`` is one line naming the URL and the endpoint."""
 
     def __init__(self, message: str, *, endpoint: str = "", status: int | None = None) -> None:
@@ -119,7 +83,7 @@ class WebUIClient:
     ) -> None:
         parts = urlsplit(base_url.strip())
         if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError(f"WebUI base URL must be http(s)://host[:port], got {base_url!r}")
+            raise InputError(f"WebUI base URL must be http(s)://host[:port], got {base_url!r}")
         if retries < 1 or backoff_s < 0 or page_size < 1 or settle_s < 0 or max_list < page_size:
             raise ValueError("retries must be >= 1, backoff_s >= 0, page_size >= 1, settle_s >= 0 and "
                              "max_list >= page_size")
@@ -486,184 +450,3 @@ def _loads(content: bytes) -> Any:
 
 
 _snippet = snippet
-
-
-# --- payloads -----------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars, dates and paths become plain; NaN/inf become null
-    (PostgreSQL JSON refuses NaN, and the service would answer 500)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
-        value = value.item()  # numpy / pandas scalars
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, PurePath):
-        return str(value)
-    return value
-
-
-def clean_artifact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The payload as the service accepts it: only the contract's keys for its ``type`` (others are
-    dropped and named in a warning, since any of them would make the service answer 500), ``None``
-    values dropped (so an update never blanks a column), values JSON-ready. Raises ``ValueError``
-    for a missing name, an unknown type or a signal confidence outside 0..1."""
-    kind = payload.get("type")
-    if kind not in ARTIFACT_TYPES:
-        raise ValueError(f"artifact type must be one of {', '.join(ARTIFACT_TYPES)}, got {kind!r}")
-    if not payload.get("name"):
-        raise ValueError("artifact 'name' is required")
-    allowed = ARTIFACT_KEYS[kind]
-    if dropped := sorted(set(payload) - allowed):
-        log.warning("WebUI %s artifact: dropping keys the service does not have (it would answer 500): %s",
-                    kind, ", ".join(dropped))
-    body = {key: _plain(value) for key, value in payload.items() if key in allowed and value is not None}
-    if kind == "signal" and "confidence" in body:
-        _check_confidence(body["confidence"])
-    return body
-
-
-def _check_confidence(confidence: Any) -> float:
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 <= confidence <= 1:
-        raise ValueError(f"signal confidence must be a number 0..1 (the UI multiplies by 100), got {confidence!r}")
-    return float(confidence)
-
-
-def check_trading_signal(signal_data: Mapping[str, Any]) -> None:
-    """Enforce the WebUI's TradingSignal rules; ``ValueError`` lists every broken one on one line."""
-    problems = []
-    if signal_data.get("action") not in ACTIONS:
-        problems.append(f"action must be BUY/SELL/HOLD (got {signal_data.get('action')!r})")
-    score = signal_data.get("confidence_score")
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 100:
-        problems.append(f"confidence_score must be 0..100 (got {score!r})")
-    else:
-        band = "HIGH" if score >= 80 else "MEDIUM" if score >= 50 else "LOW"
-        if signal_data.get("confidence") != band:
-            problems.append(f"confidence {signal_data.get('confidence')!r} disagrees with"
-                            f" confidence_score {score:g} ({band})")
-    reasoning = signal_data.get("reasoning")
-    if not isinstance(reasoning, str) or len(reasoning.strip()) < 10:
-        problems.append("reasoning must be at least 10 characters")
-    for key in ("timeframe_analyzed", "model_used"):
-        if not signal_data.get(key):
-            problems.append(f"{key} is required")
-    for key in ("support_level", "resistance_level", "suggested_entry_price", "suggested_stop_loss",
-                "suggested_take_profit", "r_multiple", "risk_reward_ratio", "position_size_percent"):
-        value = signal_data.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            problems.append(f"{key} must be a number or null (got {value!r})")
-    if problems:
-        raise ValueError("signal_data breaks the WebUI TradingSignal rules: " + "; ".join(problems))
-
-
-def _lineage(kind: str, *, symbol: str, run_id: str, experiment_id: str | int, execution_id: str,
-             dag_id: str, workflow_id: str | None, task_id: str | None, step_name: str,
-             name: str | None, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The common keys. ``run_id``/``experiment_id`` are required: the service cannot fill them."""
-    if not symbol or not run_id or experiment_id in (None, "") or not execution_id:
-        raise ValueError(f"{kind} artifact needs symbol, run_id, experiment_id and execution_id "
-                         f"(got {symbol!r}, {run_id!r}, {experiment_id!r}, {execution_id!r})")
-    titles = {"signal": "Signal", "llm": "Review", "chart": "Chart"}
-    return {
-        "name": name or f"TradeMaster AutoGen {titles[kind]} {symbol}", "type": kind, "symbol": symbol,
-        "run_id": run_id, "experiment_id": str(experiment_id), "workflow_id": workflow_id or dag_id,
-        "execution_id": execution_id, "step_name": step_name, "dag_id": dag_id, "task_id": task_id,
-        "metadata": {"analysis_method": "trademaster_autogen", **(metadata or {})},
-    }
-
-
-def signal_artifact(
-    *,
-    symbol: str,
-    action: str,
-    confidence: float,
-    signal_data: Mapping[str, Any],
-    run_id: str,
-    experiment_id: str | int,
-    execution_id: str,
-    dag_id: str = DAG_ID,
-    workflow_id: str | None = None,
-    task_id: str | None = None,
-    step_name: str = STEP_SIGNAL,
-    metadata: Mapping[str, Any] | None = None,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """A ``signal`` payload as the WebUI renders it. ``confidence`` is 0..1 and must agree with
-    ``signal_data.confidence_score`` (0..100); ``action`` with ``signal_data.action``."""
-    action = action.strip().upper()
-    confidence = _check_confidence(confidence)
-    check_trading_signal(signal_data)
-    if signal_data["action"] != action:
-        raise ValueError(f"signal action {action} disagrees with signal_data.action {signal_data['action']}")
-    if abs(confidence * 100 - float(signal_data["confidence_score"])) > 0.5:
-        raise ValueError(f"signal confidence {confidence:g} disagrees with signal_data.confidence_score "
-                         f"{signal_data['confidence_score']:g} (expected confidence * 100)")
-    if signal_data.get("symbol") not in (None, symbol):
-        raise ValueError(f"signal symbol {symbol} disagrees with signal_data.symbol {signal_data['symbol']}")
-    payload = _lineage("signal", symbol=symbol, run_id=run_id, experiment_id=experiment_id,
-                       execution_id=execution_id, dag_id=dag_id, workflow_id=workflow_id, task_id=task_id,
-                       step_name=step_name, name=name, metadata=metadata)
-    return {**payload, "action": action, "confidence": confidence, "signal_data": _plain(signal_data)}
-
-
-def llm_artifact(
-    *,
-    symbol: str,
-    prompt: str,
-    response: str,
-    model_name: str,
-    run_id: str,
-    experiment_id: str | int,
-    execution_id: str,
-    transcript_uri: str | None = None,
-    dag_id: str = DAG_ID,
-    workflow_id: str | None = None,
-    task_id: str | None = None,
-    step_name: str = STEP_LLM,
-    metadata: Mapping[str, Any] | None = None,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """An ``llm`` payload; its metadata must point at the conversation transcript
-    (``transcript_uri`` here or ``metadata["transcript_uri"]``, e.g. the MLflow artifact URI)."""
-    meta = {**(metadata or {}), **({"transcript_uri": transcript_uri} if transcript_uri else {})}
-    if not meta.get("transcript_uri"):
-        raise ValueError("llm artifact needs transcript_uri (the MLflow URI of autogen_conversation.jsonl)")
-    if not response or not model_name:
-        raise ValueError("llm artifact needs a non-empty response and model_name")
-    payload = _lineage("llm", symbol=symbol, run_id=run_id, experiment_id=experiment_id,
-                       execution_id=execution_id, dag_id=dag_id, workflow_id=workflow_id, task_id=task_id,
-                       step_name=step_name, name=name, metadata=meta)
-    return {**payload, "prompt": prompt, "response": response, "model_name": model_name}
-
-
-def chart_artifact(
-    *,
-    symbol: str,
-    image_path: str,
-    chart_type: str,
-    run_id: str,
-    experiment_id: str | int,
-    execution_id: str,
-    chart_data: Any = None,
-    dag_id: str = DAG_ID,
-    workflow_id: str | None = None,
-    task_id: str | None = None,
-    step_name: str = STEP_CHART,
-    metadata: Mapping[str, Any] | None = None,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """A ``chart`` payload; ``image_path`` is where the image lives (e.g. an MLflow artifact URI)."""
-    if not image_path or not chart_type:
-        raise ValueError("chart artifact needs image_path and chart_type")
-    payload = _lineage("chart", symbol=symbol, run_id=run_id, experiment_id=experiment_id,
-                       execution_id=execution_id, dag_id=dag_id, workflow_id=workflow_id, task_id=task_id,
-                       step_name=step_name, name=name, metadata=metadata)
-    return {**payload, "image_path": str(image_path), "chart_type": chart_type,
-            **({"chart_data": _plain(chart_data)} if chart_data is not None else {})}
