@@ -41,7 +41,7 @@ from tradeflow.tracking import (
     TAG_FAILURE,
     TAG_SYMBOL,
     code_version,
-    log_own_params,
+    log_resolved_config,
     stage_run,
 )
 
@@ -54,9 +54,9 @@ STAGES_BY_MODE: dict[str, tuple[str, ...]] = {
 }
 TAG_CACHE_KEY = Tag.CACHE_KEY
 #: The stage-cache lease, as tags of the claiming pipeline run (see ``StageLease``).
-TAG_LEASE = Tag.lease("{stage}")
-TAG_LEASE_AT = Tag.lease_claimed_at("{stage}")
-TAG_LEASE_BEAT = Tag.lease_heartbeat("{stage}")
+TAG_LEASE = Tag.LEASE
+TAG_LEASE_AT = Tag.LEASE_CLAIMED_AT
+TAG_LEASE_BEAT = Tag.LEASE_HEARTBEAT
 #: Stages that are leased (persist is per execution and idempotent on the WebUI side).
 LEASED_STAGES = ("train_backtest", "inference", "review")
 TAG_FAILED_STAGE = Tag.FAILED_STAGE
@@ -134,11 +134,7 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
         mlflow.set_tags({TAG_EXECUTION_ID: execution_id, Tag.MODE: cfg.mode, Tag.FORCE: str(force).lower()})
         close_abandoned_runs(client, parent.info.experiment_id, cfg.symbol, execution_id, parent_id)
         own_params = _own_params(cfg, execution_id=execution_id, force=force, dag_id=dag_id, task_id=task_id)
-        log_own_params(own_params)
-        mlflow.log_params(cfg.flat_params())
-        if cfg.adjustments:
-            mlflow.set_tag(Tag.CONFIG_ADJUSTMENTS, "; ".join(cfg.adjustments))
-        mlflow.log_dict(json.loads(cfg.to_json()), PipelineRecord.config.path)
+        log_resolved_config(cfg, own_params, PipelineRecord.config.path)
 
         # Cheap checks before any child run: the data loads and validates, a model exists.
         market = load_market_data(cfg)
@@ -168,8 +164,8 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
             key = cache_key(stage, params, code=code, data_digest=market.digest, extra=extra)
             outcome = _run_or_reuse(client, stage, params, key, parent, force=force)
             outcomes.append(outcome)
-            mlflow.set_tags({Tag.stage_run_id(stage): outcome.run_id,
-                             Tag.stage_reused(stage): str(outcome.reused).lower()})
+            mlflow.set_tags({Tag.STAGE_RUN_ID.format(stage=stage): outcome.run_id,
+                             Tag.STAGE_REUSED.format(stage=stage): str(outcome.reused).lower()})
             mlflow.log_metric(f"stage_{stage}_seconds", outcome.seconds)
             if not outcome.ok:
                 mlflow.set_tag(TAG_FAILED_STAGE, stage)
@@ -219,16 +215,16 @@ def _run_or_reuse(client: MlflowClient, stage: str, params: dict[str, str], key:
         cached = find_cached(client, experiment_id, key)
         if cached:
             log.info("stage %s: reusing FINISHED run %s (same params, code and data)", stage, cached)
-            mlflow.set_tag(Tag.stage_lease(stage), "cached")
+            mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "cached")
             return StageOutcome(stage, cached, "FINISHED", 0.0, reused=True, params=params)
         if stage in LEASED_STAGES:
             lease = StageLease(client, parent, stage, key)
             started = time.monotonic()
             adopted = lease.acquire_or_adopt()
             if adopted:
-                mlflow.set_tag(Tag.stage_lease(stage), "adopted")
+                mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "adopted")
                 return StageOutcome(stage, adopted, "FINISHED", time.monotonic() - started, reused=True, params=params)
-            mlflow.set_tag(Tag.stage_lease(stage), "held")
+            mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "held")
     symbol = client.get_run(parent.info.run_id).data.tags.get(TAG_SYMBOL, "")
     try:
         with lease.heartbeat() if lease else _nothing():

@@ -113,37 +113,18 @@ class Tag:
     DATABRICKS_RUN = "tradeflow.databricks_run_id"
     DATABRICKS_URL = "tradeflow.databricks_run_page_url"
 
-    @staticmethod
-    def stage_run_id(stage: str) -> str:
-        """On the pipeline run: the run id a stage ran (or reused) as."""
-        return f"tradeflow.stage.{stage}.run_id"
-
-    @staticmethod
-    def stage_reused(stage: str) -> str:
-        return f"tradeflow.stage.{stage}.reused"
-
-    @staticmethod
-    def stage_lease(stage: str) -> str:
-        """On the pipeline run: how the stage's cache lease went ("cached" | "adopted" | "held")."""
-        return f"tradeflow.stage.{stage}.lease"
-
-    @staticmethod
-    def lease(stage: str) -> str:
-        """The stage-cache lease claim (see ``tradeflow.pipeline.StageLease``)."""
-        return f"tradeflow.lease.{stage}"
-
-    @staticmethod
-    def lease_claimed_at(stage: str) -> str:
-        return f"tradeflow.lease.{stage}.claimed_at"
-
-    @staticmethod
-    def lease_heartbeat(stage: str) -> str:
-        return f"tradeflow.lease.{stage}.heartbeat"
-
-    @staticmethod
-    def webui_artifact_id(kind: str) -> str:
-        """On the persist run: the WebUI id of the ``signal``/``llm``/``chart`` artifact written."""
-        return f"webui.{kind}_id"
+    # per-stage and per-kind names: templates, ``Tag.STAGE_RUN_ID.format(stage=...)``
+    #: on the pipeline run: the run id a stage ran (or reused) as, whether it was reused, how its
+    #: cache lease went ("cached" | "adopted" | "held")
+    STAGE_RUN_ID = "tradeflow.stage.{stage}.run_id"
+    STAGE_REUSED = "tradeflow.stage.{stage}.reused"
+    STAGE_LEASE = "tradeflow.stage.{stage}.lease"
+    #: the stage-cache lease claim (see ``tradeflow.pipeline.StageLease``)
+    LEASE = "tradeflow.lease.{stage}"
+    LEASE_CLAIMED_AT = "tradeflow.lease.{stage}.claimed_at"
+    LEASE_HEARTBEAT = "tradeflow.lease.{stage}.heartbeat"
+    #: on the persist run: the WebUI id of the ``signal``/``llm``/``chart`` artifact written
+    WEBUI_ARTIFACT_ID = "webui.{kind}_id"
 
 
 # --- what each step writes ---------------------------------------------------------------------

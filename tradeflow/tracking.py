@@ -15,6 +15,7 @@ other named experiment is refused with a one-line reason (its run ends FAILED sa
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -23,6 +24,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.entities import Param
@@ -240,6 +242,16 @@ def log_own_params(values: dict[str, object]) -> None:
     fresh = {k: "" if v is None else str(v) for k, v in values.items() if k not in logged}
     if fresh:
         mlflow.log_params(fresh)
+
+
+def log_resolved_config(cfg: Any, own_params: dict[str, object], artifact_file: str) -> None:
+    """What a run was asked and what it used: its MLproject parameters under their own names, the
+    flat ``cfg.*`` view, any adjustments made to the config, and the resolved config as a file."""
+    log_own_params(own_params)
+    mlflow.log_params(cfg.flat_params())
+    if cfg.adjustments:
+        mlflow.set_tag(Tag.CONFIG_ADJUSTMENTS, "; ".join(cfg.adjustments))
+    mlflow.log_dict(json.loads(cfg.to_json()), artifact_file)
 
 
 @contextmanager

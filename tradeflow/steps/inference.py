@@ -20,15 +20,7 @@ from mlflow.tracking import MlflowClient
 from tradeflow.config import RunConfig
 from tradeflow.errors import NotFoundError
 from tradeflow.records import InferenceRecord, Tag, TrainRecord
-from tradeflow.tracking import (
-    TAG_DATA_DIGEST,
-    TAG_DATA_SOURCE,
-    TAG_SYMBOL,
-    TAG_SYNTHETIC,
-    code_version,
-    log_own_params,
-    stage_run,
-)
+from tradeflow.tracking import code_version, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +143,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
     from tradeflow.evidence import build_evidence
     from tradeflow.features import compute_features, latest_window
 
-    tags = {TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: cfg.data_source}
+    tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
         from tradeflow import run_notes
 
@@ -168,7 +160,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
             mlflow.set_tag(Tag.WARNING, f"model trained on {meta['symbol']}, applied to {cfg.symbol}")
 
         market = load_market_data(cfg)
-        mlflow.set_tags({TAG_DATA_DIGEST: market.digest, TAG_SYNTHETIC: str(market.synthetic).lower()})
+        mlflow.set_tags({Tag.DATA_DIGEST: market.digest, Tag.SYNTHETIC: str(market.synthetic).lower()})
         market.log_mlflow_input("inference")
         features = compute_features(market.bars)
         window = latest_window(features, int(meta["window"]), symbol=cfg.symbol)

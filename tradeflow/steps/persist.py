@@ -135,7 +135,7 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
         for payload in build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id):
             row, created = client.upsert_artifact(payload)
             written.append({"type": payload["type"], "id": row["id"], "created": created})
-            mlflow.set_tag(Tag.webui_artifact_id(payload["type"]), str(row["id"]))
+            mlflow.set_tag(Tag.WEBUI_ARTIFACT_ID.format(kind=payload["type"]), str(row["id"]))
         mlflow.set_tags({Tag.WEBUI_PERSIST: "done", Tag.WEBUI_URL: client.base_url})
         mlflow.log_dict({"artifacts": written}, RECORD.webui_artifacts.path)
         summary = ", ".join(f"{w['type']} #{w['id']} ({'created' if w['created'] else 'updated'})" for w in written)

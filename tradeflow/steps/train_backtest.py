@@ -11,7 +11,6 @@ What the run records (MLflow):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -23,15 +22,7 @@ import pandas as pd
 
 from tradeflow.config import RunConfig
 from tradeflow.records import Tag, TrainRecord
-from tradeflow.tracking import (
-    TAG_DATA_DIGEST,
-    TAG_DATA_SOURCE,
-    TAG_SYMBOL,
-    TAG_SYNTHETIC,
-    code_version,
-    log_own_params,
-    stage_run,
-)
+from tradeflow.tracking import code_version, log_resolved_config, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +45,18 @@ def train_backtest_step(cfg: RunConfig) -> dict:
     from tradeflow.features import compute_features, split_for_run
 
     engine = get_engine(cfg.engine)  # unknown/unavailable engine fails before the run starts
-    tags = {TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: cfg.data_source}
+    tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
         from tradeflow import run_notes
 
         workdir = Path(tmp)
         own_params = run_notes.resolved_params(STAGE, cfg)
-        log_own_params(own_params)
-        mlflow.log_params(cfg.flat_params())
-        if cfg.adjustments:
-            mlflow.set_tag(Tag.CONFIG_ADJUSTMENTS, "; ".join(cfg.adjustments))
-        mlflow.log_dict(json.loads(cfg.to_json()), RECORD.config.path)
+        log_resolved_config(cfg, own_params, RECORD.config.path)
 
         market = load_market_data(cfg)
         if market.synthetic:
             print(SYNTHETIC_BANNER, flush=True)
-        mlflow.set_tags({TAG_DATA_DIGEST: market.digest, TAG_SYNTHETIC: str(market.synthetic).lower()})
+        mlflow.set_tags({Tag.DATA_DIGEST: market.digest, Tag.SYNTHETIC: str(market.synthetic).lower()})
         if market.notes:
             mlflow.set_tag(Tag.DATA_NOTES, "; ".join(market.notes)[:5000])
         market.log_mlflow_input("training")

@@ -2,7 +2,8 @@
 ``payloads`` (the artifact payloads and their contract). Import from here."""
 
 from tradeflow.trading_signal import check_trading_signal
-from tradeflow.webui.client import PAGE_SIZE, SESSION_KEYS, WebUIClient, WebUIError, WebUINotFoundError
+from tradeflow.webui.client import PAGE_SIZE, SESSION_KEYS, WebUIClient
+from tradeflow.webui.errors import WebUIError, WebUINotFoundError
 from tradeflow.webui.payloads import (
     ACTIONS,
     ARTIFACT_KEYS,

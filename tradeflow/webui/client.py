@@ -4,9 +4,9 @@ What it adds on top of the project's HTTP layer (``tradeflow.http``: one retry p
 deadline and a size cap per request), and why:
 
 - One clear line in ``WebUIError`` when the service cannot be used: Airflow shows that line.
-- Idempotent artifact writes: the service does not deduplicate, so ``upsert_artifact`` looks the
-  artifact up by (execution_id, step_name, symbol, type) and PATCHes it, else POSTs; a POST that
-  failed ambiguously is never blindly re-sent (the row may already exist).
+- Idempotent artifact writes (``tradeflow.webui.artifacts``): the service does not deduplicate, so
+  ``upsert_artifact`` looks the artifact up by (execution_id, step_name, symbol, type) and PATCHes
+  it, else POSTs; a POST that failed ambiguously is never blindly re-sent (the row may already exist).
 - Payloads are filtered to the contract's columns: any other key makes the service answer 500.
 - The bearer token (``BACKEND_API_TOKEN``) lives in the session headers only; it is never logged
   and never part of an error message.
@@ -18,19 +18,20 @@ import json
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from tradeflow.errors import InputError, ServiceError
+from tradeflow.errors import InputError
 from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy, deadline_from_env, snippet
-from tradeflow.webui.payloads import IDENTITY_KEYS, _plain, clean_artifact_payload
+from tradeflow.webui.artifacts import ArtifactEndpoints
+from tradeflow.webui.errors import WebUIError, WebUINotFoundError
+from tradeflow.webui.payloads import _plain
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tradeflow.webui")
 
-__all__ = ["PAGE_SIZE", "SESSION_KEYS", "WebUIClient", "WebUIError", "WebUINotFoundError"]
+__all__ = ["PAGE_SIZE", "SESSION_KEYS", "WebUIClient"]
 
 #: A link's trading session as the WebUI stores it (read by ``tradeflow.sessions``).
 SESSION_KEYS: Final = ("timezone", "session_start", "session_end", "allow_weekend")
@@ -39,19 +40,6 @@ PAGE_SIZE: Final = 500
 MAX_LIST: Final = 50_000
 #: How long an ambiguous POST failure (answer lost) is followed by look-ups before posting again.
 SETTLE_S: Final = 45.0
-
-
-class WebUIError(ServiceError):
-    """The backend could not be used; ``str(err)`` is one line naming the URL and the endpoint."""
-
-    def __init__(self, message: str, *, endpoint: str = "", status: int | None = None) -> None:
-        super().__init__(" ".join(message.split()))
-        self.endpoint = endpoint
-        self.status = status
-
-
-class WebUINotFoundError(WebUIError):
-    """A 404 where the caller needs the thing to exist (e.g. no cached market data)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +51,7 @@ class _Reply:
 # --- the client -------------------------------------------------------------------------------
 
 
-class WebUIClient:
+class WebUIClient(ArtifactEndpoints):
     """Talks to one WebUI backend. ``retries`` is the total number of tries per request (>= 1)."""
 
     def __init__(
@@ -250,133 +238,6 @@ class WebUIClient:
         if not isinstance(reply.body, dict) or not isinstance(reply.body.get("data"), list):
             raise self._shape_error(f"GET {path}", 'an object with a "data" list', reply.body)
         return reply.body
-
-    # artifacts --------------------------------------------------------------------------------
-
-    def list_artifacts(
-        self,
-        *,
-        type: str | None = None,  # noqa: A002 - the service's own parameter name
-        symbol: str | None = None,
-        execution_id: str | None = None,
-        step_name: str | None = None,
-        limit: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Artifacts newest first. ``type``/``symbol``/``execution_id`` filter on the service,
-        ``step_name`` here (the service has no such filter). Without ``limit`` every match is
-        returned; with it, ``limit`` applies on the service, before the ``step_name`` filter.
-
-        The service has no offset and its ``total`` counts only the rows it returned, so neither is
-        trusted: the client asks again with a larger limit until a page comes back short (that page
-        holds every match), and raises ``WebUIError`` past ``max_list`` rows (narrow the filters)."""
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        params = {k: v for k, v in (("type", type), ("symbol", symbol), ("execution_id", execution_id))
-                  if v is not None}
-        if limit is not None:
-            rows = self._artifact_page(params, limit)
-        else:
-            rows = self._all_artifacts(params)
-        if step_name is not None:
-            rows = [row for row in rows if row.get("step_name") == step_name]
-        return rows
-
-    def _all_artifacts(self, params: dict[str, str], tries: int | None = None) -> list[dict[str, Any]]:
-        """Every match: grow the page until a short one comes back; a clear error past ``max_list``."""
-        size = self.page_size
-        while True:
-            rows = self._artifact_page(params, size, tries=tries)
-            if len(rows) < size:
-                return rows
-            if size >= self.max_list:
-                where = ", ".join(f"{k}={v}" for k, v in params.items()) or "no filter"
-                raise WebUIError(f"WebUI backend at {self.base_url} holds {self.max_list} or more artifacts for "
-                                 f"{where}; the service has no offset, so this listing would be incomplete: "
-                                 "narrow the query (type, symbol, execution_id)", endpoint="GET /api/artifacts/")
-            size = min(self.max_list, size * 4)
-
-    def _artifact_page(self, params: dict[str, str], limit: int,
-                       tries: int | None = None) -> list[dict[str, Any]]:
-        body = self._call("GET", "/api/artifacts/", params={**params, "limit": str(limit)}, tries=tries).body
-        if (not isinstance(body, dict) or not isinstance(body.get("artifacts"), list)
-                or not all(isinstance(row, dict) for row in body["artifacts"])):
-            raise self._shape_error("GET /api/artifacts/", 'an object with an "artifacts" list of objects', body)
-        rows = body["artifacts"]
-        if len(rows) > limit:
-            raise self._shape_error("GET /api/artifacts/", f"at most {limit} rows (the limit sent)",
-                                    {"rows": len(rows)})
-        return rows
-
-    def get_artifact(self, artifact_id: int) -> dict[str, Any] | None:
-        """One artifact by id, or None on 404."""
-        reply = self._call("GET", f"/api/artifacts/{int(artifact_id)}", accept=(404,))
-        return None if reply.status == 404 else reply.body
-
-    def find_artifact(self, *, execution_id: str, step_name: str, symbol: str,
-                      type: str) -> dict[str, Any] | None:  # noqa: A002
-        """The newest artifact with this identity, or None (duplicates are logged, not fixed)."""
-        rows = self.list_artifacts(type=type, symbol=symbol, execution_id=execution_id, step_name=step_name)
-        if len(rows) > 1:
-            log.warning("WebUI holds %d %s artifacts for %s/%s/%s (ids %s); updating the newest",
-                        len(rows), type, symbol, execution_id, step_name, [row.get("id") for row in rows])
-        return rows[0] if rows else None
-
-    def upsert_artifact(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create or update the artifact with this payload's identity; return (row, created).
-
-        The payload is cleaned first (``clean_artifact_payload``). If the POST fails in a way that
-        may still have stored the row (timeout, dropped connection, 5xx), every retry first looks
-        the artifact up again and stops there if it is found, so a retry never duplicates.
-        """
-        body = clean_artifact_payload(payload)
-        identity = {key: body.get(key) for key in IDENTITY_KEYS}
-        if missing := [key for key, value in identity.items() if not value]:
-            raise ValueError(f"upsert_artifact needs {', '.join(IDENTITY_KEYS)} to be idempotent;"
-                             f" missing {', '.join(missing)}")
-        existing = self.find_artifact(**identity)
-        if existing is not None:
-            return self._patch_artifact(existing["id"], body), False
-
-        def already_stored(failure: HttpError) -> dict[str, Any] | None:
-            """Look the artifact up before any second POST. When the answer was lost (read timeout,
-            dropped connection, a proxy's 502/504), the service may still be inserting the row: keep
-            looking for ``settle_s`` before the POST is sent again."""
-            settle_until = time.monotonic() + (self.settle_s if failure.maybe_applied else 0.0)
-            looks = 0
-            while True:
-                looks += 1
-                try:
-                    rows = self._all_artifacts({k: identity[k] for k in ("type", "symbol", "execution_id")},
-                                               tries=1)
-                except WebUIError:
-                    rows = None  # still failing: keep waiting within the settle window
-                if rows is not None and (found := next(
-                        (row for row in rows if row.get("step_name") == identity["step_name"]), None)):
-                    return found
-                if time.monotonic() >= settle_until:
-                    if failure.maybe_applied:
-                        log.warning("WebUI POST /api/artifacts/ %s; the %s artifact was not found after %d look-ups"
-                                    " over %.0f s: posting it again", failure.kind, identity["type"], looks,
-                                    self.settle_s)
-                    return None
-                time.sleep(min(2.0, max(0.05, self.backoff_s)))
-
-        reply = self._call("POST", "/api/artifacts/", json_body=body, before_retry=already_stored)
-        row = reply.body
-        if not isinstance(row, dict) or not isinstance(row.get("id"), int):
-            raise self._shape_error("POST /api/artifacts/", 'the stored row with an integer "id"', row)
-        log.info("WebUI %s artifact #%s stored for %s (execution %s)", body["type"], row["id"],
-                 body.get("symbol"), body.get("execution_id"))
-        return row, True
-
-    def _patch_artifact(self, artifact_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        path = f"/api/artifacts/{int(artifact_id)}"
-        row = self._call("PATCH", path, json_body=body).body
-        if not isinstance(row, dict) or "id" not in row:
-            row = self._call("GET", path).body  # a PATCH that answers without the row
-        log.info("WebUI %s artifact #%s updated for %s (execution %s)", body["type"], artifact_id,
-                 body.get("symbol"), body.get("execution_id"))
-        return row
 
     # transport --------------------------------------------------------------------------------
 

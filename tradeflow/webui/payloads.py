@@ -17,7 +17,7 @@ from typing import Any, Final
 from tradeflow.errors import InputError
 from tradeflow.trading_signal import ACTIONS, check_trading_signal
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tradeflow.webui")
 
 __all__ = ["ACTIONS", "ARTIFACT_KEYS", "ARTIFACT_TYPES", "COMMON_KEYS", "DAG_ID", "IDENTITY_KEYS", "STEP_CHART",
            "STEP_LLM", "STEP_SIGNAL", "chart_artifact", "check_trading_signal", "clean_artifact_payload",
