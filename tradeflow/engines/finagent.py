@@ -374,7 +374,7 @@ class FinAgentEngine(Engine):
         for name in ("train", "valid"):
             rows = len(getattr(splits, name))
             if name == "train" and rows < window + 20:
-                raise ValueError(f"{cfg.symbol}: train split has {rows} rows; engine finagent needs at least "
+                raise InputError(f"{cfg.symbol}: train split has {rows} rows; engine finagent needs at least "
                                  f"{window + 20} (lookback_bars {window} + 20 bars to score a rule)")
         started = time.perf_counter()
         analyst = self.analyst(cfg.symbol)
