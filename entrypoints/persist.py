@@ -17,20 +17,22 @@ def main(argv: list[str] | None = None) -> None:
     def step() -> None:
         from mlflow.tracking import MlflowClient
 
+        from tradeflow.errors import tracking_lookup_error
+        from tradeflow.records import Tag
         from tradeflow.steps.persist import persist_step
         from tradeflow.tracking import configure_tracking
         from tradeflow.webui import DAG_ID
 
-        configure_tracking()
+        uri = configure_tracking()
         try:
             review_run = MlflowClient().get_run(args.review_run_id)
-        except Exception:
-            fail_before_work(f"review_run_id {args.review_run_id!r} is not a run in {configure_tracking()}")
+        except Exception as exc:  # not a run, or the store is down: say which
+            fail_before_work(str(tracking_lookup_error(exc, f"review_run_id {args.review_run_id!r}", uri)))
         try:
-            cfg = config_from_flags(args, extra_layers=[{"symbol": review_run.data.tags.get("tradeflow.symbol", "")}])
+            cfg = config_from_flags(args, extra_layers=[{"symbol": review_run.data.tags.get(Tag.SYMBOL, "")}])
         except ConfigError as exc:
             fail_before_work(str(exc))
-        execution_id = args.execution_id or review_run.data.tags.get("mlflow.parentRunId") or args.review_run_id
+        execution_id = args.execution_id or review_run.data.tags.get(Tag.PARENT_RUN_ID) or args.review_run_id
         persist_step(cfg, args.review_run_id, execution_id=execution_id,
                      dag_id=args.dag_id or DAG_ID, task_id=args.task_id or "persist")
 

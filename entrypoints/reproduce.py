@@ -14,17 +14,19 @@ def main(argv: list[str] | None = None) -> None:
 
     def step() -> None:
         from tradeflow.config import resolve_config
+        from tradeflow.errors import tracking_lookup_error
+        from tradeflow.records import Tag
         from tradeflow.reproduce import NotReproducible, recorded_invocation, reproduce
         from tradeflow.tracking import configure_tracking
 
-        configure_tracking()
+        uri = configure_tracking()
         try:
             invocation = recorded_invocation(args.run_id)
         except NotReproducible as exc:
             fail_before_work(str(exc))
-        except Exception:
-            fail_before_work(f"run_id {args.run_id!r} is not a run in {configure_tracking()}")
-        experiment = resolve_config({"symbol": invocation["run"].data.tags.get("tradeflow.symbol", "X")}, with_env=True)
+        except Exception as exc:  # not a run, or the store is down: say which
+            fail_before_work(str(tracking_lookup_error(exc, f"run_id {args.run_id!r}", uri)))
+        experiment = resolve_config({"symbol": invocation["run"].data.tags.get(Tag.SYMBOL, "X")}, with_env=True)
         reproduce(args.run_id, experiment.experiment_name)
 
     main_wrapper(step)

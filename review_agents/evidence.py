@@ -11,13 +11,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tradeflow.errors import InputError
+
 SCHEMA_VERSION = 1
 #: Untrusted text limits: more than this is cut, so a flood of text cannot crowd the prompt.
 MAX_UNTRUSTED_ITEMS = 20
 MAX_UNTRUSTED_CHARS = 500
 
 
-class EvidenceError(ValueError):
+class EvidenceError(InputError):
     """The evidence bundle is unusable. ``str(err)`` is one line naming the field."""
 
 

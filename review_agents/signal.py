@@ -4,35 +4,22 @@ The WebUI validates signals with its own rules (see shared/contracts/webui-backe
 payload that fails them is rendered wrong or rejected, so we check before posting rather
 than find out in the UI. The artifact's top-level ``confidence`` is ``decision.confidence``
 (0 to 1); ``signal_data.confidence`` is the band and ``confidence_score`` the percentage.
+The rules themselves live in ``tradeflow.trading_signal`` (shared with the WebUI client).
 """
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from typing import Any
 
+from tradeflow.trading_signal import PRICE_FIELDS, REQUIRED_FIELDS, SignalError, check_trading_signal, confidence_band
+
 from .analysis import assess
 from .evidence import parse_evidence
-from .schema import ACTIONS, ReviewOutcome
+from .schema import ReviewOutcome
 
 #: Position size at confidence 1.0, in percent of equity (scaled linearly; HOLD has none).
 MAX_POSITION_PERCENT = 10.0
-PRICE_FIELDS = ("support_level", "resistance_level", "suggested_entry_price", "suggested_stop_loss", "suggested_take_profit")
-REQUIRED_FIELDS = ("symbol", "action", "confidence", "confidence_score", "reasoning", "timeframe_analyzed", "model_used")
-
-
-class SignalError(ValueError):
-    """``signal_data`` breaks a TradingSignal rule; the message lists every broken rule."""
-
-
-def confidence_band(score: float) -> str:
-    """HIGH (>= 80), MEDIUM (50-79), LOW (< 50), on the 0-100 score."""
-    if score >= 80:
-        return "HIGH"
-    if score >= 50:
-        return "MEDIUM"
-    return "LOW"
 
 
 def _r_multiple(entry: float | None, stop: float | None, target: float | None) -> float | None:
@@ -73,40 +60,12 @@ def signal_payload(outcome: ReviewOutcome, evidence: dict[str, Any]) -> dict[str
     }
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate_signal_data(data: dict[str, Any]) -> dict[str, Any]:
-    """Enforce the WebUI's TradingSignal rules; returns ``data`` or raises ``SignalError``."""
-    problems = [f"'{name}' is required" for name in REQUIRED_FIELDS if data.get(name) in (None, "")]
-    if data.get("action") not in ACTIONS:
-        problems.append(f"action {data.get('action')!r} is not BUY, SELL or HOLD")
-    score = data.get("confidence_score")
-    if not _is_number(score) or not 0 <= score <= 100:
-        problems.append(f"confidence_score {score!r} is not a number in 0..100")
-    elif data.get("confidence") != confidence_band(score):
-        problems.append(
-            f"confidence {data.get('confidence')!r} does not match confidence_score {score} "
-            f"(expected {confidence_band(score)})"
-        )
-    reasoning = data.get("reasoning")
-    if not isinstance(reasoning, str) or len(reasoning.strip()) < 10:
-        problems.append("reasoning must be at least 10 characters")
-    for name in ("timeframe_analyzed", "model_used", "symbol"):
-        if name in data and data[name] is not None and not isinstance(data[name], str):
-            problems.append(f"{name} must be a string")
-    for name in PRICE_FIELDS:
-        value = data.get(name)
-        if value is not None and (not _is_number(value) or value <= 0):
-            problems.append(f"{name} {value!r} must be a positive number or null")
-    for name in ("r_multiple", "risk_reward_ratio", "position_size_percent"):
-        value = data.get(name)
-        if value is not None and (not _is_number(value) or value < 0):
-            problems.append(f"{name} {value!r} must be a non-negative number or null")
-    factors = data.get("key_factors", [])
-    if not isinstance(factors, list) or not all(isinstance(f, str) for f in factors):
-        problems.append("key_factors must be a list of strings")
-    if problems:
-        raise SignalError("invalid signal_data: " + "; ".join(problems))
+    """Enforce the WebUI's TradingSignal rules (``tradeflow.trading_signal``, the one contract the
+    WebUI client checks too); returns ``data`` or raises ``SignalError``."""
+    check_trading_signal(data)
     return data
+
+
+__all__ = ["MAX_POSITION_PERCENT", "PRICE_FIELDS", "REQUIRED_FIELDS", "SignalError", "confidence_band",
+           "signal_payload", "validate_signal_data"]

@@ -27,7 +27,7 @@ STUB_BACKEND = REPO / "tests" / "support" / "finagent_stub" / "src" / "backend"
 
 
 def _reset_upstream() -> None:
-    compat._cached = None
+    compat._once.reset()
 
 
 @pytest.fixture

@@ -189,7 +189,7 @@ def test_post_lost_after_commit_is_not_sent_twice(webui_server):
 def test_builders_refuse_what_the_webui_would_misrender():
     with pytest.raises(ValueError, match="0..1"):
         nvda_signal(confidence=72)
-    with pytest.raises(ValueError, match="disagrees with confidence_score"):
+    with pytest.raises(ValueError, match="does not match confidence_score"):
         nvda_signal(signal_data={**signal_data(), "confidence": "HIGH"})
     with pytest.raises(ValueError, match="disagrees with signal_data.confidence_score"):
         nvda_signal(confidence=0.9)

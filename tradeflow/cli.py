@@ -16,14 +16,17 @@ from collections.abc import Callable, Mapping, Sequence
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from tradeflow.config import ConfigError, RunConfig, resolve_config
+from tradeflow.config import RunConfig, resolve_config
+from tradeflow.errors import UserError
+from tradeflow.records import mark_failed
 from tradeflow.settings import log_level
-from tradeflow.tracking import TAG_FAILURE, configure_tracking, one_line
+from tradeflow.tracking import configure_tracking, one_line
 
 log = logging.getLogger("tradeflow")
 
-#: Errors whose message is already the one line a user needs (no traceback).
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, LookupError, RuntimeError, OSError)
+#: Errors whose message is already the one line a user needs (no traceback); anything else is a
+#: bug and keeps its traceback (the run is marked FAILED either way).
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
 
 def setup_logging() -> None:
@@ -80,8 +83,7 @@ def _fail_pending_run(message: str) -> None:
         configure_tracking()
         client = MlflowClient()
         if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
-            client.set_tag(run_id, TAG_FAILURE, message[:5000])
-            client.set_terminated(run_id, "FAILED")
+            mark_failed(client, run_id, message)
     except Exception as exc:  # the store itself may be the problem; the exit still says why
         log.warning("could not mark run %s FAILED: %s", run_id, one_line(exc))
 
@@ -113,6 +115,9 @@ def main_wrapper(step: Callable[[], object]) -> None:
         _fail_pending_run(one_line(exc))
         print(f"error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
+    except Exception as exc:  # a bug: the traceback stays (Python prints it), the run still ends FAILED
+        _fail_pending_run(one_line(exc))
+        raise
     finally:
         if mlflow.active_run() is not None:  # defensive: never leave a run RUNNING
             mlflow.end_run(status="FAILED")

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from tradeflow.names import Mode, check_data_source, check_symbol
 
+from tradeflow.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # Hard caps: a value above a cap is clamped to it and the reason is recorded.
@@ -35,7 +37,7 @@ MAX_HIDDEN_LAYERS = 8
 _EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9_./ @+-]{1,200}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is invalid. ``str(err)`` is one line naming the parameter."""
 
 

@@ -4,6 +4,8 @@ the value breaks the filter (a traceback) or matches the wrong runs; ``filter_va
 
 from __future__ import annotations
 
+from tradeflow.errors import InputError
+
 
 def filter_value(value: str) -> str:
     """``value`` as a quoted MLflow filter literal: single-quoted, or double-quoted when it holds a
@@ -12,4 +14,4 @@ def filter_value(value: str) -> str:
         return f"'{value}'"
     if '"' not in value:
         return f'"{value}"'
-    raise ValueError(f"{value[:60]!r} holds both quote characters; MLflow filters cannot express it")
+    raise InputError(f"{value[:60]!r} holds both quote characters; MLflow filters cannot express it")

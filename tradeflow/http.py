@@ -9,7 +9,8 @@ Why a layer of our own on top of ``requests``:
   other 4xx, and a 500 whose body names the payload (the WebUI's ``"'foo' is an invalid keyword
   argument for Artifact"``): sending the same body again only repeats it.
 - **A total deadline per request.** ``requests`` timeouts are per socket read, so a server sending a
-  byte a second holds a client forever; a watchdog shuts the socket down when the deadline passes
+  byte a second holds a client forever; a watchdog (``tradeflow.http_watchdog``) shuts the socket
+  down when the deadline passes
   (not retried: a trickling server trickles again). ``TRADEFLOW_HTTP_DEADLINE_S`` sets it.
 - **A response size cap**, checked against ``Content-Length`` and while reading: a hostile or broken
   server cannot make a client read 50 MB into memory.
@@ -28,8 +29,6 @@ import email.utils
 import json
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,9 +36,9 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from tradeflow.errors import InputError, ServiceError
+from tradeflow.http_watchdog import Watch, deadline, watch_session, watched_session
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def deadline_from_env(default: float, environ: Mapping[str, str] | None = None) 
     except ValueError:
         value = -1.0
     if not 0 < value <= 3600:
-        raise ValueError(f"TRADEFLOW_HTTP_DEADLINE_S={raw!r}: give seconds between 0 and 3600")
+        raise InputError(f"TRADEFLOW_HTTP_DEADLINE_S={raw!r}: give seconds between 0 and 3600")
     return value
 
 
@@ -128,7 +127,7 @@ class Reply:
 
 
 @dataclass
-class HttpError(RuntimeError):
+class HttpError(ServiceError):
     """A request that did not get a usable answer. ``kind`` is a short phrase ("unreachable",
     "timed out", "answered 503", "answered too much", "deadline exceeded", "TLS check failed"),
     ``reason`` the innermost cause on one line, ``tries`` how many were made."""
@@ -190,93 +189,6 @@ def is_transient(reply: Reply, sent: Mapping[str, Any] | None = None) -> bool:
     return False
 
 
-# --- the deadline watchdog ------------------------------------------------------------------------
-
-_current = threading.local()
-
-
-class _Watch:
-    """Sockets of one request; ``fire`` shuts them down so a blocked read returns at once."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.fired = False
-        self.done = False
-
-    def add(self, sock: socket.socket | None) -> None:
-        if sock is None:
-            return
-        with self.lock:
-            if self.fired:
-                _shutdown(sock)
-            self.sockets.append(sock)
-
-    def fire(self) -> None:
-        with self.lock:
-            if self.done:
-                return
-            self.fired = True
-            for sock in self.sockets:
-                _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-def _register(conn: HTTPConnection) -> None:
-    watch = getattr(_current, "watch", None)
-    if watch is not None:
-        watch.add(getattr(conn, "sock", None))
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        _register(self)
-
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:  # a reused keep-alive connection
-        _register(self)
-        return super().getresponse(*args, **kwargs)
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _register(self)
-
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        _register(self)
-        return super().getresponse(*args, **kwargs)
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class _WatchedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-
-
-def watched_session() -> requests.Session:
-    """A ``requests.Session`` whose connections the deadline watchdog can cut."""
-    session = requests.Session()
-    adapter = _WatchedAdapter()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
 # --- the client -----------------------------------------------------------------------------------
 
 
@@ -293,11 +205,8 @@ class HttpClient:
         self.policy = policy or RetryPolicy()
         self.limits = limits or Limits()
         self.verify = verify
-        self.session = session or watched_session()
-        if session is not None and not isinstance(session.get_adapter("http://x"), _WatchedAdapter):
-            adapter = _WatchedAdapter()  # a caller's session gets the watchdog too
-            self.session.mount("http://", adapter)
-            self.session.mount("https://", adapter)
+        # a caller's session gets the watchdog too
+        self.session = watch_session(session) if session is not None else watched_session()
         if headers:
             self.session.headers.update(headers)
 
@@ -357,11 +266,12 @@ class HttpClient:
     def _once(self, method: str, url: str, *, params: Mapping[str, str] | None, data: str | bytes | None,
               headers: Mapping[str, str] | None) -> Reply:
         limits = self.limits
-        watch = _Watch()
-        timer = threading.Timer(limits.deadline_s, watch.fire)
-        timer.daemon = True
-        _current.watch = watch
-        timer.start()
+        with deadline(limits.deadline_s) as watch:
+            return self._watched(method, url, params=params, data=data, headers=headers, watch=watch)
+
+    def _watched(self, method: str, url: str, *, params: Mapping[str, str] | None, data: str | bytes | None,
+                 headers: Mapping[str, str] | None, watch: Watch) -> Reply:
+        limits = self.limits
         started = time.monotonic()
         response: requests.Response | None = None
         try:
@@ -391,10 +301,6 @@ class HttpClient:
         except requests.RequestException as exc:
             raise HttpError("failed", f"{type(exc).__name__} {_reason(exc)}", transient=False) from None
         finally:
-            with watch.lock:
-                watch.done = True
-            timer.cancel()
-            _current.watch = None
             if response is not None:
                 response.close()
 

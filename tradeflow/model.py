@@ -20,6 +20,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.tracking import MlflowClient
 
+from tradeflow.records import Tag
+
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
@@ -128,7 +130,7 @@ def log_agent_model(
         pip_requirements=pinned_requirements(),
     )
     note = ENGINE_ENV_NOTES.get(engine)
-    mlflow.set_tag("tradeflow.model_env", f"incomplete: {note}" if note else "pinned from conda.yaml (requirements.txt)")
+    mlflow.set_tag(Tag.MODEL_ENV, f"incomplete: {note}" if note else "pinned from conda.yaml (requirements.txt)")
     return info.model_uri
 
 

@@ -21,16 +21,27 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
+from tradeflow.errors import StepError
 from tradeflow.filters import filter_value
 from tradeflow.projects import StageOutcome, run_entry_point
 from tradeflow.stage_lease import StageLease
+from tradeflow.records import (
+    InferenceRecord,
+    PipelineRecord,
+    ReviewRecord,
+    Tag,
+    TrainRecord,
+    children_of,
+    find_by_tags,
+    mark_failed,
+)
 from tradeflow.tracking import (
     TAG_DATA_DIGEST,
     TAG_EXECUTION_ID,
     TAG_FAILURE,
     TAG_SYMBOL,
     code_version,
-    log_own_params,
+    log_resolved_config,
     stage_run,
 )
 
@@ -41,14 +52,14 @@ STAGES_BY_MODE: dict[str, tuple[str, ...]] = {
     "train_backtest": ("train_backtest",),
     "inference": ("inference", "review", "persist"),
 }
-TAG_CACHE_KEY = "tradeflow.cache_key"
+TAG_CACHE_KEY = Tag.CACHE_KEY
 #: Stages that are leased (persist is per execution and idempotent on the WebUI side).
 LEASED_STAGES = ("train_backtest", "inference", "review")
-TAG_FAILED_STAGE = "tradeflow.failed_stage"
-ARTIFACTS = {"pipeline_summary.json": "stage runs (reused or not), durations, the final decision"}
+TAG_FAILED_STAGE = Tag.FAILED_STAGE
+ARTIFACTS = PipelineRecord.described()
 
 
-class StageFailed(RuntimeError):
+class StageFailed(StepError):
     """A child stage ended FAILED; the message names the stage, its run and its reason."""
 
 
@@ -77,12 +88,7 @@ def cache_key(entry_point: str, params: dict[str, str], *, code: str, data_diges
 
 
 def find_cached(client: MlflowClient, experiment_id: str, key: str) -> str | None:
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_CACHE_KEY}` = {filter_value(key)} and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    runs = find_by_tags(client, experiment_id, {TAG_CACHE_KEY: key}, status="FINISHED", max_results=1)
     return runs[0].info.run_id if runs else None
 
 
@@ -94,24 +100,16 @@ def close_abandoned_runs(client: MlflowClient, experiment_id: str, symbol: str, 
     pipeline run it submitted, but nobody is left to close the stage run. The next attempt of the
     same execution does it here (only under earlier pipeline runs that have already ended).
     """
-    earlier = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_EXECUTION_ID}` = {filter_value(execution_id)} and "
-                      f"tags.`{TAG_SYMBOL}` = {filter_value(symbol)} "
-                      "and tags.`tradeflow.stage` = 'pipeline'",
-    )
+    earlier = find_by_tags(client, experiment_id,
+                           {TAG_EXECUTION_ID: execution_id, TAG_SYMBOL: symbol, Tag.STAGE: "pipeline"})
     closed = []
     for parent in earlier:
         if parent.info.run_id == current_parent_id or parent.info.status == "RUNNING":
             continue
-        for child in client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and attributes.status = 'RUNNING'",
-        ):
-            client.set_tag(child.info.run_id, TAG_FAILURE,
-                           f"abandoned: its pipeline attempt {parent.info.run_id} ended ({parent.info.status}) "
-                           "while this stage was running (worker killed?)")
-            client.set_terminated(child.info.run_id, "FAILED")
+        for child in children_of(client, experiment_id, parent.info.run_id, status="RUNNING"):
+            mark_failed(client, child.info.run_id,
+                        f"abandoned: its pipeline attempt {parent.info.run_id} ended ({parent.info.status}) "
+                        "while this stage was running (worker killed?)")
             closed.append(child.info.run_id)
     if closed:
         log.warning("%s: closed %d stage run(s) left RUNNING by a killed attempt: %s", symbol, len(closed), ", ".join(closed))
@@ -129,14 +127,10 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
     with stage_run("pipeline", experiment_name=cfg.experiment_name, tags={TAG_SYMBOL: cfg.symbol}) as parent:
         parent_id = parent.info.run_id
         execution_id = execution_id or parent_id
-        mlflow.set_tags({TAG_EXECUTION_ID: execution_id, "tradeflow.mode": cfg.mode, "tradeflow.force": str(force).lower()})
+        mlflow.set_tags({TAG_EXECUTION_ID: execution_id, Tag.MODE: cfg.mode, Tag.FORCE: str(force).lower()})
         close_abandoned_runs(client, parent.info.experiment_id, cfg.symbol, execution_id, parent_id)
         own_params = _own_params(cfg, execution_id=execution_id, force=force, dag_id=dag_id, task_id=task_id)
-        log_own_params(own_params)
-        mlflow.log_params(cfg.flat_params())
-        if cfg.adjustments:
-            mlflow.set_tag("tradeflow.config_adjustments", "; ".join(cfg.adjustments))
-        mlflow.log_dict(json.loads(cfg.to_json()), "config/resolved_config.json")
+        log_resolved_config(cfg, own_params, PipelineRecord.config.path)
 
         # Cheap checks before any child run: the data loads and validates, a model exists.
         market = load_market_data(cfg)
@@ -166,8 +160,8 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
             key = cache_key(stage, params, code=code, data_digest=market.digest, extra=extra)
             outcome = _run_or_reuse(client, stage, params, key, parent, force=force)
             outcomes.append(outcome)
-            mlflow.set_tags({f"tradeflow.stage.{stage}.run_id": outcome.run_id,
-                             f"tradeflow.stage.{stage}.reused": str(outcome.reused).lower()})
+            mlflow.set_tags({Tag.STAGE_RUN_ID.format(stage=stage): outcome.run_id,
+                             Tag.STAGE_REUSED.format(stage=stage): str(outcome.reused).lower()})
             mlflow.log_metric(f"stage_{stage}_seconds", outcome.seconds)
             if not outcome.ok:
                 mlflow.set_tag(TAG_FAILED_STAGE, stage)
@@ -178,7 +172,7 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
 
         summary = _write_summary(cfg, execution_id, outcomes, state)
         if state.decision:
-            mlflow.set_tags({"tradeflow.decision.action": state.decision["action"]})
+            mlflow.set_tags({Tag.DECISION_ACTION: state.decision["action"]})
             mlflow.log_metric("decision_confidence", float(state.decision["confidence"]))
         describe()
         reused = sum(o.reused for o in outcomes)
@@ -217,16 +211,16 @@ def _run_or_reuse(client: MlflowClient, stage: str, params: dict[str, str], key:
         cached = find_cached(client, experiment_id, key)
         if cached:
             log.info("stage %s: reusing FINISHED run %s (same params, code and data)", stage, cached)
-            mlflow.set_tag(f"tradeflow.stage.{stage}.lease", "cached")
+            mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "cached")
             return StageOutcome(stage, cached, "FINISHED", 0.0, reused=True, params=params)
         if stage in LEASED_STAGES:
             lease = StageLease(client, parent, stage, key)
             started = time.monotonic()
             adopted = lease.acquire_or_adopt()
             if adopted:
-                mlflow.set_tag(f"tradeflow.stage.{stage}.lease", "adopted")
+                mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "adopted")
                 return StageOutcome(stage, adopted, "FINISHED", time.monotonic() - started, reused=True, params=params)
-            mlflow.set_tag(f"tradeflow.stage.{stage}.lease", "held")
+            mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "held")
     symbol = client.get_run(parent.info.run_id).data.tags.get(TAG_SYMBOL, "")
     try:
         with lease.heartbeat() if lease else _nothing():
@@ -252,15 +246,15 @@ def _collect(stage: str, run_id: str, client: MlflowClient, state: PipelineState
     """Read what the next stage needs from a finished stage run."""
     tags = client.get_run(run_id).data.tags
     if stage == "train_backtest":
-        name, version = tags.get("tradeflow.model_name"), tags.get("tradeflow.model_version")
-        state.model_uri = f"models:/{name}/{version}" if name and version else f"runs:/{run_id}/model"
+        name, version = tags.get(Tag.MODEL_NAME), tags.get(Tag.MODEL_VERSION)
+        state.model_uri = f"models:/{name}/{version}" if name and version else TrainRecord.MODEL.uri(run_id)
         # the do-no-harm gate kept the alias on a better version: serve that one (labelled in its evidence)
-        state.model_uri = tags.get("tradeflow.serving_model") or state.model_uri
+        state.model_uri = tags.get(Tag.SERVING_MODEL) or state.model_uri
     elif stage == "inference":
-        state.evidence_uri = f"runs:/{run_id}/evidence.json"
+        state.evidence_uri = InferenceRecord.evidence.uri(run_id)
     elif stage == "review":
         state.review_run_id = run_id
-        decision = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/decision.json"))
+        decision = ReviewRecord.decision.load_json(run_id)
         state.decision = {"action": decision["decision"]["action"], "confidence": decision["decision"]["confidence"],
                           "fallback_reason": decision.get("fallback_reason"), "review_run_id": run_id}
 
@@ -271,7 +265,7 @@ def _write_summary(cfg: RunConfig, execution_id: str, outcomes: list[StageOutcom
         "stages": [{k: v for k, v in asdict(o).items() if k != "params"} for o in outcomes],
         "decision": state.decision or None, "model_uri": state.model_uri,
     }
-    mlflow.log_dict(summary, "pipeline_summary.json")
+    mlflow.log_dict(summary, PipelineRecord.summary.path)
     return summary
 
 

@@ -46,6 +46,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tradeflow import settings
+from tradeflow.records import Tag, mark_failed
 from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE, create_project_run
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 #: The project backend name ``run_entry_point`` passes to ``mlflow.projects.run``.
 BACKEND = "tradeflow-local"
 #: ``backend_config`` keys our backend reads: tags set on the run before its command starts.
-CONFIG_TAGS = "tradeflow.tags"
+CONFIG_TAGS = Tag.PROJECT_RUN_TAGS
 
 
 class DirectLocalBackend(AbstractBackend):
@@ -89,8 +90,7 @@ class DirectLocalBackend(AbstractBackend):
             process = subprocess.Popen(["bash", "-c", command], cwd=work_dir, env=env, close_fds=True,
                                        start_new_session=True)
         except OSError as exc:
-            _set_tags(run_id, {TAG_FAILURE: f"entry point '{entry_point}' could not start: {exc}"})
-            MlflowClient().set_terminated(run_id, "FAILED")
+            mark_failed(MlflowClient(), run_id, f"entry point '{entry_point}' could not start: {exc}")
             raise
         return LocalSubmittedRun(run_id, process)
 
@@ -179,8 +179,7 @@ def run_entry_point(
             run_name=run_name,
         )
     except BaseException as exc:
-        client.set_tag(precreated, TAG_FAILURE, f"entry point '{entry_point}' could not start: {' '.join(str(exc).split())[:500]}")
-        client.set_terminated(precreated, "FAILED")
+        mark_failed(client, precreated, f"entry point '{entry_point}' could not start: {' '.join(str(exc).split())[:500]}")
         raise
     run_id = submitted.run_id
     try:
@@ -189,8 +188,7 @@ def run_entry_point(
         # Interrupted (Airflow timeout, SIGTERM, Ctrl-C): stop the child's process group so a
         # retry never runs beside an orphan, and close its run honestly.
         submitted.cancel()
-        client.set_tag(run_id, TAG_FAILURE, f"entry point '{entry_point}' cancelled: its caller was interrupted")
-        client.set_terminated(run_id, "FAILED")
+        mark_failed(client, run_id, f"entry point '{entry_point}' cancelled: its caller was interrupted")
         raise
     status = client.get_run(run_id).info.status
     if not RunStatus.is_terminated(RunStatus.from_string(status)):

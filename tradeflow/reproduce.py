@@ -18,15 +18,17 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
+from tradeflow.errors import InputError, StepError
 from tradeflow.projects import recorded_params, run_entry_point
+from tradeflow.records import ReproduceRecord, Tag
 from tradeflow.tracking import PROJECT_ROOT, TAG_CODE_VERSION, TAG_DATA_DIGEST, log_own_params, stage_run
 
 REPRODUCIBLE = ("train_backtest", "inference", "review")
 VOLATILE_SUFFIXES = ("_seconds", "_per_s", "latency_s")
-ARTIFACTS = {"comparison.json": "metric by metric: original, reproduced, match"}
+ARTIFACTS = ReproduceRecord.described()
 
 
-class NotReproducible(ValueError):
+class NotReproducible(InputError):
     """The run lacks what a reproduction needs (one line, says what)."""
 
 
@@ -71,31 +73,31 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
     client = MlflowClient()
     invocation = recorded_invocation(run_id, client)
     original = invocation["run"]
-    with stage_run("reproduce", experiment_name=experiment_name, tags={"tradeflow.reproduction_of": run_id}) as run, \
+    with stage_run("reproduce", experiment_name=experiment_name, tags={Tag.REPRODUCTION_OF: run_id}) as run, \
             tempfile.TemporaryDirectory(prefix="tradeflow-reproduce-") as tmp:
         log_own_params({"run_id": run_id})
         mlflow.log_params({"reproduce.run_id": run_id, "reproduce.entry_point": invocation["entry_point"],
                            "reproduce.commit": invocation["commit"]})
         if invocation["dirty"]:
-            mlflow.set_tag("reproduce.warning", "original run was made from uncommitted changes; reproduced at its base commit")
+            mlflow.set_tag(Tag.REPRODUCE_WARNING, "original run was made from uncommitted changes; reproduced at its base commit")
         source = Path(tmp) / "src"
         checkout(invocation["commit"], source)
         os.environ["TRADEFLOW_REPRODUCTION_OF"] = run_id  # the re-run must not move registry aliases
         outcome = run_entry_point(invocation["entry_point"], invocation["params"], project_uri=source,
                                   experiment_id=run.info.experiment_id, parent_run_id=run.info.run_id)
         if not outcome.ok:
-            raise RuntimeError(f"reproduction of {run_id} failed (run {outcome.run_id}): {outcome.failure}")
+            raise StepError(f"reproduction of {run_id} failed (run {outcome.run_id}): {outcome.failure}")
         again = client.get_run(outcome.run_id)
         ran_at = again.data.tags.get(MLFLOW_GIT_COMMIT)
         if ran_at != invocation["commit"]:
-            raise RuntimeError(f"reproduction of {run_id} ran at commit {ran_at!r}, not the recorded "
+            raise StepError(f"reproduction of {run_id} ran at commit {ran_at!r}, not the recorded "
                                f"{invocation['commit']}: not a reproduction")
         rows = compare_metrics(original.data.metrics, again.data.metrics)
         same_data = original.data.tags.get(TAG_DATA_DIGEST) == again.data.tags.get(TAG_DATA_DIGEST)
         match = bool(rows) and all(r["match"] for r in rows) and same_data
         mlflow.log_dict({"original_run_id": run_id, "reproduced_run_id": outcome.run_id, "same_data": same_data,
-                         "match": match, "metrics": rows}, "comparison.json")
-        mlflow.set_tags({"reproduce.match": str(match).lower(), "reproduce.reproduced_run_id": outcome.run_id})
+                         "match": match, "metrics": rows}, ReproduceRecord.comparison.path)
+        mlflow.set_tags({Tag.REPRODUCE_MATCH: str(match).lower(), Tag.REPRODUCE_RUN_ID: outcome.run_id})
         mlflow.log_metrics({"mismatched_metrics": float(sum(not r["match"] for r in rows)),
                             "compared_metrics": float(len(rows))})
         verdict = "MATCH" if match else "MISMATCH"

@@ -18,12 +18,14 @@ from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tradeflow.errors import InputError
+
 __all__ = ["Session", "SessionError"]
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
-class SessionError(ValueError):
+class SessionError(InputError):
     """A link's session fields cannot be read; the message names the field and the value."""
 
 

@@ -15,17 +15,19 @@ import time
 from mlflow.tracking import MlflowClient
 
 from tradeflow import settings
+from tradeflow.errors import StepError
 from tradeflow.filters import filter_value
+from tradeflow.records import Tag
 
 log = logging.getLogger(__name__)
 
 #: The stage-cache lease, as tags of the claiming pipeline run (see ``StageLease``).
-TAG_LEASE = "tradeflow.lease.{stage}"
-TAG_LEASE_AT = "tradeflow.lease.{stage}.claimed_at"
-TAG_LEASE_BEAT = "tradeflow.lease.{stage}.heartbeat"
+TAG_LEASE = Tag.LEASE
+TAG_LEASE_AT = Tag.LEASE_CLAIMED_AT
+TAG_LEASE_BEAT = Tag.LEASE_HEARTBEAT
 
 
-class StageLeaseTimeout(RuntimeError):
+class StageLeaseTimeout(StepError):
     """Waited ``TRADEFLOW_LEASE_TIMEOUT_S`` for another pipeline's run of the same stage."""
 
 

@@ -15,6 +15,7 @@ other named experiment is refused with a one-line reason (its run ends FAILED sa
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -23,6 +24,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.entities import Param
@@ -38,27 +40,31 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
+from tradeflow.errors import InputError
+from tradeflow.records import MAX_TAG_CHARS, Tag
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'mlruns.db'}"
 DEFAULT_ARTIFACT_ROOT = (PROJECT_ROOT / "mlartifacts").as_uri()
 
-# Tags we set on every run (namespaced so they never collide with mlflow.* system tags).
-TAG_SYMBOL = "tradeflow.symbol"
-TAG_STAGE = "tradeflow.stage"
-TAG_CODE_VERSION = "tradeflow.code_version"
-TAG_FAILURE = "tradeflow.failure_reason"
-TAG_DATA_DIGEST = "tradeflow.data_digest"
-TAG_DATA_SOURCE = "tradeflow.data_source"
-TAG_SYNTHETIC = "tradeflow.synthetic_data"
-TAG_EXECUTION_ID = "tradeflow.execution_id"
-TAG_MOVED_TO = "tradeflow.moved_to"  # on a run `mlflow run` started in Default: where it went
-TAG_MOVED_FROM = "tradeflow.moved_from"  # on the run that replaced it
+# Tags we set on every run: the names live in ``tradeflow.records.Tag``; these aliases keep the
+# older imports working.
+TAG_SYMBOL = Tag.SYMBOL
+TAG_STAGE = Tag.STAGE
+TAG_CODE_VERSION = Tag.CODE_VERSION
+TAG_FAILURE = Tag.FAILURE
+TAG_DATA_DIGEST = Tag.DATA_DIGEST
+TAG_DATA_SOURCE = Tag.DATA_SOURCE
+TAG_SYNTHETIC = Tag.SYNTHETIC
+TAG_EXECUTION_ID = Tag.EXECUTION_ID
+TAG_MOVED_TO = Tag.MOVED_TO
+TAG_MOVED_FROM = Tag.MOVED_FROM
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default" experiment
 
 
-class WrongExperiment(ValueError):
+class WrongExperiment(InputError):
     """A run was started in an experiment other than the configured one (one line, says how to fix)."""
 
 
@@ -160,7 +166,7 @@ def home_run(run_id: str, experiment_name: str, client: MlflowClient | None = No
     if params:
         client.log_batch(moved.info.run_id, params=[Param(k, v) for k, v in params.items()])
     client.set_tag(run_id, TAG_MOVED_TO, moved.info.run_id)
-    client.set_tag(run_id, "mlflow.note.content",
+    client.set_tag(run_id, Tag.NOTE,
                    f"Moved to experiment `{experiment_name}` as run `{moved.info.run_id}` (tradeflow records every "
                    "run in its configured experiment).")
     client.update_run(run_id, name=f"moved to {experiment_name}")
@@ -238,6 +244,16 @@ def log_own_params(values: dict[str, object]) -> None:
         mlflow.log_params(fresh)
 
 
+def log_resolved_config(cfg: Any, own_params: dict[str, object], artifact_file: str) -> None:
+    """What a run was asked and what it used: its MLproject parameters under their own names, the
+    flat ``cfg.*`` view, any adjustments made to the config, and the resolved config as a file."""
+    log_own_params(own_params)
+    mlflow.log_params(cfg.flat_params())
+    if cfg.adjustments:
+        mlflow.set_tag(Tag.CONFIG_ADJUSTMENTS, "; ".join(cfg.adjustments))
+    mlflow.log_dict(json.loads(cfg.to_json()), artifact_file)
+
+
 @contextmanager
 def stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume, under ``mlflow run``) the run of one stage and end it honestly.
@@ -264,7 +280,7 @@ def stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None =
     except BaseException as exc:
         reason = one_line(exc)
         try:
-            mlflow.set_tag(TAG_FAILURE, reason[:5000])
+            mlflow.set_tag(TAG_FAILURE, reason[:MAX_TAG_CHARS])
             log.debug("stage %s failed:\n%s", stage, traceback.format_exc())
         finally:
             mlflow.end_run(status="FAILED")

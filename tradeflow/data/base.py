@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from tradeflow.errors import InputError
+from tradeflow.records import Tag
+
 if TYPE_CHECKING:
     from mlflow.data.pandas_dataset import PandasDataset
 
@@ -33,7 +36,7 @@ MLFLOW_DIGEST_CHARS = 32
 _DIGEST_VERSION = b"tradeflow-bars-v1"
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Market data is missing or unusable. ``str(err)`` is one line naming symbol, source and problem."""
 
     def __init__(self, message: str) -> None:
@@ -103,9 +106,9 @@ class MarketData:
         """Input tags holding what the 36-character digest column cannot: the full sha256 and the
         synthetic flag (so a run trained on generated prices can never pass for a real one)."""
         return {
-            "tradeflow.digest": self.digest,
-            "tradeflow.synthetic": str(self.synthetic).lower(),
-            "tradeflow.rows": str(self.rows),
+            Tag.MARKET_DIGEST: self.digest,
+            Tag.MARKET_SYNTHETIC: str(self.synthetic).lower(),
+            Tag.MARKET_ROWS: str(self.rows),
         }
 
     def log_mlflow_input(self, context: str = "training") -> None:

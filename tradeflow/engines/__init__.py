@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tradeflow.engines.base import ActionResult, Engine, EngineUnavailable, TradingAgent, TrainResult
+from tradeflow.errors import InputError
 
 __all__ = ["ActionResult", "Engine", "EngineUnavailable", "TradingAgent", "TrainResult", "get_engine"]
 
@@ -30,4 +31,4 @@ def get_engine(name: str) -> Engine:
         except ImportError as exc:
             raise EngineUnavailable(f"engine 'finagent' is unavailable: {exc}") from None
         return FinAgentEngine()
-    raise ValueError(f"unknown engine {name!r}; choose 'builtin', 'trademaster' or 'finagent'")
+    raise InputError(f"unknown engine {name!r}; choose 'builtin', 'trademaster' or 'finagent'")

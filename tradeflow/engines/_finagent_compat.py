@@ -42,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 
+from tradeflow.engines._once import ImportOnce
 from tradeflow.engines.base import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ FORECASTER_MODULE = "agents.forecaster"
 UPSTREAM_TOP_LEVEL = ("agents", "helpers", "config", "models", "context", "event_utils", "auth", "handlers",
                       "middleware")
 
-_lock = threading.Lock()
-_cached: FinAgentUpstream | None = None
+#: upstream, imported on first use (``_import`` below)
+_once: ImportOnce[FinAgentUpstream] = ImportOnce(lambda: _import())
 _socket_guard = threading.local()
 
 
@@ -115,11 +116,7 @@ def unavailable_reason() -> str | None:
 
 def import_finagent() -> FinAgentUpstream:
     """Import upstream once per process (guarded as the module docstring says)."""
-    global _cached
-    with _lock:
-        if _cached is None:
-            _cached = _import()
-        return _cached
+    return _once()
 
 
 @contextlib.contextmanager

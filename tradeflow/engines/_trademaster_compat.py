@@ -36,13 +36,13 @@ import importlib.util
 import io
 import logging
 import sys
-import threading
 import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tradeflow.engines._once import ImportOnce
 from tradeflow.engines.base import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ INSTALL_COMMAND = "bash scripts/install_trademaster.sh"
 ENV_MODULE = "trademaster.environments.algorithmic_trading.environment"
 
 _RAY_MODULES = ("ray", "ray.tune", "ray.tune.registry")
-_lock = threading.Lock()
-_cached: Upstream | None = None
+#: upstream, imported on first use (``_import`` below)
+_once: ImportOnce[Upstream] = ImportOnce(lambda: _import())
 
 
 @dataclass(frozen=True)
@@ -223,11 +223,7 @@ def unavailable_reason() -> str | None:
 
 def import_trademaster() -> Upstream:
     """Import upstream's algorithmic-trading DQN path once (thread-safe) with the shims above."""
-    global _cached
-    with _lock:
-        if _cached is None:
-            _cached = _import()
-        return _cached
+    return _once()
 
 
 def _import() -> Upstream:

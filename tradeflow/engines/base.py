@@ -19,6 +19,7 @@ import pandas as pd
 
 from tradeflow.backtest import BacktestResult, simulate
 from tradeflow.config import RunConfig
+from tradeflow.errors import StepError
 
 if TYPE_CHECKING:
     from tradeflow.features import Splits
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 PRICE_COLUMN = "close"
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(StepError):
     """The engine cannot run here (e.g. its package is not installed); ``str(err)`` is one line."""
 
 

@@ -45,6 +45,7 @@ import pandas as pd
 
 from tradeflow.config import RunConfig
 from tradeflow.engines.base import ActionResult, Engine, TrainResult, best_epoch_metrics
+from tradeflow.errors import InputError, StepError
 
 if TYPE_CHECKING:
     from tradeflow.engines._finagent_compat import FinAgentUpstream
@@ -77,11 +78,11 @@ _VOTE_PATHS: dict[str, tuple[str, str]] = {
 CACHE_SIZE = 8192
 
 
-class UpstreamOutputError(ValueError):
+class UpstreamOutputError(InputError):
     """Upstream's analysis is not what its code documents (junk, missing votes, an error result)."""
 
 
-class UpstreamFailed(RuntimeError):
+class UpstreamFailed(StepError):
     """Upstream raised while analysing bars; ``str(err)`` is one line naming the symbol and bar."""
 
 
@@ -373,7 +374,7 @@ class FinAgentEngine(Engine):
         for name in ("train", "valid"):
             rows = len(getattr(splits, name))
             if name == "train" and rows < window + 20:
-                raise ValueError(f"{cfg.symbol}: train split has {rows} rows; engine finagent needs at least "
+                raise InputError(f"{cfg.symbol}: train split has {rows} rows; engine finagent needs at least "
                                  f"{window + 20} (lookback_bars {window} + 20 bars to score a rule)")
         started = time.perf_counter()
         analyst = self.analyst(cfg.symbol)

@@ -53,6 +53,7 @@ from tradeflow.engines._trademaster_compat import (
     upstream_quiet_stdout,
 )
 from tradeflow.engines.base import PRICE_COLUMN, ActionResult, Engine, TradingAgent, TrainResult, best_epoch_metrics
+from tradeflow.errors import InputError
 from tradeflow.features import FEATURE_COLUMNS
 
 if TYPE_CHECKING:
@@ -491,14 +492,14 @@ class TradeMasterEngine(Engine):
         import torch
 
         if cfg.algorithm != "dqn":
-            raise ValueError(f"engine 'trademaster' trains upstream's DQN only; algorithm={cfg.algorithm!r} "
+            raise InputError(f"engine 'trademaster' trains upstream's DQN only; algorithm={cfg.algorithm!r} "
                              "is available with engine=builtin")
         params = cfg.trademaster
         need = min_rows(params)
         for name in ("train", "valid", "test"):
             rows = len(getattr(splits, name))
             if rows < need:
-                raise ValueError(f"{cfg.symbol}: {name} split has {rows} rows; upstream's env needs at least "
+                raise InputError(f"{cfg.symbol}: {name} split has {rows} rows; upstream's env needs at least "
                                  f"{need} (window {params.backward_num_day} + horizon {params.forward_num_day} + 2)")
         started = time.perf_counter()
         root = Path(workdir) / "trademaster"
@@ -581,7 +582,7 @@ class TradeMasterEngine(Engine):
             return super().backtest(agent, frame, cfg)
         params = agent.params()
         if len(frame) < min_rows(params):
-            raise ValueError(f"backtest needs at least {min_rows(params)} rows for upstream's env; got {len(frame)}")
+            raise InputError(f"backtest needs at least {min_rows(params)} rows for upstream's env; got {len(frame)}")
         with tempfile.TemporaryDirectory(prefix="tm-backtest-") as tmp, \
                 upstream_quiet_stdout(io.StringIO()):
             path = write_upstream_csv(frame, Path(tmp) / "frame.csv", symbol=cfg.symbol,

@@ -51,11 +51,12 @@ def log_symbol_run(cfg: RunConfig, result: SymbolResult, market, wall: float) ->
     """The child run of one symbol: params, ``<policy>_<metric>`` metrics, decisions, folds, plot."""
     import mlflow
 
+    from tradeflow.records import Tag
     from tradeflow.tracking import TAG_DATA_DIGEST, TAG_DATA_SOURCE, TAG_SYMBOL
 
     decisions = result.decisions
     mlflow.set_tags({TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: market.source, TAG_DATA_DIGEST: market.digest,
-                     "tradeflow.stage": "evaluate.symbol"})
+                     Tag.STAGE: "evaluate.symbol"})
     mlflow.log_params({"symbol": cfg.symbol, "rebalances": len(decisions.rebalance_rows),
                        "first_decision": f"{decisions.table['date'].iloc[0]:%Y-%m-%d}",
                        "last_decision": f"{decisions.table['date'].iloc[-1]:%Y-%m-%d}"})

@@ -19,6 +19,7 @@ import mlflow
 from tradeflow.config import RunConfig
 from tradeflow.evaluation.universe import evaluate_universe, result_json, write_outputs
 from tradeflow.evaluation.walkforward import WalkForwardSpec
+from tradeflow.records import EvaluateRecord, Tag
 from tradeflow.tracking import TAG_DATA_SOURCE, stage_run
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ STAGE = "evaluate"
 def evaluate_step(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec) -> dict:
     """Run the walk-forward inside one parent run; return ``summary.json``'s content."""
     with stage_run(STAGE, experiment_name=base_cfg.experiment_name,
-                   tags={TAG_DATA_SOURCE: base_cfg.data_source, "tradeflow.universe_size": str(len(symbols))}) as run:
+                   tags={TAG_DATA_SOURCE: base_cfg.data_source, Tag.UNIVERSE_SIZE: str(len(symbols))}) as run:
         mlflow.log_params({k: v for k, v in base_cfg.flat_params().items() if k != "cfg.symbol"})
         mlflow.log_params({"evaluate.symbols": ",".join(symbols)[:6000], "evaluate.mode": spec.mode,
                            **{f"evaluate.{k}": ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
@@ -47,12 +48,12 @@ def evaluate_step(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForward
             metrics |= {f"{name}_{k}": float(v) for k, v in comparison.items() if v == v}
         mlflow.log_metrics(metrics)
         if result.failures:
-            mlflow.set_tag("tradeflow.failed_symbols", ",".join(sorted(result.failures))[:5000])
+            mlflow.set_tag(Tag.FAILED_SYMBOLS, ",".join(sorted(result.failures))[:5000])
         summary = result_json(result) | {"run_id": run.info.run_id}
         with tempfile.TemporaryDirectory() as tmp:
             write_outputs(result, Path(tmp))
             mlflow.log_artifacts(tmp, "report")
-        mlflow.log_dict(summary, "summary.json")
+        mlflow.log_dict(summary, EvaluateRecord.summary.path)
         print(_headline(result), flush=True)
         return summary
 

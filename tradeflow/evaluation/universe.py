@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tradeflow.config import MAX_SYMBOLS, ConfigError, RunConfig
+from tradeflow.errors import StepError
 from tradeflow.evaluation.policies import BUY_AND_HOLD, FLAT, RANDOM_PREFIX, REVIEWED, SMA_CROSSOVER
 from tradeflow.evaluation.walkforward import SymbolResult, WalkForwardSpec, evaluate_symbol
 
@@ -203,7 +204,7 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
                  index, len(symbols), symbol, wall, result.decisions.seconds["train"], result.decisions.seconds["review"],
                  f"{rev['sharpe']:.2f}" if rev else "n/a", result.metrics[BUY_AND_HOLD]["sharpe"])
     if not per_symbol:
-        raise RuntimeError("evaluate: every symbol failed: " + "; ".join(f"{s}: {r}" for s, r in failures.items())[:2000])
+        raise StepError("evaluate: every symbol failed: " + "; ".join(f"{s}: {r}" for s, r in failures.items())[:2000])
     table = long_table(per_symbol)
     summary, comparisons = summarise(table, seed=base_cfg.seed)
     return UniverseResult(spec, per_symbol, failures, table, summary, comparisons, calibration_table(per_symbol),

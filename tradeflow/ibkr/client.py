@@ -30,6 +30,7 @@ from typing import Any
 import requests
 
 from tradeflow.config import ConfigError
+from tradeflow.errors import ServiceError
 from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy
 from tradeflow.settings import parse_bool
 
@@ -45,7 +46,7 @@ RETRY = RetryPolicy(attempts=3, backoff_s=0.5)
 _DUPLICATE_RE = re.compile(r"Local order ID=(\S+?) is already registered", re.I)
 
 
-class BrokerError(RuntimeError):
+class BrokerError(ServiceError):
     """A broker call failed; ``str(err)`` is one line that says what to do."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tradeflow.config import ReviewConfig
+from tradeflow.errors import InputError
 from tradeflow.names import SYMBOL_RE
 
 #: The YAML the shipped DAGs read unless ``IBKR_STRATEGY_FILE`` names another one.
@@ -27,7 +28,7 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,60}$")
 _PERIOD_RE = re.compile(r"^\d+(d|w|m|y)$")
 
 
-class StrategyError(ValueError):
+class StrategyError(InputError):
     """The strategy file is unreadable or invalid; ``str(err)`` is one line naming the field."""
 
 

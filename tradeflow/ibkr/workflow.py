@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from tradeflow.errors import ServiceError
 from tradeflow.ibkr.client import ClientPortal, GatewaySettings, OrderTicket, client_order_id
 from tradeflow.ibkr.config import StrategyConfig
 from tradeflow.ibkr.risk import assess
@@ -27,7 +28,7 @@ PERIODS_PER_YEAR = 252
 BAR_SIZE = "1 day"
 
 
-class MarketDataError(RuntimeError):
+class MarketDataError(ServiceError):
     """The gateway's bars are missing, too few or too old; one line."""
 
 

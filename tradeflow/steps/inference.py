@@ -18,32 +18,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
-from tradeflow.tracking import (
-    TAG_DATA_DIGEST,
-    TAG_DATA_SOURCE,
-    TAG_SYMBOL,
-    TAG_SYNTHETIC,
-    code_version,
-    log_own_params,
-    stage_run,
-)
+from tradeflow.errors import NotFoundError
+from tradeflow.records import InferenceRecord, Tag, TrainRecord
+from tradeflow.tracking import code_version, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
 STAGE = "inference"
-ARTIFACTS = {
-    "evidence.json": "what the review team sees: latest bars, indicators, backtest metrics, model suggestion",
-    "prediction.json": "the model's raw output for the latest window",
-    "plots/price.png": "latest prices with SMA 20/50, support/resistance and the suggestion",
-    "plots/price_bars.json": "the bars plots/price.png shows, as the WebUI's market_data_snapshot",
-    "finagent/analysis.json": "engine=finagent only: upstream FinAgent's technical analysis of the window",
-    "finagent/forecaster_prompt.md": "engine=finagent only: upstream's forecaster prompt for that analysis",
-}
+RECORD = InferenceRecord
+ARTIFACTS = RECORD.described()
 CHART_BARS = 120  # bars on plots/price.png (and in its market_data_snapshot)
-TAG_SUGGESTION = "tradeflow.model_suggestion"
+TAG_SUGGESTION = Tag.MODEL_SUGGESTION
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(NotFoundError):
     """No trained model to act with (one line, says what to run)."""
 
 
@@ -137,7 +125,7 @@ def training_context(run_id: str, client: MlflowClient | None = None) -> dict[st
     client = client or MlflowClient()
     run = client.get_run(run_id)
     try:
-        config = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/config/resolved_config.json"))
+        config = TrainRecord.config.load_json(run_id)
     except Exception:  # a model logged by something other than train_backtest
         config = {}
     return {"run_id": run_id, "metrics": dict(run.data.metrics), "config": config, "experiment_id": run.info.experiment_id}
@@ -155,7 +143,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
     from tradeflow.evidence import build_evidence
     from tradeflow.features import compute_features, latest_window
 
-    tags = {TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: cfg.data_source}
+    tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
         from tradeflow import run_notes
 
@@ -169,10 +157,10 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         model = mlflow.pyfunc.load_model(resolved.uri)
         meta = _agent_meta(model)
         if meta.get("symbol") and meta["symbol"] != cfg.symbol:
-            mlflow.set_tag("tradeflow.warning", f"model trained on {meta['symbol']}, applied to {cfg.symbol}")
+            mlflow.set_tag(Tag.WARNING, f"model trained on {meta['symbol']}, applied to {cfg.symbol}")
 
         market = load_market_data(cfg)
-        mlflow.set_tags({TAG_DATA_DIGEST: market.digest, TAG_SYNTHETIC: str(market.synthetic).lower()})
+        mlflow.set_tags({Tag.DATA_DIGEST: market.digest, Tag.SYNTHETIC: str(market.synthetic).lower()})
         market.log_mlflow_input("inference")
         features = compute_features(market.bars)
         window = latest_window(features, int(meta["window"]), symbol=cfg.symbol)
@@ -187,11 +175,11 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
                            "data.as_of": as_of, "data.window_start": str(window["date"].iloc[0].date())})
         mlflow.log_metrics({"model_action": float(action), **{f"score_{k}": v for k, v in scores.items()}})
         mlflow.set_tag(TAG_SUGGESTION, str(prediction["suggestion"]))
-        mlflow.log_dict({"model_uri": resolved.uri, "as_of": as_of, **prediction}, "prediction.json")
+        mlflow.log_dict({"model_uri": resolved.uri, "as_of": as_of, **prediction}, RECORD.prediction.path)
 
         gate = gate_block(cfg, resolved)
-        mlflow.set_tags({"tradeflow.gate": {True: "passed", False: "failed", None: "unknown"}[gate["passed"]],
-                         "tradeflow.gate_reason": gate["reason"][:5000]})
+        mlflow.set_tags({Tag.GATE: {True: "passed", False: "failed", None: "unknown"}[gate["passed"]],
+                         Tag.GATE_REASON: gate["reason"][:5000]})
         if gate["passed"] is False:
             print(f"{cfg.symbol}: the served model FAILED the do-no-harm gate ({gate['reason']}); "
                   f"the review caps the decision's confidence" + ("" if gate["enforced"] else " (gate disabled: not capped)"),
@@ -207,12 +195,12 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         )
         if meta.get("engine") == "finagent":
             _add_finagent_evidence(model, window, evidence)
-        mlflow.log_dict(evidence, "evidence.json")
+        mlflow.log_dict(evidence, RECORD.evidence.path)
         figure = price_chart(market.bars, evidence)
-        mlflow.log_figure(figure, "plots/price.png")
+        mlflow.log_figure(figure, RECORD.price_plot.path)
         _pyplot().close(figure)
-        mlflow.log_dict(market_data_snapshot(cfg.symbol, cfg.bar_size, market.bars), "plots/price_bars.json")
-        evidence_uri = f"runs:/{run.info.run_id}/evidence.json"
+        mlflow.log_dict(market_data_snapshot(cfg.symbol, cfg.bar_size, market.bars), RECORD.price_bars.path)
+        evidence_uri = RECORD.evidence.uri(run.info.run_id)
         run_notes.set_name_and_note(run.info.run_id, run_notes.inference_name(cfg.symbol, as_of, str(prediction["suggestion"])), "\n".join([
             f"## {cfg.symbol} · inference as of {as_of} → model suggests **{prediction['suggestion']}** (target position {action})",
             "",
@@ -240,10 +228,10 @@ def _add_finagent_evidence(model: Any, window: Any, evidence: dict[str, Any]) ->
     section, prompts = review_evidence(model.unwrap_python_model().agent, window)
     evidence["finagent"] = section
     evidence["prompts"] = prompts
-    mlflow.log_dict(section["analysis"], "finagent/analysis.json")
-    mlflow.log_text(prompts["forecaster"]["text"], "finagent/forecaster_prompt.md")
-    mlflow.set_tags({"finagent.upstream_rating": str(section["upstream_rating"]),
-                     "finagent.calibrated_rating": section["calibrated"]["rating"]})
+    mlflow.log_dict(section["analysis"], RECORD.finagent_analysis.path)
+    mlflow.log_text(prompts["forecaster"]["text"], RECORD.finagent_prompt.path)
+    mlflow.set_tags({Tag.FINAGENT_UPSTREAM_RATING: str(section["upstream_rating"]),
+                     Tag.FINAGENT_CALIBRATED_RATING: section["calibrated"]["rating"]})
 
 
 def _agent_meta(model: Any) -> dict[str, Any]:

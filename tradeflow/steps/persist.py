@@ -16,38 +16,40 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
+from tradeflow.errors import InputError
+from tradeflow.records import InferenceRecord, PersistRecord, ReviewRecord, Tag
 from tradeflow.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
 STAGE = "persist"
-ARTIFACTS = {"webui_artifacts.json": "ids of the WebUI artifacts written (or why none were)"}
+RECORD = PersistRecord
+ARTIFACTS = RECORD.described()
 
 
 def review_record(review_run_id: str, client: MlflowClient | None = None) -> dict[str, Any]:
     """Everything persist needs from the review run (fails clearly if it is not a finished review)."""
     client = client or MlflowClient()
     run = client.get_run(review_run_id)
-    if run.info.status != "FINISHED" or run.data.tags.get("tradeflow.stage") != "review":
-        raise ValueError(f"run {review_run_id} is not a FINISHED review run (status {run.info.status})")
-    base = f"runs:/{review_run_id}"
-    decision = json.loads(mlflow.artifacts.load_text(f"{base}/decision.json"))
-    signal_data = json.loads(mlflow.artifacts.load_text(f"{base}/signal_data.json"))
-    evidence = json.loads(mlflow.artifacts.load_text(f"{base}/evidence.json"))
-    transcript = mlflow.artifacts.load_text(f"{base}/autogen_conversation.jsonl")
+    if run.info.status != "FINISHED" or run.data.tags.get(Tag.STAGE) != ReviewRecord.stage:
+        raise InputError(f"run {review_run_id} is not a FINISHED review run (status {run.info.status})")
+    decision = ReviewRecord.decision.load_json(review_run_id)
+    signal_data = ReviewRecord.signal_data.load_json(review_run_id)
+    evidence = ReviewRecord.evidence.load_json(review_run_id)
+    transcript = ReviewRecord.conversation.load_text(review_run_id)
     evidence_uri = run.data.params.get("review.evidence_uri", "")
     chart_uri = snapshot = None
     if evidence_uri.startswith("runs:/"):
         inference_run = client.get_run(evidence_uri.removeprefix("runs:/").split("/", 1)[0])
-        chart_uri = f"{inference_run.info.artifact_uri}/plots/price.png"
+        chart_uri = InferenceRecord.price_plot.under(inference_run.info.artifact_uri)
         try:
-            snapshot = json.loads(mlflow.artifacts.load_text(f"runs:/{inference_run.info.run_id}/plots/price_bars.json"))
+            snapshot = InferenceRecord.price_bars.load_json(inference_run.info.run_id)
         except Exception:  # an inference run from before the snapshot existed
             snapshot = None
     return {
         "run": run, "decision": decision, "signal_data": signal_data, "evidence": evidence,
         "transcript_lines": [json.loads(line) for line in transcript.splitlines() if line.strip()],
-        "transcript_uri": f"{run.info.artifact_uri}/autogen_conversation.jsonl", "chart_uri": chart_uri,
+        "transcript_uri": ReviewRecord.conversation.under(run.info.artifact_uri), "chart_uri": chart_uri,
         "market_data_snapshot": snapshot, "links": mlflow_links(run),
     }
 
@@ -55,8 +57,6 @@ def review_record(review_run_id: str, client: MlflowClient | None = None) -> dic
 def mlflow_links(review_run: Any) -> dict[str, str]:
     """Where a person finds the runs behind a WebUI artifact: MLflow UI addresses when the
     tracking URI is a server, else ``runs:/`` URIs (open them with ``mlflow ui`` on the store)."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
     from tradeflow.tracking import tracking_uri
 
     base = tracking_uri().rstrip("/")
@@ -67,11 +67,12 @@ def mlflow_links(review_run: Any) -> dict[str, str]:
             return f"{base}/#/experiments/{experiment}/runs/{run_id}" + (f"/artifacts/{path}" if path else "")
         return f"runs:/{run_id}" + (f"/{path}" if path else "")
 
-    links = {"review_run": link(review_run.info.run_id), "transcript": link(review_run.info.run_id, "transcript.md")}
-    parent = review_run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+    links = {"review_run": link(review_run.info.run_id),
+             "transcript": link(review_run.info.run_id, ReviewRecord.transcript.path)}
+    parent = review_run.data.tags.get(Tag.PARENT_RUN_ID)
     if parent:
         links["pipeline_run"] = link(parent)
-    trace = review_run.data.tags.get("review.trace_id")
+    trace = review_run.data.tags.get(Tag.REVIEW_TRACE_ID)
     if trace and base.startswith(("http://", "https://")):
         links["trace"] = f"{base}/#/experiments/{experiment}/traces?selectedEvaluationId={trace}"
     return links
@@ -124,8 +125,8 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
         client = WebUIClient.from_env()
         if client is None:
             message = "BACKEND_API_URL is not set: WebUI persistence skipped (decision kept in MLflow only)"
-            mlflow.set_tag("webui.persist", "skipped")
-            mlflow.log_dict({"skipped": message}, "webui_artifacts.json")
+            mlflow.set_tag(Tag.WEBUI_PERSIST, "skipped")
+            mlflow.log_dict({"skipped": message}, RECORD.webui_artifacts.path)
             print(f"{cfg.symbol}: {message}", flush=True)
             set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", "skipped (no WebUI)")),
                               f"## {cfg.symbol} · persist: skipped\n\n{message}.")
@@ -134,9 +135,9 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
         for payload in build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id):
             row, created = client.upsert_artifact(payload)
             written.append({"type": payload["type"], "id": row["id"], "created": created})
-            mlflow.set_tag(f"webui.{payload['type']}_id", str(row["id"]))
-        mlflow.set_tags({"webui.persist": "done", "webui.url": client.base_url})
-        mlflow.log_dict({"artifacts": written}, "webui_artifacts.json")
+            mlflow.set_tag(Tag.WEBUI_ARTIFACT_ID.format(kind=payload["type"]), str(row["id"]))
+        mlflow.set_tags({Tag.WEBUI_PERSIST: "done", Tag.WEBUI_URL: client.base_url})
+        mlflow.log_dict({"artifacts": written}, RECORD.webui_artifacts.path)
         summary = ", ".join(f"{w['type']} #{w['id']} ({'created' if w['created'] else 'updated'})" for w in written)
         print(f"{cfg.symbol}: WebUI artifacts {summary} for execution {execution_id}", flush=True)
         set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", summary)),

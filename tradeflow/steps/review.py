@@ -16,19 +16,15 @@ from typing import Any
 import mlflow
 
 from tradeflow.config import RunConfig
+from tradeflow.errors import InputError, NotFoundError
+from tradeflow.records import ReviewRecord, Tag
 from tradeflow.tracking import TAG_SYMBOL, code_version, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
 STAGE = "review"
-ARTIFACTS = {
-    "autogen_conversation.jsonl": "one line per message: agent, type, content, tokens (null: none reported), timestamp",
-    "transcript.md": "the conversation, readable: one section per message, JSON pretty-printed",
-    "transcript.html": "the same as a page the MLflow artifact viewer renders",
-    "decision.json": "the validated TradeDecision, guardrail notes and fallback reason",
-    "signal_data.json": "the WebUI signal_data payload (TradingSignal rules checked)",
-    "evidence.json": "a copy of the evidence reviewed (so the run stands alone)",
-}
+RECORD = ReviewRecord
+ARTIFACTS = RECORD.described()
 
 
 #: evidence.json is a few KB; anything far bigger is not evidence (and must not be downloaded whole).
@@ -41,34 +37,34 @@ def load_evidence(evidence_uri: str) -> dict[str, Any]:
     ``MAX_EVIDENCE_BYTES``. Everything else (directories, ``file://``, ``ftp://``, ``s3://`` ...)
     is refused in one line before anything is read or downloaded; numbers must be finite."""
     if "://" in evidence_uri:
-        raise ValueError(f"evidence_uri {evidence_uri[:80]!r}: only runs:/<run id>/<path>.json or a local file path "
+        raise InputError(f"evidence_uri {evidence_uri[:80]!r}: only runs:/<run id>/<path>.json or a local file path "
                          "is accepted (no other URI schemes)")
     if evidence_uri.startswith("runs:/"):
         text = _load_run_artifact(evidence_uri)
     else:
         path = Path(evidence_uri)
         if not path.is_file():
-            raise LookupError(f"evidence_uri {evidence_uri[:200]!r} is not a regular file")
+            raise NotFoundError(f"evidence_uri {evidence_uri[:200]!r} is not a regular file")
         size = path.stat().st_size
         if size > MAX_EVIDENCE_BYTES:
-            raise ValueError(f"evidence_uri {evidence_uri[:200]!r} is {size:,} bytes, over the "
+            raise InputError(f"evidence_uri {evidence_uri[:200]!r} is {size:,} bytes, over the "
                              f"{MAX_EVIDENCE_BYTES:,}-byte limit for evidence")
         text = path.read_text(errors="replace")
     try:
         evidence = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"evidence_uri {evidence_uri[:200]!r} is not JSON ({exc.msg})") from None
+        raise InputError(f"evidence_uri {evidence_uri[:200]!r} is not JSON ({exc.msg})") from None
     except RecursionError:
-        raise ValueError(f"evidence_uri {evidence_uri[:200]!r} is JSON nested too deep") from None
+        raise InputError(f"evidence_uri {evidence_uri[:200]!r} is JSON nested too deep") from None
     except ValueError as exc:  # NaN / Infinity literals
-        raise ValueError(f"evidence_uri {evidence_uri[:200]!r}: {exc}") from None
+        raise InputError(f"evidence_uri {evidence_uri[:200]!r}: {exc}") from None
     if not isinstance(evidence, dict):
-        raise ValueError(f"evidence_uri {evidence_uri[:200]!r} is not a JSON object")
+        raise InputError(f"evidence_uri {evidence_uri[:200]!r} is not a JSON object")
     if where := _non_finite(evidence, "evidence"):
-        raise ValueError(f"evidence_uri {evidence_uri[:200]!r}: {where} is not a finite number")
+        raise InputError(f"evidence_uri {evidence_uri[:200]!r}: {where} is not a finite number")
     missing = [k for k in ("symbol", "indicators", "model", "latest_bars") if k not in evidence]
     if missing:
-        raise ValueError(f"evidence {evidence_uri!r} lacks {', '.join(missing)}; produce it with the inference entry point")
+        raise InputError(f"evidence {evidence_uri!r} lacks {', '.join(missing)}; produce it with the inference entry point")
     return evidence
 
 
@@ -79,27 +75,27 @@ def _load_run_artifact(uri: str) -> str:
 
     match = _RUNS_URI.match(uri)
     if not match or any(part in {".", ".."} for part in match.group(2).split("/")):
-        raise ValueError(f"evidence_uri {uri[:200]!r} must look like runs:/<32-hex run id>/<path>.json")
+        raise InputError(f"evidence_uri {uri[:200]!r} must look like runs:/<32-hex run id>/<path>.json")
     run_id, path = match.groups()
     folder = path.rsplit("/", 1)[0] if "/" in path else None
     try:
         listed = MlflowClient().list_artifacts(run_id, folder)
     except Exception as exc:
-        raise LookupError(f"evidence_uri {uri!r} cannot be read: {' '.join(str(exc).split())[:300]}") from None
+        raise NotFoundError(f"evidence_uri {uri!r} cannot be read: {' '.join(str(exc).split())[:300]}") from None
     entry = next((item for item in listed if item.path == path), None)
     if entry is None or entry.is_dir:
-        raise LookupError(f"evidence_uri {uri!r}: run {run_id} has no file {path}")
+        raise NotFoundError(f"evidence_uri {uri!r}: run {run_id} has no file {path}")
     if (entry.file_size or 0) > MAX_EVIDENCE_BYTES:
-        raise ValueError(f"evidence_uri {uri!r} is {entry.file_size:,} bytes, over the {MAX_EVIDENCE_BYTES:,}-byte "
+        raise InputError(f"evidence_uri {uri!r} is {entry.file_size:,} bytes, over the {MAX_EVIDENCE_BYTES:,}-byte "
                          "limit for evidence")
     try:
         return mlflow.artifacts.load_text(uri)
     except Exception as exc:
-        raise LookupError(f"evidence_uri {uri!r} cannot be read: {' '.join(str(exc).split())[:300]}") from None
+        raise NotFoundError(f"evidence_uri {uri!r} cannot be read: {' '.join(str(exc).split())[:300]}") from None
 
 
 def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a finite number")
+    raise InputError(f"{name} is not a finite number")
 
 
 def _non_finite(value: Any, where: str, depth: int = 0) -> str | None:
@@ -140,18 +136,18 @@ def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> 
         transcript = outcome.transcript if reports_tokens else [
             {**line, "prompt_tokens": None, "completion_tokens": None} for line in outcome.transcript]
         lines = "\n".join(json.dumps(line, sort_keys=True, default=str) for line in transcript)
-        mlflow.log_text(lines + "\n", "autogen_conversation.jsonl")
+        mlflow.log_text(lines + "\n", RECORD.conversation.path)
         reviewer = outcome.model_used
         markdown = transcript_markdown(cfg.symbol, outcome, reviewer=reviewer, reports_tokens=reports_tokens)
-        mlflow.log_text(markdown, "transcript.md")
-        mlflow.log_text(transcript_html(markdown, f"{cfg.symbol} review"), "transcript.html")
+        mlflow.log_text(markdown, RECORD.transcript.path)
+        mlflow.log_text(transcript_html(markdown, f"{cfg.symbol} review"), RECORD.transcript_html.path)
         trace_id = log_review_trace(cfg.symbol, evidence, outcome, reviewer=reviewer, reports_tokens=reports_tokens)
-        mlflow.set_tag("review.trace_id", trace_id)
+        mlflow.set_tag(Tag.REVIEW_TRACE_ID, trace_id)
         mlflow.log_dict({"decision": decision.model_dump(mode="json"), "fallback_reason": outcome.fallback_reason,
                          "guardrail_notes": list(outcome.guardrail_notes), "model_used": outcome.model_used,
-                         "evidence_uri": evidence_uri}, "decision.json")
-        mlflow.log_dict(signal_data, "signal_data.json")
-        mlflow.log_dict(evidence, "evidence.json")
+                         "evidence_uri": evidence_uri}, RECORD.decision.path)
+        mlflow.log_dict(signal_data, RECORD.signal_data.path)
+        mlflow.log_dict(evidence, RECORD.evidence.path)
         mlflow.log_metrics({
             "confidence": float(decision.confidence),
             **({"prompt_tokens": float(outcome.usage.get("prompt_tokens", 0)),
@@ -161,12 +157,12 @@ def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> 
             "messages": float(outcome.messages),
         })
         mlflow.set_tags({
-            "review.action": decision.action,
-            "review.model_used": outcome.model_used,
-            "review.fallback": str(outcome.fallback_reason is not None).lower(),
-            **({"review.fallback_reason": outcome.fallback_reason} if outcome.fallback_reason else {}),
-            "review.contradicts_model": str(bool(decision.contradicts_model)).lower(),
-            **({"review.guardrails": ",".join(outcome.guardrail_codes)[:5000]} if outcome.guardrail_codes else {}),
+            Tag.REVIEW_ACTION: decision.action,
+            Tag.REVIEW_MODEL_USED: outcome.model_used,
+            Tag.REVIEW_FALLBACK: str(outcome.fallback_reason is not None).lower(),
+            **({Tag.REVIEW_FALLBACK_REASON: outcome.fallback_reason} if outcome.fallback_reason else {}),
+            Tag.REVIEW_CONTRADICTS_MODEL: str(bool(decision.contradicts_model)).lower(),
+            **({Tag.REVIEW_GUARDRAILS: ",".join(outcome.guardrail_codes)[:5000]} if outcome.guardrail_codes else {}),
         })
         run_notes.set_name_and_note(
             run.info.run_id,

@@ -11,7 +11,6 @@ What the run records (MLflow):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -22,34 +21,17 @@ import mlflow
 import pandas as pd
 
 from tradeflow.config import RunConfig
-from tradeflow.tracking import (
-    TAG_DATA_DIGEST,
-    TAG_DATA_SOURCE,
-    TAG_SYMBOL,
-    TAG_SYNTHETIC,
-    code_version,
-    log_own_params,
-    stage_run,
-)
+from tradeflow.records import Tag, TrainRecord
+from tradeflow.tracking import code_version, log_resolved_config, stage_run
 
 log = logging.getLogger(__name__)
 
 STAGE = "train_backtest"
-ARTIFACTS = {
-    "config/resolved_config.json": "the resolved RunConfig (input to `-P config=` for a re-run)",
-    "data/splits.json": "rows and date bounds of train/valid/test",
-    "backtest/test_backtest.csv": "per-bar test backtest: date, price, action, position, equity, benchmark",
-    "backtest/valid_backtest.csv": "per-bar validation backtest of the selected checkpoint",
-    "backtest/learning_curve.csv": "per-epoch training and validation results",
-    "plots/equity.png": "equity vs buy-and-hold on the test split",
-    "plots/drawdown.png": "drawdown of the strategy on the test split",
-    "plots/trades.png": "trades marked on the price",
-    "summary.json": "headline metrics, model URI and version",
-    "metrics.json": "every metric, grouped by split (the headline ones first)",
-}
-TAG_MODEL_VERSION = "tradeflow.model_version"
-TAG_MODEL_NAME = "tradeflow.model_name"
-TAG_REPRODUCTION_OF = "tradeflow.reproduction_of"
+RECORD = TrainRecord
+ARTIFACTS = RECORD.described()
+TAG_MODEL_VERSION = Tag.MODEL_VERSION
+TAG_MODEL_NAME = Tag.MODEL_NAME
+TAG_REPRODUCTION_OF = Tag.REPRODUCTION_OF
 SYNTHETIC_BANNER = (
     "NOTE: data_source=synthetic -> training on GENERATED prices, not market data. "
     "Use -P data_source=csv:<path> (or backend/ibkr/yfinance) for real data."
@@ -63,24 +45,20 @@ def train_backtest_step(cfg: RunConfig) -> dict:
     from tradeflow.features import compute_features, split_for_run
 
     engine = get_engine(cfg.engine)  # unknown/unavailable engine fails before the run starts
-    tags = {TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: cfg.data_source}
+    tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
         from tradeflow import run_notes
 
         workdir = Path(tmp)
         own_params = run_notes.resolved_params(STAGE, cfg)
-        log_own_params(own_params)
-        mlflow.log_params(cfg.flat_params())
-        if cfg.adjustments:
-            mlflow.set_tag("tradeflow.config_adjustments", "; ".join(cfg.adjustments))
-        mlflow.log_dict(json.loads(cfg.to_json()), "config/resolved_config.json")
+        log_resolved_config(cfg, own_params, RECORD.config.path)
 
         market = load_market_data(cfg)
         if market.synthetic:
             print(SYNTHETIC_BANNER, flush=True)
-        mlflow.set_tags({TAG_DATA_DIGEST: market.digest, TAG_SYNTHETIC: str(market.synthetic).lower()})
+        mlflow.set_tags({Tag.DATA_DIGEST: market.digest, Tag.SYNTHETIC: str(market.synthetic).lower()})
         if market.notes:
-            mlflow.set_tag("tradeflow.data_notes", "; ".join(market.notes)[:5000])
+            mlflow.set_tag(Tag.DATA_NOTES, "; ".join(market.notes)[:5000])
         market.log_mlflow_input("training")
 
         window = cfg.trademaster.backward_num_day
@@ -90,7 +68,7 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         mlflow.log_params({"data.source": market.source, "data.digest": market.digest, "data.rows": market.rows,
                            "data.start": str(market.start.date()), "data.end": str(market.end.date()),
                            **{f"data.{k}": v for k, v in _flatten(bounds).items()}})
-        mlflow.log_dict(bounds, "data/splits.json")
+        mlflow.log_dict(bounds, RECORD.splits.path)
 
         log.info("%s: training %s/%s on %d bars (%s .. %s), %d epochs", cfg.symbol, cfg.engine, cfg.algorithm,
                  len(splits.train), bounds["train"]["start"], bounds["train"]["end"], cfg.trademaster.epochs)
@@ -115,9 +93,9 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         metrics.update({k: float(v) for k, v in result.extra_metrics.items()})
         mlflow.log_metrics(metrics)
 
-        for split_name in ("valid", "test"):
-            _log_table(backtests[split_name].table, f"backtest/{split_name}_backtest.csv", workdir)
-        _log_table(pd.DataFrame(result.learning_curve), "backtest/learning_curve.csv", workdir)
+        _log_table(backtests["valid"].table, RECORD.valid_backtest.path, workdir)
+        _log_table(backtests["test"].table, RECORD.test_backtest.path, workdir)
+        _log_table(pd.DataFrame(result.learning_curve), RECORD.learning_curve.path, workdir)
         run_notes.log_metrics_json(metrics)
         _log_plots(backtests["test"].table, cfg.symbol, source=market, test_bounds=bounds.get("test", {}), metrics=metrics)
 
@@ -131,7 +109,7 @@ def train_backtest_step(cfg: RunConfig) -> dict:
             "data_source": market.source, "data_digest": market.digest, "synthetic_data": market.synthetic,
             "test": {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")},
         }
-        mlflow.log_dict(summary, "summary.json")
+        mlflow.log_dict(summary, RECORD.summary.path)
         model_line = (f"`{model_uri}`, registered as `{cfg.registered_model_name}` version {version}"
                       f" (alias `@{cfg.model_alias}`)" if version else
                       f"`{model_uri}` (not registered: {mlflow.active_run().data.tags.get('tradeflow.registry', 'see tags')})")
@@ -173,9 +151,10 @@ def _log_plots(table, symbol: str, *, source, test_bounds: dict, metrics: dict) 
                        source=source.source, synthetic=source.synthetic,
                        model_return=metrics.get("test_total_return"),
                        benchmark_return=metrics.get("test_benchmark_total_return"))
-    for name, make in (("equity", equity_plot), ("drawdown", drawdown_plot), ("trades", trades_plot)):
+    for artifact, make in ((RECORD.equity_plot, equity_plot), (RECORD.drawdown_plot, drawdown_plot),
+                           (RECORD.trades_plot, trades_plot)):
         figure = make(table, title=title)
-        mlflow.log_figure(figure, f"plots/{name}.png")
+        mlflow.log_figure(figure, artifact.path)
         plt.close(figure)
 
 
@@ -225,10 +204,10 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
     reproduction_of = os.environ.get("TRADEFLOW_REPRODUCTION_OF")
     if reproduction_of:
         mlflow.set_tag(TAG_REPRODUCTION_OF, reproduction_of)
-        mlflow.set_tag("tradeflow.registry", "skipped: reproduction run")
+        mlflow.set_tag(Tag.REGISTRY, "skipped: reproduction run")
         return None
     if not cfg.register_model:
-        mlflow.set_tag("tradeflow.registry", "skipped: register_model=false")
+        mlflow.set_tag(Tag.REGISTRY, "skipped: register_model=false")
         return None
     from mlflow.tracking import MlflowClient
 
@@ -244,7 +223,7 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
             "test_total_return": f"{metrics.get('test_total_return', float('nan')):.6f}",
             "test_benchmark_total_return": f"{metrics.get('test_benchmark_total_return', float('nan')):.6f}",
             "test_sharpe": f"{metrics.get('test_sharpe', float('nan')):.4f}",
-            "pipeline_run_id": MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId", ""),
+            "pipeline_run_id": MlflowClient().get_run(run_id).data.tags.get(Tag.PARENT_RUN_ID, ""),
         })
         description = (
             f"{cfg.symbol} {cfg.engine}/{cfg.algorithm} agent, {cfg.trademaster.epochs} epochs, seed {cfg.seed}, trained on "
@@ -274,7 +253,7 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
     return version
 
 
-TAG_SERVING_MODEL = "tradeflow.serving_model"
+TAG_SERVING_MODEL = Tag.SERVING_MODEL
 
 
 def _tag_serving_champion(cfg: RunConfig) -> None:

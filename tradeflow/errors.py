@@ -1,0 +1,53 @@
+"""The user-error base class: what an entry point reports as one line instead of a traceback.
+
+An error a person can act on (bad input, a service that is down, a stage that failed for a stated
+reason) derives from ``UserError``; its message is already the one line they need. Anything else
+is a bug: the entry point keeps its traceback (and still marks the run FAILED), so a ``KeyError``
+deep in a step is never flattened into one unexplained line.
+
+Each class also derives from the builtin it replaced (``ValueError``, ``LookupError``,
+``RuntimeError``), so code that catches those keeps working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An expected failure whose ``str()`` is one actionable line (no traceback shown)."""
+
+
+class InputError(UserError, ValueError):
+    """A value given to tradeflow (a parameter, a URI, a payload field) is unusable."""
+
+
+class NotFoundError(UserError, LookupError):
+    """Something the input names does not exist (a run, an artifact, a model)."""
+
+
+class ServiceError(UserError, RuntimeError):
+    """A service tradeflow depends on (tracking store, WebUI, broker) could not be used."""
+
+
+class TrackingStoreUnavailable(ServiceError):
+    """The MLflow tracking store did not answer (down, unreachable, or refused the request)."""
+
+
+class StepError(UserError, RuntimeError):
+    """A step or a run it started ended without a result, for the reason its message states."""
+
+
+def tracking_lookup_error(exc: BaseException, what: str, uri: str) -> UserError:
+    """Name why ``what`` (e.g. ``review_run_id 'x'``) could not be read from the store at ``uri``:
+    not found there, or the store itself is down (never both as "is not a run")."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    not_found = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
+    if isinstance(exc, MlflowException) and exc.error_code in not_found:
+        return NotFoundError(f"{what} is not a run in {uri}")
+    reason = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+    return TrackingStoreUnavailable(f"tracking store {uri} could not be read for {what}: {reason}")
+
+
+__all__ = ["InputError", "NotFoundError", "ServiceError", "StepError", "TrackingStoreUnavailable", "UserError",
+           "tracking_lookup_error"]
