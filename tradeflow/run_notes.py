@@ -318,3 +318,23 @@ def describe_pipeline(cfg: RunConfig, parent: Any, outcomes: Iterable[Any], *, m
                          + "\n\nCached stages are reused; add `-P force=true` to re-run them.")
     set_name_and_note(parent.info.run_id, name, note, client)
     return name
+
+
+def describe_dag_run(client: MlflowClient, parent: Mapping[str, str], dag_id: str, airflow_run_id: str,
+                     symbols: Iterable[str], runs: Mapping[str, Any], failed: Mapping[str, str]) -> None:
+    """Describe the DAG-run parent: one row per symbol with its decision (or why it failed) and a
+    link to its pipeline run, so the batch reads at a glance in the MLflow UI."""
+    symbols = list(symbols)
+    experiment_id = parent["experiment_id"]
+    lines = [f"**DAG run** `{airflow_run_id}` of `{dag_id}`: {len(symbols)} symbol(s), "
+             + (f"**{len(failed)} failed**." if failed else "all finished."), "",
+             "| symbol | outcome | pipeline run |", "|---|---|---|"]
+    for symbol in symbols:
+        run = runs.get(symbol)
+        if symbol in failed:
+            outcome = "FAILED: " + failed[symbol].replace("|", "/")[:300]
+        else:
+            outcome = (run.data.tags.get(Tag.DECISION_ACTION) if run else None) or "finished"
+        link = run_link(experiment_id, run.info.run_id, run.info.run_name or run.info.run_id[:8]) if run else "none"
+        lines.append(f"| {symbol} | {outcome} | {link} |")
+    set_name_and_note(parent["run_id"], None, "\n".join(lines), client)

@@ -10,24 +10,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tradeflow.config import ConfigError, resolve_config
-from tradeflow.filters import filter_value
 from tradeflow.orchestration.context import RunContext, conf_layer, fail_now, skip
 from tradeflow.orchestration.settings import RESOLVE_TASK, RUN_SYMBOL_TASK
+from tradeflow.records import Tag, children_of, find_by_tags, mark_failed
 from tradeflow.settings import current
 
 log = logging.getLogger(__name__)
 
-# Tags of the DAG-run parent run (the symbol runs carry tradeflow.symbol / execution_id too).
-TAG_RUN_LEVEL = "tradeflow.run_level"  # "dag_run" on the parent
-TAG_DAG_ID = "tradeflow.dag_id"
-TAG_AIRFLOW_RUN_ID = "tradeflow.airflow_run_id"
-TAG_SYMBOL_COUNT = "tradeflow.symbol_count"
-TAG_SYMBOLS = "tradeflow.symbols"
-TAG_FAILED_SYMBOLS = "tradeflow.failed_symbols"
-TAG_EXECUTOR = "tradeflow.executor"
-TAG_AIRFLOW_TRY = "tradeflow.airflow_try_number"
-TAG_DATABRICKS_RUN = "tradeflow.databricks_run_id"
-TAG_DATABRICKS_URL = "tradeflow.databricks_run_page_url"
+# Tags of the DAG-run parent run (the symbol runs carry tradeflow.symbol / execution_id too); the
+# names live in tradeflow.records.Tag, these are the Airflow side's short aliases.
+TAG_RUN_LEVEL = Tag.RUN_LEVEL  # "dag_run" on the parent
+TAG_DAG_ID = Tag.DAG_ID
+TAG_AIRFLOW_RUN_ID = Tag.AIRFLOW_RUN_ID
+TAG_SYMBOL_COUNT = Tag.SYMBOL_COUNT
+TAG_SYMBOLS = Tag.SYMBOLS
+TAG_FAILED_SYMBOLS = Tag.FAILED_SYMBOLS
+TAG_EXECUTOR = Tag.EXECUTOR
+TAG_AIRFLOW_TRY = Tag.AIRFLOW_TRY
+TAG_DATABRICKS_RUN = Tag.DATABRICKS_RUN
+TAG_DATABRICKS_URL = Tag.DATABRICKS_URL
 
 
 def _experiment_id(targets: Sequence[Mapping[str, Any]], ctx: RunContext) -> str:
@@ -54,16 +55,10 @@ def open_dag_run(targets: Sequence[Mapping[str, Any]] | None, ctx: RunContext) -
              "(Workflow Symbols, active link to this DAG) or trigger with conf.symbol")
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.tracking import TAG_EXECUTION_ID
-
     experiment_id = _experiment_id(targets, ctx)
     client = MlflowClient()
-    existing = client.search_runs(
-        [experiment_id],
-        filter_string=(f"tags.`{TAG_RUN_LEVEL}` = 'dag_run' and tags.`{TAG_DAG_ID}` = {filter_value(ctx.dag_id)}"
-                       f" and tags.`{TAG_AIRFLOW_RUN_ID}` = {filter_value(ctx.run_id)}"),
-        max_results=1,
-    )
+    existing = find_by_tags(client, experiment_id, {TAG_RUN_LEVEL: "dag_run", TAG_DAG_ID: ctx.dag_id,
+                                                    TAG_AIRFLOW_RUN_ID: ctx.run_id}, max_results=1)
     symbols = [t["symbol"] for t in targets]
     if existing:
         run_id = existing[0].info.run_id
@@ -78,11 +73,11 @@ def open_dag_run(targets: Sequence[Mapping[str, Any]] | None, ctx: RunContext) -
                 TAG_RUN_LEVEL: "dag_run",
                 TAG_DAG_ID: ctx.dag_id,
                 TAG_AIRFLOW_RUN_ID: ctx.run_id,
-                TAG_EXECUTION_ID: ctx.run_id,
+                Tag.EXECUTION_ID: ctx.run_id,
                 TAG_SYMBOL_COUNT: str(len(symbols)),
                 TAG_SYMBOLS: ",".join(symbols)[:5000],
                 TAG_EXECUTOR: current().executor,
-                "tradeflow.dag_conf": json.dumps(dict(ctx.conf), sort_keys=True, default=str)[:5000],
+                Tag.DAG_CONF: json.dumps(dict(ctx.conf), sort_keys=True, default=str)[:5000],
             },
         )
         run_id = run.info.run_id
@@ -93,33 +88,19 @@ def open_dag_run(targets: Sequence[Mapping[str, Any]] | None, ctx: RunContext) -
 def record_failed_symbol_run(client, parent: Mapping[str, str], symbol: str, reason: str, ctx: RunContext) -> str:
     """A FAILED symbol-level run under the parent for a symbol that never reached its pipeline
     (bad link config), so the MLflow tree shows every symbol of the batch."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-    from tradeflow.tracking import TAG_EXECUTION_ID, TAG_FAILURE, TAG_STAGE, TAG_SYMBOL
-
     run = client.create_run(parent["experiment_id"], run_name=f"{symbol} pipeline", tags={
-        MLFLOW_PARENT_RUN_ID: parent["run_id"], TAG_SYMBOL: symbol, TAG_STAGE: "pipeline",
-        TAG_EXECUTION_ID: ctx.run_id, TAG_FAILURE: reason[:5000], TAG_AIRFLOW_TRY: str(ctx.try_number)})
-    client.set_terminated(run.info.run_id, "FAILED")
+        Tag.PARENT_RUN_ID: parent["run_id"], Tag.SYMBOL: symbol, Tag.STAGE: "pipeline",
+        Tag.EXECUTION_ID: ctx.run_id, TAG_AIRFLOW_TRY: str(ctx.try_number)})
+    mark_failed(client, run.info.run_id, reason)
     return run.info.run_id
 
 
 def symbol_runs(client, parent: Mapping[str, str]) -> dict[str, Any]:
     """The latest child run of the parent per symbol (``tradeflow.symbol`` tag, else the
     ``symbol`` param that ``mlflow.projects.run`` logged)."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-    from tradeflow.tracking import TAG_SYMBOL
-
-    children = client.search_runs(
-        [parent["experiment_id"]],
-        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent['run_id']}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=5000,
-    )
     latest: dict[str, Any] = {}
-    for run in children:
-        symbol = run.data.tags.get(TAG_SYMBOL) or run.data.params.get("symbol")
+    for run in children_of(client, parent["experiment_id"], parent["run_id"]):
+        symbol = run.data.tags.get(Tag.SYMBOL) or run.data.params.get("symbol")
         if symbol and symbol.upper() not in latest:
             latest[symbol.upper()] = run
     return latest
@@ -151,7 +132,8 @@ def finalize(
 
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.tracking import TAG_FAILURE, configure_tracking
+    from tradeflow.run_notes import describe_dag_run
+    from tradeflow.tracking import configure_tracking
 
     configure_tracking()
     client = MlflowClient()
@@ -166,7 +148,7 @@ def finalize(
         if run is None:
             reason = "no pipeline run was recorded" + (f" (task {RUN_SYMBOL_TASK}[{index}] {state})" if state else "")
         elif run.info.status != "FINISHED":
-            reason = run.data.tags.get(TAG_FAILURE) or f"pipeline run {run.info.run_id} {run.info.status}"
+            reason = run.data.tags.get(Tag.FAILURE) or f"pipeline run {run.info.run_id} {run.info.status}"
         elif state is not None and state != "success":
             reason = f"task {RUN_SYMBOL_TASK}[{index}] ended {state}"
         elif symbol not in returned or returned[symbol].get("status") != "FINISHED":
@@ -178,13 +160,12 @@ def finalize(
     client.log_metric(parent["run_id"], "symbols_total", len(targets))
     client.log_metric(parent["run_id"], "symbols_failed", len(failed))
     client.log_metric(parent["run_id"], "symbols_succeeded", len(ok))
-    client.set_tag(parent["run_id"], "tradeflow.succeeded_symbols", ",".join(ok)[:5000])
+    client.set_tag(parent["run_id"], Tag.SUCCEEDED_SYMBOLS, ",".join(ok)[:5000])
+    describe_dag_run(client, parent, ctx.dag_id, ctx.run_id, [t["symbol"] for t in targets], latest, failed)
     if failed:
         summary = f"{len(failed)} of {len(targets)} symbol(s) failed: " + "; ".join(
             f"{symbol}: {reason}" for symbol, reason in failed.items())
-        client.set_tag(parent["run_id"], TAG_FAILED_SYMBOLS, ",".join(failed)[:5000])
-        client.set_tag(parent["run_id"], TAG_FAILURE, summary[:5000])
-        client.set_terminated(parent["run_id"], "FAILED")
+        mark_failed(client, parent["run_id"], summary, extra_tags={TAG_FAILED_SYMBOLS: ",".join(failed)[:5000]})
         fail_now(summary[:2000])
     client.set_tag(parent["run_id"], TAG_FAILED_SYMBOLS, "")
     client.set_terminated(parent["run_id"], "FINISHED")
