@@ -301,6 +301,12 @@ def test_parent_run_symbol_failures_and_finalize(tracking_store):
     assert run.data.tags["tradeflow.failed_symbols"] == "ZZZZ,MSFT,KO"
     assert run.data.tags["tradeflow.succeeded_symbols"] == "AAPL"
     assert run.data.metrics["symbols_failed"] == 3
+    # the description reads as the batch: one row per symbol, its outcome, a link to its run
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**DAG run** `{ctx.run_id}` of `{DAG_ID}`: 4 symbol(s), **3 failed**.")
+    assert f"| AAPL | finished | [" in note and f"/runs/{aapl})" in note
+    assert "| ZZZZ | FAILED: data: no rows for ZZZZ (again) |" in note
+    assert "| KO | FAILED: " in note and "WebUI link config of KO: unknown parameter" in note
     del msft
 
     # without task states (older SDK), XComs and MLflow still decide; all fine -> FINISHED
@@ -310,6 +316,7 @@ def test_parent_run_symbol_failures_and_finalize(tracking_store):
     summary = orch.finalize(targets[:1], ok_parent, [{"symbol": "AAPL", "run_id": run_id, "status": "FINISHED"}], ok_ctx)
     assert summary == {"symbols": 1, "failed": [], "succeeded": ["AAPL"]}
     assert client.get_run(ok_parent["run_id"]).info.status == "FINISHED"
+    assert "1 symbol(s), all finished." in client.get_run(ok_parent["run_id"]).data.tags["mlflow.note.content"]
     # a symbol whose task died before any MLflow run
     lost_parent = orch.open_dag_run(targets[:1], _ctx(run_id="manual__lost"))
     with pytest.raises(AirflowFailException, match="AAPL: no pipeline run was recorded"):
