@@ -20,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
+from tests.support.data import SHARED_DATA
 from tests.support.hostile_server import HostileServer
 from tradeflow import orchestration as orch
 from tradeflow.config import ConfigError, resolve_config
@@ -303,7 +304,7 @@ def test_csv_content_is_never_echoed_and_link_paths_are_restricted(tmp_path):
             orch.check_link_files({"data_source": source}, "AAPL", environ={})
         _one_line(caught.value)
     orch.check_link_files({"data_source": f"csv:{secret}"}, "AAPL", environ={"TRADEFLOW_CSV_ROOTS": str(tmp_path)})
-    shared = REPO.parent / "shared" / "data" / "trademaster" / "x.csv"
+    shared = SHARED_DATA / "x.csv"
     orch.check_link_files({"data_source": f"csv:{shared}"}, "AAPL", environ={})  # the default root
 
 

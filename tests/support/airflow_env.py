@@ -12,22 +12,21 @@ DB migrated once, only this repository's ``dags/`` folder, and ``airflow dags te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.data import DJ30_DIR, DJ30_SOURCE, REPO_ROOT, SHARED_DIR  # noqa: F401 - re-exported
+
 DAGS_FOLDER = REPO_ROOT / "dags"
-SHARED_DIR = REPO_ROOT.parent / "shared"
-DJ30_DIR = SHARED_DIR / "data" / "trademaster" / "portfolio_management" / "dj30"
-#: The CSV data source of tests and benchmarks: TradeMaster's dj30 2020 + 2021 files, all tickers.
-DJ30_SOURCE = f"csv:{DJ30_DIR / 'valid.csv'},{DJ30_DIR / 'test.csv'}"
 
 _NOT_INHERITED = ("AIRFLOW", "MLFLOW_", "TRADEFLOW_", "BACKEND_API_")
 _RUN_ID_RE = re.compile(r"run_id=(manual__[0-9T:.+\-]+)")
@@ -132,6 +131,32 @@ class AirflowHome:
         with sqlite3.connect(self.db_path) as db:
             row = db.execute("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)).fetchone()
         return row[0] if row else None
+
+
+@contextlib.contextmanager
+def airflow_stack(root: Path, *, env: Mapping[str, str] | None = None,
+                  seed: Callable[[Any], None] | None = None) -> Iterator[SimpleNamespace]:
+    """What the ``airflow dags test`` suites share: an Airflow home (migrated once), a SQLite MLflow
+    store with the experiment created before any fan-out, and a WebUI server (``seed(server)``
+    fills it). ``stack.env``: the store, the server and the dj30 data, then ``env``.
+
+    Yields ``SimpleNamespace(home, uri, client, experiment_id, server, env)``."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.webui import WebUIServer
+
+    home = AirflowHome.create(root / "airflow")
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    client.search_experiments()
+    experiment_id = client.create_experiment("trademaster_autogen", artifact_location=(root / "artifacts").as_uri())
+    with WebUIServer() as server:
+        if seed is not None:
+            seed(server)
+        full_env = {"MLFLOW_TRACKING_URI": uri, "BACKEND_API_URL": server.url, "TRADEFLOW_DATA_SOURCE": DJ30_SOURCE,
+                    **(env or {})}
+        yield SimpleNamespace(home=home, uri=uri, client=client, experiment_id=experiment_id, server=server,
+                              env=full_env)
 
 
 class AirflowServices:
