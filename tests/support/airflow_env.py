@@ -29,7 +29,7 @@ from tests.support.data import DJ30_DIR, DJ30_SOURCE, REPO_ROOT, SHARED_DIR  # n
 DAGS_FOLDER = REPO_ROOT / "dags"
 
 _NOT_INHERITED = ("AIRFLOW", "MLFLOW_", "TRADEFLOW_", "BACKEND_API_")
-_RUN_ID_RE = re.compile(r"run_id=(manual__[0-9T:.+\-]+)")
+RUN_ID_RE = re.compile(r"run_id=(manual__[0-9T:.+\-]+)")
 
 
 def airflow_bin() -> str:
@@ -113,7 +113,7 @@ class AirflowHome:
         proc = subprocess.run(cmd, env=self.env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=timeout, cwd=str(REPO_ROOT))
         seconds = time.perf_counter() - started
-        match = _RUN_ID_RE.search(proc.stdout)
+        match = RUN_ID_RE.search(proc.stdout)
         return DagTestResult(proc.returncode, proc.stdout, seconds, match.group(1) if match else None)
 
     def task_states(self, dag_id: str, run_id: str) -> dict[tuple[str, int], str]:
