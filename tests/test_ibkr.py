@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import DJ30_TEST, DJ30_VALID, REPO, require_shared_data
 from tests.support.ibkr_gateway import IBKRGateway
-from tests.support.webui_server import trademaster_bars
+from tests.support.webui import trademaster_bars
 from tradeflow.ibkr import client as cp
 from tradeflow.ibkr import workflow as wf
 from tradeflow.ibkr.config import DEFAULT_STRATEGY_FILE, StrategyError, load_strategy, parse_strategy
@@ -400,7 +400,7 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
 def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path, ibkr_experiment, monkeypatch, caplog):
     from mlflow.tracking import MlflowClient
 
-    from tests.support.webui_server import WebUIServer
+    from tests.support.webui import WebUIServer
     from tradeflow.ibkr import tracking
     from tradeflow.ibkr.airflow import operators as ops
 
