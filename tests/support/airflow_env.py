@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tests.support.data import DJ30_DIR, DJ30_SOURCE, REPO_ROOT, SHARED_DIR  # noqa: F401 - re-exported
+from .data import DJ30_DIR, DJ30_SOURCE, REPO_ROOT, SHARED_DIR  # noqa: F401 - re-exported
 
 DAGS_FOLDER = REPO_ROOT / "dags"
 
@@ -143,7 +143,7 @@ def airflow_stack(root: Path, *, env: Mapping[str, str] | None = None,
     Yields ``SimpleNamespace(home, uri, client, experiment_id, server, env)``."""
     from mlflow.tracking import MlflowClient
 
-    from tests.support.webui import WebUIServer
+    from .webui import WebUIServer
 
     home = AirflowHome.create(root / "airflow")
     uri = f"sqlite:///{root / 'mlruns.db'}"
@@ -171,7 +171,7 @@ class AirflowServices:
 
     def __init__(self, home: AirflowHome, *, env: Mapping[str, str] | None = None, parallelism: int = 8,
                  log_dir: Path | None = None) -> None:
-        from tests.support.servers import free_port
+        from .servers import free_port
 
         self.home = home
         self.port = free_port()
@@ -190,7 +190,7 @@ class AirflowServices:
         self._procs: list[tuple[str, subprocess.Popen]] = []
 
     def __enter__(self) -> AirflowServices:
-        from tests.support.servers import wait_for_http
+        from .servers import wait_for_http
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         commands = {"api-server": [airflow_bin(), "api-server", "--port", str(self.port), "--host", "127.0.0.1"],

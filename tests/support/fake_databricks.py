@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tests.support.httpserver import BackgroundHTTPServer, Reply, Request
+from .httpserver import BackgroundHTTPServer, Reply, Request
 
 Outcome = tuple[str, str, str]  # life_cycle_state, result_state, state_message
 

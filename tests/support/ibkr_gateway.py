@@ -59,8 +59,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tests.support.httpserver import BackgroundHTTPServer, Reply, Request
-from tests.support.ibkr_paper import BASE_PATH, FAULTS, PAPER_ACCOUNT, QUESTIONS, PaperGateway
+from .httpserver import BackgroundHTTPServer, Reply, Request
+from .ibkr_paper import BASE_PATH, FAULTS, PAPER_ACCOUNT, QUESTIONS, PaperGateway
 
 __all__ = ["BASE_PATH", "FAULTS", "PAPER_ACCOUNT", "QUESTIONS", "IBKRGateway"]
 
@@ -151,7 +151,7 @@ class IBKRGateway(BackgroundHTTPServer):
 
 
 def _main() -> None:  # pragma: no cover - exercised by the standalone bench/docs only
-    from tests.support.data import trademaster_bars
+    from .data import trademaster_bars
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", required=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.support.httpserver import Reply
+from .httpserver import Reply
 
 PAPER_ACCOUNT = "DU1234567"
 BASE_PATH = "/v1/api"

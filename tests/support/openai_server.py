@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from tests.support.httpserver import BackgroundHTTPServer, Reply, Request
+from .httpserver import BackgroundHTTPServer, Reply, Request
 
 ROLE_RE = re.compile(r"^ROLE: (\w+)", re.MULTILINE)
 BEHAVIOURS = (

@@ -3,9 +3,9 @@
 
 import sys
 
-from tests.support.webui import *  # noqa: F403
-from tests.support.webui import __all__  # noqa: F401
-from tests.support.webui.__main__ import main
+from .webui import *  # noqa: F403
+from .webui import __all__  # noqa: F401
+from .webui.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())

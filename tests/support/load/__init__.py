@@ -19,9 +19,9 @@ One module a concern: ``env``, ``processes``, ``audit``, ``driver`` (+ ``__main_
 (the pytest plugin).
 """
 
-from tests.support.load.audit import ArtifactAudit, Chain, DagRunAudit, StoreAudit
-from tests.support.load.driver import drive_dag_run
-from tests.support.load.env import (
+from .audit import ArtifactAudit, Chain, DagRunAudit, StoreAudit
+from .driver import drive_dag_run
+from .env import (
     DAG_ID,
     DJ30_TICKERS,
     EXPERIMENT,
@@ -31,7 +31,7 @@ from tests.support.load.env import (
     subprocess_env,
     tiny_config_env,
 )
-from tests.support.load.processes import (
+from .processes import (
     DagTest,
     MlflowRun,
     PeakMemory,
@@ -40,7 +40,7 @@ from tests.support.load.processes import (
     kill_processes,
     wait_for,
 )
-from tests.support.load.summary import SummaryPlugin
+from .summary import SummaryPlugin
 
 __all__ = [
     "DAG_ID", "DJ30_TICKERS", "EXPERIMENT", "REQUIRED_ARTIFACTS", "STAGES", "ArtifactAudit", "Chain", "DagRunAudit",

@@ -2,7 +2,7 @@
 
 import sys
 
-from tests.support.load.driver import main
+from .driver import main
 
 if __name__ == "__main__":
     sys.exit(main())

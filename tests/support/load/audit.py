@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.load.env import REQUIRED_ARTIFACTS, STAGES
+from .env import REQUIRED_ARTIFACTS, STAGES
 
 
 def _entry(run) -> str:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tests.support.load.env import DAG_ID, REPO_ROOT, subprocess_env
+from .env import DAG_ID, REPO_ROOT, subprocess_env
 
 
 def _context(run_id: str, map_index: int = -1, task_id: str = "", try_number: int = 1):

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.support.data import DJ30_SOURCE, DJ30_TICKERS, REPO_ROOT  # noqa: F401 - DJ30_TICKERS re-exported
+from ..data import DJ30_SOURCE, DJ30_TICKERS, REPO_ROOT  # noqa: F401 - DJ30_TICKERS re-exported
 
 DAG_ID = "trademaster_autogen_pipeline_workflow"
 EXPERIMENT = "trademaster_autogen"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.airflow_env import REPO_ROOT, RUN_ID_RE, AirflowHome, DagTestResult, airflow_bin
-from tests.support.load.env import DAG_ID, EXPERIMENT, fast_python_env, subprocess_env
+from ..airflow_env import REPO_ROOT, RUN_ID_RE, AirflowHome, DagTestResult, airflow_bin
+from .env import DAG_ID, EXPERIMENT, fast_python_env, subprocess_env
 
 def clone_airflow_home(template: AirflowHome, dest: Path) -> AirflowHome:
     """A new AIRFLOW_HOME whose metadata DB is a copy of the template's (already migrated).

@@ -37,15 +37,15 @@ Design notes
 
 from __future__ import annotations
 
-from tests.support.servers.base import (
+from .base import (
     LOOPBACK,
     ServerStartError,
     dump_logs_if_failed,
     free_port,
     wait_for_http,
 )
-from tests.support.servers.mlflow_server import MlflowServer
-from tests.support.servers.postgres import (
+from .mlflow_server import MlflowServer
+from .postgres import (
     PostgresServer,
     find_pg_bin_dir,
     postgres_unavailable_reason,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from tests.support.servers.base import LOOPBACK, ManagedServer, ServerStartError, free_port, wait_for_http
+from .base import LOOPBACK, ManagedServer, ServerStartError, free_port, wait_for_http
 
 
 class MlflowServer(ManagedServer):

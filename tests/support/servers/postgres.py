@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.servers.base import LOOPBACK, ManagedServer, free_port, kill_group
+from .base import LOOPBACK, ManagedServer, free_port, kill_group
 
 
 def find_pg_bin_dir() -> Path | None:

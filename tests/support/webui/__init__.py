@@ -29,10 +29,10 @@ Fault injection over HTTP (never faulted, never logged): ``POST /__control__`` w
 ``POST /__control__/seed`` (state-file shape), ``POST /__control__/reset``. See ``FaultPlan``.
 """
 
-from tests.support.data import trademaster_bars
-from tests.support.webui.contract import ARTIFACT_COLUMNS, DEFAULT_DAG_ID
-from tests.support.webui.faults import FAULT_MODES, FaultPlan
-from tests.support.webui.server import WebUIServer, webui_server
+from ..data import trademaster_bars
+from .contract import ARTIFACT_COLUMNS, DEFAULT_DAG_ID
+from .faults import FAULT_MODES, FaultPlan
+from .server import WebUIServer, webui_server
 
 __all__ = [
     "ARTIFACT_COLUMNS",

@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.support.webui.server import WebUIServer
+from .server import WebUIServer
 
 DESCRIPTION = "A real HTTP stand-in for the trading WebUI backend, quirks included, state in memory."
 

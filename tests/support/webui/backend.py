@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlencode
 
-from tests.support.httpserver import Reply
-from tests.support.webui.contract import (
+from ..httpserver import Reply
+from .contract import (
     ARTIFACT_COLUMNS,
     ARTIFACT_TYPES,
     LINK_DEFAULTS,
@@ -28,7 +28,7 @@ from tests.support.webui.contract import (
     not_object,
     now,
 )
-from tests.support.webui.faults import FaultPlan
+from .faults import FaultPlan
 
 #: The request log keeps the newest entries only, so a long load test cannot exhaust memory.
 REQUEST_LOG_SIZE = 10_000

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.support.httpserver import Reply
+from ..httpserver import Reply
 
 #: The contract's DAG id (kept here on purpose, see the module docstring).
 DEFAULT_DAG_ID = "trademaster_autogen_pipeline_workflow"

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tests.support.httpserver import Reply
-from tests.support.webui.contract import REASONS
+from ..httpserver import Reply
+from .contract import REASONS
 
 FAULT_MODES = ("normal", "down", "slow", "error_then_recover", "malformed")
 #: What ``malformed`` answers: 200, ``application/json``, a truncated HTML error page inside.

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.support.data import trademaster_bars
-from tests.support.httpserver import BackgroundHTTPServer, Reply, Request
-from tests.support.webui.backend import Backend
-from tests.support.webui.bars import ibkr_bars
-from tests.support.webui.contract import ARTIFACT_COLUMNS, DEFAULT_DAG_ID, REASONS, Reject, now
-from tests.support.webui.faults import MALFORMED_BODY, FaultPlan, error_answer, take
+from ..data import trademaster_bars
+from ..httpserver import BackgroundHTTPServer, Reply, Request
+from .backend import Backend
+from .bars import ibkr_bars
+from .contract import ARTIFACT_COLUMNS, DEFAULT_DAG_ID, REASONS, Reject, now
+from .faults import MALFORMED_BODY, FaultPlan, error_answer, take
 
 log = logging.getLogger(__name__)
 
