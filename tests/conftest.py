@@ -14,6 +14,7 @@ from tests.support.data import DJ30_SOURCE as DJ30_BOTH  # noqa: F401
 from tests.support.data import REPO_ROOT as REPO
 from tests.support.data import SHARED_DATA as DATA  # noqa: F401
 from tests.support.data import SHARED_DIR as SHARED  # noqa: F401
+from tests.support.stores import sqlite_store, tracking_to
 
 # Environment variables a developer's shell may carry that would leak into tests.
 _LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
@@ -37,16 +38,8 @@ def require_shared_data() -> None:
 @pytest.fixture
 def tracking_store(tmp_path, monkeypatch):
     """A fresh SQLite tracking store, created once here before any subprocess fans out."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    client.create_experiment("trademaster_autogen", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield uri
-    mlflow.set_tracking_uri(None)
+    with tracking_to(sqlite_store(tmp_path), monkeypatch) as uri:
+        yield uri
 
 
 def mlflow_run(entry_point: str, params: dict[str, str], *, env: dict[str, str] | None = None,

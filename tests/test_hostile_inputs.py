@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import REPO
 from tests.support.data import SHARED_DATA
 from tests.support.hostile_server import HostileServer
+from tests.support.stores import sqlite_store, tracking_to
 from tradeflow import orchestration as orch
 from tradeflow.config import ConfigError, resolve_config
 from tradeflow.webui import WebUIClient, WebUIError
@@ -32,20 +33,13 @@ DAG_ID = orch.DAG_ID
 @pytest.fixture(scope="module")
 def _module_store(tmp_path_factory):
     """One SQLite store for the module's store-backed cases (creating one costs seconds)."""
-    tmp = tmp_path_factory.mktemp("hostile_store")
-    uri = f"sqlite:///{tmp / 'mlruns.db'}"
-    MlflowClient(uri).create_experiment("trademaster_autogen", artifact_location=(tmp / "artifacts").as_uri())
-    return uri
+    return sqlite_store(tmp_path_factory.mktemp("hostile_store"))
 
 
 @pytest.fixture
 def store(_module_store, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", _module_store)
-    mlflow.set_tracking_uri(_module_store)
-    yield _module_store
-    mlflow.set_tracking_uri(None)
+    with tracking_to(_module_store, monkeypatch) as uri:
+        yield uri
 
 
 def _one_line(exc: BaseException) -> str:

@@ -143,13 +143,13 @@ def airflow_stack(root: Path, *, env: Mapping[str, str] | None = None,
     Yields ``SimpleNamespace(home, uri, client, experiment_id, server, env)``."""
     from mlflow.tracking import MlflowClient
 
+    from .stores import EXPERIMENT, sqlite_store
     from .webui import WebUIServer
 
     home = AirflowHome.create(root / "airflow")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
+    uri = sqlite_store(root)
     client = MlflowClient(uri)
-    client.search_experiments()
-    experiment_id = client.create_experiment("trademaster_autogen", artifact_location=(root / "artifacts").as_uri())
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     with WebUIServer() as server:
         if seed is not None:
             seed(server)

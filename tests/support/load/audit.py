@@ -130,6 +130,7 @@ class StoreAudit:
         return audit
 
 
+@dataclass
 class ArtifactAudit:
     counts: Counter  # (execution_id, symbol, type) -> count
     total: int
