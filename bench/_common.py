@@ -1,7 +1,9 @@
-"""Helpers for the benchmarks: a throwaway tracking store, subprocess timing with peak RSS."""
+"""Helpers for the benchmarks: the test kit, a throwaway tracking store, subprocess timing with
+peak RSS."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -9,12 +11,34 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "trademaster"
-BTC = f"csv:{SHARED / 'algorithmic_trading' / 'BTC' / 'BTC.csv'}"
-DJ30 = f"csv:{SHARED / 'portfolio_management' / 'dj30' / 'valid.csv'},{SHARED / 'portfolio_management' / 'dj30' / 'test.csv'}"
 BIN = Path(sys.executable).parent
+TESTKIT_DIR = REPO / "tests" / "support"
+
+
+def load_testkit() -> ModuleType:
+    """The test kit (``tests/support``: servers, fakes, the load harness, data paths) as the
+    package ``testkit``, loaded by file path.
+
+    The benchmarks never import the ``tests`` package (its conftest, its test modules): the kit is
+    self-contained (relative imports only, checked by ``tests/test_testkit.py``), so it loads as a
+    package of its own. After this call, ``from testkit.webui import WebUIServer`` works."""
+    if "testkit" in sys.modules:
+        return sys.modules["testkit"]
+    spec = importlib.util.spec_from_file_location("testkit", TESTKIT_DIR / "__init__.py",
+                                                  submodule_search_locations=[str(TESTKIT_DIR)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["testkit"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+load_testkit()
+from testkit.data import BTC_SOURCE as BTC  # noqa: E402
+from testkit.data import DJ30_SOURCE as DJ30  # noqa: E402
 
 
 @dataclass

@@ -28,7 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.airflow_env import DJ30_DIR, DJ30_SOURCE, AirflowHome, AirflowServices  # noqa: E402
+import _common  # noqa: E402,F401 - loads tests/support as the package ``testkit`` (by file path)
+from testkit.airflow_env import AirflowHome, AirflowServices  # noqa: E402
+from testkit.data import DJ30_DIR, DJ30_SOURCE  # noqa: E402
 
 DAG_FILE = REPO / "dags" / "trademaster_autogen_pipeline_workflow.py"
 DAG_ID = "trademaster_autogen_pipeline_workflow"
@@ -73,7 +75,7 @@ def _concurrency(timings: list[dict]) -> int:
 def bench_batch(symbols: int, parallel: int, mode: str, epochs: int, workdir: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from tests.support.webui_server import WebUIServer
+    from testkit.webui import WebUIServer
 
     tickers = TICKERS[:symbols]
     uri = f"sqlite:///{workdir / 'mlruns.db'}"

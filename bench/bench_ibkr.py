@@ -25,15 +25,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import _common  # noqa: E402,F401 - loads tests/support as the package ``testkit`` (by file path)
 import pandas as pd  # noqa: E402
 
-from tests.support.ibkr_gateway import IBKRGateway  # noqa: E402
-from tests.support.webui_server import trademaster_bars  # noqa: E402
+from testkit.data import DJ30_DIR as DJ30  # noqa: E402
+from testkit.data import trademaster_bars  # noqa: E402
+from testkit.ibkr_gateway import IBKRGateway  # noqa: E402
 from tradeflow.ibkr import workflow as wf  # noqa: E402
 from tradeflow.ibkr.client import OrderTicket  # noqa: E402
 from tradeflow.ibkr.config import parse_strategy  # noqa: E402
 
-DJ30 = REPO.parent / "shared" / "data" / "trademaster" / "portfolio_management" / "dj30"
 AS_OF = "2021-12-15T15:00:00Z"
 
 

@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from _common import machine  # noqa: E402
 
-from tests.support.airflow_env import AirflowHome  # noqa: E402
-from tests.support.load import (  # noqa: E402
-    DJ30_TICKERS,
+from testkit.airflow_env import AirflowHome  # noqa: E402
+from testkit.data import DJ30_TICKERS  # noqa: E402
+from testkit.load import (  # noqa: E402
     ArtifactAudit,
     DagTest,
     PeakMemory,
@@ -52,8 +52,8 @@ from tests.support.load import (  # noqa: E402
     drive_dag_run,
     tiny_config_env,
 )
-from tests.support.servers import MlflowServer, PostgresServer  # noqa: E402
-from tests.support.webui_server import WebUIServer  # noqa: E402
+from testkit.servers import MlflowServer, PostgresServer  # noqa: E402
+from testkit.webui import WebUIServer  # noqa: E402
 
 
 def _cpu() -> float:

@@ -31,8 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.airflow_env import DJ30_DIR, DJ30_SOURCE, AirflowHome, AirflowServices  # noqa: E402
-from tests.support.load import DJ30_TICKERS, PeakMemory  # noqa: E402
+import _common  # noqa: E402,F401 - loads tests/support as the package ``testkit`` (by file path)
+from testkit.airflow_env import AirflowHome, AirflowServices  # noqa: E402
+from testkit.data import DJ30_DIR, DJ30_SOURCE, DJ30_TICKERS  # noqa: E402
+from testkit.load import PeakMemory  # noqa: E402
 
 DAG_ID = "trademaster_autogen_pipeline_workflow"
 
@@ -68,7 +70,7 @@ def main() -> None:
         raise SystemExit(f"dj30 data not found at {DJ30_DIR}")
     from mlflow.tracking import MlflowClient
 
-    from tests.support.webui_server import WebUIServer
+    from testkit.webui import WebUIServer
 
     tickers = DJ30_TICKERS[: args.symbols]
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {_load()} (1/5/15 min)", flush=True)

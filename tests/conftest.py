@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DATA = SHARED / "data" / "trademaster"
-BTC_CSV = DATA / "algorithmic_trading" / "BTC" / "BTC.csv"
-DJ30_VALID = DATA / "portfolio_management" / "dj30" / "valid.csv"
-DJ30_TEST = DATA / "portfolio_management" / "dj30" / "test.csv"
-DJ30_BOTH = f"csv:{DJ30_VALID},{DJ30_TEST}"
+from tests.support.data import BTC_CSV, DJ30_TEST, DJ30_VALID, shared_data_missing  # noqa: F401 - re-exported
+from tests.support.data import DJ30_SOURCE as DJ30_BOTH  # noqa: F401
+from tests.support.data import REPO_ROOT as REPO
+from tests.support.data import SHARED_DATA as DATA  # noqa: F401
+from tests.support.data import SHARED_DIR as SHARED  # noqa: F401
+from tests.support.stores import sqlite_store, tracking_to
 
 # Environment variables a developer's shell may carry that would leak into tests.
 _LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
@@ -32,23 +31,15 @@ def _clean_environment(monkeypatch):
 
 
 def require_shared_data() -> None:
-    if not DATA.is_dir():
-        pytest.skip(f"shared data not found at {DATA} (CI has ../shared beside the clone)")
+    if reason := shared_data_missing():
+        pytest.skip(reason)
 
 
 @pytest.fixture
 def tracking_store(tmp_path, monkeypatch):
     """A fresh SQLite tracking store, created once here before any subprocess fans out."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    client.create_experiment("trademaster_autogen", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield uri
-    mlflow.set_tracking_uri(None)
+    with tracking_to(sqlite_store(tmp_path), monkeypatch) as uri:
+        yield uri
 
 
 def mlflow_run(entry_point: str, params: dict[str, str], *, env: dict[str, str] | None = None,
@@ -60,4 +51,4 @@ def mlflow_run(entry_point: str, params: dict[str, str], *, env: dict[str, str] 
         cmd += ["-P", f"{key}={value}"]
     full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-from tests.support.webui_server import webui_server  # noqa: E402,F401  (fixture)
+from tests.support.webui import webui_server  # noqa: E402,F401  (fixture)

@@ -31,9 +31,9 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import REPO, require_shared_data
-from tests.support.airflow_env import DJ30_SOURCE, AirflowHome
+from tests.support.airflow_env import airflow_stack
 from tests.support.fake_databricks import FakeDatabricks
-from tests.support.webui_server import WebUIServer
+from tests.support.webui import WebUIServer
 from tradeflow import orchestration as orch
 from tradeflow.config import ConfigError
 from tradeflow.names import SYMBOL_PATTERN
@@ -458,27 +458,15 @@ def test_databricks_runner_script_parses_its_arguments():
 def stack(tmp_path_factory):
     """Airflow home (migrated once), MLflow store (created before any fan-out), WebUI server."""
     require_shared_data()
-    from mlflow.tracking import MlflowClient
-
-    root = tmp_path_factory.mktemp("dag_e2e")
-    home = AirflowHome.create(root / "airflow")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    client = MlflowClient(uri)
-    client.search_experiments()
-    experiment_id = client.create_experiment("trademaster_autogen", artifact_location=(root / "artifacts").as_uri())
-    with WebUIServer() as server:
-        _seed_batch(server)
-        env = {
-            "MLFLOW_TRACKING_URI": uri,
-            "BACKEND_API_URL": server.url,
-            "TRADEFLOW_DATA_SOURCE": DJ30_SOURCE,
-            "TRADEFLOW_EPOCHS": "1",
-            "TRADEFLOW_SEED": "3",  # < link seed 7 < conf seed 11
-            "TRADEFLOW_TASK_RETRIES": "1",
-            "TRADEFLOW_RETRY_DELAY_S": "0",
-            "TRADEFLOW_LOG_LEVEL": "INFO",
-        }
-        yield SimpleNamespace(home=home, uri=uri, client=client, experiment_id=experiment_id, server=server, env=env)
+    env = {
+        "TRADEFLOW_EPOCHS": "1",
+        "TRADEFLOW_SEED": "3",  # < link seed 7 < conf seed 11
+        "TRADEFLOW_TASK_RETRIES": "1",
+        "TRADEFLOW_RETRY_DELAY_S": "0",
+        "TRADEFLOW_LOG_LEVEL": "INFO",
+    }
+    with airflow_stack(tmp_path_factory.mktemp("dag_e2e"), env=env, seed=_seed_batch) as stack:
+        yield stack
 
 
 def _dag_test(stack, conf) -> SimpleNamespace:

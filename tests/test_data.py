@@ -3,33 +3,31 @@ local server speaking the WebUI backend / IBKR Client Portal shapes."""
 
 from __future__ import annotations
 
-import json
 import math
 import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from datetime import date
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support.data import BTC_CSV, BTC_DIR, DJ30_TEST, DJ30_VALID, SHARED_DATA
+from tests.support.httpserver import BackgroundHTTPServer, Reply, Request
 from tradeflow.config import RunConfig, resolve_config
 from tradeflow.data import BAR_COLUMNS, DataError, MarketData, load_market_data, validate_bars
 from tradeflow.data import ibkr as data_ibkr
 from tradeflow.data.ibkr import history_period
 from tradeflow.data.synthetic import SYNTHETIC_END, SYNTHETIC_NOTE
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trademaster"
-BTC = DATA / "algorithmic_trading" / "BTC" / "BTC.csv"
-BTC_TEST = DATA / "algorithmic_trading" / "BTC" / "test.csv"
-DJ_VALID = DATA / "portfolio_management" / "dj30" / "valid.csv"
-DJ_TEST = DATA / "portfolio_management" / "dj30" / "test.csv"
+DATA = SHARED_DATA
+BTC = BTC_CSV
+BTC_TEST = BTC_DIR / "test.csv"
+DJ_VALID = DJ30_VALID
+DJ_TEST = DJ30_TEST
 DJ30_TICKERS = ("AAPL, AMGN, AXP, BA, CAT, CRM, CSCO, CVX, DIS, GS, HD, HON, IBM, INTC, JNJ, JPM, KO, MCD, "
                 "MMM, MRK, MSFT, NKE, PG, TRV, UNH, V, VZ, WBA, WMT")
 #: sha256 of BTC.csv's bars in tradeflow's canonical serialisation; must never drift
@@ -302,32 +300,23 @@ class Services:
         return 404, {"detail": "Not Found"}
 
 
+class _ServicesServer(BackgroundHTTPServer):
+    name = "data-services"
+
+    def __init__(self, state: Services) -> None:
+        super().__init__()
+        self.state = state
+
+    def handle(self, request: Request) -> Reply:
+        status, body = self.state.answer(request.path, {k: [v] for k, v in request.query.items()})
+        return Reply(status, body)
+
+
 @pytest.fixture
 def services() -> Iterator[tuple[Services, str]]:
     state = Services()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            url = urlsplit(self.path)
-            status, body = state.answer(url.path, parse_qs(url.query))
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _ServicesServer(state) as server:
+        yield state, server.url
 
 
 @pytest.fixture(autouse=True)

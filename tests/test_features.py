@@ -3,12 +3,12 @@ upstream did not back-fill, free of look-ahead, and split chronologically with a
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support.data import BTC_CSV, DJ30_TEST, DJ30_VALID, SHARED_DATA
 from tradeflow.config import SplitConfig, resolve_config
 from tradeflow.data import BAR_COLUMNS, DataError, MarketData, load_market_data
 from tradeflow.features import (
@@ -20,10 +20,10 @@ from tradeflow.features import (
     split_for_run,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trademaster"
-BTC = DATA / "algorithmic_trading" / "BTC" / "BTC.csv"
-DJ_VALID = DATA / "portfolio_management" / "dj30" / "valid.csv"
-DJ_TEST = DATA / "portfolio_management" / "dj30" / "test.csv"
+DATA = SHARED_DATA
+BTC = BTC_CSV
+DJ_VALID = DJ30_VALID
+DJ_TEST = DJ30_TEST
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import REPO, require_shared_data
-from tests.support.airflow_env import DJ30_SOURCE, AirflowHome
-from tests.support.webui_server import WebUIServer
+from tests.support.airflow_env import airflow_stack
 from tradeflow import orchestration as orch
 from tradeflow.config import ConfigError
 
@@ -87,19 +85,9 @@ def test_the_dag_pins_its_engine(monkeypatch):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     require_shared_data()
-    from mlflow.tracking import MlflowClient
-
-    root = tmp_path_factory.mktemp("finagent_dag")
-    home = AirflowHome.create(root / "airflow")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    client = MlflowClient(uri)
-    client.search_experiments()
-    experiment_id = client.create_experiment("trademaster_autogen", artifact_location=(root / "artifacts").as_uri())
-    with WebUIServer() as server:
-        env = {"MLFLOW_TRACKING_URI": uri, "BACKEND_API_URL": server.url, "TRADEFLOW_DATA_SOURCE": DJ30_SOURCE,
-               "TRADEFLOW_TASK_RETRIES": "0", "TRADEFLOW_LOG_LEVEL": "INFO",
-               "FINAGENT_BACKEND": str(STUB_BACKEND)}
-        yield SimpleNamespace(home=home, client=client, experiment_id=experiment_id, server=server, env=env)
+    env = {"TRADEFLOW_TASK_RETRIES": "0", "TRADEFLOW_LOG_LEVEL": "INFO", "FINAGENT_BACKEND": str(STUB_BACKEND)}
+    with airflow_stack(tmp_path_factory.mktemp("finagent_dag"), env=env) as stack:
+        yield stack
 
 
 def _dag_test(stack, conf):

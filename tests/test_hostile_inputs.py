@@ -20,7 +20,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
+from tests.support.data import SHARED_DATA
 from tests.support.hostile_server import HostileServer
+from tests.support.stores import sqlite_store, tracking_to
 from tradeflow import orchestration as orch
 from tradeflow.config import ConfigError, resolve_config
 from tradeflow.webui import WebUIClient, WebUIError
@@ -31,20 +33,13 @@ DAG_ID = orch.DAG_ID
 @pytest.fixture(scope="module")
 def _module_store(tmp_path_factory):
     """One SQLite store for the module's store-backed cases (creating one costs seconds)."""
-    tmp = tmp_path_factory.mktemp("hostile_store")
-    uri = f"sqlite:///{tmp / 'mlruns.db'}"
-    MlflowClient(uri).create_experiment("trademaster_autogen", artifact_location=(tmp / "artifacts").as_uri())
-    return uri
+    return sqlite_store(tmp_path_factory.mktemp("hostile_store"))
 
 
 @pytest.fixture
 def store(_module_store, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", _module_store)
-    mlflow.set_tracking_uri(_module_store)
-    yield _module_store
-    mlflow.set_tracking_uri(None)
+    with tracking_to(_module_store, monkeypatch) as uri:
+        yield uri
 
 
 def _one_line(exc: BaseException) -> str:
@@ -303,7 +298,7 @@ def test_csv_content_is_never_echoed_and_link_paths_are_restricted(tmp_path):
             orch.check_link_files({"data_source": source}, "AAPL", environ={})
         _one_line(caught.value)
     orch.check_link_files({"data_source": f"csv:{secret}"}, "AAPL", environ={"TRADEFLOW_CSV_ROOTS": str(tmp_path)})
-    shared = REPO.parent / "shared" / "data" / "trademaster" / "x.csv"
+    shared = SHARED_DATA / "x.csv"
     orch.check_link_files({"data_source": f"csv:{shared}"}, "AAPL", environ={})  # the default root
 
 

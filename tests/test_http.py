@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.support.hostile_server import HostileServer
-from tests.support.webui_server import WebUIServer, webui_server  # noqa: F401 - fixture
+from tests.support.webui import WebUIServer, webui_server  # noqa: F401 - fixture
 from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy, is_transient
 from tradeflow.webui import STEP_CHART, STEP_LLM, STEP_SIGNAL, WebUIClient, WebUIError, chart_artifact, llm_artifact
 

@@ -24,7 +24,8 @@ import pytest
 
 from tests.conftest import DJ30_TEST, DJ30_VALID, REPO, require_shared_data
 from tests.support.ibkr_gateway import IBKRGateway
-from tests.support.webui_server import trademaster_bars
+from tests.support.stores import sqlite_store, tracking_to
+from tests.support.webui import trademaster_bars
 from tradeflow.ibkr import client as cp
 from tradeflow.ibkr import workflow as wf
 from tradeflow.ibkr.config import DEFAULT_STRATEGY_FILE, StrategyError, load_strategy, parse_strategy
@@ -42,22 +43,13 @@ def bars():
 @pytest.fixture(scope="module")
 def _module_store(tmp_path_factory) -> str:
     """One MLflow SQLite store for the module (creating one costs seconds of migrations)."""
-    from mlflow.tracking import MlflowClient
-
-    root = tmp_path_factory.mktemp("ibkr-mlflow")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    MlflowClient(uri).create_experiment("ibkr_test", artifact_location=(root / "artifacts").as_uri())
-    return uri
+    return sqlite_store(tmp_path_factory.mktemp("ibkr-mlflow"), "ibkr_test")
 
 
 @pytest.fixture
 def ibkr_experiment(_module_store, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", _module_store)
-    mlflow.set_tracking_uri(_module_store)
-    yield _module_store
-    mlflow.set_tracking_uri(None)
+    with tracking_to(_module_store, monkeypatch) as uri:
+        yield uri
 
 
 @pytest.fixture
@@ -400,7 +392,7 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
 def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path, ibkr_experiment, monkeypatch, caplog):
     from mlflow.tracking import MlflowClient
 
-    from tests.support.webui_server import WebUIServer
+    from tests.support.webui import WebUIServer
     from tradeflow.ibkr import tracking
     from tradeflow.ibkr.airflow import operators as ops
 

@@ -22,7 +22,7 @@ import yaml
 from tests.conftest import DJ30_TEST, DJ30_VALID, require_shared_data
 from tests.support.airflow_env import AirflowHome
 from tests.support.ibkr_gateway import IBKRGateway
-from tests.support.webui_server import WebUIServer, trademaster_bars
+from tests.support.webui import WebUIServer, trademaster_bars
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,10 @@ training config (1 epoch, 8 hidden units, ~275 bars, rules reviewer; ``tiny_conf
    mid-training and mid-persist and retried by Airflow, a batch with one corrupt symbol in the
    middle, and the SQLite store with the DAG's parallelism (one of its symbols reviewed by an LLM
    endpoint that is down). The fault cases reuse the load test's symbols and config, so their
-   train/inference/review stages come from the stage cache.
+   train/inference/review stages come from the stage cache. Each case has its own tests
+   (``fault_case``) and runs alone when only they are selected
+   (``pytest tests/test_load_faults.py -k webui_down``; the cases are ``FAULT_CASES``); selected
+   together, the cases still share one world and run at the same time.
 
 Known bugs are strict xfails naming file and cause. Counts and outcomes go to the terminal
 summary ("tradeflow load & faults"), with or without ``-s``. Budget: ~7 min on 2 cores.
@@ -44,10 +47,10 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DJ30_TEST, DJ30_VALID, require_shared_data
+from tests.conftest import require_shared_data
 from tests.support.airflow_env import AirflowHome
+from tests.support.data import DJ30_TEST, DJ30_TICKERS, DJ30_VALID
 from tests.support.load import (
-    DJ30_TICKERS,
     EXPERIMENT,
     STAGES,
     ArtifactAudit,
@@ -64,7 +67,7 @@ from tests.support.load import (
     wait_for,
 )
 from tests.support.servers import MlflowServer, PostgresServer, free_port, skip_if_no_postgres
-from tests.support.webui_server import WebUIServer
+from tests.support.webui import WebUIServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -318,21 +321,50 @@ def _on_persist_start(case: Case, action) -> threading.Thread:
     return thread
 
 
+FAULT_CASES = ("webui_down", "webui_slow_get", "webui_5xx", "webui_malformed", "webui_slow_post", "worker_killed",
+               "corrupt_symbol", "sqlite_store")
+_WEBUI_CASES = {"webui_down": "down", "webui_slow_get": "slow_get", "webui_5xx": "5xx",
+                "webui_malformed": "malformed", "webui_slow_post": "slow_post"}
+
+
+def fault_case(*names: str):
+    """Which fault scenarios a test checks: the ``faults`` fixture runs the scenarios of the tests
+    selected in this session only (``-k webui_down`` runs that scenario alone)."""
+    assert set(names) <= set(FAULT_CASES), names
+
+    def mark(test):
+        test.fault_cases = names
+        return test
+
+    return mark
+
+
+def _selected_cases(request) -> list[str]:
+    """The fault cases of this module's tests that pytest collected and kept (``-k``, node ids)."""
+    wanted = {case for item in request.session.items if item.module is request.module
+              for case in getattr(getattr(item, "function", None), "fault_cases", ())}
+    return [case for case in FAULT_CASES if case in wanted]
+
+
 @pytest.fixture(scope="module")
-def faults(world):
-    """Every fault case at once (2 cores are busy most of the time, see the module docstring):
+def faults(world, request):
+    """The selected fault cases at once (2 cores are busy most of the time, see the module docstring):
 
     - WebUI cases: ``pipeline`` runs of one symbol (train/inference/review from the cache), each
       against its own WebUI server: down, slow GETs, 5xx after storing, malformed JSON, slow POSTs;
       then the recovery re-runs (same execution) of the two that failed;
-    - kill: one symbol, a fresh config (12 epochs), 2 Airflow retries; try 1 and try 2 are
+    - worker_killed: one symbol, a fresh config (12 epochs), 2 Airflow retries; try 1 and try 2 are
       SIGKILLed (``_kill_attempts``), try 3 runs to the end, reusing what try 2 finished;
-    - corrupt: 3 symbols by priority, the middle one's WebUI link points at a CSV with a NaN close;
-    - sqlite: the orchestration functions with the DAG's P symbol slots on a SQLite store created
+    - corrupt_symbol: 3 symbols by priority, the middle one's WebUI link points at a CSV with a NaN close;
+    - sqlite_store: the orchestration functions with the DAG's P symbol slots on a SQLite store created
       before the fan-out; its second symbol's WebUI link sets reviewer=openai_compatible, with
-      LLM_BASE_URL at a port nobody listens on (the LLM endpoint down)."""
+      LLM_BASE_URL at a port nobody listens on (the LLM endpoint down).
+
+    Only the cases of the tests selected in this session run (``_selected_cases``); selected
+    together they share this one world and run concurrently, as one scenario each."""
     from tradeflow.orchestration import DagSettings
 
+    selected = _selected_cases(request)
     symbol = world.symbols[0]
     tag = f"{int(time.time())}"
     if "load_run_ids" not in world.state:  # run alone: fill the stage cache first (else the cases race)
@@ -340,62 +372,69 @@ def faults(world):
                                env=world.env(), log_path=world.tmp / "faults" / "warm.log")
         assert warm.wait(timeout=600) == 0, warm.output[-4000:]
     t0_ms, t0, cpu0 = _now_ms(), time.perf_counter(), _cpu_children()
-    out: dict[str, Any] = {"world": world, "symbol": symbol, "t0_ms": t0_ms}
+    out: dict[str, Any] = {"world": world, "symbol": symbol, "t0_ms": t0_ms, "selected": selected}
     with contextlib.ExitStack() as stack:
-        web_kill, web_bad, web_sqlite = (stack.enter_context(WebUIServer()) for _ in range(3))
-
         # the kill case first: it is the longest (3 attempts, one fresh training)
-        kill_symbol = world.symbols[-1]
-        kill = DagTest.start(clone_airflow_home(world.template, world.tmp / "kill"),
-                             conf={"symbol": kill_symbol, "config": {"trademaster": {"epochs": 12}}},
-                             env=world.env(BACKEND_API_URL=web_kill.url, TRADEFLOW_TASK_RETRIES="2",
-                                           TRADEFLOW_RETRY_DELAY_S="0"), label="kill")
-        stack.callback(lambda: kill.proc.poll() is None and kill.kill())
-        out["kill"] = {"symbol": kill_symbol, "events": []}
+        if "worker_killed" in selected:
+            web_kill = stack.enter_context(WebUIServer())
+            kill_symbol = world.symbols[-1]
+            kill = DagTest.start(clone_airflow_home(world.template, world.tmp / "kill"),
+                                 conf={"symbol": kill_symbol, "config": {"trademaster": {"epochs": 12}}},
+                                 env=world.env(BACKEND_API_URL=web_kill.url, TRADEFLOW_TASK_RETRIES="2",
+                                               TRADEFLOW_RETRY_DELAY_S="0"), label="kill")
+            stack.callback(lambda: kill.proc.poll() is None and kill.kill())
+            out["kill"] = {"symbol": kill_symbol, "events": [], "web": web_kill, "dag": kill}
 
-        # corrupt batch
-        good1, bad, good2 = world.symbols[0], world.symbols[1], world.symbols[2]
-        path, day = _corrupt_csv(world.tmp / "dj30_test_corrupt.csv", bad)
-        web_bad.seed_symbol(good1, priority=3)
-        web_bad.seed_symbol(bad, priority=2, config={"data_source": f"csv:{DJ30_VALID},{path}"})
-        web_bad.seed_symbol(good2, priority=1)
-        home_bad = clone_airflow_home(world.template, world.tmp / "corrupt")
-        corrupt = DagTest.start(home_bad, env=world.env(BACKEND_API_URL=web_bad.url, TRADEFLOW_TASK_RETRIES="1",
-                                                        TRADEFLOW_RETRY_DELAY_S="0",
-                                                        TRADEFLOW_CSV_ROOTS=f"{DJ30_VALID.parent}:{world.tmp}"),
-                                label="corrupt")
-        stack.callback(lambda: corrupt.proc.poll() is None and corrupt.kill())
-        out["corrupt"] = {"symbols": (good1, bad, good2), "path": path, "day": day, "home": home_bad}
+        if "corrupt_symbol" in selected:
+            web_bad = stack.enter_context(WebUIServer())
+            good1, bad, good2 = world.symbols[0], world.symbols[1], world.symbols[2]
+            path, day = _corrupt_csv(world.tmp / "dj30_test_corrupt.csv", bad)
+            web_bad.seed_symbol(good1, priority=3)
+            web_bad.seed_symbol(bad, priority=2, config={"data_source": f"csv:{DJ30_VALID},{path}"})
+            web_bad.seed_symbol(good2, priority=1)
+            home_bad = clone_airflow_home(world.template, world.tmp / "corrupt")
+            corrupt = DagTest.start(home_bad, env=world.env(BACKEND_API_URL=web_bad.url, TRADEFLOW_TASK_RETRIES="1",
+                                                            TRADEFLOW_RETRY_DELAY_S="0",
+                                                            TRADEFLOW_CSV_ROOTS=f"{DJ30_VALID.parent}:{world.tmp}"),
+                                    label="corrupt")
+            stack.callback(lambda: corrupt.proc.poll() is None and corrupt.kill())
+            out["corrupt"] = {"symbols": (good1, bad, good2), "path": path, "day": day, "home": home_bad,
+                              "web": web_bad, "dag": corrupt}
 
-        # SQLite with the DAG's parallelism (+ the LLM endpoint down for one symbol)
-        parallel = DagSettings.from_env({}).parallel_symbols
-        sqlite_symbols = list(DJ30_TICKERS[len(DJ30_TICKERS) - parallel:])
-        directory = world.tmp / "sqlite"
-        directory.mkdir()
-        uri = f"sqlite:///{directory / 'mlruns.db'}"
-        sqlite_client = MlflowClient(uri)
-        sqlite_client.create_experiment(EXPERIMENT, artifact_location=(directory / "artifacts").as_uri())
-        llm_symbol = sqlite_symbols[-1]
-        for rank, name in enumerate(sqlite_symbols):
-            web_sqlite.seed_symbol(name, priority=10 - rank,
-                                   config={"reviewer": "openai_compatible"} if name == llm_symbol else None)
-        dead_llm = f"http://127.0.0.1:{free_port()}/v1"
-        sqlite_env = {"MLFLOW_TRACKING_URI": uri, "BACKEND_API_URL": web_sqlite.url, **tiny_config_env(),
-                      "LLM_BASE_URL": dead_llm, "LLM_MODEL": "gpt-dead", "LLM_API_KEY": "sk-test-not-a-key"}
-        sqlite_proc = drive_dag_run("sqlite-1", parallel=parallel, env=sqlite_env)
-        stack.callback(lambda: sqlite_proc.poll() is None and sqlite_proc.kill())
-        out["sqlite"] = {"parallel": parallel, "symbols": sqlite_symbols, "llm_symbol": llm_symbol, "uri": uri,
-                         "db": directory / "mlruns.db", "client": sqlite_client, "dead_llm": dead_llm}
+        if "sqlite_store" in selected:  # SQLite with the DAG's parallelism (+ the LLM endpoint down for one symbol)
+            web_sqlite = stack.enter_context(WebUIServer())
+            parallel = DagSettings.from_env({}).parallel_symbols
+            sqlite_symbols = list(DJ30_TICKERS[len(DJ30_TICKERS) - parallel:])
+            directory = world.tmp / "sqlite"
+            directory.mkdir()
+            uri = f"sqlite:///{directory / 'mlruns.db'}"
+            sqlite_client = MlflowClient(uri)
+            sqlite_client.create_experiment(EXPERIMENT, artifact_location=(directory / "artifacts").as_uri())
+            llm_symbol = sqlite_symbols[-1]
+            for rank, name in enumerate(sqlite_symbols):
+                web_sqlite.seed_symbol(name, priority=10 - rank,
+                                       config={"reviewer": "openai_compatible"} if name == llm_symbol else None)
+            dead_llm = f"http://127.0.0.1:{free_port()}/v1"
+            sqlite_env = {"MLFLOW_TRACKING_URI": uri, "BACKEND_API_URL": web_sqlite.url, **tiny_config_env(),
+                          "LLM_BASE_URL": dead_llm, "LLM_MODEL": "gpt-dead", "LLM_API_KEY": "sk-test-not-a-key"}
+            sqlite_proc = drive_dag_run("sqlite-1", parallel=parallel, env=sqlite_env)
+            stack.callback(lambda: sqlite_proc.poll() is None and sqlite_proc.kill())
+            out["sqlite"] = {"parallel": parallel, "symbols": sqlite_symbols, "llm_symbol": llm_symbol, "uri": uri,
+                             "db": directory / "mlruns.db", "client": sqlite_client, "dead_llm": dead_llm,
+                             "web": web_sqlite}
 
         # the WebUI cases
-        servers = {name: stack.enter_context(WebUIServer())
-                   for name in ("down", "slow_get", "5xx", "malformed", "slow_post")}
+        servers = {_WEBUI_CASES[case]: stack.enter_context(WebUIServer()) for case in selected if case in _WEBUI_CASES}
         cases = {name: Case(name, f"fault-{name}-{tag}", web, world.env(BACKEND_API_URL=web.url))
                  for name, web in servers.items()}
         out["cases"] = cases
-        servers["down"].stop()  # connection refused on its port from the start
-        servers["5xx"].set_mode("error_then_recover", count=3, status=[502, 503, 500], after=True, methods=["POST"])
-        servers["malformed"].set_mode("malformed")
+        if "down" in servers:
+            servers["down"].stop()  # connection refused on its port from the start
+        if "5xx" in servers:
+            servers["5xx"].set_mode("error_then_recover", count=3, status=[502, 503, 500], after=True,
+                                    methods=["POST"])
+        if "malformed" in servers:
+            servers["malformed"].set_mode("malformed")
         for case in cases.values():
             case.run = MlflowRun.start("pipeline", {"symbol": symbol, "execution_id": case.execution_id},
                                        env=case.env, log_path=world.tmp / "faults" / f"{case.name}.log",
@@ -404,14 +443,16 @@ def faults(world):
         # read timeout; the retry comes 15.5 s later, and a second one 16.5 s after that at worst,
         # outside the window: the look-up recovers. slow_post: a POST sleeps 22 s, then is stored; the
         # client timed out at 15 s and keeps looking the artifact up (settle window) until it appears.
-        watchers = [
-            _on_persist_start(cases["slow_get"], lambda: servers["slow_get"].set_mode(
-                "slow", delay_s=16, methods=["GET"], for_s=30)),
-            _on_persist_start(cases["slow_post"], lambda: servers["slow_post"].set_mode(
-                "slow", delay_s=22, methods=["POST"], for_s=30)),
-        ]
+        watchers = []
+        if "slow_get" in cases:
+            watchers.append(_on_persist_start(cases["slow_get"], lambda: servers["slow_get"].set_mode(
+                "slow", delay_s=16, methods=["GET"], for_s=30)))
+        if "slow_post" in cases:
+            watchers.append(_on_persist_start(cases["slow_post"], lambda: servers["slow_post"].set_mode(
+                "slow", delay_s=22, methods=["POST"], for_s=30)))
 
-        _kill_attempts(world, kill, web_kill, kill_symbol, t0_ms, out["kill"])
+        if "kill" in out:
+            _kill_attempts(world, out["kill"]["dag"], out["kill"]["web"], out["kill"]["symbol"], t0_ms, out["kill"])
 
         for case in cases.values():
             case.returncode = case.run.wait(timeout=600)
@@ -420,33 +461,40 @@ def faults(world):
         for watcher in watchers:
             watcher.join(timeout=5)
         # the backend is back: re-run the SAME execution of the WebUI cases that failed
-        for name in ("down", "malformed"):
+        recover = [name for name in ("down", "malformed") if name in cases]
+        for name in recover:
             case = cases[name]
             case.phase1 = {"returncode": case.returncode, "output": case.output,
                            "artifacts": case.web.artifacts(), "seconds": case.seconds}
-        servers["down"].start()
-        servers["malformed"].set_mode("normal")
+        if "down" in servers:
+            servers["down"].start()
+        if "malformed" in servers:
+            servers["malformed"].set_mode("normal")
         reruns = {name: MlflowRun.start("pipeline", {"symbol": symbol, "execution_id": cases[name].execution_id},
                                         env=cases[name].env, log_path=world.tmp / "faults" / f"{name}-rerun.log")
-                  for name in ("down", "malformed")}
+                  for name in recover}
         for name, rerun in reruns.items():
             cases[name].returncode = rerun.wait(timeout=600)
             cases[name].output = rerun.output
             cases[name].seconds = rerun.seconds
 
-        out["kill"]["result"] = kill.wait(timeout=700)
-        out["corrupt"]["result"] = corrupt.wait(timeout=700)
-        sqlite_out, sqlite_err = sqlite_proc.communicate(timeout=700)
-        out["sqlite"].update(returncode=sqlite_proc.returncode, stdout=sqlite_out, stderr=sqlite_err)
+        if "kill" in out:
+            out["kill"]["result"] = out["kill"]["dag"].wait(timeout=700)
+        if "corrupt" in out:
+            out["corrupt"]["result"] = out["corrupt"]["dag"].wait(timeout=700)
+        if "sqlite" in out:
+            sqlite_out, sqlite_err = sqlite_proc.communicate(timeout=700)
+            out["sqlite"].update(returncode=sqlite_proc.returncode, stdout=sqlite_out, stderr=sqlite_err)
         # a POST that came in during slow_post's 30 s window is stored 22 s later: wait for it
-        if cases["slow_post"].armed_at is not None:
+        if "slow_post" in cases and cases["slow_post"].armed_at is not None:
             time.sleep(max(0.0, cases["slow_post"].armed_at + 30 + 22 + 1 - time.perf_counter()))
-        for name, web in (("kill", web_kill), ("corrupt", web_bad), ("sqlite", web_sqlite)):
-            out[name]["artifacts"] = web.artifacts()
-            out[name]["requests"] = web.requests
-        _SUMMARY.add("faults", f"all fault cases at once: {len(cases)} WebUI pipelines (+2 recovery re-runs), the "
-                               f"worker-kill DAG run, the corrupt-symbol DAG run, the SQLite DAG run (P={parallel}) in "
-                               f"{time.perf_counter() - t0:.0f} s wall, client CPU {_cpu_children() - cpu0:.0f} s")
+        for name in ("kill", "corrupt", "sqlite"):
+            if name in out:
+                out[name]["artifacts"] = out[name]["web"].artifacts()
+                out[name]["requests"] = out[name]["web"].requests
+        _SUMMARY.add("faults", f"fault cases at once: {', '.join(selected)} ({len(cases)} WebUI pipelines + "
+                               f"{len(reruns)} recovery re-runs) in {time.perf_counter() - t0:.0f} s wall, "
+                               f"client CPU {_cpu_children() - cpu0:.0f} s")
         yield out
 
 
@@ -467,6 +515,7 @@ def _check_recovered_execution(world, case: Case, symbol: str) -> dict[str, Any]
     return {"pipeline": pipeline, "stages": stages, "artifacts": audit}
 
 
+@fault_case("webui_down")
 def test_webui_down_fails_clearly_then_recovers(faults):
     world, case, symbol = faults["world"], faults["cases"]["down"], faults["symbol"]
     first = case.phase1
@@ -499,7 +548,8 @@ def test_webui_down_fails_clearly_then_recovers(faults):
                           f"resolve_targets: WebUIError \"{str(err.value)[:80]}...\"")
 
 
-def test_webui_slow_read_timeout_then_recovers(faults):
+@fault_case("webui_slow_get")
+def test_webui_slow_get_read_timeout_then_recovers(faults):
     world, case, symbol = faults["world"], faults["cases"]["slow_get"], faults["symbol"]
     assert case.returncode == 0, case.output[-4000:]
     slow = [r for r in case.web.requests if r["fault"] == "slow"]
@@ -511,6 +561,7 @@ def test_webui_slow_read_timeout_then_recovers(faults):
             f"artifacts {dict(done['artifacts'].per_type())}; {'; '.join(case.events)}")
 
 
+@fault_case("webui_5xx")
 def test_webui_5xx_then_recovers_without_duplicates(faults):
     world, case, symbol = faults["world"], faults["cases"]["5xx"], faults["symbol"]
     assert case.returncode == 0, case.output[-4000:]
@@ -524,6 +575,7 @@ def test_webui_5xx_then_recovers_without_duplicates(faults):
                                          f"{dict(done['artifacts'].per_type())}")
 
 
+@fault_case("webui_malformed")
 def test_webui_malformed_json_fails_clearly_then_recovers(faults):
     world, case, symbol = faults["world"], faults["cases"]["malformed"], faults["symbol"]
     first = case.phase1
@@ -539,6 +591,7 @@ def test_webui_malformed_json_fails_clearly_then_recovers(faults):
                                     f"0 artifacts; re-run FINISHED, artifacts {dict(done['artifacts'].per_type())}")
 
 
+@fault_case("webui_slow_post")
 def test_webui_slow_post_stored_after_timeout_is_not_duplicated(faults):
     world, case = faults["world"], faults["cases"]["slow_post"]
     posts = [(r["body"] or {}).get("type") for r in case.web.requests if r["method"] == "POST"]
@@ -613,6 +666,7 @@ def _kill_attempts(world, dag: DagTest, web: WebUIServer, symbol: str, t0_ms: in
     web.set_mode("normal")
 
 
+@fault_case("worker_killed")
 def test_worker_killed_mid_training_then_retried(faults):
     world, case = faults["world"], faults["kill"]
     symbol, result = case["symbol"], case["result"]
@@ -648,6 +702,7 @@ def test_worker_killed_mid_training_then_retried(faults):
                                          f"{len(patched)} PATCH from the retry); the try-1 train run is FAILED")
 
 
+@fault_case("worker_killed")
 def test_worker_killed_leaves_no_run_running(faults):
     world, case = faults["world"], faults["kill"]
     store = StoreAudit.collect(world.client)
@@ -659,6 +714,7 @@ def test_worker_killed_leaves_no_run_running(faults):
     assert not running, running
 
 
+@fault_case("corrupt_symbol")
 def test_corrupt_symbol_mid_batch_fails_by_name(faults):
     world, case = faults["world"], faults["corrupt"]
     (good1, bad, good2), path, day, result = case["symbols"], case["path"], case["day"], case["result"]
@@ -688,6 +744,7 @@ def test_corrupt_symbol_mid_batch_fails_by_name(faults):
                                       f"parent run FAILED")
 
 
+@fault_case("sqlite_store")
 def test_sqlite_store_with_the_dags_parallelism(faults):
     case = faults["sqlite"]
     parallel, symbols, client = case["parallel"], case["symbols"], case["client"]
@@ -715,7 +772,8 @@ def test_sqlite_store_with_the_dags_parallelism(faults):
     assert parallel < 2 or overlap > 5, f"the pipelines did not run concurrently ({overlap:.1f} s overlap)"
 
 
-def test_llm_endpoint_down_falls_back_to_hold(faults):
+@fault_case("sqlite_store")
+def test_sqlite_store_llm_endpoint_down_falls_back_to_hold(faults):
     case = faults["sqlite"]
     client, symbol = case["client"], case["llm_symbol"]
     assert case["returncode"] == 0, (case["stdout"] + case["stderr"])[-6000:]
@@ -737,9 +795,10 @@ def test_llm_endpoint_down_falls_back_to_hold(faults):
                                  f"HOLD 0.0 carrying the reason")
 
 
+@fault_case(*FAULT_CASES)
 def test_faults_left_nothing_else_running(faults):
     """Apart from the kill case's orphan (strict xfail above), no fault case left a run RUNNING."""
-    world = faults["world"]
-    orphans = set(faults["kill"].get("in_flight", {}).values()) - {faults["kill"].get("killed_train")}
+    world, kill = faults["world"], faults.get("kill", {})
+    orphans = set(kill.get("in_flight", {}).values()) - {kill.get("killed_train")}
     running = [line for line in world.running_since(faults["t0_ms"]) if line.split()[2] not in orphans]
     assert not running, running

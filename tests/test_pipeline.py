@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import DJ30_BOTH, mlflow_run, require_shared_data
-from tests.support.webui_server import WebUIServer
+from tests.support.webui import WebUIServer
 from tradeflow.projects import recorded_params
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """Which symbols a DAG run runs: WebUI auto-triggers are checked against the WebUI (enabled symbol,
 active link), a person's conf.symbol runs and is told, scheduled batches honour each link's session.
-Against the contract server (tests/support/webui_server.py)."""
+Against the contract server (tests/support/webui/)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.support.webui_server import webui_server  # noqa: F401 - fixture
+from tests.support.webui import webui_server  # noqa: F401 - fixture
 from tradeflow import orchestration as orch
 from tradeflow.sessions import Session, SessionError
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import DJ30_TEST, REPO, require_shared_data
-from tests.support.webui_server import WebUIServer, trademaster_bars, webui_server  # noqa: F401 - fixture
+from tests.support.webui import WebUIServer, trademaster_bars, webui_server  # noqa: F401 - fixture
 from tradeflow.webui import (
     DAG_ID,
     STEP_LLM,
@@ -313,7 +313,7 @@ def test_standalone_process_serves_state_file_and_takes_control_over_http(tmp_pa
     bar = {"t": 1609718400000, "o": 1, "h": 2, "l": 0.5, "c": 1.5, "v": 10}
     state.write_text(json.dumps({"symbols": [{"symbol": "NVDA", "priority": 2, "workflows": [{"dag_id": DAG_ID}]}],
                                  "market_data": [{"symbol": "NVDA", "bars": [bar]}]}))
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.webui_server", "--port", "0", "--state-file", str(state)],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.webui", "--port", "0", "--state-file", str(state)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()

@@ -12,25 +12,24 @@ DB migrated once, only this repository's ``dags/`` folder, and ``airflow dags te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .data import DJ30_DIR, DJ30_SOURCE, REPO_ROOT, SHARED_DIR  # noqa: F401 - re-exported
+
 DAGS_FOLDER = REPO_ROOT / "dags"
-SHARED_DIR = REPO_ROOT.parent / "shared"
-DJ30_DIR = SHARED_DIR / "data" / "trademaster" / "portfolio_management" / "dj30"
-#: The CSV data source of tests and benchmarks: TradeMaster's dj30 2020 + 2021 files, all tickers.
-DJ30_SOURCE = f"csv:{DJ30_DIR / 'valid.csv'},{DJ30_DIR / 'test.csv'}"
 
 _NOT_INHERITED = ("AIRFLOW", "MLFLOW_", "TRADEFLOW_", "BACKEND_API_")
-_RUN_ID_RE = re.compile(r"run_id=(manual__[0-9T:.+\-]+)")
+RUN_ID_RE = re.compile(r"run_id=(manual__[0-9T:.+\-]+)")
 
 
 def airflow_bin() -> str:
@@ -114,7 +113,7 @@ class AirflowHome:
         proc = subprocess.run(cmd, env=self.env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=timeout, cwd=str(REPO_ROOT))
         seconds = time.perf_counter() - started
-        match = _RUN_ID_RE.search(proc.stdout)
+        match = RUN_ID_RE.search(proc.stdout)
         return DagTestResult(proc.returncode, proc.stdout, seconds, match.group(1) if match else None)
 
     def task_states(self, dag_id: str, run_id: str) -> dict[tuple[str, int], str]:
@@ -134,6 +133,32 @@ class AirflowHome:
         return row[0] if row else None
 
 
+@contextlib.contextmanager
+def airflow_stack(root: Path, *, env: Mapping[str, str] | None = None,
+                  seed: Callable[[Any], None] | None = None) -> Iterator[SimpleNamespace]:
+    """What the ``airflow dags test`` suites share: an Airflow home (migrated once), a SQLite MLflow
+    store with the experiment created before any fan-out, and a WebUI server (``seed(server)``
+    fills it). ``stack.env``: the store, the server and the dj30 data, then ``env``.
+
+    Yields ``SimpleNamespace(home, uri, client, experiment_id, server, env)``."""
+    from mlflow.tracking import MlflowClient
+
+    from .stores import EXPERIMENT, sqlite_store
+    from .webui import WebUIServer
+
+    home = AirflowHome.create(root / "airflow")
+    uri = sqlite_store(root)
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    with WebUIServer() as server:
+        if seed is not None:
+            seed(server)
+        full_env = {"MLFLOW_TRACKING_URI": uri, "BACKEND_API_URL": server.url, "TRADEFLOW_DATA_SOURCE": DJ30_SOURCE,
+                    **(env or {})}
+        yield SimpleNamespace(home=home, uri=uri, client=client, experiment_id=experiment_id, server=server,
+                              env=full_env)
+
+
 class AirflowServices:
     """A real Airflow on this machine: api-server (Execution API for task workers), scheduler
     (LocalExecutor) and dag-processor, on an ``AirflowHome``. For benchmarks: the scheduler
@@ -146,7 +171,7 @@ class AirflowServices:
 
     def __init__(self, home: AirflowHome, *, env: Mapping[str, str] | None = None, parallelism: int = 8,
                  log_dir: Path | None = None) -> None:
-        from tests.support.servers import free_port
+        from .servers import free_port
 
         self.home = home
         self.port = free_port()
@@ -165,7 +190,7 @@ class AirflowServices:
         self._procs: list[tuple[str, subprocess.Popen]] = []
 
     def __enter__(self) -> AirflowServices:
-        from tests.support.servers import wait_for_http
+        from .servers import wait_for_http
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         commands = {"api-server": [airflow_bin(), "api-server", "--port", str(self.port), "--host", "127.0.0.1"],

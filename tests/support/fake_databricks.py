@@ -13,17 +13,20 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from .httpserver import BackgroundHTTPServer, Reply, Request
 
 Outcome = tuple[str, str, str]  # life_cycle_state, result_state, state_message
 
 
-class FakeDatabricks:
+class FakeDatabricks(BackgroundHTTPServer):
+    name = "fake-databricks"
+
     def __init__(self, *, outcome: Outcome = ("TERMINATED", "SUCCESS", ""), running_polls: int = 2,
                  on_submit: Callable[[dict[str, Any]], Outcome | None] | None = None,
                  token: str = "fake-databricks-token") -> None:
+        super().__init__()
         self.outcome = outcome
         self.running_polls = running_polls
         self.on_submit = on_submit
@@ -33,37 +36,6 @@ class FakeDatabricks:
         self.authorizations: list[str] = []
         self._runs: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-
-    # lifecycle ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeDatabricks:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                owner._handle(self, "POST")
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None
-        return self._httpd.server_address[1]
 
     def connection_json(self) -> str:
         """``AIRFLOW_CONN_<ID>`` value: a databricks connection to this server over plain http."""
@@ -72,20 +44,12 @@ class FakeDatabricks:
 
     # the API -----------------------------------------------------------------------------------
 
-    def _handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
-        parts = urlsplit(request.path)
-        length = int(request.headers.get("Content-Length") or 0)
-        body = json.loads(request.rfile.read(length) or b"{}") if length else {}
-        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    def handle(self, request: Request) -> Reply:
+        body = request.json(empty={})
         with self._lock:
             self.authorizations.append(request.headers.get("Authorization", ""))
-            status, answer = self._route(method, parts.path, query, body)
-        data = json.dumps(answer).encode()
-        request.send_response(status)
-        request.send_header("Content-Type", "application/json")
-        request.send_header("Content-Length", str(len(data)))
-        request.end_headers()
-        request.wfile.write(data)
+            status, answer = self._route(request.method, request.path, request.query, body)
+        return Reply(status, answer)
 
     def _route(self, method: str, path: str, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         if method == "POST" and path == "/api/2.2/jobs/runs/submit":

@@ -53,443 +53,64 @@ Standalone: ``python -m tests.support.ibkr_gateway --csv <dj30.csv> --symbols AA
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import re
 import signal
-import socketserver
 import threading
 import time
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-log = logging.getLogger(__name__)
+from .httpserver import BackgroundHTTPServer, Reply, Request
+from .ibkr_paper import BASE_PATH, FAULTS, PAPER_ACCOUNT, QUESTIONS, PaperGateway
 
-PAPER_ACCOUNT = "DU1234567"
-BASE_PATH = "/v1/api"
-FAULTS = ("unauthenticated", "reject_orders", "reply_timeout", "error_after_accept", "hang_after_accept")
-PAGE_SIZE = 100
-_PERIOD_RE = re.compile(r"^(\d+)(min|h|d|w|m|y)$")
-_PERIOD_DAYS = {"d": 1, "w": 7, "m": 30, "y": 365}
-#: The questions a paper account really asks before an order (message ids as IBKR numbers them).
-QUESTIONS = (
-    ("o163", "The following order exceeds the price percentage limit. Are you sure you want to submit this order?"),
-    ("o354", "You are submitting an order without market data. We strongly recommend against this as it may "
-             "result in erroneous and unexpected trades. Are you sure you want to submit this order?"),
-)
+__all__ = ["BASE_PATH", "FAULTS", "PAPER_ACCOUNT", "QUESTIONS", "IBKRGateway"]
 
 
-class _Answer:
-    def __init__(self, status: int, body: Any) -> None:
-        self.status = status
-        self.body = body
+class IBKRGateway(BackgroundHTTPServer):
+    """The Client Portal gateway on a real loopback socket; context manager; thread-safe.
 
+    ``stop()``: the gateway is down, connections are refused until ``start()`` (same port, same state)."""
 
-class _Gateway:
-    """State and routes; every public method runs under ``lock``."""
-
-    def __init__(self, *, accounts: list[str], cash: float, bars: Mapping[str, Any], questions: int) -> None:
-        self.lock = threading.RLock()
-        self.accounts = accounts
-        self.start_cash = cash
-        self.questions = questions
-        self.bars: dict[str, list[dict[str, Any]]] = {sym.upper(): _to_ibkr_bars(frame) for sym, frame in bars.items()}
-        self.conids = {sym: 265598 + 1000 * i for i, sym in enumerate(sorted(self.bars))}
-        self.reset()
-
-    def reset(self) -> None:
-        self.authenticated = True
-        self.cash = self.start_cash
-        self.orders: list[dict[str, Any]] = []
-        self.positions: dict[str, dict[str, float]] = {}
-        self.pending: dict[str, dict[str, Any]] = {}  # reply id -> {"acct", "orders", "left"}
-        self.iserver_accounts_called = False
-        self.portfolio_accounts_called = False
-        self.orders_warm = False
-        self.faults: dict[str, dict[str, Any]] = {}
-        self.requests: list[dict[str, Any]] = []
-        self.next_order_id = 1_000_000_001
-
-    # -- routing ----------------------------------------------------------------------------------
-
-    def route(self, method: str, path: str, query: dict[str, str], body: Any) -> _Answer:
-        if not path.startswith(BASE_PATH + "/"):
-            return _Answer(404, {"error": f"no such path {path}"})
-        path = path[len(BASE_PATH):]
-        if path == "/iserver/auth/status":
-            return _Answer(200, self._auth_status())
-        if path == "/tickle" and method == "POST":
-            return _Answer(200, {"session": "b1a2c3", "ssoExpires": 540000, "collission": False, "userId": 7654321,
-                                 "hmds": {"error": "no bridge"}, "iserver": {"authStatus": self._auth_status()}})
-        if (path.startswith("/iserver/") or path.startswith("/portfolio/")) and not self.authenticated:
-            return _Answer(401, {"error": "not authenticated", "statusCode": 401})
-        if path == "/iserver/accounts":
-            self.iserver_accounts_called = True
-            return _Answer(200, {"accounts": list(self.accounts), "selectedAccount": self.accounts[0],
-                                 "aliases": {a: a for a in self.accounts}, "allowFeatures": {}})
-        if path == "/iserver/secdef/search":
-            symbol = str((body or {}).get("symbol") if method == "POST" else query.get("symbol", "")).upper()
-            return self._search(symbol)
-        if path == "/iserver/marketdata/history":
-            return self._history(query)
-        if path == "/trsrv/secdef/schedule":
-            return self._schedule(query)
-        if path == "/portfolio/accounts":
-            self.portfolio_accounts_called = True
-            return _Answer(200, [{"id": a, "accountId": a, "accountVan": a, "accountTitle": "Paper Trading",
-                                  "displayName": a, "currency": "USD", "type": "DEMO" if a.startswith("D") else "INDIVIDUAL",
-                                  "tradingType": "PMRGN", "faclient": False, "covestor": False} for a in self.accounts])
-        if match := re.fullmatch(r"/portfolio/([^/]+)/positions/(\d+)", path):
-            return self._portfolio(match.group(1), lambda: self._positions(int(match.group(2))))
-        if match := re.fullmatch(r"/portfolio/([^/]+)/summary", path):
-            return self._portfolio(match.group(1), self._summary)
-        if (match := re.fullmatch(r"/iserver/account/([^/]+)/orders", path)) and method == "POST":
-            return self._place(match.group(1), body)
-        if (match := re.fullmatch(r"/iserver/reply/([^/]+)", path)) and method == "POST":
-            return self._reply(match.group(1), body)
-        if path == "/iserver/account/orders" and method == "GET":
-            return self._live_orders()
-        if match := re.fullmatch(r"/iserver/account/order/status/(\d+)", path):
-            found = next((o for o in self.orders if o["orderId"] == int(match.group(1))), None)
-            return _Answer(200, {"order_id": found["orderId"], "order_status": found["status"],
-                                 "symbol": found["ticker"], "side": found["side"][0],
-                                 "cum_fill": found["filledQuantity"], "order_ref": found["order_ref"]}) \
-                if found else _Answer(400, {"error": f"OrderID {match.group(1)} doesn't exist"})
-        return _Answer(404, {"error": f"no such path {path}"})
-
-    def _auth_status(self) -> dict[str, Any]:
-        return {"authenticated": self.authenticated, "competing": False, "connected": True,
-                "message": "" if self.authenticated else "not authenticated", "MAC": "00:11:22:33:44:55",
-                "serverInfo": {"serverName": "standin", "serverVersion": "Build 10.25.0p"},
-                "fail": "" if self.authenticated else "session expired"}
-
-    def _search(self, symbol: str) -> _Answer:
-        if symbol not in self.bars:
-            return _Answer(200, {"error": "No symbol found"})
-        conid = self.conids[symbol]
-        return _Answer(200, [{"conid": str(conid), "companyHeader": f"{symbol} INC - NASDAQ", "companyName": f"{symbol} INC",
-                              "symbol": symbol, "description": "NASDAQ", "restricted": None, "fop": None,
-                              "opt": None, "war": None, "sections": [{"secType": "STK"}]}])
-
-    def _symbol_of(self, conid: Any) -> str | None:
-        try:
-            conid = int(conid)
-        except (TypeError, ValueError):
-            return None
-        return next((s for s, c in self.conids.items() if c == conid), None)
-
-    def _history(self, query: dict[str, str]) -> _Answer:
-        symbol = self._symbol_of(query.get("conid"))
-        if symbol is None:
-            return _Answer(400, {"error": f"conid {query.get('conid')!r} is not valid"})
-        period = _PERIOD_RE.match(query.get("period", "1w"))
-        if not period or query.get("bar", "1d") not in ("1d", "1D"):
-            return _Answer(400, {"error": "period/bar not supported (period like 1y, 6m, 30d; bar 1d)"})
-        bars = self.bars[symbol]
-        days = int(period.group(1)) * _PERIOD_DAYS.get(period.group(2), 1)
-        start = bars[-1]["t"] - days * 86_400_000 if bars else 0
-        data = [b for b in bars if b["t"] > start][-1000:]  # at most 1000 points per request
-        return _Answer(200, {"serverId": "20477", "symbol": symbol, "text": f"{symbol} INC", "priceFactor": 100,
-                             "startTime": _ibkr_time(data[0]["t"]) if data else "", "high": "", "low": "",
-                             "timePeriod": query.get("period"), "barLength": 86400, "mdAvailability": "S",
-                             "mktDataDelay": 0, "outsideRth": False, "volumeFactor": 1, "priceDisplayRule": 1,
-                             "priceDisplayValue": "2", "negativeCapable": False, "messageVersion": 2,
-                             "data": data, "points": len(data), "travelTime": 12})
-
-    def _schedule(self, query: dict[str, str]) -> _Answer:
-        symbol = (query.get("symbol") or "").upper()
-        if query.get("assetClass") != "STK" or symbol not in self.bars:
-            return _Answer(400, {"error": "assetClass STK and a known symbol are required"})
-        days = [datetime.fromtimestamp(b["t"] / 1000, UTC).strftime("%Y%m%d") for b in self.bars[symbol][-7:]]
-        return _Answer(200, [{"id": "p102082", "tradeVenueId": "v13038", "exchange": "NASDAQ",
-                              "description": "NASDAQ", "timezone": "America/New_York",
-                              "schedules": [{"clearingCycleEndTime": "2000", "tradingScheduleDate": d,
-                                             "sessions": [{"openingTime": "0400", "closingTime": "2000", "prop": "LIQUID"}],
-                                             "tradingtimes": [{"openingTime": "0930", "closingTime": "1600",
-                                                               "cancelDayOrders": "Y"}]} for d in days]}])
-
-    def _portfolio(self, account: str, answer: Any) -> _Answer:
-        if not self.portfolio_accounts_called:
-            return _Answer(400, {"error": "Please query /portfolio/accounts first"})
-        if account not in self.accounts:
-            return _Answer(400, {"error": f"Account {account} is not valid"})
-        return answer()
-
-    def _last_price(self, symbol: str) -> float:
-        return float(self.bars[symbol][-1]["c"])
-
-    def _positions(self, page: int) -> _Answer:
-        rows = []
-        for symbol, pos in sorted(self.positions.items()):
-            if not pos["qty"]:
-                continue
-            price = self._last_price(symbol)
-            rows.append({"acctId": self.accounts[0], "conid": self.conids[symbol], "contractDesc": symbol,
-                         "ticker": symbol, "position": pos["qty"], "mktPrice": price, "mktValue": round(pos["qty"] * price, 2),
-                         "currency": "USD", "avgCost": pos["avg"], "avgPrice": pos["avg"], "realizedPnl": 0.0,
-                         "unrealizedPnl": round(pos["qty"] * (price - pos["avg"]), 2), "assetClass": "STK"})
-        return _Answer(200, rows[page * PAGE_SIZE:(page + 1) * PAGE_SIZE])
-
-    def _summary(self) -> _Answer:
-        gross = sum(abs(p["qty"]) * self._last_price(s) for s, p in self.positions.items())
-        net = self.cash + sum(p["qty"] * self._last_price(s) for s, p in self.positions.items())
-
-        def value(amount: float) -> dict[str, Any]:
-            return {"amount": round(amount, 2), "currency": "USD", "isNull": False,
-                    "timestamp": int(time.time() * 1000), "value": None, "severity": 0}
-
-        return _Answer(200, {"netliquidation": value(net), "totalcashvalue": value(self.cash),
-                             "availablefunds": value(self.cash), "buyingpower": value(self.cash * 4),
-                             "grosspositionvalue": value(gross), "equitywithloanvalue": value(net),
-                             "accountready": {"amount": 0, "currency": None, "isNull": False, "timestamp": 0,
-                                              "value": "true", "severity": 0}})
-
-    # -- orders -----------------------------------------------------------------------------------
-
-    def _place(self, account: str, body: Any) -> _Answer:
-        if not self.iserver_accounts_called:
-            return _Answer(400, {"error": "Please query /iserver/accounts first"})
-        if account not in self.accounts:
-            return _Answer(400, {"error": f"Account {account} is not valid"})
-        orders = body.get("orders") if isinstance(body, dict) else None
-        if not isinstance(orders, list) or not orders:
-            return _Answer(400, {"error": 'body must be {"orders": [...]}'})
-        for order in orders:
-            problem = self._order_problem(order)
-            if problem:
-                return _Answer(400, {"error": problem})
-        seen = {o["order_ref"] for o in self.orders if o["order_ref"]}
-        for order in orders:
-            if order.get("cOID") in seen:
-                return _Answer(200, {"error": f"Local order ID={order['cOID']} is already registered."})
-        if "reject_orders" in self.faults:
-            return _Answer(200, {"error": self.faults["reject_orders"].get("message", "Order rejected - reason: "
-                                                                          "insufficient buying power")})
-        if self.questions:
-            return self._question({"acct": account, "orders": orders, "left": self.questions})
-        return self._accept(account, orders)
-
-    def _order_problem(self, order: Any) -> str | None:
-        if not isinstance(order, dict):
-            return "each order must be an object"
-        if self._symbol_of(order.get("conid")) is None:
-            return f"conid {order.get('conid')!r} is not valid"
-        if order.get("side") not in ("BUY", "SELL"):
-            return f"side must be BUY or SELL, got {order.get('side')!r}"
-        if order.get("orderType") not in ("MKT", "LMT", "STP"):
-            return f"orderType {order.get('orderType')!r} is not supported here"
-        qty = order.get("quantity")
-        if isinstance(qty, bool) or not isinstance(qty, (int, float)) or qty <= 0:
-            return f"quantity must be positive, got {qty!r}"
-        if order.get("orderType") == "LMT" and not isinstance(order.get("price"), (int, float)):
-            return "a LMT order needs price"
-        if order.get("orderType") == "STP" and not isinstance(order.get("price"), (int, float)):
-            return "a STP order needs price (the stop trigger)"
-        return None
-
-    def _question(self, pending: dict[str, Any]) -> _Answer:
-        reply_id = str(uuid.uuid4())
-        self.pending[reply_id] = pending
-        message_id, text = QUESTIONS[(self.questions - pending["left"]) % len(QUESTIONS)]
-        return _Answer(200, [{"id": reply_id, "message": [text], "isSuppressed": False, "messageIds": [message_id]}])
-
-    def _reply(self, reply_id: str, body: Any) -> _Answer:
-        pending = self.pending.pop(reply_id, None)
-        if pending is None:
-            return _Answer(400, {"error": f"Reply id {reply_id} is not valid or has expired"})
-        if not isinstance(body, dict) or body.get("confirmed") is not True:
-            return _Answer(200, [{"error": "Order was not confirmed; nothing was placed"}])
-        seen = {o["order_ref"] for o in self.orders if o["order_ref"]}
-        for order in pending["orders"]:
-            if order.get("cOID") in seen:
-                return _Answer(200, {"error": f"Local order ID={order['cOID']} is already registered."})
-        pending["left"] -= 1
-        if pending["left"] > 0:
-            return self._question(pending)
-        return self._accept(pending["acct"], pending["orders"])
-
-    def _accept(self, account: str, orders: list[dict[str, Any]]) -> _Answer:
-        placed = []
-        ids_by_coid: dict[str, int] = {}
-        for order in orders:
-            symbol = self._symbol_of(order["conid"])
-            order_id = self.next_order_id
-            self.next_order_id += 1
-            qty = float(order["quantity"])
-            row = {"acct": account, "conid": int(order["conid"]), "orderId": order_id, "cashCcy": "USD",
-                   "ticker": symbol, "secType": "STK", "listingExchange": "NASDAQ", "companyName": f"{symbol} INC",
-                   "side": order["side"], "orderType": {"MKT": "Market", "LMT": "Limit", "STP": "Stop"}[order["orderType"]],
-                   "origOrderType": order["orderType"], "timeInForce": order.get("tif", "DAY"),
-                   "totalSize": qty, "remainingQuantity": qty, "filledQuantity": 0.0, "avgPrice": None,
-                   "price": order.get("price"), "status": "PreSubmitted", "order_ref": order.get("cOID"),
-                   "parentId": ids_by_coid.get(order.get("parentId", "")),
-                   "lastExecutionTime_r": int(time.time() * 1000)}
-            if order.get("cOID"):
-                ids_by_coid[order["cOID"]] = order_id
-            if order.get("parentId") is None:
-                self._maybe_fill(row)
-            else:
-                row["status"] = "Submitted"  # a working child (e.g. the protective stop)
-            self.orders.append(row)
-            placed.append({"order_id": str(order_id), "order_status": row["status"], "encrypt_message": "1",
-                           **({"parent_order_id": str(row["parentId"])} if row["parentId"] else {})})
-        for name in ("error_after_accept", "hang_after_accept"):
-            fault = self.faults.get(name)
-            if fault and fault.get("times", 1) > 0:
-                fault["times"] = fault.get("times", 1) - 1
-                if name == "error_after_accept":
-                    return _Answer(500, {"error": "Internal Server Error"})
-                return _Answer(-1, fault.get("delay_s", 30.0))  # the handler sleeps, outside the lock
-        return _Answer(200, placed)
-
-    def _maybe_fill(self, row: dict[str, Any]) -> None:
-        price = self._last_price(row["ticker"])
-        limit = row["price"]
-        if row["origOrderType"] == "LMT" and ((row["side"] == "BUY" and limit < price) or
-                                              (row["side"] == "SELL" and limit > price)):
-            row["status"] = "Submitted"
-            return
-        qty = row["totalSize"] if row["side"] == "BUY" else -row["totalSize"]
-        pos = self.positions.setdefault(row["ticker"], {"qty": 0.0, "avg": 0.0})
-        new_qty = pos["qty"] + qty
-        if new_qty and (pos["qty"] >= 0) == (qty > 0):
-            pos["avg"] = (pos["qty"] * pos["avg"] + qty * price) / new_qty
-        pos["qty"] = new_qty
-        self.cash -= qty * price
-        row.update(status="Filled", filledQuantity=row["totalSize"], remainingQuantity=0.0, avgPrice=price)
-
-    def _live_orders(self) -> _Answer:
-        if not self.iserver_accounts_called:
-            return _Answer(400, {"error": "Please query /iserver/accounts first"})
-        if not self.orders_warm:
-            self.orders_warm = True
-            return _Answer(200, {"orders": [], "snapshot": False})
-        return _Answer(200, {"orders": [dict(o) for o in self.orders], "snapshot": True})
-
-
-def _ibkr_time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y%m%d-%H:%M:%S")
-
-
-def _to_ibkr_bars(frame: Any) -> list[dict[str, Any]]:
-    """A bars table (date, open, high, low, close[, volume]) -> IBKR bars, oldest first. A daily
-    bar is stamped at the session's open, 14:30 UTC (US/Eastern 09:30 in winter)."""
-    out = []
-    for row in frame.itertuples(index=False):
-        stamp = datetime.fromisoformat(str(row.date)[:10]).replace(tzinfo=UTC) + timedelta(hours=14, minutes=30)
-        bar = {"t": int(stamp.timestamp() * 1000), "o": float(row.open), "h": float(row.high),
-               "l": float(row.low), "c": float(row.close)}
-        volume = getattr(row, "volume", None)
-        if volume is not None and volume == volume:
-            bar["v"] = float(volume)
-        out.append(bar)
-    return sorted(out, key=lambda b: b["t"])
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: IBKRGateway
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # no reverse DNS lookup
-        self.server_name, self.server_port = self.server_address[:2]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("ibkr-gateway: " + format, *args)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        owner = self.server.owner
-        parts = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            self._write(_Answer(400, {"error": "body is not JSON"}))
-            return
-        if parts.path == "/__control__":
-            self._write(owner._control(body or {}))
-            return
-        gw = owner._gateway
-        with gw.lock:
-            if (parts.path.endswith("/iserver/reply/" + parts.path.rsplit("/", 1)[-1])
-                    and "reply_timeout" in gw.faults):
-                delay = float(gw.faults["reply_timeout"].get("delay_s", 30.0))
-            else:
-                delay = 0.0
-        if delay:
-            time.sleep(delay)
-        with gw.lock:
-            answer = gw.route(method, parts.path, query, body)
-            gw.requests.append({"method": method, "path": parts.path, "query": query, "body": body,
-                                "status": answer.status, "ts": time.time()})
-        if answer.status == -1:  # hang_after_accept: the order is placed; the caller never hears back
-            time.sleep(float(answer.body))
-            answer = _Answer(500, {"error": "Internal Server Error"})
-        self._write(answer)
-
-    def _write(self, answer: _Answer) -> None:
-        payload = json.dumps(answer.body).encode()
-        try:
-            self.send_response(answer.status)
-            self.send_header("Content-Type", "application/json;charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up; the state change (if any) stands
-
-
-class IBKRGateway:
-    """The Client Portal gateway on a real loopback socket; context manager; thread-safe."""
+    name = "ibkr-gateway"
 
     def __init__(self, *, bars: Mapping[str, Any], accounts: list[str] | None = None, cash: float = 1_000_000.0,
                  questions: int = 1, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host, self.port = host, port
-        self._gateway = _Gateway(accounts=accounts or [PAPER_ACCOUNT], cash=cash, bars=bars, questions=questions)
-        self._httpd: _HTTPServer | None = None
+        super().__init__(host, port)
+        self._gateway = PaperGateway(accounts=accounts or [PAPER_ACCOUNT], cash=cash, bars=bars, questions=questions)
 
     @property
     def url(self) -> str:
         """The base URL as ``IBKR_API_URL`` wants it (``.../v1/api``, no trailing slash)."""
         return f"http://{self.host}:{self.port}{BASE_PATH}"
 
-    def start(self) -> IBKRGateway:
-        if self._httpd is None:
-            httpd = _HTTPServer((self.host, self.port), _Handler)
-            httpd.owner = self
-            self.port = httpd.server_address[1]
-            threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                             name=f"ibkr-gateway-{self.port}", daemon=True).start()
-            self._httpd = httpd
-        return self
+    def handle(self, request: Request) -> Reply:
+        answer = self._handle(request)
+        answer.content_type = "application/json;charset=utf-8"
+        return answer
 
-    def stop(self) -> None:
-        """The gateway is down: connections are refused until ``start()`` (same port, same state)."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-
-    def __enter__(self) -> IBKRGateway:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _handle(self, request: Request) -> Reply:
+        try:
+            body: Any = request.json()
+        except ValueError:
+            return Reply(400, {"error": "body is not JSON"})
+        path = request.path
+        if path == "/__control__":
+            return self._control(body or {})
+        gw = self._gateway
+        with gw.lock:
+            if path.endswith("/iserver/reply/" + path.rsplit("/", 1)[-1]) and "reply_timeout" in gw.faults:
+                delay = float(gw.faults["reply_timeout"].get("delay_s", 30.0))
+            else:
+                delay = 0.0
+        if delay:
+            time.sleep(delay)
+        with gw.lock:
+            answer = gw.route(request.method, path, request.query, body)
+            gw.requests.append({"method": request.method, "path": path, "query": request.query, "body": body,
+                                "status": answer.status, "ts": time.time()})
+        if answer.status == -1:  # hang_after_accept: the order is placed; the caller never hears back
+            time.sleep(float(answer.body))
+            answer = Reply(500, {"error": "Internal Server Error"})
+        return answer
 
     def set_fault(self, name: str | None, **options: Any) -> None:
         """Add a fault (see the module docstring); ``None`` clears all of them."""
@@ -504,13 +125,13 @@ class IBKRGateway:
                 self._gateway.authenticated = False
             self._gateway.faults[name] = dict(options)
 
-    def _control(self, body: Mapping[str, Any]) -> _Answer:
+    def _control(self, body: Mapping[str, Any]) -> Reply:
         try:
             if "fault" in body:
                 self.set_fault(body["fault"], **{k: v for k, v in body.items() if k != "fault"})
-            return _Answer(200, {"faults": self._gateway.faults, "orders": self.orders()})
+            return Reply(200, {"faults": self._gateway.faults, "orders": self.orders()})
         except ValueError as exc:
-            return _Answer(400, {"error": str(exc)})
+            return Reply(400, {"error": str(exc)})
 
     def orders(self) -> list[dict[str, Any]]:
         with self._gateway.lock:
@@ -530,7 +151,7 @@ class IBKRGateway:
 
 
 def _main() -> None:  # pragma: no cover - exercised by the standalone bench/docs only
-    from tests.support.webui_server import trademaster_bars
+    from .data import trademaster_bars
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", required=True)

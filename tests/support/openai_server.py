@@ -29,8 +29,9 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .httpserver import BackgroundHTTPServer, Reply, Request
 
 ROLE_RE = re.compile(r"^ROLE: (\w+)", re.MULTILINE)
 BEHAVIOURS = (
@@ -88,40 +89,6 @@ def _completion(body: dict[str, Any], content: str | None, *, finish: str = "sto
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
-        return
-
-    def _send(self, status: int, payload: bytes) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (deadline): fine
-            pass
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self._send(404, b'{"error": {"message": "not found"}}')
-            return
-        body = json.loads(raw or b"{}")
-        role = _role(body)
-        script = self.server.script
-        behaviour = script.behaviours.get(role, script.behaviours.get("*", "ok"))
-        with script.lock:
-            script.requests.append(
-                {"role": role, "behaviour": behaviour, "body": body, "authorization": self.headers.get("Authorization")}
-            )
-        status, payload = script.respond(role, behaviour, body, self.headers.get("Authorization") or "")
-        self._send(status, payload)
-
-
 class _Script:
     def __init__(self, behaviours: dict[str, str], decision: dict[str, Any] | None, slow_s: float) -> None:
         unknown = set(behaviours.values()) - set(BEHAVIOURS)
@@ -161,14 +128,10 @@ class _Script:
         return 200, json.dumps(payload).encode()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # a handler still sleeping in "slow" must not block shutdown
-    script: _Script
-
-
-class OpenAICompatibleServer:
+class OpenAICompatibleServer(BackgroundHTTPServer):
     """Context manager: a scripted ``/v1/chat/completions`` endpoint on an ephemeral port."""
+
+    name = "openai-test-server"
 
     def __init__(
         self,
@@ -177,26 +140,27 @@ class OpenAICompatibleServer:
         decision: dict[str, Any] | None = None,
         slow_s: float = 5.0,
     ) -> None:
+        super().__init__()
         self._script = _Script(dict(behaviours or {}), decision, slow_s)
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.script = self._script
-        self._thread = threading.Thread(target=self._server.serve_forever, name="openai-test-server", daemon=True)
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"{self.url}/v1"
 
     @property
     def requests(self) -> list[dict[str, Any]]:
         with self._script.lock:
             return list(self._script.requests)
 
-    def __enter__(self) -> OpenAICompatibleServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    def handle(self, request: Request) -> Reply:
+        if request.method != "POST" or request.path.rstrip("/") != "/v1/chat/completions":
+            return Reply(404, b'{"error": {"message": "not found"}}')
+        body = request.json(empty={})
+        role = _role(body)
+        script = self._script
+        behaviour = script.behaviours.get(role, script.behaviours.get("*", "ok"))
+        authorization = request.headers.get("Authorization")
+        with script.lock:
+            script.requests.append({"role": role, "behaviour": behaviour, "body": body, "authorization": authorization})
+        status, payload = script.respond(role, behaviour, body, authorization or "")
+        return Reply(status, payload)
