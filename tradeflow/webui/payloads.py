@@ -15,6 +15,7 @@ from pathlib import PurePath
 from typing import Any, Final
 
 from tradeflow.errors import InputError
+from tradeflow.names import DAG_ID
 from tradeflow.trading_signal import ACTIONS, check_trading_signal
 
 log = logging.getLogger("tradeflow.webui")
@@ -23,7 +24,6 @@ __all__ = ["ACTIONS", "ARTIFACT_KEYS", "ARTIFACT_TYPES", "COMMON_KEYS", "DAG_ID"
            "STEP_LLM", "STEP_SIGNAL", "chart_artifact", "check_trading_signal", "clean_artifact_payload",
            "llm_artifact", "signal_artifact"]
 
-DAG_ID: Final = "trademaster_autogen_pipeline_workflow"
 STEP_SIGNAL: Final = "trademaster_autogen_decision"
 STEP_LLM: Final = "trademaster_autogen_review"
 STEP_CHART: Final = "trademaster_autogen_chart"
