@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from tradeflow.config import normalise_layer
+from tradeflow.errors import ServiceError
 
 
-class OrchestrationError(RuntimeError):
+class OrchestrationError(ServiceError):
     """A problem the operator must fix (no retry helps); ``str(err)`` is one line."""
 
 

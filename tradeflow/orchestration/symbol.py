@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tradeflow.config import ConfigError, RunConfig, normalise_layer, resolve_config
+from tradeflow.errors import StepError
 from tradeflow.orchestration.context import RunContext, conf_layer, fail_now
 from tradeflow.orchestration.dag_run import TAG_AIRFLOW_TRY, record_failed_symbol_run
 from tradeflow.orchestration.executors import get_executor
@@ -109,7 +110,7 @@ def run_symbol(target: Mapping[str, Any], parent: Mapping[str, str] | None, ctx:
     if result.run_id:
         client.set_tag(result.run_id, TAG_AIRFLOW_TRY, str(ctx.try_number))
     if not result.ok:
-        raise RuntimeError(f"{symbol}: pipeline {result.status}" + (f" (run {result.run_id})" if result.run_id else "")
+        raise StepError(f"{symbol}: pipeline {result.status}" + (f" (run {result.run_id})" if result.run_id else "")
                            + f": {result.failure or 'no reason given'}")
     log.info("%s: pipeline run %s FINISHED in %.1fs", symbol, result.run_id, result.seconds)
     return {"symbol": symbol, "run_id": result.run_id, "status": result.status, "executor": executor.kind,
