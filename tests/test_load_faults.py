@@ -308,7 +308,7 @@ def _on_persist_start(case: Case, action) -> threading.Thread:
         try:
             wait_for(lambda: case.run.proc.poll() is not None
                      or find_processes(case.run.descendants(), "entrypoints.persist"),
-                     timeout=300, interval=0.1, what=f"{case.name}: persist process")
+                     timeout=600, interval=0.1, what=f"{case.name}: persist process")
             if case.run.proc.poll() is None:
                 action()
                 case.armed_at = time.perf_counter()
