@@ -180,8 +180,11 @@ def test_engine_registry(monkeypatch):
         get_engine("trademaster")
 
 
-def test_batched_greedy_path_matches_one_act_per_close(trained, splits):
-    """The backtest's one-pass path (every window at every position) is the per-close ``act`` walk."""
+def test_batched_greedy_path_matches_one_act_per_close(trained, splits, monkeypatch):
+    """The backtest's one-pass path (every window at every position) is the per-close ``act`` walk,
+    also when the windows go through the network in several chunks."""
+    from tradeflow.engines.builtin import agent as agent_module
+
     agent = trained[0].agent
     for frame in (splits.valid, splits.test):
         features = frame[list(FEATURE_COLUMNS)].to_numpy(np.float64)
@@ -190,6 +193,9 @@ def test_batched_greedy_path_matches_one_act_per_close(trained, splits):
             held = agent.act(features[end - WINDOW : end], held / agent.max_volume).action
             walked.append(held)
         assert agent.greedy_targets(features) == walked
+        with monkeypatch.context() as patch:
+            patch.setattr(agent_module, "GREEDY_BATCH_FLOATS", 7 * 3 * (WINDOW * len(FEATURE_COLUMNS) + 1))
+            assert agent.greedy_targets(features) == walked  # 7 windows per pass
         assert len(set(walked)) > 1  # the path actually trades, so the feedback of the position matters
     with pytest.raises(ValueError, match="window=10"):
         agent.greedy_targets(features[: WINDOW - 1])

@@ -10,10 +10,11 @@ barely start learning: the replay buffer holds the whole run, learning starts af
 epoch, one gradient step every 4 env steps, a hard target update ten times per epoch, and gamma 0.9
 (TradeMaster's value; the reward already looks ahead through its forward-return shaping).
 
-DQN is trained by ``_DQNLoop``, SB3's DQN algorithm (same schedule, loss, clipping, target updates)
-without SB3's per-step machinery (VecEnv, callbacks, logger, numpy->torch copies of every batch):
-at one gradient step per env step that machinery cost ~2/3 of the time. The model it trains is
-the SB3 ``DQN`` object, saved and loaded as before. PPO and A2C use SB3's ``learn``.
+DQN on the CPU is trained by ``_DQNLoop``: SB3's DQN algorithm (same schedule, loss, clipping,
+target updates, on the SB3 model's own networks and optimizer state) without SB3's per-step
+machinery, which at one gradient step per env step was ~3/4 of the time. The trained model is the
+SB3 ``DQN`` object, saved and loaded as before. PPO, A2C and DQN on a GPU use SB3's ``learn``.
+Backtests evaluate the policy for all windows in one batched pass (``BuiltinAgent.greedy_targets``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ GAMMA = 0.9
 MAX_REPLAY = 100_000
 #: DQN env steps per gradient step (1 = upstream TradeMaster's work per step; bench_trademaster's equal-work run)
 TRAIN_FREQ = 4
+#: observations per forward pass of a batched greedy backtest, in floats (16 MiB)
+GREEDY_BATCH_FLOATS = 1 << 22
 
 
 class BuiltinAgent:
@@ -103,11 +106,15 @@ class BuiltinAgent:
         windows = np.lib.stride_tricks.sliding_window_view(scaled, window, axis=0)  # (m, features, window)
         windows = windows.transpose(0, 2, 1).reshape(len(windows), window * n_features)
         held = np.arange(-self.max_volume, self.max_volume + 1)
-        obs = np.empty((len(windows), len(held), window * n_features + 1), dtype=np.float32)
-        obs[:, :, :-1] = windows[:, None, :]
-        obs[:, :, -1] = held / self.max_volume
-        values = self._values(obs.reshape(-1, obs.shape[-1])).reshape(len(windows), len(held), -1)
-        best = (values.argmax(axis=2) - self.max_volume).tolist()  # best[row][held + max_volume]
+        chunk = max(1, GREEDY_BATCH_FLOATS // (len(held) * (windows.shape[1] + 1)))  # rows per forward pass
+        best: list[list[int]] = []  # best[row][held + max_volume]
+        for lo in range(0, len(windows), chunk):
+            part = windows[lo : lo + chunk]
+            obs = np.empty((len(part), len(held), part.shape[1] + 1), dtype=np.float32)
+            obs[:, :, :-1] = part[:, None, :]
+            obs[:, :, -1] = held / self.max_volume
+            values = self._values(obs.reshape(-1, obs.shape[-1])).reshape(len(part), len(held), -1)
+            best.extend((values.argmax(axis=2) - self.max_volume).tolist())
         targets: list[int] = []
         position = 0
         for row in best:
@@ -555,7 +562,7 @@ class BuiltinEngine(Engine):
             )
             evaluator = _EpochEvaluator(self, agent, splits, cfg, progress)
             total = params.epochs * len(splits.train)
-            if isinstance(model, DQN):
+            if isinstance(model, DQN) and model.device.type == "cpu":
                 _DQNLoop(model, env, cfg.seed).learn(total, evaluator)
             else:
                 model.learn(total_timesteps=total, callback=_EpochCallback(evaluator))
