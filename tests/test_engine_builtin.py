@@ -178,3 +178,61 @@ def test_engine_registry(monkeypatch):
     monkeypatch.setitem(sys.modules, "tradeflow.engines.trademaster", None)  # as if it failed to import
     with pytest.raises(EngineUnavailable, match="trademaster"):
         get_engine("trademaster")
+
+
+def test_batched_greedy_path_matches_one_act_per_close(trained, splits, monkeypatch):
+    """The backtest's one-pass path (every window at every position) is the per-close ``act`` walk,
+    also when the windows go through the network in several chunks."""
+    from tradeflow.engines.builtin import agent as agent_module
+
+    agent = trained[0].agent
+    for frame in (splits.valid, splits.test):
+        features = frame[list(FEATURE_COLUMNS)].to_numpy(np.float64)
+        held, walked = 0, []
+        for end in range(WINDOW, len(features) + 1):
+            held = agent.act(features[end - WINDOW : end], held / agent.max_volume).action
+            walked.append(held)
+        assert agent.greedy_targets(features) == walked
+        with monkeypatch.context() as patch:
+            patch.setattr(agent_module, "GREEDY_BATCH_FLOATS", 7 * 3 * (WINDOW * len(FEATURE_COLUMNS) + 1))
+            assert agent.greedy_targets(features) == walked  # 7 windows per pass
+        assert len(set(walked)) > 1  # the path actually trades, so the feedback of the position matters
+    with pytest.raises(ValueError, match="window=10"):
+        agent.greedy_targets(features[: WINDOW - 1])
+
+
+def test_dqn_update_is_sb3_dqn_train_step(splits, cfg):
+    """``_DQNLoop``'s hand-written gradient step = SB3's ``DQN.train`` (autograd, clip_grad_norm_,
+    torch Adam) on the same batches, from the same initial weights."""
+    from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+    from tradeflow.engines.builtin.agent import ObservationScaler, _DQNLoop, build_model
+
+    params = cfg.trademaster
+    scaler = ObservationScaler.fit(splits.train[list(FEATURE_COLUMNS)].to_numpy(np.float64))
+    env = make_env(splits.train, scaler, params, shaping=True)
+    ours, reference = (build_model("dqn", env, params, seed=7, steps_per_epoch=len(splits.train)) for _ in range(2))
+    reference.set_logger(Logger(folder=None, output_formats=[]))
+    loop = _DQNLoop(ours, env, seed=7)
+    generator = torch.Generator().manual_seed(3)
+    obs_dim, batch = loop.obs_dim, ours.batch_size
+    for step in range(5):
+        obs, next_obs = (torch.randn(batch, obs_dim, generator=generator) for _ in range(2))
+        actions = torch.randint(3, (batch, 1), generator=generator)
+        rewards = 3 * torch.randn(batch, generator=generator)  # some errors beyond the Huber knee
+        dones = (torch.rand(batch, generator=generator) < 0.2).float()
+        samples = ReplayBufferSamples(obs, actions, next_obs, dones.unsqueeze(1), rewards.unsqueeze(1))
+        reference.replay_buffer.sample = lambda *args, samples=samples, **kwargs: samples
+        reference.train(gradient_steps=1, batch_size=batch)
+        with torch.no_grad():
+            loop._update_batch(obs, next_obs, actions, rewards, ours.gamma * (1 - dones))
+        for (name, mine), theirs in zip(ours.q_net.state_dict().items(), reference.q_net.state_dict().values()):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=f"{name} after update {step + 1}")
+    state = ours.policy.optimizer.state_dict()["state"]
+    assert {int(s["step"]) for s in state.values()} == {5}  # the optimizer's own state was advanced
+
+
+def test_train_freq_must_be_positive():
+    with pytest.raises(ValueError, match="train_freq must be >= 1; got 0"):
+        BuiltinEngine(train_freq=0)

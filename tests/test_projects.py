@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -43,7 +44,7 @@ _CHILD = textwrap.dedent(r"""
     grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     record = {"run_id": os.environ.get("MLFLOW_RUN_ID"), "experiment_id": os.environ.get("MLFLOW_EXPERIMENT_ID"),
               "ancestry": chain, "pid": os.getpid(), "pgid": os.getpgid(0), "grandchild": grandchild.pid,
-              "args": sys.argv[2:], "executable": sys.executable}
+              "args": sys.argv[2:], "executable": sys.executable, "stdin": os.readlink("/proc/self/fd/0")}
     out.with_suffix(".tmp").write_text(json.dumps(record))
     out.with_suffix(".tmp").rename(out)
     seconds = float(sys.argv[2])
@@ -142,6 +143,31 @@ def test_a_stage_is_a_project_run_nested_under_its_parent_without_an_mlflow_run_
     # the run is pre-created: MLflow logs no raw -P values (each step logs its resolved values itself)
     assert "out" not in run.data.params and "code" not in run.data.params
     assert MlflowClient().get_run(parent).info.status == "RUNNING"  # the parent is never resumed
+
+
+def test_a_stage_started_with_a_socket_on_stdin_does_not_run_bashrc(project, experiment, tmp_path, monkeypatch):
+    """An Airflow 3 task's stdin is a socket. ``bash -c`` with a socket on stdin (and SHLVL < 2)
+    believes sshd started it and runs ~/.bashrc, which on the dev box puts pyenv's shims ahead of
+    the venv: the pipeline's ``python`` then had no mlflow. The stage's stdin is /dev/null."""
+    home, marker, out = tmp_path / "home", tmp_path / "bashrc-ran", tmp_path / "child.json"
+    home.mkdir()
+    (home / ".bashrc").write_text(f"touch {marker}\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SHLVL", raising=False)
+    ours, theirs = socket.socketpair()
+    saved = os.dup(0)
+    try:
+        os.dup2(ours.fileno(), 0)
+        outcome = run_entry_point("step", {"out": str(out)}, experiment_id=experiment,
+                                  parent_run_id=_parent(experiment), project_uri=project)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        ours.close()
+        theirs.close()
+    assert outcome.ok, outcome
+    assert not marker.exists(), "the stage's bash ran ~/.bashrc"
+    assert _record(out)["stdin"] == "/dev/null"
 
 
 def test_the_parent_tag_is_there_while_the_stage_runs_and_a_failure_is_recorded(project, experiment, tmp_path):

@@ -87,8 +87,11 @@ class DirectLocalBackend(AbstractBackend):
         env.update(get_run_env_vars(run_id, experiment_id))
         log.debug("run %s: %s (in %s)", run_id, command, work_dir)
         try:
+            # stdin /dev/null: under Airflow 3 the caller's stdin is a socket, and bash with a socket
+            # on stdin acts as if sshd started it: it runs ~/.bashrc (which may put another python
+            # first on PATH). A stage reads no input.
             process = subprocess.Popen(["bash", "-c", command], cwd=work_dir, env=env, close_fds=True,
-                                       start_new_session=True)
+                                       start_new_session=True, stdin=subprocess.DEVNULL)
         except OSError as exc:
             mark_failed(MlflowClient(), run_id, f"entry point '{entry_point}' could not start: {exc}")
             raise

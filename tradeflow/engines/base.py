@@ -125,7 +125,12 @@ class Engine(ABC):
 
 
 def greedy_targets(agent: TradingAgent, features: np.ndarray) -> list[int]:
-    """The agent's decision at every close from the first full window on, feeding back its held position."""
+    """The agent's decision at every close from the first full window on, feeding back its held
+    position. An agent with its own ``greedy_targets`` (one batched pass) computes it; otherwise
+    one ``act`` per close."""
+    batched = getattr(agent, "greedy_targets", None)
+    if callable(batched):
+        return batched(features)
     window = agent.window
     if len(features) < window:
         raise ValueError(f"need at least window={window} rows to act; got {len(features)}")
