@@ -27,6 +27,7 @@ from tests.support.ibkr_gateway import IBKRGateway
 from tests.support.stores import sqlite_store, tracking_to
 from tests.support.webui import trademaster_bars
 from tradeflow.ibkr import client as cp
+from tradeflow.ibkr import orders
 from tradeflow.ibkr import workflow as wf
 from tradeflow.ibkr.config import DEFAULT_STRATEGY_FILE, StrategyError, load_strategy, parse_strategy
 from tradeflow.ibkr.risk import assess
@@ -238,10 +239,10 @@ def test_placer_killed_after_broker_accepted_then_retried_places_one_order(gatew
 
 
 def test_client_order_id_is_stable_and_distinct():
-    a = cp.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "BUY")
-    assert a == cp.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "BUY")
-    assert a != cp.client_order_id("ibkr_trading_strategy", "manual__2021-12-16", "AAPL", "BUY")
-    assert a != cp.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "SELL")
+    a = orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "BUY")
+    assert a == orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "BUY")
+    assert a != orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-16", "AAPL", "BUY")
+    assert a != orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "SELL")
     assert len(a) <= 32
 
 

@@ -12,147 +12,37 @@ Safety:
 - ``dry_run`` records the order it would place and sends nothing;
 - the session cookie / headers are never logged (only method, path and status).
 
-Settings from the environment: ``IBKR_API_URL`` (``https://localhost:5000/v1/api``),
-``IBKR_VERIFY_TLS`` (default true), ``IBKR_ACCOUNT_ID`` (default: the gateway's first account).
+Around it: the errors in ``tradeflow.ibkr.errors``, the settings from the environment in
+``tradeflow.ibkr.gateway_settings``, order tickets, results and ``cOID`` in ``tradeflow.ibkr.orders``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
-from tradeflow.config import ConfigError
-from tradeflow.errors import ServiceError
 from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy
-from tradeflow.settings import parse_bool
+from tradeflow.ibkr.errors import (
+    BrokerError,
+    GatewayDown,
+    LiveTradingRefused,
+    NotAuthenticated,
+    OrderRejected,
+    OutcomeUnknown,
+)
+from tradeflow.ibkr.gateway_settings import ENV_ACCOUNT, ENV_ALLOW_LIVE, ENV_VERIFY, GatewaySettings, is_paper_account
+from tradeflow.ibkr.orders import OrderResult, OrderTicket
 
 log = logging.getLogger(__name__)
 
-ENV_URL = "IBKR_API_URL"
-ENV_VERIFY = "IBKR_VERIFY_TLS"
-ENV_ACCOUNT = "IBKR_ACCOUNT_ID"
-ENV_ALLOW_LIVE = "IBKR_ALLOW_LIVE"
-PAPER_PREFIXES = ("DU", "DF")
 #: Reads retry under the project policy (``tradeflow.http``); orders and replies are sent once.
 RETRY = RetryPolicy(attempts=3, backoff_s=0.5)
 _DUPLICATE_RE = re.compile(r"Local order ID=(\S+?) is already registered", re.I)
-
-
-class BrokerError(ServiceError):
-    """A broker call failed; ``str(err)`` is one line that says what to do."""
-
-
-class GatewayDown(BrokerError):
-    """The gateway cannot be reached (connection refused / timeout)."""
-
-
-class NotAuthenticated(BrokerError):
-    """The gateway is up but its brokerage session is not logged in."""
-
-
-class OrderRejected(BrokerError):
-    """The broker refused the order; nothing was placed."""
-
-
-class LiveTradingRefused(BrokerError):
-    """A live (non-paper) account without the explicit live settings."""
-
-
-class OutcomeUnknown(BrokerError):
-    """The request may have reached the broker (timeout, dropped connection, 5xx)."""
-
-
-def is_paper_account(account_id: str) -> bool:
-    return account_id.upper().startswith(PAPER_PREFIXES)
-
-
-def client_order_id(dag_id: str, run_id: str, symbol: str, side: str) -> str:
-    """The order's ``cOID``: the same DAG run, symbol and side always give the same id, so a
-    retried task finds the order it already placed instead of placing a second one."""
-    digest = hashlib.sha256(f"{dag_id}|{run_id}|{symbol}|{side}".encode()).hexdigest()[:12]
-    return f"tf-{symbol}-{side[0]}-{digest}"
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    base_url: str
-    verify_tls: bool = True
-    account_id: str | None = None
-    timeout_s: float = 15.0
-    live_allowed: bool = False  # allow_live in the strategy AND IBKR_ALLOW_LIVE in the environment
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *, allow_live: bool = False,
-                 timeout_s: float = 15.0) -> GatewaySettings:
-        environ = os.environ if environ is None else environ
-        base = (environ.get(ENV_URL) or "").strip().rstrip("/")
-        if not base:
-            raise BrokerError(f"{ENV_URL} is not set (e.g. https://localhost:5000/v1/api for a Client Portal gateway)")
-        verify = _env_bool(environ, ENV_VERIFY, True)
-        live_env = _env_bool(environ, ENV_ALLOW_LIVE, False)
-        return cls(base_url=base, verify_tls=verify, account_id=(environ.get(ENV_ACCOUNT) or "").strip() or None,
-                   timeout_s=timeout_s, live_allowed=allow_live and live_env)
-
-
-def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (environ.get(name) or "").strip().lower()
-    try:
-        return parse_bool(raw, name, blank=default)
-    except ConfigError:
-        raise BrokerError(f"{name}={raw!r} is not a boolean (use true or false)") from None
-
-
-@dataclass
-class OrderTicket:
-    """What the workflow wants placed: a parent order and an optional protective stop."""
-
-    symbol: str
-    conid: int
-    side: str  # BUY | SELL
-    quantity: int
-    coid: str
-    order_type: str = "MKT"
-    limit_price: float | None = None
-    stop_price: float | None = None
-    tif: str = "DAY"
-    outside_rth: bool = False
-
-    def payload(self, account_id: str) -> dict[str, Any]:
-        parent = {"acctId": account_id, "conid": self.conid, "cOID": self.coid, "orderType": self.order_type,
-                  "side": self.side, "quantity": self.quantity, "tif": self.tif, "outsideRTH": self.outside_rth}
-        if self.order_type == "LMT":
-            parent["price"] = self.limit_price
-        orders = [parent]
-        if self.stop_price is not None:
-            orders.append({"acctId": account_id, "conid": self.conid, "cOID": f"{self.coid}-SL", "parentId": self.coid,
-                           "orderType": "STP", "price": self.stop_price,
-                           "side": "SELL" if self.side == "BUY" else "BUY", "quantity": self.quantity, "tif": "GTC"})
-        return {"orders": orders}
-
-
-@dataclass
-class OrderResult:
-    coid: str
-    status: str  # Filled | Submitted | PreSubmitted | dry_run | ...
-    order_id: str | None
-    account_id: str
-    already_placed: bool = False  # found by cOID: an earlier attempt placed it
-    dry_run: bool = False
-    replies: list[str] = field(default_factory=list)  # confirmation questions answered (message ids)
-    filled_quantity: float = 0.0
-    avg_price: float | None = None
-    request: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class ClientPortal:

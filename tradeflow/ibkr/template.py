@@ -79,7 +79,8 @@ def write_dags(strategy_file: Path, out_dir: Path, kinds: tuple[str, ...] = KIND
 
 def check_environment(strategy: StrategyConfig, environ: Mapping[str, str] | None = None) -> list[str]:
     """Problems that would fail a run, each on one line (empty: ready)."""
-    from tradeflow.ibkr.client import ENV_ALLOW_LIVE, BrokerError, GatewaySettings
+    from tradeflow.ibkr.errors import BrokerError
+    from tradeflow.ibkr.gateway_settings import ENV_ALLOW_LIVE, GatewaySettings
 
     environ = os.environ if environ is None else environ
     problems = []

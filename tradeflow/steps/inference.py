@@ -223,7 +223,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
 def _add_finagent_evidence(model: Any, window: Any, evidence: dict[str, Any]) -> None:
     """engine=finagent: upstream FinAgent's analysis JSON and forecaster prompt join the evidence
     (``finagent`` and ``prompts`` sections; also logged under ``finagent/``)."""
-    from tradeflow.engines.finagent import review_evidence
+    from tradeflow.engines.finagent_agent import review_evidence
 
     section, prompts = review_evidence(model.unwrap_python_model().agent, window)
     evidence["finagent"] = section

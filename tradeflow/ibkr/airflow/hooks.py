@@ -45,7 +45,8 @@ class IBKRHook(BaseHook):
         return environ
 
     def get_conn(self):
-        from tradeflow.ibkr.client import ClientPortal, GatewaySettings
+        from tradeflow.ibkr.client import ClientPortal
+        from tradeflow.ibkr.gateway_settings import GatewaySettings
 
         settings = GatewaySettings.from_env(self._environ(), allow_live=self.allow_live, timeout_s=self.timeout_s)
         return ClientPortal(settings)

@@ -54,7 +54,7 @@ class IBKRAuthSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool:
         from tradeflow.ibkr.airflow.hooks import IBKRHook
-        from tradeflow.ibkr.client import GatewayDown, NotAuthenticated
+        from tradeflow.ibkr.errors import GatewayDown, NotAuthenticated
         from tradeflow.ibkr.config import load_strategy
 
         strategy = load_strategy(self.strategy_file)
