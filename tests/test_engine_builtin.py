@@ -202,19 +202,20 @@ def test_batched_greedy_path_matches_one_act_per_close(trained, splits, monkeypa
 
 
 def test_dqn_update_is_sb3_dqn_train_step(splits, cfg):
-    """``_DQNLoop``'s hand-written gradient step = SB3's ``DQN.train`` (autograd, clip_grad_norm_,
+    """``DQNLoop``'s hand-written gradient step = SB3's ``DQN.train`` (autograd, clip_grad_norm_,
     torch Adam) on the same batches, from the same initial weights."""
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
-    from tradeflow.engines.builtin.agent import ObservationScaler, _DQNLoop, build_model
+    from tradeflow.engines.builtin.agent import ObservationScaler, build_model
+    from tradeflow.engines.builtin.dqn_loop import DQNLoop
 
     params = cfg.trademaster
     scaler = ObservationScaler.fit(splits.train[list(FEATURE_COLUMNS)].to_numpy(np.float64))
     env = make_env(splits.train, scaler, params, shaping=True)
     ours, reference = (build_model("dqn", env, params, seed=7, steps_per_epoch=len(splits.train)) for _ in range(2))
     reference.set_logger(Logger(folder=None, output_formats=[]))
-    loop = _DQNLoop(ours, env, seed=7)
+    loop = DQNLoop(ours, env, seed=7)
     generator = torch.Generator().manual_seed(3)
     obs_dim, batch = loop.obs_dim, ours.batch_size
     for step in range(5):
