@@ -138,3 +138,18 @@ def test_env_example_defaults_are_the_models_defaults():
         default = Settings.model_fields[key].default if key in Settings.model_fields else _model_default(key)
         assert key in RUN_KEYS or key in Settings.model_fields
         assert _same(value or None, default), f"env.example: {name}={value} but the default is {default!r}"
+
+
+def test_readme_layout_names_every_library_module():
+    """The README's layout table is the map a newcomer reads first: every module and package of
+    ``tradeflow/`` (and every top-level folder the flow runs through) is in it."""
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    modules = [p for p in (REPO / "tradeflow").iterdir()
+               if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())]
+    missing = [p.name for p in modules if f"tradeflow/{p.stem}" not in layout]
+    missing += [d for d in ("entrypoints", "review_agents", "dags", "deploy/databricks", "tests", "bench", "docs")
+                if f"`{d}/" not in layout]
+    assert not missing, f"not in README's layout table: {missing}"
+    for name in ("dqn_loop.py", "epochs.py"):  # the builtin engine's modules, named in the table
+        assert name in layout and (REPO / "tradeflow" / "engines" / "builtin" / name).exists()
