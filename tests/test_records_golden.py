@@ -35,6 +35,9 @@ VOLATILE_TAGS = re.compile(
     r"|alias_decision|model_suggestion|stage\.\w+\.seconds)"
     r"|review\.(action|trace_id|contradicts_model|guardrails|fallback|fallback_reason)"
     r"|webui\.(signal_id|llm_id|chart_id|url))$")
+#: Tags MLflow sets or not depending on the checkout (a clone has an ``origin`` remote, a worktree
+#: may not): left out of the comparison.
+CHECKOUT_TAGS = re.compile(r"^mlflow\.(source\.git\.repoURL|gitRepoURL|source\.git\.branch)$")
 #: The golden file's stand-in for a value the WebUI backend sends from its own state.
 _RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
@@ -78,7 +81,8 @@ def _records(client: MlflowClient, server: WebUIServer) -> dict:
     for run in runs:
         name = names[run.info.run_id]
         assert name not in out["runs"], f"two {name} runs"
-        tags = {k: "<volatile>" if VOLATILE_TAGS.match(k) else _normalise(v, names) for k, v in run.data.tags.items()}
+        tags = {k: "<volatile>" if VOLATILE_TAGS.match(k) else _normalise(v, names) for k, v in run.data.tags.items()
+                if not CHECKOUT_TAGS.match(k)}
         out["runs"][name] = {
             "status": run.info.status,
             "parent": names.get(run.data.tags.get("mlflow.parentRunId", ""), None),
