@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tradeflow.filters import filter_value
+
 #: MLflow keeps at most this many characters of a tag value.
 MAX_TAG_CHARS = 5000
 
@@ -247,20 +249,14 @@ RECORDS: dict[str, type[StepRecord]] = {r.stage: r for r in (
 # --- run look-ups and endings -------------------------------------------------------------------
 
 
-def _filter_value(value: str) -> str:
-    from tradeflow.filters import filter_value
-
-    return filter_value(value)
-
-
 def find_by_tags(client: Any, experiment_ids: str | Iterable[str], tags: Mapping[str, str], *,
                  status: str | None = None, order_by: Iterable[str] = ("attributes.start_time DESC",),
                  max_results: int = 1000) -> list[Any]:
     """Runs whose tags equal ``tags`` (values quoted safely), newest first unless ``order_by``."""
     ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
-    clauses = [f"tags.`{name}` = {_filter_value(value)}" for name, value in tags.items()]
+    clauses = [f"tags.`{name}` = {filter_value(value)}" for name, value in tags.items()]
     if status:
-        clauses.append(f"attributes.status = {_filter_value(status)}")
+        clauses.append(f"attributes.status = {filter_value(status)}")
     return client.search_runs(ids, filter_string=" and ".join(clauses), order_by=list(order_by),
                               max_results=max_results)
 
