@@ -28,21 +28,24 @@ class FaultPlan:
       cycled through: 500/502/503/504/429); 429 and 503 carry ``Retry-After: retry_after`` when set.
       With ``after`` the request is applied first and the error answered afterwards (a proxy
       timing out after the backend committed), which is what makes a blind POST retry duplicate.
-      Back to ``normal`` once ``count`` is spent.
+      Back to ``normal`` once ``count`` is spent (1 when not given).
     - ``malformed``: answer 200, ``Content-Type: application/json``, with a truncated non-JSON body.
 
-    ``methods`` (e.g. ``["POST"]``) limits the fault to those methods; other requests behave.
-    ``for_s`` reverts any mode to ``normal`` after that many seconds.
+    ``methods`` (e.g. ``["POST"]``) and ``paths`` (path prefixes, e.g. ``["/api/artifacts/"]``) limit
+    the fault to those requests; other requests behave. ``count`` given with any other mode faults
+    that many matching requests, then reverts to ``normal`` (a fault that cannot miss its target on a
+    slow machine, unlike a time window). ``for_s`` reverts any mode to ``normal`` after that many seconds.
     """
 
     mode: str = "normal"
     delay_s: float = 2.0
-    count: int = 1
+    count: int | None = None
     status: list[int] = field(default_factory=lambda: [503])
     retry_after: float | None = None
     after: bool = False
     stop_listener: bool = False
     methods: list[str] | None = None
+    paths: list[str] | None = None
     for_s: float | None = None
     served: int = 0
     until: float | None = None
@@ -50,7 +53,8 @@ class FaultPlan:
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> FaultPlan:
         """Validate a control request; raise ``ValueError`` with a one-line reason."""
-        known = {"mode", "delay_s", "count", "status", "retry_after", "after", "stop_listener", "methods", "for_s"}
+        known = {"mode", "delay_s", "count", "status", "retry_after", "after", "stop_listener", "methods", "paths",
+                 "for_s"}
         if unknown := sorted(set(spec) - known):
             raise ValueError(f"unknown fault option(s) {unknown}; known: {sorted(known)}")
         mode = spec.get("mode", "normal")
@@ -63,15 +67,18 @@ class FaultPlan:
         plan = cls(
             mode=mode,
             delay_s=float(spec.get("delay_s", 2.0)),
-            count=int(spec.get("count", 1)),
+            count=None if spec.get("count") is None else int(spec["count"]),
             status=statuses,
             retry_after=None if spec.get("retry_after") is None else float(spec["retry_after"]),
             after=bool(spec.get("after", False)),
             stop_listener=bool(spec.get("stop_listener", False)),
             methods=None if spec.get("methods") is None else [str(m).upper() for m in spec["methods"]],
+            paths=None if spec.get("paths") is None else [str(p) for p in spec["paths"]],
             for_s=None if spec.get("for_s") is None else float(spec["for_s"]),
         )
-        if plan.delay_s < 0 or plan.count < 1 or (plan.for_s is not None and plan.for_s <= 0):
+        if plan.mode == "error_then_recover" and plan.count is None:
+            plan.count = 1
+        if plan.delay_s < 0 or (plan.count is not None and plan.count < 1) or (plan.for_s is not None and plan.for_s <= 0):
             raise ValueError("delay_s must be >= 0, count >= 1 and for_s > 0")
         if plan.stop_listener and (mode != "down" or plan.for_s is None):
             raise ValueError("stop_listener needs mode 'down' and for_s (nothing could restart it)")
@@ -94,14 +101,16 @@ def error_answer(plan: FaultPlan) -> Reply:
     return Reply(status, {"detail": REASONS.get(status, "error")}, headers=headers)
 
 
-def take(current: FaultPlan, method: str) -> tuple[FaultPlan, FaultPlan]:
-    """(the plan for one API request, the plan in force afterwards): ``for_s`` expiry, ``methods``
-    and ``count`` bookkeeping. The caller holds the backend's lock."""
+def take(current: FaultPlan, method: str, path: str) -> tuple[FaultPlan, FaultPlan]:
+    """(the plan for one API request, the plan in force afterwards): ``for_s`` expiry, ``methods``,
+    ``paths`` and ``count`` bookkeeping. The caller holds the backend's lock."""
     if current.until is not None and time.monotonic() >= current.until:
         current = FaultPlan()
     if current.methods is not None and method not in current.methods:
         return FaultPlan(), current
-    if current.mode != "error_then_recover":
+    if current.paths is not None and not any(path.startswith(prefix) for prefix in current.paths):
+        return FaultPlan(), current
+    if current.count is None:
         return FaultPlan(**asdict(current)), current
     snapshot = FaultPlan(**asdict(current))
     current.served += 1

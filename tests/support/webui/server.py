@@ -94,15 +94,15 @@ class WebUIServer(BackgroundHTTPServer):
         with self._backend.lock:
             return self._backend.fault.public()
 
-    def _fault(self, method: str) -> FaultPlan:
+    def _fault(self, method: str, path: str) -> FaultPlan:
         """The plan in force for one API request (``for_s`` expiry and ``count`` bookkeeping)."""
         with self._backend.lock:
-            plan, self._backend.fault = take(self._backend.fault, method)
+            plan, self._backend.fault = take(self._backend.fault, method, path)
             return plan
 
     def _answer(self, method: str, path: str, query: dict[str, str], body: Any, host: str,
                 entry: dict[str, Any]) -> Reply | None:
-        plan = self._fault(method)
+        plan = self._fault(method, path)
         entry["fault"] = None if plan.mode == "normal" else plan.mode
         if plan.mode == "down":
             return None
