@@ -210,18 +210,21 @@ async def areview(
         messages=sum(1 for m in messages if isinstance(m, BaseChatMessage)),
         guardrail_notes=[redact(n) for n in notes],
     )
-    _log_outcome(ev, outcome, failure, redact)
+    _log_outcome(ev, outcome, failure, redact, reports_tokens=config.provider != "rules")
     return outcome
 
 
-def _log_outcome(ev: Evidence, outcome: ReviewOutcome, failure: Failure | None, redact: Callable[[str], str]) -> None:
+def _log_outcome(ev: Evidence, outcome: ReviewOutcome, failure: Failure | None, redact: Callable[[str], str],
+                 *, reports_tokens: bool) -> None:
     d = outcome.decision
     if failure is not None:
         log.warning(redact(f"review {ev.symbol}: fallback HOLD ({failure.reason}: {failure.detail})"))
+    # the rules reviewer only estimates tokens (for the token limit); it is not a language model
+    tokens = f"tokens={outcome.usage['total_tokens']} " if reports_tokens else ""
     log.info(
         redact(
             f"review {ev.symbol}: {d.action} confidence={d.confidence:.2f} model={outcome.model_used} "
-            f"messages={outcome.messages} tokens={outcome.usage['total_tokens']} "
+            f"messages={outcome.messages} {tokens}"
             f"latency={outcome.latency_s:.2f}s notes={len(outcome.guardrail_notes)}"
         )
     )

@@ -318,6 +318,14 @@ def test_token_cap_terminates_without_decision():
     assert outcome.transcript[-2]["agent"] == "guardrail" and outcome.transcript[-2]["type"] == "Fallback"
 
 
+def test_the_log_line_quotes_tokens_only_from_a_language_model(caplog):
+    """The rules reviewer estimates tokens for the token limit; its log line must not read as usage."""
+    caplog.set_level(logging.INFO, logger="review_agents.review")
+    review(BULLISH, ReviewConfig())
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("review "))
+    assert "model=rule-based" in line and "tokens=" not in line, line
+
+
 def test_message_cap_terminates_without_decision():
     outcome = review(BULLISH, ReviewConfig(max_messages=3))
     assert outcome.fallback_reason == "message_limit" and outcome.messages == 3
@@ -407,6 +415,7 @@ def test_http_success(structured, _warm_http, caplog):
     fmt = requests[2]["body"]["response_format"]["type"]
     assert fmt == ("json_schema" if structured else "json_object")
     assert "response_format" not in requests[0]["body"]
+    assert any(f"tokens={outcome.usage['total_tokens']} " in r.getMessage() for r in caplog.records)
     _assert_no_key(outcome, caplog)  # ...and never recorded
 
 
