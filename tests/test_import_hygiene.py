@@ -26,6 +26,20 @@ if sys.argv[1] == "train":
     from tradeflow.engines.builtin.agent import reproducible_torch
     with reproducible_torch():
         pass
+if sys.argv[1] == "train_and_load":  # a real (tiny) training, then the saved model loaded back
+    import tempfile
+    from pathlib import Path
+    from tradeflow.config import resolve_config
+    from tradeflow.data import load_market_data
+    from tradeflow.engines import get_engine
+    from tradeflow.features import compute_features, split_for_run
+    cfg = resolve_config({"symbol": "AAPL", "epochs": 1, "data_source": "csv:data/trademaster/dj30_2020_2021.csv"})
+    splits = split_for_run(compute_features(load_market_data(cfg).bars), cfg)
+    engine = get_engine("builtin")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = engine.train(splits, cfg, workdir=Path(tmp))
+        result.agent.save(Path(tmp) / "agent")
+        engine.load_agent(Path(tmp) / "agent")
 print(json.dumps(sorted(m for m in sys.modules if m in {heavy})))
 """.replace("{heavy}", repr(set(HEAVY)))
 
@@ -52,5 +66,13 @@ def test_the_pipeline_process_loads_no_ml_or_plotting_library():
 
 def test_deterministic_training_does_not_import_torch_dynamo():
     loaded = _loaded("train", "entrypoints.train_backtest", "tradeflow.engines.builtin")
+    assert {"torch", "stable_baselines3"} <= loaded
+    assert "torch._dynamo" not in loaded
+
+
+def test_training_and_loading_a_model_do_not_import_torch_dynamo():
+    """SB3 builds an Adam optimizer for every model it creates or loads; torch's optimizer methods
+    import dynamo on first use unless the builtin engine pre-empts it (~3 s a train/inference process)."""
+    loaded = _loaded("train_and_load", "tradeflow.engines.builtin")
     assert {"torch", "stable_baselines3"} <= loaded
     assert "torch._dynamo" not in loaded

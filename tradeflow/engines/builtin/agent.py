@@ -237,6 +237,30 @@ def reproducible_torch(threads: int = 1) -> Iterator[None]:
         _deterministic_algorithms(previous[1], warn_only=previous[2])
 
 
+def _skip_dynamo_disable_wrappers() -> None:
+    """Keep ``torch.optim.Optimizer`` from importing torch._dynamo (~3 s a process, the "first
+    training" set-up cost) on its first ``add_param_group``/``state_dict``/``load_state_dict``/
+    ``zero_grad`` call, which every SB3 model construction and load makes.
+
+    torch wraps those methods in ``torch._disable_dynamo``, which imports dynamo lazily on the
+    first call only to wrap the method in ``torch._dynamo.disable``: a context that matters only
+    while ``torch.compile`` traces the caller, and nothing in this process compiles. The wrapper
+    caches the disabled function on the method as ``__dynamo_disable``; we pre-fill that cache with
+    the method itself. Applied only while dynamo is not loaded (if something has imported it, the
+    wrappers do their real work), and only where the wrapper has the shape torch 2.13 gives it."""
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in ("add_param_group", "state_dict", "load_state_dict", "zero_grad"):
+        method = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+        if callable(method) and getattr(method, "__dynamo_disable", None) is None:
+            setattr(method, "__dynamo_disable", method)
+
+
+_skip_dynamo_disable_wrappers()
+
+
 def _deterministic_algorithms(mode: bool, *, warn_only: bool) -> None:
     """``torch.use_deterministic_algorithms`` without its ``import torch._inductor.config``, which
     imports torch._dynamo (2-3 s a process; 8 s on a loaded machine): the flag is the same, and
