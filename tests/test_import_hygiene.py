@@ -51,9 +51,11 @@ def _loaded(kind: str, *modules: str) -> set[str]:
 
 
 def test_review_and_persist_processes_never_load_torch_or_stable_baselines3():
-    review = _loaded("review", "entrypoints.review", "tradeflow.steps.review", "review_agents")
+    # the review step's own lazy imports included: its run description and transcript
+    review = _loaded("review", "entrypoints.review", "tradeflow.steps.review", "review_agents", "tradeflow.run_notes",
+                     "tradeflow.review_trace")
     persist = _loaded("persist", "entrypoints.persist", "tradeflow.steps.persist", "tradeflow.webui")
-    assert not review & {"torch", "stable_baselines3", "gymnasium"}, review
+    assert not review & {"torch", "stable_baselines3", "gymnasium", "matplotlib"}, review
     assert not persist & {"torch", "stable_baselines3", "gymnasium", "matplotlib"}, persist
 
 

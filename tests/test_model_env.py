@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import BTC_CSV, REPO, require_shared_data
-from tradeflow.model import MODEL_PACKAGES, pinned_requirements
+from tradeflow.model import MODEL_PACKAGES, environment_mismatches, load_logged_model, pinned_requirements
 
 
 def _pins(lines) -> dict[str, str]:
@@ -95,6 +95,26 @@ def test_log_agent_model_infers_nothing_and_logs_a_buildable_environment(trackin
     assert python_env.python == conda_python.removeprefix("python=")
     assert python_env.dependencies == ["-r requirements.txt"]
     assert mlflow.pyfunc.get_model_dependencies(uri).endswith("requirements.txt")
-    model = mlflow.pyfunc.load_model(uri)
+    assert environment_mismatches(local) == []  # this venv is the pinned environment
+    model = load_logged_model(uri)
     prediction = model.predict(features.tail(int(agent.window)))
     assert prediction["suggestion"].iloc[0] in ("BUY", "SELL", "HOLD")
+
+
+def test_the_environment_check_names_each_mismatch(tmp_path):
+    """What ``load_logged_model`` warns about instead of MLflow's slow check: a pin the running
+    interpreter does not satisfy, a package it lacks, another Python; markers and paths are skipped."""
+    import platform
+
+    (tmp_path / "requirements.txt").write_text(
+        "mlflow==0.0.1\nno-such-package-tradeflow==1.0\nnumpy>=1\n"
+        "pandas==0.1; python_version < '3'\n./local/wheel.whl\n# comment\n")
+    (tmp_path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"python_function": {"python_version": "2.7.18"}}}))
+    problems = environment_mismatches(tmp_path)
+    import mlflow
+
+    assert problems == [
+        f"mlflow {mlflow.__version__} is installed; the model requires mlflow==0.0.1",
+        "no-such-package-tradeflow is not installed (model requires no-such-package-tradeflow==1.0)",
+        f"the model was logged with Python 2.7.18; this is Python {platform.python_version()}",
+    ]

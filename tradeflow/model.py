@@ -134,6 +134,56 @@ def log_agent_model(
     return info.model_uri
 
 
+def load_logged_model(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """``mlflow.pyfunc.load_model`` with its environment check done by package name.
+
+    MLflow's check first maps every installed distribution to its modules
+    (``packages_distributions()``: ~3 s of each inference process here). The logged model pins
+    only ``MODEL_PACKAGES`` (``requirements.txt`` beside it), and looking each up by name reports
+    the same mismatches in milliseconds; like MLflow, a mismatch is a warning, not an error."""
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    for problem in environment_mismatches(local):
+        log.warning("model %s: %s", model_uri, problem)
+    return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+
+
+def environment_mismatches(model_dir: Path) -> list[str]:
+    """What in this interpreter differs from the logged model's ``requirements.txt`` and Python."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import yaml
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    problems = []
+    requirements = model_dir / "requirements.txt"
+    lines = requirements.read_text().splitlines() if requirements.is_file() else []
+    for line in (line.strip() for line in lines):
+        if not line or line.startswith(("#", "-")):
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue  # a path or URL: nothing to compare by name
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = version(req.name)
+        except PackageNotFoundError:
+            problems.append(f"{req.name} is not installed (model requires {line})")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            problems.append(f"{req.name} {installed} is installed; the model requires {line}")
+    mlmodel = model_dir / "MLmodel"
+    if mlmodel.is_file():
+        logged = str(((yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+                      .get("python_function", {}) or {}).get("python_version") or "")
+        running = platform.python_version()
+        if logged and logged.split(".")[:2] != running.split(".")[:2]:
+            problems.append(f"the model was logged with Python {logged}; this is Python {running}")
+    return problems
+
+
 def register_model(model_uri: str, name: str, alias: str, *, tags: dict[str, str] | None = None,
                    description: str | None = None, move_alias: bool = True) -> str:
     """Register ``model_uri`` under ``name``, point ``alias`` at the new version unless
@@ -168,7 +218,7 @@ def champion_return_on(name: str, alias: str, frame: pd.DataFrame, cfg: Any) -> 
     except MlflowException:
         return None
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        model = load_logged_model(f"models:/{name}@{alias}")
         wrapper = model.unwrap_python_model()
         agent, meta = wrapper.agent, wrapper.meta
         return float(get_engine(meta["engine"]).backtest(agent, frame, cfg).metrics["total_return"])

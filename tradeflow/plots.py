@@ -15,14 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-
-def pct_text(value: float | None) -> str:
-    """``+7.5 %`` (a fraction as a signed percentage), ``n/a`` when missing."""
-    try:
-        value = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return "n/a"
-    return "n/a" if value != value else f"{value * 100:+.1f} %"
+from tradeflow.formatting import pct_text
 
 
 def plot_title(symbol: str, split: str, *, start: str | None, end: str | None, source: str, synthetic: bool,

@@ -19,7 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import FLAT_KEYS, TOP_LEVEL_KEYS, RunConfig
-from tradeflow.plots import pct_text as pct
+from tradeflow.formatting import pct_text as pct
 from tradeflow.records import ReviewRecord, Tag, TrainRecord
 
 NOTE_TAG = Tag.NOTE

@@ -142,6 +142,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
     from tradeflow.data import load_market_data
     from tradeflow.evidence import build_evidence
     from tradeflow.features import compute_features, latest_window
+    from tradeflow.model import load_logged_model
 
     tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
@@ -154,7 +155,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
             "inference.training_run_id": resolved.training_run_id,
             **{k: v for k, v in cfg.flat_params().items() if k.startswith(("cfg.symbol", "cfg.data_", "cfg.bar_size", "cfg.end_date", "cfg.backtest_lookback_days"))},
         })
-        model = mlflow.pyfunc.load_model(resolved.uri)
+        model = load_logged_model(resolved.uri)
         meta = _agent_meta(model)
         if meta.get("symbol") and meta["symbol"] != cfg.symbol:
             mlflow.set_tag(Tag.WARNING, f"model trained on {meta['symbol']}, applied to {cfg.symbol}")

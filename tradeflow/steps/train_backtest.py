@@ -211,7 +211,7 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
         return None
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.plots import pct_text
+    from tradeflow.formatting import pct_text
 
     metrics, test = metrics or {}, (bounds or {}).get("test", {})
     tags = {"symbol": cfg.symbol, "source_run_id": run_id, "engine": cfg.engine, "algorithm": cfg.algorithm}
