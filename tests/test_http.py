@@ -181,3 +181,17 @@ def test_concurrent_upserts_of_one_identity_are_serialised_by_nobody_but_found_a
     before = len(webui_server.artifacts())
     client.upsert_artifact(nvda_signal(run_id="run-3"))
     assert len(webui_server.artifacts()) == before <= 2
+
+
+def test_the_deadline_setting_is_read_through_the_settings_model():
+    """Unset: each client keeps its own deadline; set: one value for all; bad: the settings model's
+    one-line error naming the variable (not a second parser with its own rules)."""
+    from tradeflow.config import ConfigError
+    from tradeflow.http import deadline_from_env
+
+    assert deadline_from_env(12.0, {}) == 12.0
+    assert deadline_from_env(12.0, {"TRADEFLOW_HTTP_DEADLINE_S": " "}) == 12.0
+    assert deadline_from_env(12.0, {"TRADEFLOW_HTTP_DEADLINE_S": "5"}) == 5.0
+    for bad, why in (("nan", "finite number"), ("0", "greater than 0"), ("4000", "less than or equal to 3600")):
+        with pytest.raises(ConfigError, match=rf"^TRADEFLOW_HTTP_DEADLINE_S='{bad}': .*{why}"):
+            deadline_from_env(12.0, {"TRADEFLOW_HTTP_DEADLINE_S": bad})

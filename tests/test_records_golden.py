@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, mlflow_run
-from tests.support.webui_server import WebUIServer
+from tests.support.webui import WebUIServer
 
 pytestmark = pytest.mark.slow
 

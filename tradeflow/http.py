@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import requests
 
-from tradeflow.errors import InputError, ServiceError
+from tradeflow.errors import ServiceError
 from tradeflow.http_watchdog import Watch, deadline, watch_session, watched_session
 
 log = logging.getLogger(__name__)
@@ -71,19 +71,17 @@ class RetryPolicy:
 
 
 def deadline_from_env(default: float, environ: Mapping[str, str] | None = None) -> float:
-    """``TRADEFLOW_HTTP_DEADLINE_S`` (seconds, > 0) or ``default``; a bad value is one ValueError."""
+    """``TRADEFLOW_HTTP_DEADLINE_S`` when it is set (validated by the one settings model,
+    ``tradeflow.settings``: a bad value is a one-line ``ConfigError``), else ``default``: each
+    client keeps its own deadline until a person sets one for all."""
     import os
 
-    raw = ((os.environ if environ is None else environ).get("TRADEFLOW_HTTP_DEADLINE_S") or "").strip()
-    if not raw:
+    from tradeflow import settings
+
+    env = os.environ if environ is None else environ
+    if not (env.get(settings.env_name("http_deadline_s")) or "").strip():
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise InputError(f"TRADEFLOW_HTTP_DEADLINE_S={raw!r}: give seconds between 0 and 3600")
-    return value
+    return settings.current(env).http_deadline_s
 
 
 @dataclass(frozen=True)
