@@ -3,7 +3,10 @@
 # requirements and this project (editable). Idempotent: a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+# An absolute path: from a bare environment (env -i: PATH not exported) Python cannot find its own
+# executable from a bare name, and `python -m venv` then refuses to run.
+PYTHON=${PYTHON:-$(command -v python3 || true)}
+[ -n "$PYTHON" ] || { echo "setup: no python3 on PATH (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
