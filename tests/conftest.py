@@ -16,6 +16,12 @@ from tests.support.data import SHARED_DATA as DATA  # noqa: F401
 from tests.support.data import SHARED_DIR as SHARED  # noqa: F401
 from tests.support.stores import sqlite_store, tracking_to
 
+# A shell started with `env -i` exports no PATH (bash keeps its default unexported), so every
+# subprocess the tests start (mlflow's `bash -c`, git, airflow) would find nothing. Give the session
+# the OS default then; the helpers put this interpreter's venv in front of it.
+if not os.environ.get("PATH"):
+    os.environ["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+
 # Environment variables a developer's shell may carry that would leak into tests.
 _LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
           "BACKEND_API_URL", "BACKEND_API_TOKEN", "OPENAI_API_KEY")
