@@ -92,7 +92,12 @@ def test_log_agent_model_infers_nothing_and_logs_a_buildable_environment(trackin
     python_env = _PythonEnv.from_yaml(str(local / "python_env.yaml"))
     conda_python = next(d for d in yaml.safe_load((REPO / "conda.yaml").read_text())["dependencies"]
                         if isinstance(d, str) and d.startswith("python="))
-    assert python_env.python == conda_python.removeprefix("python=")
+    # the interpreter that trained it (what MLflow records), the same minor version as conda.yaml's
+    # pin: a machine's python3 may be another 3.11 patch release (Debian's 3.11.2 from env -i)
+    import platform
+
+    assert python_env.python == platform.python_version()
+    assert python_env.python.split(".")[:2] == conda_python.removeprefix("python=").split(".")[:2]
     assert python_env.dependencies == ["-r requirements.txt"]
     assert mlflow.pyfunc.get_model_dependencies(uri).endswith("requirements.txt")
     assert environment_mismatches(local) == []  # this venv is the pinned environment
