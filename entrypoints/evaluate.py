@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
-from tradeflow.config import ConfigError
+from tradeflow.errors import ConfigError
 from tradeflow.tracking import PROJECT_ROOT
 
 #: the default universe: TradeMaster's dj30 files beside the project (29 Dow stocks, 2020-2021)

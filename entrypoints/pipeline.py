@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
-from tradeflow.config import ConfigError
+from tradeflow.errors import ConfigError
 from tradeflow.settings import parse_bool
 
 FLAGS = ("symbol", "mode", "execution_id", "force", "data_source", "epochs", "reviewer", "dag_id", "task_id", "config")

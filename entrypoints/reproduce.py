@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__, ("run_id",), required=("run_id",)).parse_args(argv)
 
     def step() -> None:
-        from tradeflow.config import resolve_config
+        from tradeflow.settings import resolve_with_env
         from tradeflow.errors import tracking_lookup_error
         from tradeflow.records import Tag
         from tradeflow.reproduce import NotReproducible, recorded_invocation, reproduce
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
             fail_before_work(str(exc))
         except Exception as exc:  # not a run, or the store is down: say which
             fail_before_work(str(tracking_lookup_error(exc, f"run_id {args.run_id!r}", uri)))
-        experiment = resolve_config({"symbol": invocation["run"].data.tags.get(Tag.SYMBOL, "X")}, with_env=True)
+        experiment = resolve_with_env({"symbol": invocation["run"].data.tags.get(Tag.SYMBOL, "X")})
         reproduce(args.run_id, experiment.experiment_name)
 
     main_wrapper(step)

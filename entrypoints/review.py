@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
-from tradeflow.config import ConfigError
+from tradeflow.errors import ConfigError
 
 FLAGS = ("evidence_uri", "reviewer", "review_model", "config")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tradeflow.steps.train_backtest import train_backtest_step
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
-from tradeflow.config import ConfigError
+from tradeflow.errors import ConfigError
 
 FLAGS = (
     "symbol", "data_source", "engine", "algorithm", "seed", "epochs", "backward_num_day",

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 from autogen_core.models import ChatCompletionClient, ModelInfo
 
-from tradeflow.config import ConfigError, ReviewConfig
+from tradeflow.config import ReviewConfig
+from tradeflow.errors import ConfigError
 
 from .redaction import Redactor
 from .rules import RULES_MODEL_NAME, RuleBasedChatCompletionClient

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tradeflow.config import MAX_EPOCHS, ConfigError, RunConfig, resolve_config
-from tradeflow.settings import env_layer
+from tradeflow.config import MAX_EPOCHS, RunConfig, resolve_config
+from tradeflow.errors import ConfigError
+from tradeflow.settings import env_layer, resolve_with_env
 
 WEBUI_LINK_CONFIG = {
     "mode": "both",
@@ -43,8 +44,8 @@ def test_layers_override_lowest_first_key_by_key():
 def test_environment_layer_sits_right_above_defaults(monkeypatch):
     monkeypatch.setenv("TRADEFLOW_EPOCHS", "6")
     monkeypatch.setenv("TRADEFLOW_DATA_SOURCE", "synthetic")
-    assert resolve_config({"symbol": "X"}, with_env=True).trademaster.epochs == 6
-    assert resolve_config({"symbol": "X", "epochs": "2"}, with_env=True).trademaster.epochs == 2
+    assert resolve_with_env({"symbol": "X"}).trademaster.epochs == 6
+    assert resolve_with_env({"symbol": "X", "epochs": "2"}).trademaster.epochs == 2
 
 
 def test_empty_mlproject_params_mean_unset():
@@ -107,7 +108,7 @@ def test_a_mistyped_tradeflow_variable_fails_with_the_known_names(monkeypatch):
 
     monkeypatch.setenv("TRADEFLOW_EPOCH", "5")
     with pytest.raises(ConfigError) as caught:
-        resolve_config({"symbol": "AAPL"}, with_env=True)
+        resolve_with_env({"symbol": "AAPL"})
     message = str(caught.value)
     assert message.startswith("unknown environment variable TRADEFLOW_EPOCH (did you mean TRADEFLOW_EPOCHS?);")
     assert "known TRADEFLOW_* names: " in message and "TRADEFLOW_TASK_RETRIES" in message and "\n" not in message
@@ -116,7 +117,7 @@ def test_a_mistyped_tradeflow_variable_fails_with_the_known_names(monkeypatch):
     check_env_names({name: "1" for name in OPERATIONAL_ENV})
     monkeypatch.setenv("TRADEFLOW_EPOCHS", "5")
     monkeypatch.setenv("TRADEFLOW_PARALLEL_SYMBOLS", "2")
-    assert resolve_config({"symbol": "AAPL"}, with_env=True).trademaster.epochs == 5
+    assert resolve_with_env({"symbol": "AAPL"}).trademaster.epochs == 5
     assert "TRADEFLOW_EPOCHS" in known_env_names() and "TRADEFLOW_CONFIG" in known_env_names()
     with pytest.raises(ConfigError, match=r"variables TRADEFLOW_A, TRADEFLOW_ZZZ_UNRELATED; known"):
         check_env_names({"TRADEFLOW_ZZZ_UNRELATED": "", "TRADEFLOW_A": "", "OTHER": ""})

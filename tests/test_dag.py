@@ -35,7 +35,7 @@ from tests.support.airflow_env import airflow_stack
 from tests.support.fake_databricks import FakeDatabricks
 from tests.support.webui import WebUIServer
 from tradeflow import orchestration as orch
-from tradeflow.config import ConfigError
+from tradeflow.errors import ConfigError
 from tradeflow.names import SYMBOL_PATTERN
 
 DAG_FILE = REPO / "dags" / "trademaster_autogen_pipeline_workflow.py"

@@ -25,7 +25,7 @@ def _keep_sigterm():
 
 def test_the_project_errors_are_user_errors_and_keep_their_builtin_bases():
     from review_agents.signal import SignalError
-    from tradeflow.config import ConfigError
+    from tradeflow.errors import ConfigError
     from tradeflow.data.base import DataError
     from tradeflow.http import HttpError
     from tradeflow.pipeline import StageFailed

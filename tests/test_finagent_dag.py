@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import REPO, require_shared_data
 from tests.support.airflow_env import airflow_stack
 from tradeflow import orchestration as orch
-from tradeflow.config import ConfigError
+from tradeflow.errors import ConfigError
 
 DAG_ID = orch.FINAGENT_DAG_ID
 DAG_FILE = REPO / "dags" / f"{DAG_ID}.py"

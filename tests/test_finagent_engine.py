@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import DJ30_BOTH, REPO, require_shared_data
-from tradeflow.config import ConfigError, resolve_config
+from tradeflow.config import resolve_config
+from tradeflow.errors import ConfigError
 from tradeflow.engines import EngineUnavailable
 from tradeflow.engines import _finagent_compat as compat
 

@@ -24,7 +24,8 @@ from tests.support.data import SHARED_DATA
 from tests.support.hostile_server import HostileServer
 from tests.support.stores import sqlite_store, tracking_to
 from tradeflow import orchestration as orch
-from tradeflow.config import ConfigError, resolve_config
+from tradeflow.config import resolve_config
+from tradeflow.errors import ConfigError
 from tradeflow.webui import WebUIClient, WebUIError
 
 DAG_ID = orch.DAG_ID

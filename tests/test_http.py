@@ -186,7 +186,7 @@ def test_concurrent_upserts_of_one_identity_are_serialised_by_nobody_but_found_a
 def test_the_deadline_setting_is_read_through_the_settings_model():
     """Unset: each client keeps its own deadline; set: one value for all; bad: the settings model's
     one-line error naming the variable (not a second parser with its own rules)."""
-    from tradeflow.config import ConfigError
+    from tradeflow.errors import ConfigError
     from tradeflow.http import deadline_from_env
 
     assert deadline_from_env(12.0, {}) == 12.0

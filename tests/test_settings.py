@@ -9,7 +9,8 @@ from typing import get_args
 import pytest
 
 from tradeflow import settings
-from tradeflow.config import ConfigError, RunConfig
+from tradeflow.config import RunConfig
+from tradeflow.errors import ConfigError
 from tradeflow.settings import OPERATIONAL_ENV, Settings, current, env_name, parse_bool
 
 

@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from tradeflow.config import RunConfig, resolve_config
+from tradeflow.config import RunConfig
 from tradeflow.errors import UserError
 from tradeflow.records import mark_failed
-from tradeflow.settings import log_level
+from tradeflow.settings import log_level, resolve_with_env
 from tradeflow.tracking import configure_tracking, one_line
 
 log = logging.getLogger("tradeflow")
@@ -63,7 +63,7 @@ def config_from_flags(args: argparse.Namespace, *, extra_layers: Sequence[Mappin
 
     known = TOP_LEVEL_KEYS | set(FLAT_KEYS) | {"config"}
     layer = {k: v for k, v in vars(args).items() if k in known}
-    return resolve_config(*extra_layers, layer, with_env=True)
+    return resolve_with_env(*extra_layers, layer)
 
 
 def fail_before_work(message: str) -> None:

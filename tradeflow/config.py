@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from tradeflow.names import Mode, check_data_source, check_symbol
 
-from tradeflow.errors import InputError
+from tradeflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,6 @@ MAX_LOOKBACK_DAYS = 3660
 MAX_SYMBOLS = 50
 MAX_HIDDEN_LAYERS = 8
 _EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9_./ @+-]{1,200}$")
-
-
-class ConfigError(InputError):
-    """A configuration value is invalid. ``str(err)`` is one line naming the parameter."""
 
 
 class _Strict(BaseModel):
@@ -318,15 +314,13 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def resolve_config(*layers: Mapping[str, Any] | None, with_env: bool = False) -> RunConfig:
+def resolve_config(*layers: Mapping[str, Any] | None) -> RunConfig:
     """Merge layers (lowest first) into a validated ``RunConfig``.
 
-    ``with_env=True`` inserts the environment layer right above the defaults. Raises
-    ``ConfigError`` with a one-line message naming the offending parameter.
+    The environment is a layer like any other: ``settings.resolve_with_env`` puts it right above
+    the defaults. Raises ``ConfigError`` with a one-line message naming the offending parameter.
     """
-    from tradeflow.settings import env_layer  # the environment (it imports this module)
-
-    merged: dict[str, Any] = env_layer() if with_env else {}
+    merged: dict[str, Any] = {}
     for index, layer in enumerate(layers):
         merged = deep_merge(merged, normalise_layer(layer, origin=f"layer {index}"))
     if "symbol" not in merged:

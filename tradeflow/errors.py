@@ -20,6 +20,10 @@ class InputError(UserError, ValueError):
     """A value given to tradeflow (a parameter, a URI, a payload field) is unusable."""
 
 
+class ConfigError(InputError):
+    """A configuration value is invalid. ``str(err)`` is one line naming the parameter."""
+
+
 class NotFoundError(UserError, LookupError):
     """Something the input names does not exist (a run, an artifact, a model)."""
 
@@ -49,5 +53,5 @@ def tracking_lookup_error(exc: BaseException, what: str, uri: str) -> UserError:
     return TrackingStoreUnavailable(f"tracking store {uri} could not be read for {what}: {reason}")
 
 
-__all__ = ["InputError", "NotFoundError", "ServiceError", "StepError", "TrackingStoreUnavailable", "UserError",
+__all__ = ["ConfigError", "InputError", "NotFoundError", "ServiceError", "StepError", "TrackingStoreUnavailable", "UserError",
            "tracking_lookup_error"]

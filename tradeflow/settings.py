@@ -25,7 +25,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tradeflow.config import FLAT_KEYS, MAX_SYMBOLS, TOP_LEVEL_KEYS, ConfigError, normalise_layer
+from tradeflow.config import FLAT_KEYS, MAX_SYMBOLS, TOP_LEVEL_KEYS, RunConfig, normalise_layer, resolve_config
+from tradeflow.errors import ConfigError
 
 ENV_PREFIX: Final = "TRADEFLOW_"
 
@@ -179,6 +180,12 @@ def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if name.startswith(ENV_PREFIX) and (key := name[len(ENV_PREFIX):].lower()) in RUN_KEYS:
             flat[key] = value
     return normalise_layer(flat, origin="environment")
+
+
+def resolve_with_env(*layers: Mapping[str, Any] | None) -> RunConfig:
+    """``resolve_config`` with the environment layer right above the defaults (what an entry
+    point or a task resolves; the config model itself never reads the environment)."""
+    return resolve_config(env_layer(), *layers)
 
 
 def log_level(environ: Mapping[str, str] | None = None) -> str:

@@ -15,7 +15,8 @@ from datetime import date
 
 import requests
 
-from tradeflow.config import ConfigError, RunConfig
+from tradeflow.config import RunConfig
+from tradeflow.errors import ConfigError
 from tradeflow.data.base import DataError, MarketData, finalise
 from tradeflow.http import HttpClient, HttpError, Limits, RetryPolicy, deadline_from_env
 from tradeflow.data.ibkr_bars import ADJCP_NOTE, parse_ibkr_bars

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tradeflow.config import MAX_SYMBOLS, ConfigError, RunConfig
+from tradeflow.config import MAX_SYMBOLS, RunConfig
+from tradeflow.errors import ConfigError
 from tradeflow.errors import StepError
 from tradeflow.evaluation.policies import BUY_AND_HOLD, FLAT, RANDOM_PREFIX, REVIEWED, SMA_CROSSOVER
 from tradeflow.evaluation.walkforward import SymbolResult, WalkForwardSpec, evaluate_symbol

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from tradeflow.backtest import BacktestResult, periods_per_year_for, simulate
-from tradeflow.config import ConfigError, RunConfig
+from tradeflow.config import RunConfig
+from tradeflow.errors import ConfigError
 from tradeflow.data.base import DataError, bars_digest
 from tradeflow.evaluation.policies import (
     BUY_AND_HOLD,

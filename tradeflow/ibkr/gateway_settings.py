@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tradeflow.config import ConfigError
+from tradeflow.errors import ConfigError
 from tradeflow.ibkr.errors import BrokerError
 from tradeflow.settings import parse_bool
 

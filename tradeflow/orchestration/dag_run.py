@@ -9,7 +9,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tradeflow.config import ConfigError, resolve_config
+from tradeflow.settings import resolve_with_env
+from tradeflow.errors import ConfigError
 from tradeflow.orchestration.context import RunContext, conf_layer, fail_now, skip
 from tradeflow.orchestration.settings import RESOLVE_TASK, RUN_SYMBOL_TASK
 from tradeflow.records import Tag, children_of, find_by_tags, mark_failed
@@ -38,7 +39,7 @@ def _experiment_id(targets: Sequence[Mapping[str, Any]], ctx: RunContext) -> str
     from tradeflow.tracking import configure_tracking, ensure_experiment
 
     try:
-        cfg = resolve_config({"symbol": targets[0]["symbol"]}, conf_layer(ctx), with_env=True)
+        cfg = resolve_with_env({"symbol": targets[0]["symbol"]}, conf_layer(ctx))
     except ConfigError as exc:
         fail_now(f"config of this DAG run (TRADEFLOW_* environment + dag_run.conf): {exc}")
     configure_tracking()

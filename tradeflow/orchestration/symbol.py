@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tradeflow.config import ConfigError, RunConfig, normalise_layer, resolve_config
+from tradeflow.config import RunConfig, normalise_layer
+from tradeflow.errors import ConfigError
 from tradeflow.errors import StepError
 from tradeflow.orchestration.context import RunContext, conf_layer, fail_now
 from tradeflow.orchestration.dag_run import TAG_AIRFLOW_TRY, record_failed_symbol_run
 from tradeflow.orchestration.executors import get_executor
 from tradeflow.orchestration.settings import PIPELINE_LAYERS, PROJECT_ROOT, RUN_SYMBOL_TASK
-from tradeflow.settings import current, parse_bool
+from tradeflow.settings import current, parse_bool, resolve_with_env
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def symbol_config(target: Mapping[str, Any], ctx: RunContext) -> RunConfig:
     link.pop("symbol", None)
     check_link_files(link, symbol)
     pinned = PIPELINE_LAYERS.get(ctx.dag_id, {})
-    cfg = resolve_config({"symbol": symbol}, pinned, link, conf_layer(ctx), with_env=True)
+    cfg = resolve_with_env({"symbol": symbol}, pinned, link, conf_layer(ctx))
     for key, value in pinned.items():
         if getattr(cfg, key) != value:
             raise ConfigError(f"{ctx.dag_id} runs {key}={value}; the WebUI link config or dag_run.conf asked for "
