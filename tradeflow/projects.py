@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -43,11 +42,20 @@ from mlflow.projects.utils import (
     load_project,
 )
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_RUN_NAME,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 from tradeflow import settings
 from tradeflow.records import Tag, mark_failed
-from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE, create_project_run
+from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE, git
 
 log = logging.getLogger(__name__)
 
@@ -125,23 +133,35 @@ class StageOutcome:
         return self.status == "FINISHED"
 
 
-def recorded_params(params: dict[str, str]) -> dict[str, str]:
-    """The parameters as they were passed, from what ``mlflow.projects.run`` logged.
+def create_project_run(entry_point: str, *, experiment_id: str, project_dir: Path,
+                       parent_run_id: str | None = None, run_name: str | None = None) -> str:
+    """Create the run of an MLproject entry point with the tags ``mlflow run`` would write, but no
+    parameters: the step logs each parameter's *resolved* value under its own name (MLflow logs
+    the raw ``-P`` values, ``''`` for "not set", and a param cannot be changed once logged)."""
+    import getpass
 
-    MLflow logs entry-point parameters shell-quoted (``''`` for an empty value, ``'{"a": 1}'``
-    for JSON); this undoes the quoting so a re-run gets the original values.
-    """
-    out = {}
-    for key, value in params.items():
-        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
-            try:
-                parts = shlex.split(value)
-            except ValueError:
-                parts = [value]
-            value = parts[0] if len(parts) == 1 else value
-            value = "" if value == "''" else value
-        out[key] = value
-    return out
+    tags = {MLFLOW_SOURCE_TYPE: "PROJECT", MLFLOW_PROJECT_ENTRY_POINT: entry_point,
+            MLFLOW_SOURCE_NAME: str(project_dir)}
+    try:
+        tags[MLFLOW_USER] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    try:
+        tags[MLFLOW_GIT_COMMIT] = git(project_dir, "rev-parse", "HEAD").strip()
+        remote = git(project_dir, "config", "--get", "remote.origin.url").strip() if _has_origin(project_dir) else ""
+        if remote:
+            tags[MLFLOW_GIT_REPO_URL] = tags[MLFLOW_SOURCE_NAME] = remote
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if run_name:
+        tags[MLFLOW_RUN_NAME] = run_name
+    return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+
+def _has_origin(root: Path) -> bool:
+    return "origin" in git(root, "remote").split()
 
 
 def run_entry_point(

@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
 from tradeflow.errors import InputError, StepError
-from tradeflow.projects import recorded_params, run_entry_point
+from tradeflow.projects import run_entry_point
 from tradeflow.records import ReproduceRecord, Tag
-from tradeflow.tracking import PROJECT_ROOT, TAG_CODE_VERSION, TAG_DATA_DIGEST, log_own_params, stage_run
+from tradeflow.tracking import PROJECT_ROOT, TAG_CODE_VERSION, TAG_DATA_DIGEST, log_own_params, recorded_params, stage_run
 
 REPRODUCIBLE = ("train_backtest", "inference", "review")
 VOLATILE_SUFFIXES = ("_seconds", "_per_s", "latency_s")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import traceback
@@ -29,16 +30,6 @@ from typing import Any
 import mlflow
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import (
-    MLFLOW_GIT_COMMIT,
-    MLFLOW_GIT_REPO_URL,
-    MLFLOW_PARENT_RUN_ID,
-    MLFLOW_PROJECT_ENTRY_POINT,
-    MLFLOW_RUN_NAME,
-    MLFLOW_SOURCE_NAME,
-    MLFLOW_SOURCE_TYPE,
-    MLFLOW_USER,
-)
 
 from tradeflow.errors import InputError
 from tradeflow.records import MAX_TAG_CHARS, Tag
@@ -120,11 +111,11 @@ def code_version(root: Path = PROJECT_ROOT) -> str:
     the stage cache keys on this value instead.
     """
     try:
-        commit = _git(root, "rev-parse", "HEAD").strip()
+        commit = git(root, "rev-parse", "HEAD").strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    diff = _git(root, "diff", "HEAD", "--binary", "--", ".", ":(exclude)*.db")
-    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z")
+    diff = git(root, "diff", "HEAD", "--binary", "--", ".", ":(exclude)*.db")
+    untracked = git(root, "ls-files", "--others", "--exclude-standard", "-z")
     if not diff and not untracked:
         return commit
     digest = hashlib.sha256(diff.encode())
@@ -136,7 +127,7 @@ def code_version(root: Path = PROJECT_ROOT) -> str:
     return f"{commit}+dirty.{digest.hexdigest()[:12]}"
 
 
-def _git(root: Path, *args: str) -> str:
+def git(root: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(root), *args], check=True, capture_output=True, text=True
     ).stdout
@@ -160,8 +151,6 @@ def home_run(run_id: str, experiment_name: str, client: MlflowClient | None = No
     moved = client.create_run(target_id, start_time=run.info.start_time, tags=tags)
     # MLflow logs MLproject params shell-quoted, "" as "''": keep only the ones that were set,
     # unquoted, so each step logs the resolved value of the others under the same name.
-    from tradeflow.projects import recorded_params
-
     params = {k: v for k, v in recorded_params(run.data.params).items() if v != ""}
     if params:
         client.log_batch(moved.info.run_id, params=[Param(k, v) for k, v in params.items()])
@@ -179,6 +168,24 @@ def home_run(run_id: str, experiment_name: str, client: MlflowClient | None = No
           f"'{experiment_name}' as run {moved.info.run_id} instead (the stub is deleted when `mlflow run` ends)",
           file=sys.stderr, flush=True)
     return moved.info.run_id
+
+def recorded_params(params: dict[str, str]) -> dict[str, str]:
+    """The parameters as they were passed, from what ``mlflow.projects.run`` logged.
+
+    MLflow logs entry-point parameters shell-quoted (``''`` for an empty value, ``'{"a": 1}'``
+    for JSON); this undoes the quoting so a re-run gets the original values.
+    """
+    out = {}
+    for key, value in params.items():
+        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+            try:
+                parts = shlex.split(value)
+            except ValueError:
+                parts = [value]
+            value = parts[0] if len(parts) == 1 else value
+            value = "" if value == "''" else value
+        out[key] = value
+    return out
 
 
 def delete_when_terminated(run_id: str, *, timeout_s: float = 6 * 3600) -> bool:
@@ -200,36 +207,6 @@ def delete_when_terminated(run_id: str, *, timeout_s: float = 6 * 3600) -> bool:
         delay = min(delay * 1.5, 5.0)
     return False
 
-
-def create_project_run(entry_point: str, *, experiment_id: str, project_dir: Path,
-                       parent_run_id: str | None = None, run_name: str | None = None) -> str:
-    """Create the run of an MLproject entry point with the tags ``mlflow run`` would write, but no
-    parameters: the step logs each parameter's *resolved* value under its own name (MLflow logs
-    the raw ``-P`` values, ``''`` for "not set", and a param cannot be changed once logged)."""
-    import getpass
-
-    tags = {MLFLOW_SOURCE_TYPE: "PROJECT", MLFLOW_PROJECT_ENTRY_POINT: entry_point,
-            MLFLOW_SOURCE_NAME: str(project_dir)}
-    try:
-        tags[MLFLOW_USER] = getpass.getuser()
-    except (KeyError, OSError):
-        pass
-    try:
-        tags[MLFLOW_GIT_COMMIT] = _git(project_dir, "rev-parse", "HEAD").strip()
-        remote = _git(project_dir, "config", "--get", "remote.origin.url").strip() if _has_origin(project_dir) else ""
-        if remote:
-            tags[MLFLOW_GIT_REPO_URL] = tags[MLFLOW_SOURCE_NAME] = remote
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    if parent_run_id:
-        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    if run_name:
-        tags[MLFLOW_RUN_NAME] = run_name
-    return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
-
-
-def _has_origin(root: Path) -> bool:
-    return "origin" in _git(root, "remote").split()
 
 
 def log_own_params(values: dict[str, object]) -> None:

@@ -1,4 +1,5 @@
-"""The evaluation report: universe table, comparisons, calibration and plots, as files and MLflow runs.
+"""The evaluation report: universe table, comparisons, calibration and plots, as files (no MLflow: the
+caller logs them).
 
 Files (artifacts of the parent ``evaluate`` run, ``report/``): ``report.md`` and ``report.html``
 (the same content), ``universe_table.csv`` (symbol x policy metrics), ``summary.csv`` (medians
@@ -10,6 +11,7 @@ figures), ``decisions.csv`` (every rebalance of every symbol), ``calibration.csv
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,11 +21,22 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from tradeflow.config import RunConfig
-    from tradeflow.evaluation.universe import UniverseResult
-    from tradeflow.evaluation.walkforward import SymbolResult
+    from tradeflow.evaluation.walkforward import SymbolResult, WalkForwardSpec
 
 COMPARE_ORDER = ("reviewed", "agent_dqn", "agent_ppo", "agent_a2c", "buy_and_hold", "flat", "sma_crossover", "random_mean")
+
+@dataclass
+class UniverseResult:
+    """Everything the report needs (``evaluate_universe`` builds it)."""
+
+    spec: WalkForwardSpec
+    per_symbol: dict[str, SymbolResult]
+    failures: dict[str, str]
+    table: pd.DataFrame  # long: symbol, policy, metrics
+    summary: pd.DataFrame  # policy -> median (+ CI) of each headline metric
+    comparisons: dict[str, dict[str, float]]
+    calibration: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _figure(width: float = 10, height: float = 4.5) -> tuple[Figure, object]:
@@ -46,28 +59,6 @@ def policy_equity_plot(ledgers: dict[str, pd.DataFrame], title: str) -> Figure:
     ax.legend(fontsize=8)
     return figure
 
-
-def log_symbol_run(cfg: RunConfig, result: SymbolResult, market, wall: float) -> None:
-    """The child run of one symbol: params, ``<policy>_<metric>`` metrics, decisions, folds, plot."""
-    import mlflow
-
-    from tradeflow.records import Tag
-    from tradeflow.tracking import TAG_DATA_DIGEST, TAG_DATA_SOURCE, TAG_SYMBOL
-
-    decisions = result.decisions
-    mlflow.set_tags({TAG_SYMBOL: cfg.symbol, TAG_DATA_SOURCE: market.source, TAG_DATA_DIGEST: market.digest,
-                     Tag.STAGE: "evaluate.symbol"})
-    mlflow.log_params({"symbol": cfg.symbol, "rebalances": len(decisions.rebalance_rows),
-                       "first_decision": f"{decisions.table['date'].iloc[0]:%Y-%m-%d}",
-                       "last_decision": f"{decisions.table['date'].iloc[-1]:%Y-%m-%d}"})
-    metrics = {f"{policy}_{k}": v for policy, m in result.metrics.items() for k, v in m.items() if np.isfinite(v)}
-    metrics |= {"wall_seconds": wall, **{f"{k}_seconds": v for k, v in decisions.seconds.items()},
-                "refits": float(len(decisions.folds)),
-                "gate_failed_refits": float(sum(not f["gate_passed"] for f in decisions.folds))}
-    mlflow.log_metrics(metrics)
-    mlflow.log_table(decisions.table.assign(date=decisions.table["date"].dt.strftime("%Y-%m-%d")), "decisions.json")
-    mlflow.log_table(pd.DataFrame(decisions.folds), "folds.json")
-    mlflow.log_figure(policy_equity_plot(result.ledgers, cfg.symbol), "plots/equity.png")
 
 
 def sharpe_plot(table: pd.DataFrame, summary: pd.DataFrame) -> Figure:

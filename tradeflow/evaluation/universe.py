@@ -13,9 +13,8 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,9 @@ from tradeflow.errors import ConfigError
 from tradeflow.errors import StepError
 from tradeflow.evaluation.policies import BUY_AND_HOLD, FLAT, RANDOM_PREFIX, REVIEWED, SMA_CROSSOVER
 from tradeflow.evaluation.walkforward import SymbolResult, WalkForwardSpec, evaluate_symbol
+
+if TYPE_CHECKING:  # the report (matplotlib) loads only when a universe is evaluated
+    from tradeflow.evaluation.report import UniverseResult
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +62,6 @@ def parse_symbols(text: str) -> list[str]:
             out.append(part)
     return out
 
-
-@dataclass
-class UniverseResult:
-    """Everything the report needs."""
-
-    spec: WalkForwardSpec
-    per_symbol: dict[str, SymbolResult]
-    failures: dict[str, str]
-    table: pd.DataFrame  # long: symbol, policy, metrics
-    summary: pd.DataFrame  # policy -> median (+ CI) of each headline metric
-    comparisons: dict[str, dict[str, float]]
-    calibration: pd.DataFrame
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def bootstrap_median(values: np.ndarray, *, seed: int, draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float, float]:
@@ -163,6 +152,28 @@ def _start_child(run_name: str):
                                       tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id})
     return mlflow.start_run(run_id=child.info.run_id, nested=True)
 
+def log_symbol_run(cfg: RunConfig, result: SymbolResult, market, wall: float) -> None:
+    """The child run of one symbol: params, ``<policy>_<metric>`` metrics, decisions, folds, plot."""
+    import mlflow
+
+    from tradeflow.evaluation.report import policy_equity_plot
+    from tradeflow.records import Tag
+
+    decisions = result.decisions
+    mlflow.set_tags({Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: market.source, Tag.DATA_DIGEST: market.digest,
+                     Tag.STAGE: "evaluate.symbol"})
+    mlflow.log_params({"symbol": cfg.symbol, "rebalances": len(decisions.rebalance_rows),
+                       "first_decision": f"{decisions.table['date'].iloc[0]:%Y-%m-%d}",
+                       "last_decision": f"{decisions.table['date'].iloc[-1]:%Y-%m-%d}"})
+    metrics = {f"{policy}_{k}": v for policy, m in result.metrics.items() for k, v in m.items() if np.isfinite(v)}
+    metrics |= {"wall_seconds": wall, **{f"{k}_seconds": v for k, v in decisions.seconds.items()},
+                "refits": float(len(decisions.folds)),
+                "gate_failed_refits": float(sum(not f["gate_passed"] for f in decisions.folds))}
+    mlflow.log_metrics(metrics)
+    mlflow.log_table(decisions.table.assign(date=decisions.table["date"].dt.strftime("%Y-%m-%d")), "decisions.json")
+    mlflow.log_table(pd.DataFrame(decisions.folds), "folds.json")
+    mlflow.log_figure(policy_equity_plot(result.ledgers, cfg.symbol), "plots/equity.png")
+
 
 def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec, *,
                       log_children: bool = True) -> UniverseResult:
@@ -171,6 +182,7 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
     import mlflow
 
     from tradeflow.data import load_market_data
+    from tradeflow.evaluation.report import UniverseResult
 
     if len(symbols) > MAX_SYMBOLS:
         raise ConfigError(f"evaluate: {len(symbols)} symbols exceed the cap of {MAX_SYMBOLS}")
@@ -185,19 +197,18 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
             market = load_market_data(cfg)
             result = evaluate_symbol(cfg, market.bars, spec, source=market.source)
         except Exception as exc:  # one symbol's failure is reported, not fatal to the universe
-            from tradeflow.tracking import TAG_FAILURE, one_line
+            from tradeflow.records import Tag
+            from tradeflow.tracking import one_line
 
             failures[symbol] = one_line(exc)
             log.warning("evaluate %s failed: %s", symbol, failures[symbol])
             if child is not None:
-                mlflow.set_tag(TAG_FAILURE, failures[symbol][:5000])
+                mlflow.set_tag(Tag.FAILURE, failures[symbol][:5000])
                 mlflow.end_run(status="FAILED")
             continue
         per_symbol[symbol] = result
         wall = time.perf_counter() - t0
         if child is not None:
-            from tradeflow.evaluation.report import log_symbol_run
-
             log_symbol_run(cfg, result, market, wall)
             mlflow.end_run(status="FINISHED")
         rev = result.metrics.get(REVIEWED, {})

@@ -54,7 +54,8 @@ from tradeflow.orchestration.databricks import (
     databricks_run_spec,
     git_source,
 )
-from tradeflow.orchestration.executors import EXECUTORS, ExecutionResult, Executor, LocalExecutor, get_executor
+from tradeflow.orchestration.execution import ExecutionResult, Executor
+from tradeflow.orchestration.executors import EXECUTORS, LocalExecutor, get_executor
 from tradeflow.orchestration.settings import (
     DAG_ID,
     FINAGENT_DAG_ID,

@@ -19,7 +19,7 @@ from typing import Any
 
 from tradeflow.orchestration.context import OrchestrationError, RunContext
 from tradeflow.orchestration.dag_run import TAG_DATABRICKS_RUN, TAG_DATABRICKS_URL, symbol_runs
-from tradeflow.orchestration.executors import ExecutionResult
+from tradeflow.orchestration.execution import ExecutionResult
 from tradeflow.orchestration.settings import PROJECT_ROOT
 from tradeflow.settings import Settings, current
 

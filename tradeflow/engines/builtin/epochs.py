@@ -8,18 +8,25 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from stable_baselines3 import DQN
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from tradeflow.config import RunConfig
-from tradeflow.engines.base import Engine
+from tradeflow.engines.base import Engine, TradingAgent
 
 if TYPE_CHECKING:
-    from tradeflow.engines.builtin.agent import BuiltinAgent
     from tradeflow.features import Splits
+
+
+class PolicyAgent(TradingAgent, Protocol):
+    """What the evaluator needs of the agent in training: a ``TradingAgent`` with its SB3 model
+    (``agent.BuiltinAgent``; a protocol, so this module never imports the agent that uses it)."""
+
+    model: BaseAlgorithm
 
 log = logging.getLogger("tradeflow.engines.builtin.agent")
 
@@ -32,7 +39,7 @@ class EpochEvaluator:
     def __init__(
         self,
         engine: Engine,
-        agent: BuiltinAgent,
+        agent: PolicyAgent,
         splits: Splits,
         cfg: RunConfig,
         progress: Callable[[dict], None] | None,
