@@ -33,7 +33,7 @@ from testkit.data import trademaster_bars  # noqa: E402
 from testkit.ibkr_gateway import IBKRGateway  # noqa: E402
 from tradeflow.ibkr import workflow as wf  # noqa: E402
 from tradeflow.ibkr.orders import OrderTicket  # noqa: E402
-from tradeflow.ibkr.config import parse_strategy  # noqa: E402
+from tradeflow.ibkr.strategy import parse_strategy  # noqa: E402
 
 AS_OF = "2021-12-15T15:00:00Z"
 

@@ -30,7 +30,7 @@ def measure(project: Path, attempt: int, uri: str) -> dict:
     """One pipeline through ``mlflow run`` in ``project``, then each stage again, directly."""
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.tracking import recorded_params
+    from tradeflow.runs.tracking import recorded_params
 
     env = {"MLFLOW_TRACKING_URI": uri}
     client = MlflowClient(uri)

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tradeflow.config import resolve_config  # noqa: E402
-from tradeflow.engines._trademaster_compat import import_trademaster, upstream_quiet_stdout  # noqa: E402
+from tradeflow.engines.trademaster.compat import import_trademaster, upstream_quiet_stdout  # noqa: E402
 from tradeflow.engines.builtin import BuiltinEngine, TradingEnv  # noqa: E402
 from tradeflow.features import FEATURE_COLUMNS, Splits  # noqa: E402
 
@@ -104,7 +104,7 @@ def main() -> None:
     upstream = import_trademaster()
     import_seconds = time.perf_counter() - started
     from tradeflow.engines.builtin.agent import TRAIN_FREQ, dqn_learning_starts
-    from tradeflow.engines.trademaster import UPSTREAM_TRAINER, TradeMasterEngine, build_environment
+    from tradeflow.engines.trademaster.engine import UPSTREAM_TRAINER, TradeMasterEngine, build_environment
 
     train, valid, test = load("train"), load("valid"), load("test")
     actions = np.random.default_rng(0).integers(0, 2 * params.max_volume + 1, size=len(train))

@@ -14,6 +14,6 @@ try:
 except ImportError:  # the repository is deployed, not installed: its root holds `tradeflow`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tradeflow.ibkr.airflow.dags import build_monitoring_dag
-from tradeflow.ibkr.config import strategy_path
+from tradeflow.ibkr.strategy import strategy_path
 
 dag = build_monitoring_dag(strategy_path(), dag_id="ibkr_portfolio_monitoring")

@@ -31,11 +31,11 @@ from pathlib import Path
 
 try:
     from tradeflow.orchestration.dag_builder import PipelineDag, build_pipeline_dag
-    from tradeflow.orchestration.settings import DAG_ID
+    from tradeflow.orchestration.dag_settings import DAG_ID
 except ImportError:  # the repository is deployed, not installed: its root holds `tradeflow`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tradeflow.orchestration.dag_builder import PipelineDag, build_pipeline_dag
-    from tradeflow.orchestration.settings import DAG_ID
+    from tradeflow.orchestration.dag_settings import DAG_ID
 
 workflow = build_pipeline_dag(PipelineDag(
     dag_id=DAG_ID,

@@ -12,7 +12,7 @@ import os
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
 from tradeflow.errors import ConfigError
-from tradeflow.tracking import PROJECT_ROOT
+from tradeflow.names import PROJECT_ROOT
 
 #: the default universe: TradeMaster's dj30 files beside the project (29 Dow stocks, 2020-2021)
 DJ30_DIR = PROJECT_ROOT.parent / "shared" / "data" / "trademaster" / "portfolio_management" / "dj30"

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def step() -> None:
         from tradeflow.steps.inference import ModelNotFound, inference_layer, inference_step, resolve_model, training_context
-        from tradeflow.tracking import configure_tracking
+        from tradeflow.runs.tracking import configure_tracking
 
         try:
             cfg = config_from_flags(args)

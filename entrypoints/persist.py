@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         from tradeflow.errors import tracking_lookup_error
-        from tradeflow.records import Tag
+        from tradeflow.runs.records import Tag
         from tradeflow.steps.persist import persist_step
-        from tradeflow.tracking import configure_tracking
+        from tradeflow.runs.tracking import configure_tracking
         from tradeflow.webui import DAG_ID
 
         uri = configure_tracking()

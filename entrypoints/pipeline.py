@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         fail_before_work(str(exc))
 
     def step() -> None:
-        from tradeflow.pipeline import run_pipeline
+        from tradeflow.pipeline.run import run_pipeline
 
         run_pipeline(cfg, execution_id=args.execution_id or None, force=force, dag_id=args.dag_id, task_id=args.task_id)
 

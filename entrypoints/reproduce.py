@@ -15,9 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     def step() -> None:
         from tradeflow.settings import resolve_with_env
         from tradeflow.errors import tracking_lookup_error
-        from tradeflow.records import Tag
-        from tradeflow.reproduce import NotReproducible, recorded_invocation, reproduce
-        from tradeflow.tracking import configure_tracking
+        from tradeflow.runs.records import Tag
+        from tradeflow.pipeline.reproduce import NotReproducible, recorded_invocation, reproduce
+        from tradeflow.runs.tracking import configure_tracking
 
         uri = configure_tracking()
         try:

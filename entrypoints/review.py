@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def step() -> None:
         from tradeflow.steps.review import load_evidence, review_step
-        from tradeflow.tracking import configure_tracking
+        from tradeflow.runs.tracking import configure_tracking
 
         configure_tracking()
         try:

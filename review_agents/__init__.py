@@ -11,13 +11,13 @@ See docs/review_agents.md for the agent graph, guardrails and fallback reasons.
 """
 
 from .clients import ReviewConfigError, describe_client, make_client
-from .evidence import EvidenceError
+from .evidence_view import EvidenceError
 from .failures import FALLBACK_REASONS
 from .redaction import Redactor
 from .review import areview, review
 from .rules import RULES_MODEL_NAME, RuleBasedChatCompletionClient
 from .schema import DecisionDraft, ReviewOutcome, TradeDecision
-from .signal import SignalError, confidence_band, signal_payload, validate_signal_data
+from .signal_payload import SignalError, confidence_band, signal_payload, validate_signal_data
 
 __all__ = [
     "FALLBACK_REASONS",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .evidence import Evidence
+from .evidence_view import Evidence
 from .schema import Action
 
 Trend = Literal["bullish", "bearish", "neutral"]

@@ -31,7 +31,7 @@ from tradeflow.config import ReviewConfig
 from tradeflow.gate import cap_confidence
 
 from .analysis import SYNTHETIC_CONFIDENCE_CAP, assess
-from .evidence import Evidence
+from .evidence_view import Evidence
 from .schema import Action, DecisionDraft, TradeDecision
 
 UNSUPPORTED_CONFIDENCE_CAP = 0.3

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .evidence import Evidence, trusted_view, untrusted_items
+from .evidence_view import Evidence, trusted_view, untrusted_items
 
 TECHNICAL_ANALYST = "technical_analyst"
 RISK_REVIEWER = "risk_reviewer"

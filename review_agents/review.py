@@ -29,7 +29,7 @@ from autogen_core.models import ChatCompletionClient
 from tradeflow.config import ReviewConfig
 
 from .clients import describe_client, make_client
-from .evidence import Evidence, parse_evidence
+from .evidence_view import Evidence, parse_evidence
 from .failures import Failure, GuardedClient, classify_exception, classify_team_error
 from .guardrails import apply_guardrails, fallback_decision
 from .prompts import forecaster_prompt, task_message

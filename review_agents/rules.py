@@ -28,7 +28,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ValidationError
 
 from .analysis import STOP_ATR, Assessment, assess
-from .evidence import EvidenceError, parse_evidence
+from .evidence_view import EvidenceError, parse_evidence
 from .prompts import DECISION_MAKER, FORECASTER, RISK_REVIEWER, extract_evidence
 from .schema import DecisionDraft
 

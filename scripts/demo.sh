@@ -15,7 +15,7 @@ DATA_SOURCE=${2:-csv:data/trademaster/dj30_2020_2021.csv}
 bash scripts/setup.sh
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns.db}
 # Create the store and the experiment once, before any process fans out (SQLite).
-.venv/bin/python -c "from tradeflow.tracking import configure_tracking, ensure_experiment; configure_tracking(); ensure_experiment('trademaster_autogen')"
+.venv/bin/python -c "from tradeflow.runs.tracking import configure_tracking, ensure_experiment; configure_tracking(); ensure_experiment('trademaster_autogen')"
 if [ "$DATA_SOURCE" = "synthetic" ]; then
   echo "NOTE: running on SYNTHETIC prices (generated, not market data). Real data: bash scripts/demo.sh AAPL"
 else

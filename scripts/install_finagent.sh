@@ -4,7 +4,7 @@
 #
 # Upstream has no setup.py and flat imports under src/backend (`agents`, `helpers`, `config`, ...):
 # it cannot be pip-installed. This script exports that one directory at the pinned commit and records
-# where it is in "$FA_VENV/finagent-upstream.json"; tradeflow/engines/_finagent_compat.py puts it on
+# where it is in "$FA_VENV/finagent-upstream.json"; tradeflow/engines/finagent/compat.py puts it on
 # sys.path only while importing upstream (so `config`/`models` never shadow anything else) and
 # checks the recorded commit. Upstream's requirements.txt (fastapi, opentelemetry, langchain,
 # reportlab, ...) is not installed: only what its technical-analysis and forecaster modules import
@@ -93,7 +93,7 @@ EOF
 # --- 6. check ------------------------------------------------------------------------------------
 say "check"
 "$PY" - <<'EOF'
-from tradeflow.engines._finagent_compat import import_finagent
+from tradeflow.engines.finagent.compat import import_finagent
 fa = import_finagent()
 print(f"ok: finagent importable from {fa.origin} @ {fa.commit[:12]}; ta {fa.ta_version}")
 EOF

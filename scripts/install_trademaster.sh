@@ -11,7 +11,7 @@
 #   iopath 0.1.10  plotly 7.1.0; with numpy 2.4.6, pandas 3.1.1, scipy 1.17.1, scikit-learn 1.9.1,
 #   prettytable 3.18.0 as resolved from requirements.txt
 #
-# ray is NOT installed: tradeflow/engines/_trademaster_compat.py puts a stand-in module in place
+# ray is NOT installed: tradeflow/engines/trademaster/compat.py puts a stand-in module in place
 # for the import (only the portfolio-management trainers use ray).
 #
 # Usage:  bash scripts/install_trademaster.sh
@@ -104,7 +104,7 @@ uvi --no-deps --reinstall-package trademaster "$TM_SRC"
 say "check"
 "$PY" - <<'EOF'
 import torch
-from tradeflow.engines._trademaster_compat import import_trademaster
+from tradeflow.engines.trademaster.compat import import_trademaster
 tm = import_trademaster()
 assert torch.version.cuda is None, "torch is a CUDA build; reinstall the CPU wheel"
 print(f"ok: trademaster importable ({tm.origin}), torch {torch.__version__}, mmcv {tm.mmcv_version}")

@@ -40,8 +40,8 @@ from tradeflow.names import SYMBOL_PATTERN
 
 DAG_FILE = REPO / "dags" / "trademaster_autogen_pipeline_workflow.py"
 DAG_ID = orch.DAG_ID
-HEAVY_MODULES = ("mlflow", "pandas", "numpy", "torch", "requests", "tradeflow.webui", "tradeflow.projects",
-                 "tradeflow.tracking", "airflow.providers.databricks")
+HEAVY_MODULES = ("mlflow", "pandas", "numpy", "torch", "requests", "tradeflow.webui", "tradeflow.runs.projects",
+                 "tradeflow.runs.tracking", "airflow.providers.databricks")
 
 
 # --- the DAG file ---------------------------------------------------------------------------
@@ -80,7 +80,7 @@ _IMPORT_PROBE = textwrap.dedent(r"""
         "first_s": times[0],
         "median_s": statistics.median(times[1:]),
         "new_heavy": sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("mlflow", "pandas", "numpy", "torch", "requests")
-                            or m in ("tradeflow.webui", "tradeflow.projects", "tradeflow.tracking")
+                            or m in ("tradeflow.webui", "tradeflow.runs.projects", "tradeflow.runs.tracking")
                             or m.startswith("airflow.providers.databricks")),
         "dag_id": dag.dag_id,
         "schedule": dag.schedule if dag.schedule is None or isinstance(dag.schedule, str) else repr(dag.schedule),

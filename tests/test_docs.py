@@ -57,7 +57,7 @@ def test_mlproject_parameters_are_the_entry_points_flags_and_config_keys_or_docu
 def test_what_the_dag_and_the_pipeline_pass_are_mlproject_parameters():
     from tradeflow.config import resolve_config
     from tradeflow.orchestration import RunContext, pipeline_parameters
-    from tradeflow.pipeline import PipelineState, STAGES_BY_MODE, _stage_params
+    from tradeflow.pipeline.run import PipelineState, STAGES_BY_MODE, _stage_params
 
     project = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     cfg = resolve_config({"symbol": "AAPL"})

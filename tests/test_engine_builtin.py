@@ -175,7 +175,7 @@ def test_engine_registry(monkeypatch):
     assert get_engine("builtin").name == "builtin"
     with pytest.raises(ValueError, match="'nope'"):
         get_engine("nope")
-    monkeypatch.setitem(sys.modules, "tradeflow.engines.trademaster", None)  # as if it failed to import
+    monkeypatch.setitem(sys.modules, "tradeflow.engines.trademaster.engine", None)  # as if it failed to import
     with pytest.raises(EngineUnavailable, match="trademaster"):
         get_engine("trademaster")
 

@@ -24,15 +24,15 @@ def _keep_sigterm():
 
 
 def test_the_project_errors_are_user_errors_and_keep_their_builtin_bases():
-    from review_agents.signal import SignalError
+    from review_agents.signal_payload import SignalError
     from tradeflow.errors import ConfigError
     from tradeflow.data.base import DataError
-    from tradeflow.http import HttpError
-    from tradeflow.pipeline import StageFailed
-    from tradeflow.stage_lease import StageLeaseTimeout
-    from tradeflow.reproduce import NotReproducible
+    from tradeflow.http.client import HttpError
+    from tradeflow.pipeline.run import StageFailed
+    from tradeflow.pipeline.cache import StageLeaseTimeout
+    from tradeflow.pipeline.reproduce import NotReproducible
     from tradeflow.steps.inference import ModelNotFound
-    from tradeflow.tracking import WrongExperiment
+    from tradeflow.runs.tracking import WrongExperiment
     from tradeflow.webui import WebUIError
 
     for cls, builtin in [(ConfigError, ValueError), (DataError, ValueError), (SignalError, ValueError),

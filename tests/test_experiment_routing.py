@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tradeflow.tracking import (
+from tradeflow.runs.tracking import (
     TAG_MOVED_FROM,
     TAG_MOVED_TO,
     WrongExperiment,

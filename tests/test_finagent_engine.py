@@ -22,7 +22,7 @@ from tests.conftest import DJ30_BOTH, REPO, require_shared_data
 from tradeflow.config import resolve_config
 from tradeflow.errors import ConfigError
 from tradeflow.engines import EngineUnavailable
-from tradeflow.engines import _finagent_compat as compat
+from tradeflow.engines.finagent import compat
 
 STUB_BACKEND = REPO / "tests" / "support" / "finagent_stub" / "src" / "backend"
 
@@ -72,7 +72,7 @@ def _analysis(ema="neutral", rsi="neutral", macd="bullish", stoch="neutral", adx
 
 
 def test_votes_probability_and_rating_follow_upstreams_rule():
-    from tradeflow.engines.finagent_rule import (
+    from tradeflow.engines.finagent.rule import (
         UPSTREAM_BUY, UPSTREAM_SELL, UPSTREAM_WEIGHTS, Calibration, probability, rating_for, votes_from_analysis)
 
     votes = votes_from_analysis(_analysis(ema="bullish", rsi="overbought", stoch="oversold"))
@@ -97,14 +97,14 @@ def test_votes_probability_and_rating_follow_upstreams_rule():
     ({"indicators": {**_analysis()["indicators"], "adx": 3}}, "indicators.adx.trend_direction is None"),
 ])
 def test_junk_analysis_is_rejected_with_the_field(junk, fragment):
-    from tradeflow.engines.finagent_rule import UpstreamOutputError, votes_from_analysis
+    from tradeflow.engines.finagent.rule import UpstreamOutputError, votes_from_analysis
 
     with pytest.raises(UpstreamOutputError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         votes_from_analysis(junk)
 
 
 def test_vectorised_calibration_matches_the_agent_rule():
-    from tradeflow.engines.finagent_rule import SIGNALS, Calibration, Candidate, positions_for, probability, rating_for
+    from tradeflow.engines.finagent.rule import SIGNALS, Calibration, Candidate, positions_for, probability, rating_for
 
     rng = np.random.default_rng(1)
     votes = rng.integers(-1, 2, size=(60, len(SIGNALS))).astype(float)
@@ -146,7 +146,7 @@ def test_import_restores_the_environment_and_hides_upstreams_flat_modules(stub):
 
 
 def test_upstream_gets_exactly_our_window_no_look_ahead(stub):
-    from tradeflow.engines.finagent_analyst import FinAgentAnalyst, vote_matrix
+    from tradeflow.engines.finagent.analyst import FinAgentAnalyst, vote_matrix
 
     bars = _bars(120)
     stub.technical_module.CALLS.clear()
@@ -166,7 +166,7 @@ def test_upstream_gets_exactly_our_window_no_look_ahead(stub):
     ("network", "UpstreamNetworkBlocked", "network access blocked while upstream FinAgent runs"),
 ])
 def test_upstream_failure_modes_fail_clearly_and_leave_the_process_intact(stub, monkeypatch, mode, error, fragment):
-    from tradeflow.engines import finagent_analyst
+    from tradeflow.engines.finagent import analyst as finagent_analyst
 
     exc_type = getattr(finagent_analyst, error, None) or getattr(compat, error)
     monkeypatch.setenv("FINAGENT_STUB_MODE", mode)
@@ -179,7 +179,7 @@ def test_upstream_failure_modes_fail_clearly_and_leave_the_process_intact(stub, 
 
 
 def test_training_fails_before_work_on_a_short_split(stub):
-    from tradeflow.engines.finagent import FinAgentEngine
+    from tradeflow.engines.finagent.engine import FinAgentEngine
 
     cfg = _cfg()
     with pytest.raises(ValueError, match="train split has .* rows; engine finagent needs at least 80"):
@@ -187,9 +187,9 @@ def test_training_fails_before_work_on_a_short_split(stub):
 
 
 def test_calibration_is_deterministic_walk_forward_and_round_trips(stub, tmp_path):
-    from tradeflow.engines.finagent import FinAgentEngine
-    from tradeflow.engines.finagent_agent import CONFIG_FILE, FinAgentAgent
-    from tradeflow.engines.finagent_rule import candidate_grid
+    from tradeflow.engines.finagent.engine import FinAgentEngine
+    from tradeflow.engines.finagent.agent import CONFIG_FILE, FinAgentAgent
+    from tradeflow.engines.finagent.rule import candidate_grid
     from tradeflow.steps.train_backtest import with_history
 
     cfg = _cfg(finagent={"top_k": 5, "lookback_bars": 40})
@@ -219,9 +219,9 @@ def test_calibration_is_deterministic_walk_forward_and_round_trips(stub, tmp_pat
 
 
 def test_act_maps_the_rating_to_a_target_position(stub):
-    from tradeflow.engines.finagent_agent import FinAgentAgent
-    from tradeflow.engines.finagent_analyst import FinAgentAnalyst
-    from tradeflow.engines.finagent_rule import Calibration
+    from tradeflow.engines.finagent.agent import FinAgentAgent
+    from tradeflow.engines.finagent.analyst import FinAgentAnalyst
+    from tradeflow.engines.finagent.rule import Calibration
 
     window = _bars(60)[["open", "high", "low", "close"]].to_numpy()
     always_buy = FinAgentAgent(FinAgentAnalyst(stub), Calibration({s: 1.0 for s in
@@ -251,9 +251,9 @@ def test_review_adds_the_forecaster_on_upstreams_prompt(stub):
     from review_agents import review
     from review_agents.prompts import extract_evidence
     from tradeflow.config import ReviewConfig
-    from tradeflow.engines.finagent_agent import FinAgentAgent, review_evidence
-    from tradeflow.engines.finagent_analyst import FinAgentAnalyst
-    from tradeflow.engines.finagent_rule import Calibration
+    from tradeflow.engines.finagent.agent import FinAgentAgent, review_evidence
+    from tradeflow.engines.finagent.analyst import FinAgentAnalyst
+    from tradeflow.engines.finagent.rule import Calibration
     from tradeflow.evidence import build_evidence
 
     bars = _bars(120)
@@ -300,8 +300,8 @@ def test_real_upstream_rating_is_reproduced_offline_on_dj30(tmp_path):
     require_shared_data()
     upstream = _real_upstream()
     from tradeflow.data import load_market_data
-    from tradeflow.engines.finagent_analyst import FinAgentAnalyst
-    from tradeflow.engines.finagent_rule import (
+    from tradeflow.engines.finagent.analyst import FinAgentAnalyst
+    from tradeflow.engines.finagent.rule import (
         UPSTREAM_BUY, UPSTREAM_SELL, UPSTREAM_WEIGHTS, probability, rating_for, votes_from_analysis)
 
     assert "config" not in sys.modules and "agents" not in sys.modules

@@ -166,7 +166,7 @@ def test_evidence_uri_pointing_at_a_run_directory_is_refused_before_download(sto
 def test_reproduce_refuses_a_commit_that_is_not_full_hex(store):
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
-    from tradeflow.reproduce import NotReproducible, checkout, recorded_invocation
+    from tradeflow.pipeline.reproduce import NotReproducible, checkout, recorded_invocation
 
     client = MlflowClient()
     experiment_id = client.get_experiment_by_name("trademaster_autogen").experiment_id
@@ -218,7 +218,7 @@ def _evidence(close: float, atr: float) -> dict:
 
 @pytest.mark.parametrize(("close", "atr"), [(1e308, 3.0), (177.57, 1e9), (1e12, 1e10)])
 def test_implausible_levels_become_hold(close, atr):
-    from review_agents.evidence import parse_evidence
+    from review_agents.evidence_view import parse_evidence
     from review_agents.guardrails import apply_guardrails
     from review_agents.schema import DecisionDraft
     from tradeflow.config import ReviewConfig
@@ -230,7 +230,7 @@ def test_implausible_levels_become_hold(close, atr):
 
 
 def test_a_forged_evidence_block_cannot_replace_the_trusted_one():
-    from review_agents.evidence import parse_evidence
+    from review_agents.evidence_view import parse_evidence
     from review_agents.prompts import extract_evidence, task_message
 
     evidence = _evidence(177.57, 3.1)
@@ -259,9 +259,9 @@ def test_model_names_are_collision_free_and_symbols_need_a_letter_or_digit():
 
 
 def test_quotes_in_an_execution_id_cannot_break_an_mlflow_filter(store):
-    from tradeflow.filters import filter_value
-    from tradeflow.pipeline import close_abandoned_runs
-    from tradeflow.tracking import TAG_EXECUTION_ID, TAG_SYMBOL
+    from tradeflow.runs.filters import filter_value
+    from tradeflow.pipeline.run import close_abandoned_runs
+    from tradeflow.runs.tracking import TAG_EXECUTION_ID, TAG_SYMBOL
 
     client = MlflowClient()
     experiment_id = client.get_experiment_by_name("trademaster_autogen").experiment_id
@@ -319,7 +319,7 @@ def test_suffixes_sizes_and_names_are_validated(layer, field):
 
 
 def test_a_sqlite_store_outside_the_project_keeps_its_artifacts_beside_it(store):
-    from tradeflow.tracking import ensure_experiment
+    from tradeflow.runs.tracking import ensure_experiment
 
     experiment_id = ensure_experiment("outside")
     location = MlflowClient(store).get_experiment(experiment_id).artifact_location

@@ -1,4 +1,4 @@
-"""The one HTTP layer (tradeflow/http.py) and the WebUI client on top of it: what is retried and
+"""The one HTTP layer (tradeflow/http/client.py) and the WebUI client on top of it: what is retried and
 what is not, the total deadline, the size cap, listing without ``total``, and lost POST answers.
 Real HTTP servers on 127.0.0.1 (the contract server and a hostile raw-socket one)."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.hostile_server import HostileServer
 from tests.support.webui import WebUIServer, webui_server  # noqa: F401 - fixture
-from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy, is_transient
+from tradeflow.http.client import HttpClient, HttpError, Limits, Reply, RetryPolicy, is_transient
 from tradeflow.webui import STEP_CHART, STEP_LLM, STEP_SIGNAL, WebUIClient, WebUIError, chart_artifact, llm_artifact
 
 from tests.test_webui import fast_client, nvda_signal  # noqa: E402 - shared builders
@@ -187,7 +187,7 @@ def test_the_deadline_setting_is_read_through_the_settings_model():
     """Unset: each client keeps its own deadline; set: one value for all; bad: the settings model's
     one-line error naming the variable (not a second parser with its own rules)."""
     from tradeflow.errors import ConfigError
-    from tradeflow.http import deadline_from_env
+    from tradeflow.http.client import deadline_from_env
 
     assert deadline_from_env(12.0, {}) == 12.0
     assert deadline_from_env(12.0, {"TRADEFLOW_HTTP_DEADLINE_S": " "}) == 12.0

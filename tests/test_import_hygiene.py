@@ -52,8 +52,8 @@ def _loaded(kind: str, *modules: str) -> set[str]:
 
 def test_review_and_persist_processes_never_load_torch_or_stable_baselines3():
     # the review step's own lazy imports included: its run description and transcript
-    review = _loaded("review", "entrypoints.review", "tradeflow.steps.review", "review_agents", "tradeflow.run_notes",
-                     "tradeflow.review_trace")
+    review = _loaded("review", "entrypoints.review", "tradeflow.steps.review", "review_agents", "tradeflow.runs.notes",
+                     "tradeflow.runs.review_trace")
     persist = _loaded("persist", "entrypoints.persist", "tradeflow.steps.persist", "tradeflow.webui")
     assert not review & {"torch", "stable_baselines3", "gymnasium", "matplotlib"}, review
     assert not persist & {"torch", "stable_baselines3", "gymnasium", "matplotlib"}, persist
@@ -61,7 +61,7 @@ def test_review_and_persist_processes_never_load_torch_or_stable_baselines3():
 
 def test_the_pipeline_process_loads_no_ml_or_plotting_library():
     # run_pipeline's own imports: data loading, model resolution (mode inference), the WebUI DAG id
-    loaded = _loaded("pipeline", "entrypoints.pipeline", "tradeflow.pipeline", "tradeflow.data",
+    loaded = _loaded("pipeline", "entrypoints.pipeline", "tradeflow.pipeline.run", "tradeflow.data",
                      "tradeflow.steps.inference", "tradeflow.webui")
     assert not loaded, loaded
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import DJ30_BOTH, mlflow_run, require_shared_data
 from tests.support.webui import WebUIServer
-from tradeflow.tracking import recorded_params
+from tradeflow.runs.tracking import recorded_params
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from tradeflow.pipeline import cache_key, close_abandoned_runs, find_cached, TAG_CACHE_KEY
+from tradeflow.pipeline.cache import cache_key, find_cached
+from tradeflow.pipeline.run import close_abandoned_runs
+from tradeflow.runs.records import Tag
 
 
 def _pipeline_run(client, exp, execution_id, status):
@@ -45,9 +47,9 @@ def test_cache_key_changes_with_every_input_and_finds_only_finished_runs(trackin
     assert key != cache_key("train_backtest", {"symbol": "AAPL", "config": "{}"}, code="abc", data_digest="d2")
     client = MlflowClient()
     exp = client.get_experiment_by_name("trademaster_autogen").experiment_id
-    failed = client.create_run(exp, tags={TAG_CACHE_KEY: key}).info.run_id
+    failed = client.create_run(exp, tags={Tag.CACHE_KEY: key}).info.run_id
     client.set_terminated(failed, "FAILED")
     assert find_cached(client, exp, key) is None
-    done = client.create_run(exp, tags={TAG_CACHE_KEY: key}).info.run_id
+    done = client.create_run(exp, tags={Tag.CACHE_KEY: key}).info.run_id
     client.set_terminated(done, "FINISHED")
     assert find_cached(client, exp, key) == done

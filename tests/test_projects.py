@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tradeflow.projects import BACKEND, run_entry_point
+from tradeflow.runs.projects import BACKEND, run_entry_point
 
 # The child walks its ancestry up to the test process: no ``mlflow run`` may sit in between.
 _CHILD = textwrap.dedent(r"""

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tradeflow.records import (
+from tradeflow.runs.records import (
     MAX_TAG_CHARS,
     RECORDS,
     Artifact,
@@ -70,7 +70,8 @@ def test_an_artifact_is_written_and_read_through_its_declaration(store):
 
 
 def test_each_step_publishes_its_declaration_as_artifacts():
-    from tradeflow import pipeline, reproduce
+    from tradeflow.pipeline import reproduce
+    from tradeflow.pipeline import run as pipeline
     from tradeflow.steps import inference, persist, review, train_backtest
 
     for module in (train_backtest, inference, review, persist):

@@ -34,7 +34,7 @@ from review_agents import (
     signal_payload,
     validate_signal_data,
 )
-from review_agents.evidence import parse_evidence
+from review_agents.evidence_view import parse_evidence
 from review_agents.guardrails import apply_guardrails
 from review_agents.prompts import DECISION_MAKER, RISK_REVIEWER, TECHNICAL_ANALYST, system_prompts
 from review_agents.redaction import Redactor

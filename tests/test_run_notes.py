@@ -11,10 +11,10 @@ import mlflow
 import pytest
 
 from review_agents.schema import TradeDecision
-from tradeflow import run_notes
+from tradeflow.runs import notes as run_notes
 from tradeflow.config import resolve_config
 from tradeflow.plots import plot_title
-from tradeflow.review_trace import log_review_trace, transcript_html, transcript_markdown
+from tradeflow.runs.review_trace import log_review_trace, transcript_html, transcript_markdown
 
 
 def test_params_are_logged_under_their_mlproject_names_with_resolved_values():

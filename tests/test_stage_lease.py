@@ -1,4 +1,4 @@
-"""The stage-cache lease (tradeflow/stage_lease.py ``StageLease``): concurrent cold runs that need the
+"""The stage-cache lease (tradeflow/pipeline/cache.py ``StageLease``): concurrent cold runs that need the
 same stage run it once; the others wait and adopt its result; a dead holder is taken over; a waiter
 gives up clearly after its timeout.
 
@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, require_shared_data
-from tradeflow.pipeline import TAG_CACHE_KEY
-from tradeflow.stage_lease import StageLease, StageLeaseTimeout
+from tradeflow.runs.records import Tag
+from tradeflow.pipeline.cache import StageLease, StageLeaseTimeout
 
 KEY = "f" * 64
 
@@ -44,7 +44,7 @@ def _parent(client: MlflowClient, experiment_id: str):
 
 def _finish_stage(client: MlflowClient, experiment_id: str) -> str:
     run = client.create_run(experiment_id, tags={"tradeflow.stage": "train_backtest"})
-    client.set_tag(run.info.run_id, TAG_CACHE_KEY, KEY)
+    client.set_tag(run.info.run_id, Tag.CACHE_KEY, KEY)
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 

@@ -27,7 +27,7 @@ from tests.conftest import BTC_CSV, DATA, require_shared_data
 from tradeflow.backtest import simulate
 from tradeflow.config import TradeMasterParams, resolve_config
 from tradeflow.engines import EngineUnavailable, get_engine
-from tradeflow.engines._trademaster_compat import INSTALL_COMMAND, import_trademaster, unavailable_reason
+from tradeflow.engines.trademaster.compat import INSTALL_COMMAND, import_trademaster, unavailable_reason
 from tradeflow.features import FEATURE_COLUMNS
 
 pytestmark = pytest.mark.trademaster
@@ -79,8 +79,8 @@ def test_import_shims(upstream, tmp_path):
 def _upstream_episode(upstream, params: TradeMasterParams, actions) -> object:
     """Upstream's env (built by its own builders over the shared CSV), stepped with ``actions``
     (upstream's encoding: a - max_volume units added); returns the finished env."""
-    from tradeflow.engines._trademaster_compat import upstream_quiet_stdout
-    from tradeflow.engines.trademaster import build_environment
+    from tradeflow.engines.trademaster.compat import upstream_quiet_stdout
+    from tradeflow.engines.trademaster.engine import build_environment
 
     with upstream_quiet_stdout(io.StringIO()):
         env = build_environment(upstream, BTC_TEST, params, task="test")
@@ -182,8 +182,8 @@ def test_short_side_difference(upstream):
 
 def test_agent_state_is_upstream_observation(upstream):
     """``TradeMasterAgent.upstream_state`` from our (window, features) block == upstream's env state."""
-    from tradeflow.engines._trademaster_compat import upstream_quiet_stdout
-    from tradeflow.engines.trademaster import TradeMasterAgent, build_environment
+    from tradeflow.engines.trademaster.compat import upstream_quiet_stdout
+    from tradeflow.engines.trademaster.engine import TradeMasterAgent, build_environment
 
     frame = pd.read_csv(BTC_TEST, index_col=0)
     params = TradeMasterParams(backward_num_day=7, max_volume=2)

@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
 from tradeflow.errors import UserError
-from tradeflow.records import mark_failed
+from tradeflow.runs.records import mark_failed
 from tradeflow.settings import log_level, resolve_with_env
-from tradeflow.tracking import configure_tracking, one_line
+from tradeflow.runs.tracking import configure_tracking, one_line
 
 log = logging.getLogger("tradeflow")
 

@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tradeflow.records import Tag
+from tradeflow.runs.records import Tag
 
 #: confidence ceiling for a decision built on a model that failed the gate (same as the guardrails'
 #: cap for an unsupported trade: a labelled, low-confidence call)

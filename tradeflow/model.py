@@ -20,7 +20,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.tracking import MlflowClient
 
-from tradeflow.records import Tag
+from tradeflow.runs.records import Tag
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def pinned_requirements(packages: tuple[str, ...] = MODEL_PACKAGES, env_file: Pa
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    from tradeflow.tracking import PROJECT_ROOT
+    from tradeflow.names import PROJECT_ROOT
 
     env_file = env_file or PROJECT_ROOT / "conda.yaml"
     spec = yaml.safe_load(env_file.read_text())
@@ -106,7 +106,7 @@ def log_agent_model(
     extra_meta: dict[str, Any] | None = None,
 ) -> str:
     """Save the agent, log it as a pyfunc under ``model/`` of the active run; return the model URI."""
-    from tradeflow.tracking import PROJECT_ROOT
+    from tradeflow.names import PROJECT_ROOT
 
     agent_dir = workdir / "agent"
     agent_dir.mkdir(parents=True, exist_ok=True)

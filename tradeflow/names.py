@@ -1,10 +1,14 @@
 """The project's fixed vocabulary, each declared once: pipeline modes, data-source kinds, the symbol
-pattern and the pipeline DAG ids. Standard library only (DAG files import it at parse time)."""
+pattern, the pipeline DAG ids and the project root. Standard library only (DAG files import it at parse time)."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Final, Literal, get_args
+
+#: the repository root: the MLproject the executors run, the default store beside it
+PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 
 #: what one symbol's pipeline runs (``pipeline.STAGES_BY_MODE``, the DAG's trigger form)
 Mode = Literal["both", "train_backtest", "inference"]

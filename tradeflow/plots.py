@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from tradeflow.formatting import pct_text
+from tradeflow.runs.formatting import pct_text
 
 
 def plot_title(symbol: str, split: str, *, start: str | None, end: str | None, source: str, synthetic: bool,

@@ -56,7 +56,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
-    # the pipeline DAGs, read when a DAG file is parsed (tradeflow.orchestration.settings.DagSettings)
+    # the pipeline DAGs, read when a DAG file is parsed (tradeflow.orchestration.dag_settings.DagSettings)
     dag_schedule: str | None = Field(None, description="cron or preset; unset/none = triggered only")
     parallel_symbols: int = Field(2, ge=1, le=MAX_SYMBOLS, description="symbols running at once per DAG run")
     pool: str | None = Field(None, description="Airflow pool of the symbol tasks")

@@ -1,6 +1,6 @@
 """The WebUI's TradingSignal rules (``signal_data`` of a ``signal`` artifact), declared once.
 
-The review (``review_agents.signal``) builds ``signal_data`` and checks it before logging it; the
+The review (``review_agents.signal_payload``) builds ``signal_data`` and checks it before logging it; the
 WebUI client (``tradeflow.webui``) checks it again before posting. Both call ``check_trading_signal``
 here, so the two can never disagree about what the WebUI renders. A payload that breaks a rule is
 rendered wrong or rejected by the WebUI, so it is refused before it is sent. No dependencies: the

@@ -42,8 +42,8 @@ def child_main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"-P {item!r}: expected KEY=VALUE")
         params[key] = value
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tradeflow.projects import run_entry_point
-    from tradeflow.tracking import configure_tracking
+    from tradeflow.runs.projects import run_entry_point
+    from tradeflow.runs.tracking import configure_tracking
 
     configure_tracking()
     outcome = run_entry_point(args.entry_point, params, experiment_id=args.experiment_id,

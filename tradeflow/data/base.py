@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tradeflow.errors import InputError
-from tradeflow.records import Tag
+from tradeflow.runs.records import Tag
 
 if TYPE_CHECKING:
     from mlflow.data.pandas_dataset import PandasDataset

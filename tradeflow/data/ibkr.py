@@ -18,7 +18,7 @@ import requests
 from tradeflow.config import RunConfig
 from tradeflow.errors import ConfigError
 from tradeflow.data.base import DataError, MarketData, finalise
-from tradeflow.http import HttpClient, HttpError, Limits, RetryPolicy, deadline_from_env
+from tradeflow.http.client import HttpClient, HttpError, Limits, RetryPolicy, deadline_from_env
 from tradeflow.data.ibkr_bars import ADJCP_NOTE, parse_ibkr_bars
 from tradeflow.settings import parse_bool
 

@@ -21,13 +21,13 @@ def get_engine(name: str) -> Engine:
         return BuiltinEngine()
     if name == "trademaster":
         try:
-            from tradeflow.engines.trademaster import TradeMasterEngine
+            from tradeflow.engines.trademaster.engine import TradeMasterEngine
         except ImportError as exc:
             raise EngineUnavailable(f"engine 'trademaster' is unavailable: {exc}") from None
         return TradeMasterEngine()
     if name == "finagent":
         try:
-            from tradeflow.engines.finagent import FinAgentEngine
+            from tradeflow.engines.finagent.engine import FinAgentEngine
         except ImportError as exc:
             raise EngineUnavailable(f"engine 'finagent' is unavailable: {exc}") from None
         return FinAgentEngine()

@@ -19,8 +19,8 @@ import mlflow
 from tradeflow.config import RunConfig
 from tradeflow.evaluation.universe import evaluate_universe, result_json, write_outputs
 from tradeflow.evaluation.walkforward import WalkForwardSpec
-from tradeflow.records import EvaluateRecord, Tag
-from tradeflow.tracking import TAG_DATA_SOURCE, stage_run
+from tradeflow.runs.records import EvaluateRecord, Tag
+from tradeflow.runs.tracking import TAG_DATA_SOURCE, stage_run
 
 log = logging.getLogger(__name__)
 

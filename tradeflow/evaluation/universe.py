@@ -157,7 +157,7 @@ def log_symbol_run(cfg: RunConfig, result: SymbolResult, market, wall: float) ->
     import mlflow
 
     from tradeflow.evaluation.report import policy_equity_plot
-    from tradeflow.records import Tag
+    from tradeflow.runs.records import Tag
 
     decisions = result.decisions
     mlflow.set_tags({Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: market.source, Tag.DATA_DIGEST: market.digest,
@@ -197,8 +197,8 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
             market = load_market_data(cfg)
             result = evaluate_symbol(cfg, market.bars, spec, source=market.source)
         except Exception as exc:  # one symbol's failure is reported, not fatal to the universe
-            from tradeflow.records import Tag
-            from tradeflow.tracking import one_line
+            from tradeflow.runs.records import Tag
+            from tradeflow.runs.tracking import one_line
 
             failures[symbol] = one_line(exc)
             log.warning("evaluate %s failed: %s", symbol, failures[symbol])

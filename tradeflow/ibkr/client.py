@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy
+from tradeflow.http.client import HttpClient, HttpError, Limits, Reply, RetryPolicy
 from tradeflow.ibkr.errors import (
     BrokerError,
     GatewayDown,
@@ -40,7 +40,7 @@ from tradeflow.ibkr.orders import OrderResult, OrderTicket
 
 log = logging.getLogger(__name__)
 
-#: Reads retry under the project policy (``tradeflow.http``); orders and replies are sent once.
+#: Reads retry under the project policy (``tradeflow.http.client``); orders and replies are sent once.
 RETRY = RetryPolicy(attempts=3, backoff_s=0.5)
 _DUPLICATE_RE = re.compile(r"Local order ID=(\S+?) is already registered", re.I)
 
@@ -71,7 +71,7 @@ class ClientPortal:
 
     def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                  body: Any = None, retry: bool = True) -> Any:
-        """One call through the project's HTTP layer (``tradeflow.http``: its retry policy, total
+        """One call through the project's HTTP layer (``tradeflow.http.client``: its retry policy, total
         deadline and size cap). ``retry=False`` (orders, replies) sends once: an answer that may
         have been applied becomes ``OutcomeUnknown`` for the caller to resolve by ``cOID``."""
         url = f"{self.settings.base_url}{path}"

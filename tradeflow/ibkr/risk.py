@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tradeflow.ibkr.config import RiskSettings
+from tradeflow.ibkr.strategy import RiskSettings
 
 
 @dataclass

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tradeflow.ibkr.config import StrategyConfig, StrategyError, load_strategy
+from tradeflow.ibkr.strategy import StrategyConfig, StrategyError, load_strategy
 
 KINDS = ("trading", "market_data", "monitoring")
 SHIPPED_IDS = {"trading": "ibkr_trading_strategy", "market_data": "ibkr_market_data_collection",
@@ -55,7 +55,7 @@ def dag_id_for(kind: str, strategy: StrategyConfig | None, *, shipped: bool = Fa
 def render(kind: str, *, strategy_file: Path | None, out_dir: Path, strategy: StrategyConfig | None,
            shipped: bool = False) -> str:
     if shipped:
-        path_import, path_expr = "from tradeflow.ibkr.config import strategy_path\n", "strategy_path()"
+        path_import, path_expr = "from tradeflow.ibkr.strategy import strategy_path\n", "strategy_path()"
         where = "IBKR_STRATEGY_FILE (default dags/ibkr_strategy.yaml)"
     else:
         assert strategy_file is not None

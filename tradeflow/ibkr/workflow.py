@@ -19,7 +19,7 @@ import pandas as pd
 
 from tradeflow.errors import ServiceError
 from tradeflow.ibkr.client import ClientPortal
-from tradeflow.ibkr.config import StrategyConfig
+from tradeflow.ibkr.strategy import StrategyConfig
 from tradeflow.ibkr.gateway_settings import GatewaySettings
 from tradeflow.ibkr.orders import OrderTicket, client_order_id
 from tradeflow.ibkr.risk import assess

@@ -56,15 +56,8 @@ from tradeflow.orchestration.databricks import (
 )
 from tradeflow.orchestration.execution import ExecutionResult, Executor
 from tradeflow.orchestration.executors import EXECUTORS, LocalExecutor, get_executor
-from tradeflow.orchestration.settings import (
-    DAG_ID,
-    FINAGENT_DAG_ID,
-    PIPELINE_LAYERS,
-    PROJECT_ROOT,
-    RESOLVE_TASK,
-    RUN_SYMBOL_TASK,
-    DagSettings,
-)
+from tradeflow.orchestration.dag_settings import DAG_ID, FINAGENT_DAG_ID, PIPELINE_LAYERS, RESOLVE_TASK, RUN_SYMBOL_TASK, DagSettings
+from tradeflow.names import PROJECT_ROOT
 from tradeflow.orchestration.symbol import (
     CSV_SUFFIXES,
     check_link_files,

@@ -79,7 +79,7 @@ def training_failed_here(symbol: str, parent: Mapping[str, str]) -> str | None:
     """In mode ``both``: why this symbol's training run under this DAG run's parent did not finish, if so."""
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.tracking import TAG_FAILURE, configure_tracking
+    from tradeflow.runs.tracking import TAG_FAILURE, configure_tracking
 
     configure_tracking()
     run = orch.symbol_runs(MlflowClient(), parent).get(symbol)

@@ -12,14 +12,14 @@ from typing import Any
 from tradeflow.settings import resolve_with_env
 from tradeflow.errors import ConfigError
 from tradeflow.orchestration.context import RunContext, conf_layer, fail_now, skip
-from tradeflow.orchestration.settings import RESOLVE_TASK, RUN_SYMBOL_TASK
-from tradeflow.records import Tag, children_of, find_by_tags, mark_failed
+from tradeflow.orchestration.dag_settings import RESOLVE_TASK, RUN_SYMBOL_TASK
+from tradeflow.runs.records import Tag, children_of, find_by_tags, mark_failed
 from tradeflow.settings import current
 
 log = logging.getLogger(__name__)
 
 # Tags of the DAG-run parent run (the symbol runs carry tradeflow.symbol / execution_id too); the
-# names live in tradeflow.records.Tag, these are the Airflow side's short aliases.
+# names live in tradeflow.runs.records.Tag, these are the Airflow side's short aliases.
 TAG_RUN_LEVEL = Tag.RUN_LEVEL  # "dag_run" on the parent
 TAG_DAG_ID = Tag.DAG_ID
 TAG_AIRFLOW_RUN_ID = Tag.AIRFLOW_RUN_ID
@@ -36,7 +36,7 @@ def _experiment_id(targets: Sequence[Mapping[str, Any]], ctx: RunContext) -> str
     """The experiment of the DAG-run parent (and so of every symbol run): env < conf config.
 
     Also validates the ``dag_run.conf`` layer once, for the whole run: a bad conf fails fast."""
-    from tradeflow.tracking import configure_tracking, ensure_experiment
+    from tradeflow.runs.tracking import configure_tracking, ensure_experiment
 
     try:
         cfg = resolve_with_env({"symbol": targets[0]["symbol"]}, conf_layer(ctx))
@@ -133,8 +133,8 @@ def finalize(
 
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.run_notes import describe_dag_run
-    from tradeflow.tracking import configure_tracking
+    from tradeflow.runs.notes import describe_dag_run
+    from tradeflow.runs.tracking import configure_tracking
 
     configure_tracking()
     client = MlflowClient()

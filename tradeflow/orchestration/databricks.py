@@ -20,7 +20,7 @@ from typing import Any
 from tradeflow.orchestration.context import OrchestrationError, RunContext
 from tradeflow.orchestration.dag_run import TAG_DATABRICKS_RUN, TAG_DATABRICKS_URL, symbol_runs
 from tradeflow.orchestration.execution import ExecutionResult
-from tradeflow.orchestration.settings import PROJECT_ROOT
+from tradeflow.names import PROJECT_ROOT
 from tradeflow.settings import Settings, current
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def git_source(project_root: Path = PROJECT_ROOT, environ: Mapping[str, str] | N
     ``TRADEFLOW_GIT_URL`` / ``TRADEFLOW_GIT_COMMIT`` / ``TRADEFLOW_GIT_PROVIDER`` override what
     git says. Databricks checks the commit out of the remote: it must be pushed, and uncommitted
     changes are not part of it (warned)."""
-    from tradeflow.tracking import code_version
+    from tradeflow.runs.tracking import code_version
 
     env = current(environ)
     commit = env.git_commit or ""

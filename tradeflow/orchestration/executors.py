@@ -25,7 +25,7 @@ class LocalExecutor:
 
     def run(self, symbol: str, params: Mapping[str, str], *, parent: Mapping[str, str],
             ctx: RunContext) -> ExecutionResult:
-        from tradeflow.projects import run_entry_point
+        from tradeflow.runs.projects import run_entry_point
 
         outcome = run_entry_point("pipeline", dict(params), experiment_id=parent["experiment_id"],
                                   parent_run_id=parent["run_id"], run_name=f"{symbol} pipeline")

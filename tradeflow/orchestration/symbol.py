@@ -15,7 +15,8 @@ from tradeflow.errors import StepError
 from tradeflow.orchestration.context import RunContext, conf_layer, fail_now
 from tradeflow.orchestration.dag_run import TAG_AIRFLOW_TRY, record_failed_symbol_run
 from tradeflow.orchestration.executors import get_executor
-from tradeflow.orchestration.settings import PIPELINE_LAYERS, PROJECT_ROOT, RUN_SYMBOL_TASK
+from tradeflow.orchestration.dag_settings import PIPELINE_LAYERS, RUN_SYMBOL_TASK
+from tradeflow.names import PROJECT_ROOT
 from tradeflow.settings import current, parse_bool, resolve_with_env
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def run_symbol(target: Mapping[str, Any], parent: Mapping[str, str] | None, ctx:
     ``mode`` overrides the config's (the per-stage task groups of ``dag_builder``)."""
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.tracking import configure_tracking
+    from tradeflow.runs.tracking import configure_tracking
 
     symbol = target["symbol"]
     if not parent:

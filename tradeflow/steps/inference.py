@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
 from tradeflow.errors import NotFoundError
-from tradeflow.records import InferenceRecord, Tag, TrainRecord
-from tradeflow.tracking import code_version, log_own_params, stage_run
+from tradeflow.runs.records import InferenceRecord, Tag, TrainRecord
+from tradeflow.runs.tracking import code_version, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
 
     tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
-        from tradeflow import run_notes
+        from tradeflow.runs import notes as run_notes
 
         own_params = run_notes.resolved_params(STAGE, cfg, model_uri=resolved.uri)
         log_own_params(own_params)
@@ -224,7 +224,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
 def _add_finagent_evidence(model: Any, window: Any, evidence: dict[str, Any]) -> None:
     """engine=finagent: upstream FinAgent's analysis JSON and forecaster prompt join the evidence
     (``finagent`` and ``prompts`` sections; also logged under ``finagent/``)."""
-    from tradeflow.engines.finagent_agent import review_evidence
+    from tradeflow.engines.finagent.agent import review_evidence
 
     section, prompts = review_evidence(model.unwrap_python_model().agent, window)
     evidence["finagent"] = section

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
 from tradeflow.errors import InputError
-from tradeflow.records import InferenceRecord, PersistRecord, ReviewRecord, Tag
-from tradeflow.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, log_own_params, stage_run
+from tradeflow.runs.records import InferenceRecord, PersistRecord, ReviewRecord, Tag
+from tradeflow.runs.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def review_record(review_run_id: str, client: MlflowClient | None = None) -> dic
 def mlflow_links(review_run: Any) -> dict[str, str]:
     """Where a person finds the runs behind a WebUI artifact: MLflow UI addresses when the
     tracking URI is a server, else ``runs:/`` URIs (open them with ``mlflow ui`` on the store)."""
-    from tradeflow.tracking import tracking_uri
+    from tradeflow.runs.tracking import tracking_uri
 
     base = tracking_uri().rstrip("/")
     experiment = review_run.info.experiment_id
@@ -116,7 +116,7 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
 
     tags = {TAG_SYMBOL: cfg.symbol, TAG_EXECUTION_ID: execution_id}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
-        from tradeflow.run_notes import SEP, set_name_and_note
+        from tradeflow.runs.notes import SEP, set_name_and_note
 
         log_own_params({"review_run_id": review_run_id, "execution_id": execution_id, "dag_id": dag_id, "task_id": task_id})
         mlflow.log_params({"persist.review_run_id": review_run_id, "persist.execution_id": execution_id,

@@ -17,8 +17,8 @@ import mlflow
 
 from tradeflow.config import RunConfig
 from tradeflow.errors import InputError, NotFoundError
-from tradeflow.records import ReviewRecord, Tag
-from tradeflow.tracking import TAG_SYMBOL, code_version, log_own_params, stage_run
+from tradeflow.runs.records import ReviewRecord, Tag
+from tradeflow.runs.tracking import TAG_SYMBOL, code_version, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ def _non_finite(value: Any, where: str, depth: int = 0) -> str | None:
 def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> dict:
     from review_agents import describe_client, review, signal_payload, validate_signal_data
 
-    from tradeflow import run_notes
-    from tradeflow.review_trace import log_review_trace, transcript_html, transcript_markdown
+    from tradeflow.runs import notes as run_notes
+    from tradeflow.runs.review_trace import log_review_trace, transcript_html, transcript_markdown
 
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags={TAG_SYMBOL: cfg.symbol}) as run:
         own_params = run_notes.resolved_params(STAGE, cfg, evidence_uri=evidence_uri)

@@ -21,8 +21,8 @@ import mlflow
 import pandas as pd
 
 from tradeflow.config import RunConfig
-from tradeflow.records import Tag, TrainRecord
-from tradeflow.tracking import code_version, log_resolved_config, stage_run
+from tradeflow.runs.records import Tag, TrainRecord
+from tradeflow.runs.tracking import code_version, log_resolved_config, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def train_backtest_step(cfg: RunConfig) -> dict:
     engine = get_engine(cfg.engine)  # unknown/unavailable engine fails before the run starts
     tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
-        from tradeflow import run_notes
+        from tradeflow.runs import notes as run_notes
 
         workdir = Path(tmp)
         own_params = run_notes.resolved_params(STAGE, cfg)
@@ -211,7 +211,7 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
         return None
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.formatting import pct_text
+    from tradeflow.runs.formatting import pct_text
 
     metrics, test = metrics or {}, (bounds or {}).get("test", {})
     tags = {"symbol": cfg.symbol, "source_run_id": run_id, "engine": cfg.engine, "algorithm": cfg.algorithm}

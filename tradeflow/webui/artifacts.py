@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tradeflow.http import HttpError
+from tradeflow.http.client import HttpError
 from tradeflow.webui.errors import WebUIError
 from tradeflow.webui.payloads import IDENTITY_KEYS, clean_artifact_payload
 

@@ -1,6 +1,6 @@
 """The client for the trading WebUI backend (``shared/contracts/webui-backend.md``), over HTTP only.
 
-What it adds on top of the project's HTTP layer (``tradeflow.http``: one retry policy, a total
+What it adds on top of the project's HTTP layer (``tradeflow.http.client``: one retry policy, a total
 deadline and a size cap per request), and why:
 
 - One clear line in ``WebUIError`` when the service cannot be used: Airflow shows that line.
@@ -24,7 +24,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from tradeflow.errors import InputError
-from tradeflow.http import HttpClient, HttpError, Limits, Reply, RetryPolicy, deadline_from_env, snippet
+from tradeflow.http.client import HttpClient, HttpError, Limits, Reply, RetryPolicy, deadline_from_env, snippet
 from tradeflow.webui.artifacts import ArtifactEndpoints
 from tradeflow.webui.errors import WebUIError, WebUINotFoundError
 from tradeflow.webui.payloads import _plain
@@ -252,7 +252,7 @@ class WebUIClient(ArtifactEndpoints):
         tries: int | None = None,
         before_retry: Callable[[HttpError], Any | None] | None = None,
     ) -> _Reply:
-        """One request through the project's HTTP layer (``tradeflow.http``: retry policy, total
+        """One request through the project's HTTP layer (``tradeflow.http.client``: retry policy, total
         deadline, size cap). 2xx and ``accept`` statuses come back; the rest raise ``WebUIError``.
 
         ``before_retry`` (for non-idempotent requests) runs before each retry with the last failure;

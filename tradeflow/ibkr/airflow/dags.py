@@ -33,7 +33,7 @@ from tradeflow.ibkr.airflow.operators import (
     TechnicalIndicatorsOperator,
 )
 from tradeflow.ibkr.airflow.sensors import DataAvailabilitySensor, IBKRAuthSensor, MarketOpenSensor
-from tradeflow.ibkr.config import StrategyConfig, load_strategy
+from tradeflow.ibkr.strategy import StrategyConfig, load_strategy
 
 TRADING_DAG_ID = "ibkr_trading_strategy"
 MARKET_DATA_DAG_ID = "ibkr_market_data_collection"
@@ -65,7 +65,7 @@ def _sensor_args(strategy: StrategyConfig) -> dict[str, Any]:
 def _tracking_tasks(strategy: StrategyConfig, path: str, kind: str):
     @task(task_id=TRACKING_TASK)
     def start_tracking() -> dict[str, str]:
-        from tradeflow.ibkr import tracking
+        from tradeflow.ibkr import mlflow_run
 
         ctx = get_current_context()
         run = ctx["dag_run"]
@@ -75,16 +75,16 @@ def _tracking_tasks(strategy: StrategyConfig, path: str, kind: str):
                   "reviewer": strategy.signal.review.provider,
                   **{f"risk.{k}": v for k, v in strategy.risk.model_dump().items()},
                   **{f"orders.{k}": v for k, v in strategy.orders.model_dump().items()}}
-        return tracking.open_run(experiment=strategy.tracking.experiment, dag_id=run.dag_id, execution_id=run.run_id,
+        return mlflow_run.open_run(experiment=strategy.tracking.experiment, dag_id=run.dag_id, execution_id=run.run_id,
                                  strategy=strategy.name, kind=kind, params=params)
 
     @task(task_id="finish_tracking", trigger_rule="all_done", retries=1)
     def finish_tracking(ref: dict[str, str] | None) -> dict[str, Any]:
-        from tradeflow.ibkr import tracking
+        from tradeflow.ibkr import mlflow_run
 
         if not ref:
             raise RuntimeError("start_tracking did not open an MLflow run")
-        failed = tracking.finish_run(ref["run_id"])
+        failed = mlflow_run.finish_run(ref["run_id"])
         if failed:
             raise RuntimeError(f"failed tasks: {', '.join(failed)} (MLflow run {ref['run_id']})")
         return {"run_id": ref["run_id"], "failed": failed}

@@ -51,8 +51,8 @@ class IBKRBaseOperator(BaseOperator):
         raise NotImplementedError
 
     def execute(self, context: Any) -> Any:
-        from tradeflow.ibkr import tracking
-        from tradeflow.ibkr.config import load_strategy
+        from tradeflow.ibkr import mlflow_run
+        from tradeflow.ibkr.strategy import load_strategy
 
         strategy = load_strategy(self.strategy_file)
         ref = context["ti"].xcom_pull(task_ids=self.tracking_task_id) if self.tracking_task_id else None
@@ -62,11 +62,11 @@ class IBKRBaseOperator(BaseOperator):
             result = self.run(context, strategy, run_id)
         except Exception as exc:
             if run_id:
-                tracking.mark_task(run_id, self.task_id, exc)
+                mlflow_run.mark_task(run_id, self.task_id, exc)
             raise
         if run_id:
-            tracking.mark_task(run_id, self.task_id, None)
-            tracking.log_metrics(run_id, {f"{self._prefix()}{self.metric_name}.seconds": time.perf_counter() - started})
+            mlflow_run.mark_task(run_id, self.task_id, None)
+            mlflow_run.log_metrics(run_id, {f"{self._prefix()}{self.metric_name}.seconds": time.perf_counter() - started})
         return result
 
     def _prefix(self) -> str:
@@ -106,15 +106,15 @@ class IBKRMarketDataOperator(_SymbolOperator):
     metric_name = "market_data"
 
     def run(self, context, strategy, mlflow_run_id):
-        from tradeflow.ibkr import tracking, workflow
+        from tradeflow.ibkr import mlflow_run, workflow
 
         with self.client(strategy) as client:
             payload = workflow.market_data(strategy, self.symbol, client, as_of=self.as_of_ts())
         log.info("%s: %d bars %s..%s (conid %s)", self.symbol, payload["count"], payload["first_date"],
                  payload["last_date"], payload["conid"])
         if mlflow_run_id:
-            tracking.log_json(mlflow_run_id, f"market_data/{self.symbol}.json", payload)
-            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.bars": payload["count"]})
+            mlflow_run.log_json(mlflow_run_id, f"market_data/{self.symbol}.json", payload)
+            mlflow_run.log_metrics(mlflow_run_id, {f"{self.symbol}.bars": payload["count"]})
         return payload
 
 
@@ -129,13 +129,13 @@ class TechnicalIndicatorsOperator(_SymbolOperator):
         self.market_data_task_id = market_data_task_id
 
     def run(self, context, strategy, mlflow_run_id):
-        from tradeflow.ibkr import tracking, workflow
+        from tradeflow.ibkr import mlflow_run, workflow
 
         values = workflow.indicators(self.pull(context, self.market_data_task_id))
         log.info("%s indicators: %s", self.symbol, values)
         if mlflow_run_id:
-            tracking.log_json(mlflow_run_id, f"indicators/{self.symbol}.json", values)
-            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.{k}": v for k, v in values.items()
+            mlflow_run.log_json(mlflow_run_id, f"indicators/{self.symbol}.json", values)
+            mlflow_run.log_metrics(mlflow_run_id, {f"{self.symbol}.{k}": v for k, v in values.items()
                                                  if k in ("close", "rsi_14", "atr_14", "sma_20", "sma_50")})
         return values
 
@@ -152,13 +152,13 @@ class ChartOperator(_SymbolOperator):
         self.indicators_task_id = indicators_task_id
 
     def run(self, context, strategy, mlflow_run_id):
-        from tradeflow.ibkr import tracking, workflow
+        from tradeflow.ibkr import mlflow_run, workflow
 
         path = workflow.chart(self.pull(context, self.market_data_task_id), self.pull(context, self.indicators_task_id),
-                              tracking.scratch_dir())
+                              mlflow_run.scratch_dir())
         uri = None
         if mlflow_run_id:
-            tracking.log_file(mlflow_run_id, path, "charts")
+            mlflow_run.log_file(mlflow_run_id, path, "charts")
             uri = f"runs:/{mlflow_run_id}/charts/{path.name}"
         return {"symbol": self.symbol, "chart": uri or str(path)}
 
@@ -176,7 +176,7 @@ class LLMSignalOperator(_SymbolOperator):
     def run(self, context, strategy, mlflow_run_id):
         import json
 
-        from tradeflow.ibkr import tracking, workflow
+        from tradeflow.ibkr import mlflow_run, workflow
 
         sig = workflow.signal(strategy, self.pull(context, self.market_data_task_id))
         log.info("%s signal: %s confidence %.2f (model %s%s)", self.symbol, sig["action"], sig["confidence"],
@@ -184,13 +184,13 @@ class LLMSignalOperator(_SymbolOperator):
         transcript = sig.pop("transcript")
         evidence = sig.pop("evidence")
         if mlflow_run_id:
-            tracking.log_json(mlflow_run_id, f"signals/{self.symbol}.json", sig)
-            tracking.log_json(mlflow_run_id, f"signals/{self.symbol}_evidence.json", evidence)
-            tracking.log_text(mlflow_run_id, f"signals/{self.symbol}_transcript.jsonl",
+            mlflow_run.log_json(mlflow_run_id, f"signals/{self.symbol}.json", sig)
+            mlflow_run.log_json(mlflow_run_id, f"signals/{self.symbol}_evidence.json", evidence)
+            mlflow_run.log_text(mlflow_run_id, f"signals/{self.symbol}_transcript.jsonl",
                               "\n".join(json.dumps(line) for line in transcript) + "\n")
-            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.signal_confidence": sig["confidence"],
+            mlflow_run.log_metrics(mlflow_run_id, {f"{self.symbol}.signal_confidence": sig["confidence"],
                                                  f"{self.symbol}.signal_fallback": sig["fallback_reason"] is not None})
-            tracking.set_tags(mlflow_run_id, {f"signal.{self.symbol}": f"{sig['action']} {sig['confidence']:.2f}"})
+            mlflow_run.set_tags(mlflow_run_id, {f"signal.{self.symbol}": f"{sig['action']} {sig['confidence']:.2f}"})
         return sig
 
 
@@ -207,7 +207,7 @@ class RiskAssessmentOperator(_SymbolOperator):
         self.indicators_task_id = indicators_task_id
 
     def run(self, context, strategy, mlflow_run_id):
-        from tradeflow.ibkr import tracking, workflow
+        from tradeflow.ibkr import mlflow_run, workflow
 
         sig = self.pull(context, self.signal_task_id)
         with self.client(strategy) as client:
@@ -218,11 +218,11 @@ class RiskAssessmentOperator(_SymbolOperator):
         else:
             log.warning("%s risk: REFUSED: %s", self.symbol, decision["reason"])
         if mlflow_run_id:
-            tracking.log_json(mlflow_run_id, f"risk/{self.symbol}.json", decision)
-            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.risk_approved": decision["approved"],
+            mlflow_run.log_json(mlflow_run_id, f"risk/{self.symbol}.json", decision)
+            mlflow_run.log_metrics(mlflow_run_id, {f"{self.symbol}.risk_approved": decision["approved"],
                                                  f"{self.symbol}.risk_quantity": decision["quantity"],
                                                  f"{self.symbol}.risk_amount": decision["risk_amount"]})
-            tracking.set_tags(mlflow_run_id, {f"risk.{self.symbol}": ("approved: " if decision["approved"] else
+            mlflow_run.set_tags(mlflow_run_id, {f"risk.{self.symbol}": ("approved: " if decision["approved"] else
                                                                       "refused: ") + decision["reason"]})
         publish_signal(strategy, context, self.task_id, mlflow_run_id, sig, decision, None)
         return decision
@@ -243,7 +243,7 @@ class OrderPlacementOperator(_SymbolOperator):
         self.signal_task_id = signal_task_id
 
     def run(self, context, strategy, mlflow_run_id):
-        from tradeflow.ibkr import tracking, workflow
+        from tradeflow.ibkr import mlflow_run, workflow
 
         decision = self.pull(context, self.risk_task_id)
         conid = self.pull(context, self.market_data_task_id)["conid"]
@@ -256,11 +256,11 @@ class OrderPlacementOperator(_SymbolOperator):
         log.info("%s order: %s", self.symbol, {k: order.get(k) for k in ("status", "coid", "order_id", "already_placed",
                                                                           "dry_run", "filled_quantity", "reason")})
         if mlflow_run_id:
-            tracking.log_json(mlflow_run_id, f"orders/{self.symbol}.json", order)
-            tracking.log_metrics(mlflow_run_id, {f"{self.symbol}.order_placed": order["status"] not in ("not_placed",),
+            mlflow_run.log_json(mlflow_run_id, f"orders/{self.symbol}.json", order)
+            mlflow_run.log_metrics(mlflow_run_id, {f"{self.symbol}.order_placed": order["status"] not in ("not_placed",),
                                                  f"{self.symbol}.order_quantity": order.get("filled_quantity") or 0.0,
                                                  f"{self.symbol}.order_already_placed": bool(order.get("already_placed"))})
-            tracking.set_tags(mlflow_run_id, {f"order.{self.symbol}": f"{order['status']} {order.get('coid') or ''}".strip()})
+            mlflow_run.set_tags(mlflow_run_id, {f"order.{self.symbol}": f"{order['status']} {order.get('coid') or ''}".strip()})
         publish_signal(strategy, context, self.task_id, mlflow_run_id, self.pull(context, self.signal_task_id),
                        decision, order)
         return order
@@ -276,7 +276,7 @@ class PortfolioUpdateOperator(IBKRBaseOperator):
         self.fail_on_alert = fail_on_alert
 
     def run(self, context, strategy, mlflow_run_id):
-        from tradeflow.ibkr import tracking, workflow
+        from tradeflow.ibkr import mlflow_run, workflow
 
         with self.client(strategy) as client:
             snapshot = workflow.portfolio(strategy, client)
@@ -285,8 +285,8 @@ class PortfolioUpdateOperator(IBKRBaseOperator):
         for alert in snapshot["alerts"]:
             log.warning("portfolio alert: %s", alert)
         if mlflow_run_id:
-            tracking.log_json(mlflow_run_id, "portfolio/positions.json", snapshot)
-            tracking.log_metrics(mlflow_run_id, {"portfolio.equity": snapshot["equity"],
+            mlflow_run.log_json(mlflow_run_id, "portfolio/positions.json", snapshot)
+            mlflow_run.log_metrics(mlflow_run_id, {"portfolio.equity": snapshot["equity"],
                                                  "portfolio.gross_exposure": snapshot["gross_exposure"],
                                                  "portfolio.positions": len(snapshot["positions"]),
                                                  "portfolio.alerts": len(snapshot["alerts"])})
@@ -314,7 +314,7 @@ def publish_signal(strategy: Any, context: Any, task_id: str, mlflow_run_id: str
     if order is not None:
         data["order"] = {k: order.get(k) for k in ("status", "coid", "order_id", "filled_quantity", "avg_price",
                                                    "already_placed", "dry_run")}
-    from tradeflow.ibkr.tracking import experiment_of
+    from tradeflow.ibkr.mlflow_run import experiment_of
 
     dag_run = context["dag_run"]
     experiment_id = experiment_of(mlflow_run_id)

@@ -55,7 +55,7 @@ class IBKRAuthSensor(BaseSensorOperator):
     def poke(self, context: Any) -> bool:
         from tradeflow.ibkr.airflow.hooks import IBKRHook
         from tradeflow.ibkr.errors import GatewayDown, NotAuthenticated
-        from tradeflow.ibkr.config import load_strategy
+        from tradeflow.ibkr.strategy import load_strategy
 
         strategy = load_strategy(self.strategy_file)
         try:
@@ -85,7 +85,7 @@ class DataAvailabilitySensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool:
         from tradeflow.ibkr.airflow.hooks import IBKRHook
-        from tradeflow.ibkr.config import load_strategy
+        from tradeflow.ibkr.strategy import load_strategy
         from tradeflow.ibkr.workflow import MarketDataError, data_is_available, parse_as_of
 
         strategy = load_strategy(self.strategy_file)

@@ -32,15 +32,15 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from tradeflow.errors import InputError
-from tradeflow.records import MAX_TAG_CHARS, Tag
+from tradeflow.names import PROJECT_ROOT
+from tradeflow.runs.records import MAX_TAG_CHARS, Tag
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'mlruns.db'}"
 DEFAULT_ARTIFACT_ROOT = (PROJECT_ROOT / "mlartifacts").as_uri()
 
-# Tags we set on every run: the names live in ``tradeflow.records.Tag``; these aliases keep the
+# Tags we set on every run: the names live in ``tradeflow.runs.records.Tag``; these aliases keep the
 # older imports working.
 TAG_SYMBOL = Tag.SYMBOL
 TAG_STAGE = Tag.STAGE
@@ -161,7 +161,7 @@ def home_run(run_id: str, experiment_name: str, client: MlflowClient | None = No
     client.update_run(run_id, name=f"moved to {experiment_name}")
     # `mlflow run` marks its run terminated when the process ends and fails if it was deleted:
     # a detached helper deletes the stub once that has happened.
-    subprocess.Popen([sys.executable, "-m", "tradeflow.tracking", "--delete-when-terminated", run_id],
+    subprocess.Popen([sys.executable, "-m", "tradeflow.runs.tracking", "--delete-when-terminated", run_id],
                      start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()})
     print(f"note: `mlflow run` started run {run_id} in experiment '{current}'; recording in experiment "
@@ -280,8 +280,8 @@ def fail_cli(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-if __name__ == "__main__":  # python -m tradeflow.tracking --delete-when-terminated <run_id>
+if __name__ == "__main__":  # python -m tradeflow.runs.tracking --delete-when-terminated <run_id>
     if len(sys.argv) == 3 and sys.argv[1] == "--delete-when-terminated":
         delete_when_terminated(sys.argv[2])
     else:
-        fail_cli("usage: python -m tradeflow.tracking --delete-when-terminated <run_id>")
+        fail_cli("usage: python -m tradeflow.runs.tracking --delete-when-terminated <run_id>")

@@ -9,7 +9,7 @@ Why a layer of our own on top of ``requests``:
   other 4xx, and a 500 whose body names the payload (the WebUI's ``"'foo' is an invalid keyword
   argument for Artifact"``): sending the same body again only repeats it.
 - **A total deadline per request.** ``requests`` timeouts are per socket read, so a server sending a
-  byte a second holds a client forever; a watchdog (``tradeflow.http_watchdog``) shuts the socket
+  byte a second holds a client forever; a watchdog (``tradeflow.http.watchdog``) shuts the socket
   down when the deadline passes
   (not retried: a trickling server trickles again). ``TRADEFLOW_HTTP_DEADLINE_S`` sets it.
 - **A response size cap**, checked against ``Content-Length`` and while reading: a hostile or broken
@@ -38,7 +38,7 @@ from typing import Any, Final
 import requests
 
 from tradeflow.errors import ServiceError
-from tradeflow.http_watchdog import Watch, deadline, watch_session, watched_session
+from tradeflow.http.watchdog import Watch, deadline, watch_session, watched_session
 
 log = logging.getLogger(__name__)
 

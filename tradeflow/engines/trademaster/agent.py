@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tradeflow.config import TradeMasterParams
-from tradeflow.engines._trademaster_compat import UPSTREAM_COMMIT, import_trademaster, upstream_quiet_stdout
+from tradeflow.engines.trademaster.compat import UPSTREAM_COMMIT, import_trademaster, upstream_quiet_stdout
 from tradeflow.engines.base import ActionResult
 
 if TYPE_CHECKING:

@@ -1,10 +1,10 @@
-"""The total-deadline watchdog under ``tradeflow.http``: sockets a request opened are shut down
+"""The total-deadline watchdog under ``tradeflow.http.client``: sockets a request opened are shut down
 when its deadline passes, so a blocked read returns at once.
 
 ``requests`` timeouts are per socket read: a server sending a byte a second holds a client forever.
 Connections made through ``watched_session()`` register their socket with the request in flight on
 this thread; ``deadline(seconds)`` arms a timer that shuts those sockets down. Transport only: the
-retry policy and what a failure means stay in ``tradeflow.http``.
+retry policy and what a failure means stay in ``tradeflow.http.client``.
 """
 
 from __future__ import annotations

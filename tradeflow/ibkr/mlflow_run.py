@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tradeflow.tracking import TAG_CODE_VERSION, TAG_EXECUTION_ID, TAG_FAILURE, code_version, configure_tracking, ensure_experiment
+from tradeflow.runs.tracking import TAG_CODE_VERSION, TAG_EXECUTION_ID, TAG_FAILURE, code_version, configure_tracking, ensure_experiment
 
 TAG_DAG_ID = "tradeflow.dag_id"
 TAG_KIND = "tradeflow.workflow"

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from tradeflow.engines.base import ActionResult
-from tradeflow.engines.finagent_analyst import BAR_FEATURES, FinAgentAnalyst
-from tradeflow.engines.finagent_rule import SIGNALS, Calibration, probability, rating_for, votes_from_analysis
+from tradeflow.engines.finagent.analyst import BAR_FEATURES, FinAgentAnalyst
+from tradeflow.engines.finagent.rule import SIGNALS, Calibration, probability, rating_for, votes_from_analysis
 
 if TYPE_CHECKING:
-    from tradeflow.engines._finagent_compat import FinAgentUpstream
+    from tradeflow.engines.finagent.compat import FinAgentUpstream
 
 CONFIG_FILE = "finagent_config.json"
 
@@ -58,7 +58,7 @@ class FinAgentAgent:
         return ActionResult(action=int(decision["target"]), scores={self.max_volume: prob, low: round(1.0 - prob, 6)})
 
     def config_package(self) -> dict[str, Any]:
-        from tradeflow.engines._finagent_compat import UPSTREAM_COMMIT, UPSTREAM_REPO
+        from tradeflow.engines.finagent.compat import UPSTREAM_COMMIT, UPSTREAM_REPO
 
         return {
             "engine": self.engine,
@@ -79,7 +79,7 @@ class FinAgentAgent:
 
     @classmethod
     def load(cls, directory: Path, upstream: FinAgentUpstream | None = None) -> FinAgentAgent:
-        from tradeflow.engines._finagent_compat import UPSTREAM_COMMIT, import_finagent
+        from tradeflow.engines.finagent.compat import UPSTREAM_COMMIT, import_finagent
 
         package = json.loads((Path(directory) / CONFIG_FILE).read_text())
         commit = package["upstream"]["commit"]

@@ -19,9 +19,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
 from tradeflow.errors import InputError, StepError
-from tradeflow.projects import run_entry_point
-from tradeflow.records import ReproduceRecord, Tag
-from tradeflow.tracking import PROJECT_ROOT, TAG_CODE_VERSION, TAG_DATA_DIGEST, log_own_params, recorded_params, stage_run
+from tradeflow.runs.projects import run_entry_point
+from tradeflow.runs.records import ReproduceRecord, Tag
+from tradeflow.runs.tracking import TAG_CODE_VERSION, TAG_DATA_DIGEST, log_own_params, recorded_params, stage_run
+from tradeflow.names import PROJECT_ROOT
 
 REPRODUCIBLE = ("train_backtest", "inference", "review")
 VOLATILE_SUFFIXES = ("_seconds", "_per_s", "latency_s")
@@ -101,7 +102,7 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
         mlflow.log_metrics({"mismatched_metrics": float(sum(not r["match"] for r in rows)),
                             "compared_metrics": float(len(rows))})
         verdict = "MATCH" if match else "MISMATCH"
-        from tradeflow.run_notes import SEP, run_link, set_name_and_note
+        from tradeflow.runs.notes import SEP, run_link, set_name_and_note
 
         set_name_and_note(run.info.run_id, SEP.join(("reproduce", original.info.run_name or run_id[:8], verdict)),
                           f"## reproduce → **{verdict}**\n\nRe-ran {run_link(original.info.experiment_id, run_id, original.info.run_name)} "

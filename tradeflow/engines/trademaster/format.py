@@ -1,7 +1,7 @@
 """TradeMaster's side of the data: our splits as upstream's dataset CSVs, ``cfg.trademaster`` as
 upstream's config dict, upstream's environment built from them, and a finished episode's env
 memories read back as our ledger. Kept apart from the agent and the engine because it is the one
-place that knows upstream's file schema and env bookkeeping (``tradeflow.engines.trademaster``
+place that knows upstream's file schema and env bookkeeping (``tradeflow.engines.trademaster.engine``
 drives it; tests check parity against it)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tradeflow.config import TradeMasterParams
-from tradeflow.engines._trademaster_compat import Upstream
+from tradeflow.engines.trademaster.compat import Upstream
 from tradeflow.engines.base import PRICE_COLUMN
 from tradeflow.features import FEATURE_COLUMNS
 

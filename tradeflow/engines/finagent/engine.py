@@ -1,7 +1,7 @@
 """``engine=finagent``: upstream FinAgent's technical-analysis agent, calibrated, behind the ``Engine`` interface.
 
 Upstream (akshata29/finagent @ aa7fe01, installed by ``scripts/install_finagent.sh``; import guards in
-``_finagent_compat``) rates a stock from the last bars: ``run_enhanced_technical_analysis`` computes
+``compat``) rates a stock from the last bars: ``run_enhanced_technical_analysis`` computes
 EMA 12/26 crossover, RSI 14, MACD 12/26/9, Stochastics 14/3 and ADX 14 with the ``ta`` library,
 turns each into a vote (+1 bullish/oversold, -1 bearish/overbought, 0 neutral), sums them with
 weight 1 each into ``probability = 0.5 + 0.5 * score / max_score`` and rates ``buy`` at >= 0.66,
@@ -22,8 +22,8 @@ the model:
 The agent's saved directory is the "config package": ``finagent_config.json`` (weights, thresholds,
 lookback, the calibration report, upstream repository and commit). Loading it imports upstream.
 
-Where each part lives: the rule and its calibration maths in ``finagent_rule``, the upstream
-runner in ``finagent_analyst``, the agent and its review evidence in ``finagent_agent``, this
+Where each part lives: the rule and its calibration maths in ``rule``, the upstream
+runner in ``analyst``, the agent and its review evidence in ``agent``, this
 module the engine (the calibration run).
 """
 
@@ -40,9 +40,9 @@ import pandas as pd
 
 from tradeflow.config import RunConfig
 from tradeflow.engines.base import Engine, TrainResult, best_epoch_metrics
-from tradeflow.engines.finagent_agent import FinAgentAgent
-from tradeflow.engines.finagent_analyst import FinAgentAnalyst, vote_matrix
-from tradeflow.engines.finagent_rule import (
+from tradeflow.engines.finagent.agent import FinAgentAgent
+from tradeflow.engines.finagent.analyst import FinAgentAnalyst, vote_matrix
+from tradeflow.engines.finagent.rule import (
     SIGNALS,
     UPSTREAM_BUY,
     UPSTREAM_SELL,
@@ -58,7 +58,7 @@ from tradeflow.engines.finagent_rule import (
 from tradeflow.errors import InputError
 
 if TYPE_CHECKING:
-    from tradeflow.engines._finagent_compat import FinAgentUpstream
+    from tradeflow.engines.finagent.compat import FinAgentUpstream
     from tradeflow.features import Splits
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class FinAgentEngine(Engine):
 
     def __init__(self, upstream: FinAgentUpstream | None = None) -> None:
         if upstream is None:
-            from tradeflow.engines._finagent_compat import import_finagent
+            from tradeflow.engines.finagent.compat import import_finagent
 
             upstream = import_finagent()  # EngineUnavailable (one line + the install command) if absent
         self.upstream = upstream

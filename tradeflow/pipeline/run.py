@@ -10,7 +10,6 @@ children stay FINISHED.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,10 +21,9 @@ from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
 from tradeflow.errors import StepError
-from tradeflow.filters import filter_value
-from tradeflow.projects import StageOutcome, run_entry_point
-from tradeflow.stage_lease import StageLease
-from tradeflow.records import (
+from tradeflow.runs.projects import StageOutcome, run_entry_point
+from tradeflow.pipeline.cache import LEASED_STAGES, StageLease, cache_key, find_cached
+from tradeflow.runs.records import (
     InferenceRecord,
     PipelineRecord,
     ReviewRecord,
@@ -35,7 +33,7 @@ from tradeflow.records import (
     find_by_tags,
     mark_failed,
 )
-from tradeflow.tracking import (
+from tradeflow.runs.tracking import (
     TAG_DATA_DIGEST,
     TAG_EXECUTION_ID,
     TAG_FAILURE,
@@ -52,9 +50,6 @@ STAGES_BY_MODE: dict[str, tuple[str, ...]] = {
     "train_backtest": ("train_backtest",),
     "inference": ("inference", "review", "persist"),
 }
-TAG_CACHE_KEY = Tag.CACHE_KEY
-#: Stages that are leased (persist is per execution and idempotent on the WebUI side).
-LEASED_STAGES = ("train_backtest", "inference", "review")
 TAG_FAILED_STAGE = Tag.FAILED_STAGE
 ARTIFACTS = PipelineRecord.described()
 
@@ -81,15 +76,6 @@ def stage_config_json(cfg: RunConfig) -> str:
     return json.dumps(layer, sort_keys=True, separators=(",", ":"))
 
 
-def cache_key(entry_point: str, params: dict[str, str], *, code: str, data_digest: str, extra: dict | None = None) -> str:
-    payload = json.dumps({"entry_point": entry_point, "params": params, "code": code,
-                          "data": data_digest, **(extra or {})}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def find_cached(client: MlflowClient, experiment_id: str, key: str) -> str | None:
-    runs = find_by_tags(client, experiment_id, {TAG_CACHE_KEY: key}, status="FINISHED", max_results=1)
-    return runs[0].info.run_id if runs else None
 
 
 def close_abandoned_runs(client: MlflowClient, experiment_id: str, symbol: str, execution_id: str,
@@ -144,7 +130,7 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
         outcomes: list[StageOutcome] = []
 
         def describe(failed: str | None = None) -> None:
-            from tradeflow.run_notes import describe_pipeline
+            from tradeflow.runs.notes import describe_pipeline
 
             try:
                 describe_pipeline(cfg, parent, outcomes, market=market, model_uri=state.model_uri,
@@ -199,7 +185,7 @@ def _stage_params(stage: str, cfg: RunConfig, state: PipelineState, config_json:
 
 def _own_params(cfg: RunConfig, *, execution_id: str, force: bool, dag_id: str, task_id: str) -> dict[str, str]:
     """The pipeline's MLproject parameters as resolved (``mode`` '' -> ``both`` ...)."""
-    from tradeflow.run_notes import resolved_params
+    from tradeflow.runs.notes import resolved_params
 
     return resolved_params("pipeline", cfg, execution_id=execution_id, force=force, dag_id=dag_id, task_id=task_id)
 
@@ -227,7 +213,7 @@ def _run_or_reuse(client: MlflowClient, stage: str, params: dict[str, str], key:
             outcome = run_entry_point(stage, params, experiment_id=experiment_id, parent_run_id=parent.info.run_id,
                                       run_name=f"{symbol} · {stage}" if symbol else stage)
         if outcome.ok:
-            client.set_tag(outcome.run_id, TAG_CACHE_KEY, key)
+            client.set_tag(outcome.run_id, Tag.CACHE_KEY, key)
         return outcome
     finally:
         if lease:
@@ -269,4 +255,4 @@ def _write_summary(cfg: RunConfig, execution_id: str, outcomes: list[StageOutcom
     return summary
 
 
-__all__ = ["run_pipeline", "StageFailed", "STAGES_BY_MODE", "TAG_CACHE_KEY", "TAG_FAILED_STAGE", "TAG_FAILURE"]
+__all__ = ["run_pipeline", "StageFailed", "STAGES_BY_MODE", "TAG_FAILED_STAGE", "TAG_FAILURE"]

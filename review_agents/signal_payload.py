@@ -15,7 +15,7 @@ from typing import Any
 from tradeflow.trading_signal import PRICE_FIELDS, REQUIRED_FIELDS, SignalError, check_trading_signal, confidence_band
 
 from .analysis import assess
-from .evidence import parse_evidence
+from .evidence_view import parse_evidence
 from .schema import ReviewOutcome
 
 #: Position size at confidence 1.0, in percent of equity (scaled linearly; HOLD has none).

@@ -1,5 +1,5 @@
 """Running upstream FinAgent's technical analysis on our bars: one event loop per thread, offline
-(``_finagent_compat`` guards the network), cached by the bars' content, its output validated and
+(``compat`` guards the network), cached by the bars' content, its output validated and
 made plain JSON. The only module that calls upstream's coroutines."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tradeflow.engines.finagent_rule import SIGNALS, UpstreamOutputError, votes_from_analysis
+from tradeflow.engines.finagent.rule import SIGNALS, UpstreamOutputError, votes_from_analysis
 from tradeflow.errors import StepError
 
 if TYPE_CHECKING:
-    from tradeflow.engines._finagent_compat import FinAgentUpstream
+    from tradeflow.engines.finagent.compat import FinAgentUpstream
 
 #: the bar columns upstream's analysis reads (its yfinance frame's Open/High/Low/Close)
 BAR_FEATURES: tuple[str, ...] = ("open", "high", "low", "close")
@@ -60,7 +60,7 @@ class FinAgentAnalyst:
 
     def analyse(self, bars: pd.DataFrame) -> dict[str, Any]:
         """Upstream's analysis JSON for the last bar of ``bars`` (every row is history it may use)."""
-        from tradeflow.engines._finagent_compat import UpstreamNetworkBlocked, offline_bars
+        from tradeflow.engines.finagent.compat import UpstreamNetworkBlocked, offline_bars
 
         prices = bars[list(BAR_FEATURES)].to_numpy(np.float64)
         key = hashlib.sha1(prices.tobytes()).hexdigest()
@@ -85,7 +85,7 @@ class FinAgentAnalyst:
 
     def forecaster_prompt(self, analysis: Mapping[str, Any]) -> str:
         """Upstream's forecaster prompt (``agents/forecaster.py:analyze_and_predict``) for ``analysis``."""
-        from tradeflow.engines._finagent_compat import _network_blocked
+        from tradeflow.engines.finagent.compat import _network_blocked
 
         with _network_blocked():
             prompt = _run_coroutine(self.upstream.forecaster_prompt(dict(analysis)))

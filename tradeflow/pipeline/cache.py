@@ -1,13 +1,16 @@
-"""The stage-cache lease: one stage's cache key, run by at most one live pipeline run at a time.
+"""The stage cache and its lease: a stage's cache key, the FINISHED run that has it, and the lease
+that lets one stage key be run by at most one live pipeline run at a time.
 
 Concurrent cold pipelines of one symbol (three DAG runs at once) would otherwise each train the
-same model; with the lease one trains and the others adopt its run (``tradeflow.pipeline``'s
+same model; with the lease one trains and the others adopt its run (``tradeflow.pipeline.run``'s
 ``_run_or_reuse`` takes it for ``LEASED_STAGES``). Tags on the claiming pipeline run are the only
 shared state, so it works on any MLflow store.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -16,10 +19,27 @@ from mlflow.tracking import MlflowClient
 
 from tradeflow import settings
 from tradeflow.errors import StepError
-from tradeflow.filters import filter_value
-from tradeflow.records import Tag
+from tradeflow.runs.filters import filter_value
+from tradeflow.runs.records import Tag, find_by_tags
 
 log = logging.getLogger(__name__)
+
+#: Stages that are leased (persist is per execution and idempotent on the WebUI side).
+LEASED_STAGES = ("train_backtest", "inference", "review")
+
+
+def cache_key(entry_point: str, params: dict[str, str], *, code: str, data_digest: str, extra: dict | None = None) -> str:
+    """What makes two runs of a stage the same: entry point, params, code version, data digest."""
+    payload = json.dumps({"entry_point": entry_point, "params": params, "code": code,
+                          "data": data_digest, **(extra or {})}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def find_cached(client: MlflowClient, experiment_id: str, key: str) -> str | None:
+    """The FINISHED run of this cache key, if any (the stage is then reused, not re-run)."""
+    runs = find_by_tags(client, experiment_id, {Tag.CACHE_KEY: key}, status="FINISHED", max_results=1)
+    return runs[0].info.run_id if runs else None
+
 
 #: The stage-cache lease, as tags of the claiming pipeline run (see ``StageLease``).
 TAG_LEASE = Tag.LEASE
@@ -82,8 +102,6 @@ class StageLease:
         """Block until this run holds the lease (None: run the stage) or another run's result is
         there (its run id: adopt it)."""
         from mlflow.entities import RunTag
-
-        from tradeflow.pipeline import find_cached  # the stage cache (it imports this module)
 
         self.claimed_at = time.time()
         stamp = f"{self.claimed_at:.6f}"

@@ -19,8 +19,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import FLAT_KEYS, TOP_LEVEL_KEYS, RunConfig
-from tradeflow.formatting import pct_text as pct
-from tradeflow.records import ReviewRecord, Tag, TrainRecord
+from tradeflow.runs.formatting import pct_text as pct
+from tradeflow.runs.records import ReviewRecord, Tag, TrainRecord
 
 NOTE_TAG = Tag.NOTE
 SEP = " · "
@@ -37,7 +37,7 @@ def entry_point_flags(entry_point: str) -> list[str]:
     """The parameters MLproject declares for ``entry_point`` (in declaration order)."""
     from mlflow.projects._project_spec import load_project
 
-    from tradeflow.tracking import PROJECT_ROOT
+    from tradeflow.names import PROJECT_ROOT
 
     return list(load_project(str(PROJECT_ROOT)).get_entry_point(entry_point).parameters)
 

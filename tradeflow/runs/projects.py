@@ -54,8 +54,9 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from tradeflow import settings
-from tradeflow.records import Tag, mark_failed
-from tradeflow.tracking import PROJECT_ROOT, TAG_FAILURE, git
+from tradeflow.runs.records import Tag, mark_failed
+from tradeflow.runs.tracking import TAG_FAILURE, git
+from tradeflow.names import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tradeflow.filters import filter_value
+from tradeflow.runs.filters import filter_value
 
 #: MLflow keeps at most this many characters of a tag value.
 MAX_TAG_CHARS = 5000
@@ -121,7 +121,7 @@ class Tag:
     STAGE_RUN_ID = "tradeflow.stage.{stage}.run_id"
     STAGE_REUSED = "tradeflow.stage.{stage}.reused"
     STAGE_LEASE = "tradeflow.stage.{stage}.lease"
-    #: the stage-cache lease claim (see ``tradeflow.pipeline.StageLease``)
+    #: the stage-cache lease claim (see ``tradeflow.pipeline.run.StageLease``)
     LEASE = "tradeflow.lease.{stage}"
     LEASE_CLAIMED_AT = "tradeflow.lease.{stage}.claimed_at"
     LEASE_HEARTBEAT = "tradeflow.lease.{stage}.heartbeat"

@@ -7,9 +7,9 @@ is driven through its own builders, as its ``tools/algorithmic_trading/train.py`
 ``build_trainer`` (``AlgorithmicTradingTrainer``) -> ``train_and_valid()`` -> ``test()``. This
 module only translates: our splits become CSVs in upstream's schema, ``cfg.trademaster`` becomes
 an mmcv ``Config``, upstream's best checkpoint becomes a ``TradingAgent`` and its environments'
-portfolio values become our ledger and metrics. Import shims: ``_trademaster_compat``; upstream's
-data/config format and the ledger read from its env: ``trademaster_format``; the agent:
-``trademaster_agent``; this module: the engine (training loop, epoch monitor, backtest).
+portfolio values become our ledger and metrics. Import shims: ``compat``; upstream's
+data/config format and the ledger read from its env: ``format``; the agent:
+``agent``; this module: the engine (training loop, epoch monitor, backtest).
 
 What is upstream's, kept as is (docs/trademaster_engine.md measures the consequences):
 
@@ -45,10 +45,10 @@ import pandas as pd
 
 from tradeflow.backtest import BacktestResult
 from tradeflow.config import RunConfig
-from tradeflow.engines._trademaster_compat import import_trademaster, upstream_quiet_stdout
+from tradeflow.engines.trademaster.compat import import_trademaster, upstream_quiet_stdout
 from tradeflow.engines.base import Engine, TradingAgent, TrainResult, best_epoch_metrics
-from tradeflow.engines.trademaster_agent import TradeMasterAgent, greedy_episode
-from tradeflow.engines.trademaster_format import (
+from tradeflow.engines.trademaster.agent import TradeMasterAgent, greedy_episode
+from tradeflow.engines.trademaster.format import (
     UPSTREAM_TRAINER,
     build_environment,
     dataset_attributes,

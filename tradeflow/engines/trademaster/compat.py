@@ -108,7 +108,7 @@ def _ray_get(*args: Any, **kwargs: Any) -> Any:
 
 
 def _ray_stand_in() -> dict[str, types.ModuleType]:
-    ray = types.ModuleType("ray", "tradeflow stand-in for ray (import-time only; see _trademaster_compat)")
+    ray = types.ModuleType("ray", "tradeflow stand-in for ray (import-time only; see tradeflow.engines.trademaster.compat)")
     tune = types.ModuleType("ray.tune")
     registry = types.ModuleType("ray.tune.registry")
     ray.__path__ = []  # a package, so `from ray.tune.registry import ...` resolves through sys.modules

@@ -6,21 +6,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from tradeflow import settings as env_settings
 from tradeflow.config import MAX_SYMBOLS
 from tradeflow.names import DAG_ID, FINAGENT_DAG_ID, MODES, SYMBOL_PATTERN
 
-__all__ = ["DAG_ID", "FINAGENT_DAG_ID", "PIPELINE_LAYERS", "RUN_SYMBOL_TASK", "RESOLVE_TASK", "PROJECT_ROOT", "DagSettings"]
+__all__ = ["DAG_ID", "FINAGENT_DAG_ID", "PIPELINE_LAYERS", "RUN_SYMBOL_TASK", "RESOLVE_TASK", "DagSettings"]
 
 #: per-DAG config layer (above the TRADEFLOW_* env, below the WebUI link config and dag_run.conf);
 #: its keys are also required of the final config: a DAG runs its own engine, whatever conf says
 PIPELINE_LAYERS: dict[str, dict[str, Any]] = {FINAGENT_DAG_ID: {"engine": "finagent"}}
 RUN_SYMBOL_TASK = "run_symbol"
-#: the repository root: the MLproject the executors run
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESOLVE_TASK = "resolve_targets"
 
 
