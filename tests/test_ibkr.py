@@ -29,7 +29,7 @@ from tests.support.webui import trademaster_bars
 from tradeflow.ibkr import client as cp
 from tradeflow.ibkr import orders
 from tradeflow.ibkr import workflow as wf
-from tradeflow.ibkr.config import DEFAULT_STRATEGY_FILE, StrategyError, load_strategy, parse_strategy
+from tradeflow.ibkr.strategy import DEFAULT_STRATEGY_FILE, StrategyError, load_strategy, parse_strategy
 from tradeflow.ibkr.risk import assess
 
 AS_OF = "2021-12-15T15:00:00Z"  # a Wednesday, XNYS open
@@ -351,13 +351,13 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
     """Each operator's ``execute`` on a real gateway stand-in and MLflow store, XCom by hand."""
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.ibkr import tracking
+    from tradeflow.ibkr import mlflow_run
     from tradeflow.ibkr.airflow import operators as ops
 
     path = _strategy_file(tmp_path, webui={"publish": False})
-    ref = tracking.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__1", strategy="test_swing",
+    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__1", strategy="test_swing",
                             kind="trading", params={"symbols": "AAPL"})
-    assert tracking.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__1", strategy="test_swing",
+    assert mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__1", strategy="test_swing",
                              kind="trading", params={})["run_id"] == ref["run_id"]  # a retry finds it again
     store = {"start_tracking": ref}
     context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__1"), "params": {}}
@@ -382,7 +382,7 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
     assert store["AAPL.order"]["status"] == "Filled"
     snapshot = ops.PortfolioUpdateOperator(task_id="portfolio_update", strategy_file=path).execute(context)
     assert snapshot["positions"][0]["symbol"] == "AAPL" and snapshot["positions"][0]["quantity"] == store["AAPL.risk"]["quantity"]
-    assert tracking.finish_run(ref["run_id"]) == []
+    assert mlflow_run.finish_run(ref["run_id"]) == []
     run = MlflowClient().get_run(ref["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["risk.AAPL"].startswith("approved")
     assert run.data.metrics["AAPL.bars"] == 240 and run.data.metrics["portfolio.positions"] == 1
@@ -394,11 +394,11 @@ def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path
     from mlflow.tracking import MlflowClient
 
     from tests.support.webui import WebUIServer
-    from tradeflow.ibkr import tracking
+    from tradeflow.ibkr import mlflow_run
     from tradeflow.ibkr.airflow import operators as ops
 
     path = _strategy_file(tmp_path, risk={"min_confidence": 0.9})
-    ref = tracking.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__3", strategy="test_swing",
+    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__3", strategy="test_swing",
                             kind="trading", params={})
     store = {"start_tracking": ref}
     context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__3")}
@@ -428,16 +428,16 @@ def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path
 def test_failed_operator_is_recorded_and_fails_the_run(gateway, tmp_path, ibkr_experiment):
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.ibkr import tracking
+    from tradeflow.ibkr import mlflow_run
     from tradeflow.ibkr.airflow import operators as ops
 
     path = _strategy_file(tmp_path, market_data={"min_bars": 1000})
-    ref = tracking.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__2", strategy="test_swing",
+    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__2", strategy="test_swing",
                             kind="trading", params={})
     context = {"ti": _TI({"start_tracking": ref}), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__2")}
     with pytest.raises(wf.MarketDataError, match="needs market_data.min_bars=1000"):
         ops.IBKRMarketDataOperator(task_id="market_data", strategy_file=path, as_of=AS_OF, symbol="AAPL").execute(context)
-    assert tracking.finish_run(ref["run_id"]) == ["market_data"]
+    assert mlflow_run.finish_run(ref["run_id"]) == ["market_data"]
     run = MlflowClient().get_run(ref["run_id"])
     assert run.info.status == "FAILED" and "min_bars" in run.data.tags["tradeflow.failure_reason"]
 
@@ -490,7 +490,7 @@ def test_environment_check_names_what_would_fail():
 def test_every_strategy_key_is_documented():
     from pydantic import BaseModel
 
-    from tradeflow.ibkr.config import StrategyConfig
+    from tradeflow.ibkr.strategy import StrategyConfig
 
     text = (REPO / "docs" / "ibkr_workflow.md").read_text()
     missing = []
@@ -520,3 +520,34 @@ def test_real_gateway_read_only():
         assert len(c.history(c.search("AAPL"), period="1m")) > 10
         account = c.trading_account()  # refuses a live account: this check never trades
         assert c.summary(account)["netliquidation"] > 0
+
+
+@pytest.mark.parametrize("execution_id", ["manual__2026-01-05T14:30:00+00:00", "manual__it's", 'scheduled__"x"'])
+def test_a_retried_start_tracking_finds_its_run_whatever_the_execution_id(ibkr_experiment, execution_id):
+    """The run is found again by (dag_id, execution_id) through the one safe filter quoting: a quote
+    in either (the MLflow grammar has no escape character) must not open a second run."""
+    from mlflow.tracking import MlflowClient
+
+    from tradeflow.ibkr import mlflow_run
+
+    experiment = f"ibkr_quotes_{abs(hash(execution_id))}"
+    first = mlflow_run.open_run(experiment=experiment, dag_id="ibkr_trading_strategy's", execution_id=execution_id,
+                                strategy="s", kind="trading", params={"symbols": "AAPL"})
+    again = mlflow_run.open_run(experiment=experiment, dag_id="ibkr_trading_strategy's", execution_id=execution_id,
+                                strategy="s", kind="trading", params={})
+    assert again["run_id"] == first["run_id"]
+    runs = MlflowClient().search_runs([first["experiment_id"]])
+    assert [r.info.run_id for r in runs] == [first["run_id"]]
+
+
+def test_an_execution_id_no_mlflow_filter_can_express_fails_in_one_line_and_opens_nothing(ibkr_experiment):
+    from mlflow.tracking import MlflowClient
+
+    from tradeflow.errors import InputError
+    from tradeflow.ibkr import mlflow_run
+
+    with pytest.raises(InputError, match="both quote characters"):
+        mlflow_run.open_run(experiment="ibkr_quotes_both", dag_id="dag", execution_id="a'b\"c", strategy="s",
+                            kind="trading", params={})
+    experiment = MlflowClient().get_experiment_by_name("ibkr_quotes_both")
+    assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id])

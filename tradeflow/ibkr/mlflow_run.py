@@ -17,12 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tradeflow.runs.tracking import TAG_CODE_VERSION, TAG_EXECUTION_ID, TAG_FAILURE, code_version, configure_tracking, ensure_experiment
+from tradeflow.runs.records import Tag, find_by_tags
+from tradeflow.runs.tracking import code_version, configure_tracking, ensure_experiment
 
-TAG_DAG_ID = "tradeflow.dag_id"
-TAG_KIND = "tradeflow.workflow"
-TAG_STRATEGY = "tradeflow.strategy"
-FAILED_PREFIX = "tradeflow.failed."
+FAILED_PREFIX = Tag.FAILED_TASK.format(task="")
 
 
 def _client():
@@ -37,17 +35,15 @@ def open_run(*, experiment: str, dag_id: str, execution_id: str, strategy: str, 
     """Create (or find again) the MLflow run of one DAG run; returns ``{"run_id", "experiment_id"}``."""
     client = _client()
     experiment_id = ensure_experiment(experiment)
-    quoted = execution_id.replace("'", "\\'")
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_DAG_ID}` = '{dag_id}' and "
-                                                            f"tags.`{TAG_EXECUTION_ID}` = '{quoted}'", max_results=1)
+    found = find_by_tags(client, experiment_id, {Tag.DAG_ID: dag_id, Tag.EXECUTION_ID: execution_id}, max_results=1)
     if found:
         run_id = found[0].info.run_id
         if found[0].info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
     else:
         run = client.create_run(experiment_id, run_name=f"{dag_id} {execution_id}",
-                                tags={TAG_DAG_ID: dag_id, TAG_EXECUTION_ID: execution_id, TAG_KIND: kind,
-                                      TAG_STRATEGY: strategy, TAG_CODE_VERSION: code_version()})
+                                tags={Tag.DAG_ID: dag_id, Tag.EXECUTION_ID: execution_id, Tag.WORKFLOW: kind,
+                                      Tag.STRATEGY: strategy, Tag.CODE_VERSION: code_version()})
         run_id = run.info.run_id
         for key, value in params.items():
             client.log_param(run_id, key, str(value)[:6000])
@@ -89,7 +85,7 @@ def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
 def mark_task(run_id: str, task_id: str, error: BaseException | None) -> None:
     """Record a task's failure on the run (or clear an earlier attempt's)."""
     client = _client()
-    key = FAILED_PREFIX + task_id
+    key = Tag.FAILED_TASK.format(task=task_id)
     if error is not None:
         client.set_tag(run_id, key, " ".join(str(error).split())[:5000] or type(error).__name__)
     elif key in client.get_run(run_id).data.tags:
@@ -102,7 +98,7 @@ def finish_run(run_id: str) -> list[str]:
     tags = client.get_run(run_id).data.tags
     failed = sorted(k.removeprefix(FAILED_PREFIX) for k in tags if k.startswith(FAILED_PREFIX))
     if failed:
-        client.set_tag(run_id, TAG_FAILURE, "failed tasks: " + ", ".join(
+        client.set_tag(run_id, Tag.FAILURE, "failed tasks: " + ", ".join(
             f"{t} ({tags[FAILED_PREFIX + t][:200]})" for t in failed))
     client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
     return failed

@@ -115,18 +115,24 @@ class Tag:
     DATABRICKS_RUN = "tradeflow.databricks_run_id"
     DATABRICKS_URL = "tradeflow.databricks_run_page_url"
 
+    # the IBKR workflows' run (one per DAG run, ``tradeflow.ibkr.mlflow_run``)
+    WORKFLOW = "tradeflow.workflow"  # "trading" | "market_data" | "monitoring"
+    STRATEGY = "tradeflow.strategy"
+
     # per-stage and per-kind names: templates, ``Tag.STAGE_RUN_ID.format(stage=...)``
     #: on the pipeline run: the run id a stage ran (or reused) as, whether it was reused, how its
     #: cache lease went ("cached" | "adopted" | "held")
     STAGE_RUN_ID = "tradeflow.stage.{stage}.run_id"
     STAGE_REUSED = "tradeflow.stage.{stage}.reused"
     STAGE_LEASE = "tradeflow.stage.{stage}.lease"
-    #: the stage-cache lease claim (see ``tradeflow.pipeline.run.StageLease``)
+    #: the stage-cache lease claim (see ``tradeflow.pipeline.cache.StageLease``)
     LEASE = "tradeflow.lease.{stage}"
     LEASE_CLAIMED_AT = "tradeflow.lease.{stage}.claimed_at"
     LEASE_HEARTBEAT = "tradeflow.lease.{stage}.heartbeat"
     #: on the persist run: the WebUI id of the ``signal``/``llm``/``chart`` artifact written
     WEBUI_ARTIFACT_ID = "webui.{kind}_id"
+    #: on an IBKR workflow run: a task that failed and why (deleted when a retry succeeds)
+    FAILED_TASK = "tradeflow.failed.{task}"
 
 
 # --- what each step writes ---------------------------------------------------------------------
