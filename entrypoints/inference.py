@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__, FLAGS).parse_args(argv)
 
     def step() -> None:
-        from tradeflow.steps.inference import ModelNotFound, inference_layer, inference_step, resolve_model, training_context
+        from tradeflow.model import ModelNotFound, resolve_model
+        from tradeflow.steps.inference import inference_layer, inference_step, training_context
         from tradeflow.runs.tracking import configure_tracking
 
         try:

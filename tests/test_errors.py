@@ -31,7 +31,7 @@ def test_the_project_errors_are_user_errors_and_keep_their_builtin_bases():
     from tradeflow.pipeline.run import StageFailed
     from tradeflow.pipeline.cache import StageLeaseTimeout
     from tradeflow.pipeline.reproduce import NotReproducible
-    from tradeflow.steps.inference import ModelNotFound
+    from tradeflow.model import ModelNotFound
     from tradeflow.runs.tracking import WrongExperiment
     from tradeflow.webui import WebUIError
 

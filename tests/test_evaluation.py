@@ -198,7 +198,8 @@ def test_a_model_that_loses_on_validation_gets_no_alias_and_a_capped_labelled_de
     """train (fails the gate) -> no alias, inference serves it labelled, the review caps it;
     train (passes) -> champion; train again (passes, but no better on the same window) -> alias stays."""
     require_shared_data()
-    from tradeflow.steps.inference import inference_step, resolve_model, training_context
+    from tradeflow.model import resolve_model
+    from tradeflow.steps.inference import inference_step, training_context
     from tradeflow.steps.review import review_step
     from tradeflow.steps.train_backtest import train_backtest_step
 

@@ -23,6 +23,7 @@ from tests.conftest import REPO
 from tests.support.data import SHARED_DATA
 from tests.support.hostile_server import HostileServer
 from tests.support.stores import sqlite_store, tracking_to
+from tradeflow.runs.records import Tag
 from tradeflow import orchestration as orch
 from tradeflow.config import resolve_config
 from tradeflow.errors import ConfigError
@@ -261,16 +262,15 @@ def test_model_names_are_collision_free_and_symbols_need_a_letter_or_digit():
 def test_quotes_in_an_execution_id_cannot_break_an_mlflow_filter(store):
     from tradeflow.runs.filters import filter_value
     from tradeflow.pipeline.run import close_abandoned_runs
-    from tradeflow.runs.tracking import TAG_EXECUTION_ID, TAG_SYMBOL
 
     client = MlflowClient()
     experiment_id = client.get_experiment_by_name("trademaster_autogen").experiment_id
     for execution_id in ("a'b", 'a"b', "x' or tags.`a` != 'y"):
-        run = client.create_run(experiment_id, tags={TAG_EXECUTION_ID: execution_id, TAG_SYMBOL: "AAPL",
+        run = client.create_run(experiment_id, tags={Tag.EXECUTION_ID: execution_id, Tag.SYMBOL: "AAPL",
                                                      "tradeflow.stage": "pipeline"})
         client.set_terminated(run.info.run_id)
         assert close_abandoned_runs(client, experiment_id, "AAPL", execution_id, "other") == []
-        found = client.search_runs([experiment_id], f"tags.`{TAG_EXECUTION_ID}` = {filter_value(execution_id)}")
+        found = client.search_runs([experiment_id], f"tags.`{Tag.EXECUTION_ID}` = {filter_value(execution_id)}")
         assert [r.info.run_id for r in found] == [run.info.run_id]
     with pytest.raises(ValueError, match="holds both quote characters") as caught:
         filter_value("a'b\"c")
@@ -327,7 +327,7 @@ def test_a_sqlite_store_outside_the_project_keeps_its_artifacts_beside_it(store)
 
 
 def test_model_uris_come_only_from_the_configured_store():
-    from tradeflow.steps.inference import ModelNotFound, resolve_model
+    from tradeflow.model import ModelNotFound, resolve_model
 
     cfg = resolve_config({"symbol": "AAPL"})
     for uri in ("file:///tmp/model", "/tmp/model", "https://evil.example/model.zip", "runs:/../../x",

@@ -1,4 +1,4 @@
-"""The trained agent as an MLflow pyfunc model, and its registration.
+"""The trained agent as an MLflow pyfunc model, its registration, and which version serves.
 
 Input: a DataFrame of the last ``window`` feature rows (``FEATURE_COLUMNS``), oldest first, with
 an optional ``position`` column (the current position in -1..1 of max exposure; last row used).
@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.tracking import MlflowClient
 
+from tradeflow.errors import NotFoundError
+from tradeflow.runs.filters import filter_value
 from tradeflow.runs.records import Tag
+
+if TYPE_CHECKING:
+    from tradeflow.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -225,3 +233,70 @@ def champion_return_on(name: str, alias: str, frame: pd.DataFrame, cfg: Any) -> 
     except Exception as exc:  # noqa: BLE001 - see docstring
         log.warning("champion %s@%s cannot be replayed on the validation window (%s); treated as absent", name, alias, exc)
         return None
+
+
+# --- which model serves: a pinned version of the configured registry -----------------------------
+
+
+class ModelNotFound(NotFoundError):
+    """No trained model to act with (one line, says what to run)."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    uri: str
+    version: str | None
+    training_run_id: str
+    registered_name: str | None
+    #: set when the alias had no version (no version passed the do-no-harm gate) and the newest serves
+    gate_note: str | None = None
+
+
+def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | None = None) -> ResolvedModel:
+    """Turn ``model_uri`` (or the symbol's registry alias) into a pinned model and its training run.
+
+    Loading a model runs code (SB3's zip holds cloudpickled objects, a pyfunc bundles its code), so
+    only models of the configured tracking store / registry are accepted: ``models:/`` and
+    ``runs:/<run id>/<path>``, never a path, URL or another store's URI."""
+    client = client or MlflowClient()
+    hint = f"run train_backtest first: mlflow run . -e train_backtest -P symbol={cfg.symbol}"
+    uri = model_uri or f"models:/{cfg.registered_model_name}@{cfg.model_alias}"
+    try:
+        if uri.startswith("runs:/"):
+            if not re.fullmatch(r"runs:/[0-9a-f]{32}/(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_-][A-Za-z0-9_.-]*", uri) \
+                    or "/../" in uri + "/":
+                raise ModelNotFound(f"model_uri {uri[:120]!r} must be runs:/<32-hex run id>/<artifact path>")
+            run_id = uri.removeprefix("runs:/").split("/", 1)[0]
+            client.get_run(run_id)
+            return ResolvedModel(uri, None, run_id, None)
+        if not uri.startswith("models:/"):
+            raise ModelNotFound(f"model_uri {uri!r} must be models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/model")
+        ref = uri.removeprefix("models:/")
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in ref:
+            name, number = ref.split("/", 1)
+            version = client.get_model_version(name, number)
+        else:
+            raise ModelNotFound(f"model_uri {uri!r} names no version or alias (use models:/{ref}@{cfg.model_alias})")
+        return ResolvedModel(f"models:/{name}/{version.version}", str(version.version), version.run_id, name)
+    except MlflowException as exc:
+        if model_uri:
+            raise ModelNotFound(f"model {uri} not found for {cfg.symbol} ({exc.error_code}); {hint}") from None
+        newest = _newest_version(client, cfg.registered_model_name) if cfg.do_no_harm_gate else None
+        if newest is not None:
+            note = (f"no version of {cfg.registered_model_name} passed the do-no-harm gate (alias @{cfg.model_alias} "
+                    f"is unset); serving the newest, version {newest.version}")
+            log.warning("%s: %s", cfg.symbol, note)
+            return ResolvedModel(f"models:/{newest.name}/{newest.version}", str(newest.version), newest.run_id,
+                                 newest.name, gate_note=note)
+        raise ModelNotFound(f"no registered model {uri.removeprefix('models:/')} for {cfg.symbol}; {hint}") from None
+
+
+def _newest_version(client: MlflowClient, name: str):
+    try:
+        versions = client.search_model_versions(f"name = {filter_value(name)}")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version), default=None)

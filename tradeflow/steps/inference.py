@@ -6,11 +6,8 @@ model) before any data is loaded.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import mlflow
@@ -18,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
-from tradeflow.errors import NotFoundError
+from tradeflow.model import ModelNotFound, ResolvedModel
 from tradeflow.runs.records import InferenceRecord, Tag, TrainRecord
 from tradeflow.runs.tracking import code_version, log_own_params, stage_run
 
@@ -28,71 +25,6 @@ STAGE = "inference"
 RECORD = InferenceRecord
 ARTIFACTS = RECORD.described()
 CHART_BARS = 120  # bars on plots/price.png (and in its market_data_snapshot)
-TAG_SUGGESTION = Tag.MODEL_SUGGESTION
-
-
-class ModelNotFound(NotFoundError):
-    """No trained model to act with (one line, says what to run)."""
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    uri: str
-    version: str | None
-    training_run_id: str
-    registered_name: str | None
-    #: set when the alias had no version (no version passed the do-no-harm gate) and the newest serves
-    gate_note: str | None = None
-
-
-def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | None = None) -> ResolvedModel:
-    """Turn ``model_uri`` (or the symbol's registry alias) into a pinned model and its training run.
-
-    Loading a model runs code (SB3's zip holds cloudpickled objects, a pyfunc bundles its code), so
-    only models of the configured tracking store / registry are accepted: ``models:/`` and
-    ``runs:/<run id>/<path>``, never a path, URL or another store's URI."""
-    client = client or MlflowClient()
-    hint = f"run train_backtest first: mlflow run . -e train_backtest -P symbol={cfg.symbol}"
-    uri = model_uri or f"models:/{cfg.registered_model_name}@{cfg.model_alias}"
-    try:
-        if uri.startswith("runs:/"):
-            if not re.fullmatch(r"runs:/[0-9a-f]{32}/(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_-][A-Za-z0-9_.-]*", uri) \
-                    or "/../" in uri + "/":
-                raise ModelNotFound(f"model_uri {uri[:120]!r} must be runs:/<32-hex run id>/<artifact path>")
-            run_id = uri.removeprefix("runs:/").split("/", 1)[0]
-            client.get_run(run_id)
-            return ResolvedModel(uri, None, run_id, None)
-        if not uri.startswith("models:/"):
-            raise ModelNotFound(f"model_uri {uri!r} must be models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/model")
-        ref = uri.removeprefix("models:/")
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        elif "/" in ref:
-            name, number = ref.split("/", 1)
-            version = client.get_model_version(name, number)
-        else:
-            raise ModelNotFound(f"model_uri {uri!r} names no version or alias (use models:/{ref}@{cfg.model_alias})")
-        return ResolvedModel(f"models:/{name}/{version.version}", str(version.version), version.run_id, name)
-    except MlflowException as exc:
-        if model_uri:
-            raise ModelNotFound(f"model {uri} not found for {cfg.symbol} ({exc.error_code}); {hint}") from None
-        newest = _newest_version(client, cfg.registered_model_name) if cfg.do_no_harm_gate else None
-        if newest is not None:
-            note = (f"no version of {cfg.registered_model_name} passed the do-no-harm gate (alias @{cfg.model_alias} "
-                    f"is unset); serving the newest, version {newest.version}")
-            log.warning("%s: %s", cfg.symbol, note)
-            return ResolvedModel(f"models:/{newest.name}/{newest.version}", str(newest.version), newest.run_id,
-                                 newest.name, gate_note=note)
-        raise ModelNotFound(f"no registered model {uri.removeprefix('models:/')} for {cfg.symbol}; {hint}") from None
-
-
-def _newest_version(client: MlflowClient, name: str):
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException:
-        return None
-    return max(versions, key=lambda v: int(v.version), default=None)
 
 
 def gate_block(cfg: RunConfig, resolved: ResolvedModel, client: MlflowClient | None = None) -> dict[str, Any]:
@@ -101,20 +33,19 @@ def gate_block(cfg: RunConfig, resolved: ResolvedModel, client: MlflowClient | N
     Read from the version's tags (or the training run's, for a ``runs:/`` model); a model trained
     before the gate existed is ``passed: null`` ("not checked"), which caps nothing.
     """
-    from tradeflow.gate import TAG_GATE, TAG_GATE_REASON
 
     client = client or MlflowClient()
     tags: dict[str, str] = {}
     try:
         if resolved.registered_name and resolved.version:
             tags = dict(client.get_model_version(resolved.registered_name, resolved.version).tags)
-        if TAG_GATE not in tags:
+        if Tag.GATE not in tags:
             tags = dict(client.get_run(resolved.training_run_id).data.tags)
     except MlflowException:
         tags = {}
-    status = tags.get(TAG_GATE)
+    status = tags.get(Tag.GATE)
     passed = None if status is None else status == "passed"
-    reason = tags.get(TAG_GATE_REASON, "trained before the do-no-harm gate existed" if status is None else "")
+    reason = tags.get(Tag.GATE_REASON, "trained before the do-no-harm gate existed" if status is None else "")
     if resolved.gate_note:
         reason = f"{resolved.gate_note}: {reason}" if reason else resolved.gate_note
     return {"passed": passed, "enforced": bool(cfg.do_no_harm_gate), "reason": reason, "source": "validation split"}
@@ -175,7 +106,7 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
         mlflow.log_params({"data.rows": market.rows, "data.start": str(market.start.date()),
                            "data.as_of": as_of, "data.window_start": str(window["date"].iloc[0].date())})
         mlflow.log_metrics({"model_action": float(action), **{f"score_{k}": v for k, v in scores.items()}})
-        mlflow.set_tag(TAG_SUGGESTION, str(prediction["suggestion"]))
+        mlflow.set_tag(Tag.MODEL_SUGGESTION, str(prediction["suggestion"]))
         mlflow.log_dict({"model_uri": resolved.uri, "as_of": as_of, **prediction}, RECORD.prediction.path)
 
         gate = gate_block(cfg, resolved)
