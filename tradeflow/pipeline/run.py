@@ -33,15 +33,7 @@ from tradeflow.runs.records import (
     find_by_tags,
     mark_failed,
 )
-from tradeflow.runs.tracking import (
-    TAG_DATA_DIGEST,
-    TAG_EXECUTION_ID,
-    TAG_FAILURE,
-    TAG_SYMBOL,
-    code_version,
-    log_resolved_config,
-    stage_run,
-)
+from tradeflow.runs.tracking import code_version, log_resolved_config, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +42,7 @@ STAGES_BY_MODE: dict[str, tuple[str, ...]] = {
     "train_backtest": ("train_backtest",),
     "inference": ("inference", "review", "persist"),
 }
-TAG_FAILED_STAGE = Tag.FAILED_STAGE
+
 ARTIFACTS = PipelineRecord.described()
 
 
@@ -76,8 +68,6 @@ def stage_config_json(cfg: RunConfig) -> str:
     return json.dumps(layer, sort_keys=True, separators=(",", ":"))
 
 
-
-
 def close_abandoned_runs(client: MlflowClient, experiment_id: str, symbol: str, execution_id: str,
                          current_parent_id: str) -> list[str]:
     """Mark FAILED the stage runs an earlier, killed attempt of this execution left RUNNING.
@@ -87,7 +77,7 @@ def close_abandoned_runs(client: MlflowClient, experiment_id: str, symbol: str, 
     same execution does it here (only under earlier pipeline runs that have already ended).
     """
     earlier = find_by_tags(client, experiment_id,
-                           {TAG_EXECUTION_ID: execution_id, TAG_SYMBOL: symbol, Tag.STAGE: "pipeline"})
+                           {Tag.EXECUTION_ID: execution_id, Tag.SYMBOL: symbol, Tag.STAGE: "pipeline"})
     closed = []
     for parent in earlier:
         if parent.info.run_id == current_parent_id or parent.info.status == "RUNNING":
@@ -106,21 +96,21 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
                  dag_id: str = "", task_id: str = "") -> dict:
     """Run the stages of ``cfg.mode`` under one parent run; return the summary."""
     from tradeflow.data import load_market_data
-    from tradeflow.steps.inference import resolve_model
-    from tradeflow.webui import DAG_ID
+    from tradeflow.model import resolve_model
+    from tradeflow.names import DAG_ID
 
     client = MlflowClient()
-    with stage_run("pipeline", experiment_name=cfg.experiment_name, tags={TAG_SYMBOL: cfg.symbol}) as parent:
+    with stage_run("pipeline", experiment_name=cfg.experiment_name, tags={Tag.SYMBOL: cfg.symbol}) as parent:
         parent_id = parent.info.run_id
         execution_id = execution_id or parent_id
-        mlflow.set_tags({TAG_EXECUTION_ID: execution_id, Tag.MODE: cfg.mode, Tag.FORCE: str(force).lower()})
+        mlflow.set_tags({Tag.EXECUTION_ID: execution_id, Tag.MODE: cfg.mode, Tag.FORCE: str(force).lower()})
         close_abandoned_runs(client, parent.info.experiment_id, cfg.symbol, execution_id, parent_id)
         own_params = _own_params(cfg, execution_id=execution_id, force=force, dag_id=dag_id, task_id=task_id)
         log_resolved_config(cfg, own_params, PipelineRecord.config.path)
 
         # Cheap checks before any child run: the data loads and validates, a model exists.
         market = load_market_data(cfg)
-        mlflow.set_tag(TAG_DATA_DIGEST, market.digest)
+        mlflow.set_tag(Tag.DATA_DIGEST, market.digest)
         state = PipelineState()
         if cfg.mode == "inference":
             state.model_uri = resolve_model(cfg, None, client).uri
@@ -150,7 +140,7 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
                              Tag.STAGE_REUSED.format(stage=stage): str(outcome.reused).lower()})
             mlflow.log_metric(f"stage_{stage}_seconds", outcome.seconds)
             if not outcome.ok:
-                mlflow.set_tag(TAG_FAILED_STAGE, stage)
+                mlflow.set_tag(Tag.FAILED_STAGE, stage)
                 _write_summary(cfg, execution_id, outcomes, state)
                 describe(f"stage {stage} failed (run {outcome.run_id}): {outcome.failure}")
                 raise StageFailed(f"{cfg.symbol}: stage {stage} failed (run {outcome.run_id}): {outcome.failure}")
@@ -207,7 +197,7 @@ def _run_or_reuse(client: MlflowClient, stage: str, params: dict[str, str], key:
                 mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "adopted")
                 return StageOutcome(stage, adopted, "FINISHED", time.monotonic() - started, reused=True, params=params)
             mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "held")
-    symbol = client.get_run(parent.info.run_id).data.tags.get(TAG_SYMBOL, "")
+    symbol = client.get_run(parent.info.run_id).data.tags.get(Tag.SYMBOL, "")
     try:
         with lease.heartbeat() if lease else _nothing():
             outcome = run_entry_point(stage, params, experiment_id=experiment_id, parent_run_id=parent.info.run_id,
@@ -255,4 +245,4 @@ def _write_summary(cfg: RunConfig, execution_id: str, outcomes: list[StageOutcom
     return summary
 
 
-__all__ = ["run_pipeline", "StageFailed", "STAGES_BY_MODE", "TAG_FAILED_STAGE", "TAG_FAILURE"]
+__all__ = ["run_pipeline", "StageFailed", "STAGES_BY_MODE",]
