@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser
 from tradeflow.errors import ConfigError
@@ -54,11 +53,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def step() -> None:
         from tradeflow.evaluation.step import evaluate_step
+        from tradeflow.settings import env_layer
         from tradeflow.evaluation.universe import parse_symbols, universe_symbols
 
         try:
             spec = spec_from_flags(args)
-            default_source = {} if os.environ.get("TRADEFLOW_DATA_SOURCE") else {"data_source": DEFAULT_DATA_SOURCE}
+            default_source = {} if "data_source" in env_layer() else {"data_source": DEFAULT_DATA_SOURCE}
             symbols = parse_symbols(args.symbols)
             probe = config_from_flags(args, extra_layers=[default_source, {"symbol": symbols[0] if symbols else "UNIVERSE"}])
             if not symbols:

@@ -11,14 +11,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tradeflow.runs.tracking import (
-    TAG_MOVED_FROM,
-    TAG_MOVED_TO,
-    WrongExperiment,
-    ensure_experiment,
-    sqlite_artifact_root,
-    stage_run,
-)
+from tradeflow.runs.records import Tag
+from tradeflow.runs.tracking import WrongExperiment, ensure_experiment, sqlite_artifact_root, stage_run
 
 
 @pytest.fixture
@@ -67,14 +61,14 @@ def test_a_run_mlflow_started_in_default_is_moved(bare_store, monkeypatch, capsy
     moved = client.get_run(moved_id)
     target = client.get_experiment_by_name("trademaster_autogen")
     assert moved.info.experiment_id == target.experiment_id and moved.info.status == "FINISHED"
-    assert moved.data.tags[TAG_MOVED_FROM] == stub
+    assert moved.data.tags[Tag.MOVED_FROM] == stub
     assert moved.data.tags["mlflow.source.git.commit"] == "abc123"  # reproduce reads these
     assert moved.data.tags["mlflow.project.entryPoint"] == "train_backtest"
     # the -P values that were set are kept, unquoted; the '' ones are left for the step to resolve
     assert moved.data.params == {"symbol": "AAPL", "config": '{"seed": 7}'}
     assert "recording in experiment 'trademaster_autogen' as run " + moved_id in capsys.readouterr().err
 
-    assert client.get_run(stub).data.tags[TAG_MOVED_TO] == moved_id
+    assert client.get_run(stub).data.tags[Tag.MOVED_TO] == moved_id
     # `mlflow run` ends its own run when the process exits; the helper then deletes the stub
     client.set_terminated(stub, "FINISHED")
     deadline = time.monotonic() + 60

@@ -22,17 +22,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tradeflow.runs.records import Tag
 
 #: confidence ceiling for a decision built on a model that failed the gate (same as the guardrails'
 #: cap for an unsupported trade: a labelled, low-confidence call)
 GATE_CONFIDENCE_CAP = 0.3
 #: a validation return must beat buy-and-hold and flat by more than this (fees and noise)
 GATE_MARGIN = 0.0
-
-TAG_GATE = Tag.GATE  # "passed" | "failed"
-TAG_GATE_REASON = Tag.GATE_REASON
-TAG_ALIAS_DECISION = Tag.ALIAS_DECISION
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from tradeflow.config import RunConfig
 from tradeflow.evaluation.universe import evaluate_universe, result_json, write_outputs
 from tradeflow.evaluation.walkforward import WalkForwardSpec
 from tradeflow.runs.records import EvaluateRecord, Tag
-from tradeflow.runs.tracking import TAG_DATA_SOURCE, stage_run
+from tradeflow.runs.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ STAGE = "evaluate"
 def evaluate_step(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec) -> dict:
     """Run the walk-forward inside one parent run; return ``summary.json``'s content."""
     with stage_run(STAGE, experiment_name=base_cfg.experiment_name,
-                   tags={TAG_DATA_SOURCE: base_cfg.data_source, Tag.UNIVERSE_SIZE: str(len(symbols))}) as run:
+                   tags={Tag.DATA_SOURCE: base_cfg.data_source, Tag.UNIVERSE_SIZE: str(len(symbols))}) as run:
         mlflow.log_params({k: v for k, v in base_cfg.flat_params().items() if k != "cfg.symbol"})
         mlflow.log_params({"evaluate.symbols": ",".join(symbols)[:6000], "evaluate.mode": spec.mode,
                            **{f"evaluate.{k}": ",".join(map(str, v)) if isinstance(v, tuple) else str(v)

@@ -29,23 +29,7 @@ inside tasks.
 """
 
 from tradeflow.orchestration.context import OrchestrationError, RunContext, conf_layer, fail_now, skip
-from tradeflow.orchestration.dag_run import (
-    TAG_AIRFLOW_RUN_ID,
-    TAG_AIRFLOW_TRY,
-    TAG_DAG_ID,
-    TAG_DATABRICKS_RUN,
-    TAG_DATABRICKS_URL,
-    TAG_EXECUTOR,
-    TAG_FAILED_SYMBOLS,
-    TAG_RUN_LEVEL,
-    TAG_SYMBOL_COUNT,
-    TAG_SYMBOLS,
-    finalize,
-    mapped_task_states,
-    open_dag_run,
-    record_failed_symbol_run,
-    symbol_runs,
-)
+from tradeflow.orchestration.dag_run import finalize, mapped_task_states, open_dag_run, record_failed_symbol_run, symbol_runs
 from tradeflow.orchestration.databricks import (
     DATABRICKS_RUNNER,
     DATABRICKS_SPEC,
@@ -70,9 +54,7 @@ from tradeflow.orchestration.targets import resolve_targets
 
 __all__ = [
     "CSV_SUFFIXES", "DAG_ID", "DATABRICKS_RUNNER", "DATABRICKS_SPEC", "EXECUTORS", "FINAGENT_DAG_ID",
-    "PIPELINE_LAYERS", "PROJECT_ROOT", "RESOLVE_TASK", "RUN_SYMBOL_TASK", "TAG_AIRFLOW_RUN_ID", "TAG_AIRFLOW_TRY",
-    "TAG_DAG_ID", "TAG_DATABRICKS_RUN", "TAG_DATABRICKS_URL", "TAG_EXECUTOR", "TAG_FAILED_SYMBOLS", "TAG_RUN_LEVEL",
-    "TAG_SYMBOL_COUNT", "TAG_SYMBOLS", "DagSettings", "DatabricksExecutor", "ExecutionResult", "Executor",
+    "PIPELINE_LAYERS", "PROJECT_ROOT", "RESOLVE_TASK", "RUN_SYMBOL_TASK", "DagSettings", "DatabricksExecutor", "ExecutionResult", "Executor",
     "LocalExecutor", "OrchestrationError", "RunContext", "check_link_files", "conf_layer", "csv_roots",
     "databricks_outcome", "databricks_run_spec", "fail_now", "finalize", "get_executor", "git_source",
     "mapped_task_states", "open_dag_run", "pipeline_parameters", "record_failed_symbol_run", "resolve_targets",

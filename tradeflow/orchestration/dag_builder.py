@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tradeflow.runs.records import Tag
 from tradeflow import orchestration as orch
 
 TRAIN_GROUP = "train_backtest"
@@ -79,13 +80,13 @@ def training_failed_here(symbol: str, parent: Mapping[str, str]) -> str | None:
     """In mode ``both``: why this symbol's training run under this DAG run's parent did not finish, if so."""
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.runs.tracking import TAG_FAILURE, configure_tracking
+    from tradeflow.runs.tracking import configure_tracking
 
     configure_tracking()
     run = orch.symbol_runs(MlflowClient(), parent).get(symbol)
     if run is None or run.info.status == "FINISHED":
         return None
-    return run.data.tags.get(TAG_FAILURE) or f"training run {run.info.run_id} {run.info.status}"
+    return run.data.tags.get(Tag.FAILURE) or f"training run {run.info.run_id} {run.info.status}"
 
 
 def build_pipeline_dag(spec: PipelineDag, settings: orch.DagSettings | None = None) -> Any:

@@ -20,16 +20,6 @@ log = logging.getLogger(__name__)
 
 # Tags of the DAG-run parent run (the symbol runs carry tradeflow.symbol / execution_id too); the
 # names live in tradeflow.runs.records.Tag, these are the Airflow side's short aliases.
-TAG_RUN_LEVEL = Tag.RUN_LEVEL  # "dag_run" on the parent
-TAG_DAG_ID = Tag.DAG_ID
-TAG_AIRFLOW_RUN_ID = Tag.AIRFLOW_RUN_ID
-TAG_SYMBOL_COUNT = Tag.SYMBOL_COUNT
-TAG_SYMBOLS = Tag.SYMBOLS
-TAG_FAILED_SYMBOLS = Tag.FAILED_SYMBOLS
-TAG_EXECUTOR = Tag.EXECUTOR
-TAG_AIRFLOW_TRY = Tag.AIRFLOW_TRY
-TAG_DATABRICKS_RUN = Tag.DATABRICKS_RUN
-TAG_DATABRICKS_URL = Tag.DATABRICKS_URL
 
 
 def _experiment_id(targets: Sequence[Mapping[str, Any]], ctx: RunContext) -> str:
@@ -58,8 +48,8 @@ def open_dag_run(targets: Sequence[Mapping[str, Any]] | None, ctx: RunContext) -
 
     experiment_id = _experiment_id(targets, ctx)
     client = MlflowClient()
-    existing = find_by_tags(client, experiment_id, {TAG_RUN_LEVEL: "dag_run", TAG_DAG_ID: ctx.dag_id,
-                                                    TAG_AIRFLOW_RUN_ID: ctx.run_id}, max_results=1)
+    existing = find_by_tags(client, experiment_id, {Tag.RUN_LEVEL: "dag_run", Tag.DAG_ID: ctx.dag_id,
+                                                    Tag.AIRFLOW_RUN_ID: ctx.run_id}, max_results=1)
     symbols = [t["symbol"] for t in targets]
     if existing:
         run_id = existing[0].info.run_id
@@ -71,13 +61,13 @@ def open_dag_run(targets: Sequence[Mapping[str, Any]] | None, ctx: RunContext) -
             experiment_id,
             run_name=f"{ctx.dag_id} {ctx.run_id}",
             tags={
-                TAG_RUN_LEVEL: "dag_run",
-                TAG_DAG_ID: ctx.dag_id,
-                TAG_AIRFLOW_RUN_ID: ctx.run_id,
+                Tag.RUN_LEVEL: "dag_run",
+                Tag.DAG_ID: ctx.dag_id,
+                Tag.AIRFLOW_RUN_ID: ctx.run_id,
                 Tag.EXECUTION_ID: ctx.run_id,
-                TAG_SYMBOL_COUNT: str(len(symbols)),
-                TAG_SYMBOLS: ",".join(symbols)[:5000],
-                TAG_EXECUTOR: current().executor,
+                Tag.SYMBOL_COUNT: str(len(symbols)),
+                Tag.SYMBOLS: ",".join(symbols)[:5000],
+                Tag.EXECUTOR: current().executor,
                 Tag.DAG_CONF: json.dumps(dict(ctx.conf), sort_keys=True, default=str)[:5000],
             },
         )
@@ -91,7 +81,7 @@ def record_failed_symbol_run(client, parent: Mapping[str, str], symbol: str, rea
     (bad link config), so the MLflow tree shows every symbol of the batch."""
     run = client.create_run(parent["experiment_id"], run_name=f"{symbol} pipeline", tags={
         Tag.PARENT_RUN_ID: parent["run_id"], Tag.SYMBOL: symbol, Tag.STAGE: "pipeline",
-        Tag.EXECUTION_ID: ctx.run_id, TAG_AIRFLOW_TRY: str(ctx.try_number)})
+        Tag.EXECUTION_ID: ctx.run_id, Tag.AIRFLOW_TRY: str(ctx.try_number)})
     mark_failed(client, run.info.run_id, reason)
     return run.info.run_id
 
@@ -166,9 +156,9 @@ def finalize(
     if failed:
         summary = f"{len(failed)} of {len(targets)} symbol(s) failed: " + "; ".join(
             f"{symbol}: {reason}" for symbol, reason in failed.items())
-        mark_failed(client, parent["run_id"], summary, extra_tags={TAG_FAILED_SYMBOLS: ",".join(failed)[:5000]})
+        mark_failed(client, parent["run_id"], summary, extra_tags={Tag.FAILED_SYMBOLS: ",".join(failed)[:5000]})
         fail_now(summary[:2000])
-    client.set_tag(parent["run_id"], TAG_FAILED_SYMBOLS, "")
+    client.set_tag(parent["run_id"], Tag.FAILED_SYMBOLS, "")
     client.set_terminated(parent["run_id"], "FINISHED")
     log.info("all %d symbol(s) finished: %s", len(ok), ", ".join(ok))
     return {"symbols": len(targets), "failed": [], "succeeded": ok}

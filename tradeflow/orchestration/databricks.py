@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tradeflow.runs.records import Tag
 from tradeflow.orchestration.context import OrchestrationError, RunContext
-from tradeflow.orchestration.dag_run import TAG_DATABRICKS_RUN, TAG_DATABRICKS_URL, symbol_runs
+from tradeflow.orchestration.dag_run import symbol_runs
 from tradeflow.orchestration.execution import ExecutionResult
 from tradeflow.names import PROJECT_ROOT
 from tradeflow.settings import Settings, current
@@ -162,9 +163,9 @@ class DatabricksExecutor:
         child = symbol_runs(client, parent).get(symbol)
         run_id = child.info.run_id if child is not None else None
         if run_id:
-            client.set_tag(run_id, TAG_DATABRICKS_RUN, str(db_run_id))
+            client.set_tag(run_id, Tag.DATABRICKS_RUN, str(db_run_id))
             if page_url:
-                client.set_tag(run_id, TAG_DATABRICKS_URL, page_url)
+                client.set_tag(run_id, Tag.DATABRICKS_URL, page_url)
         if status == "FINISHED" and child is not None and child.info.status != "FINISHED":
             status, failure = "FAILED", f"Databricks run succeeded but MLflow run {run_id} is {child.info.status}"
         return ExecutionResult(run_id=run_id, status=status, seconds=time.perf_counter() - started,

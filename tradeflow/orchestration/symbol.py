@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tradeflow.runs.records import Tag
 from tradeflow.config import RunConfig, normalise_layer
 from tradeflow.errors import ConfigError
 from tradeflow.errors import StepError
 from tradeflow.orchestration.context import RunContext, conf_layer, fail_now
-from tradeflow.orchestration.dag_run import TAG_AIRFLOW_TRY, record_failed_symbol_run
+from tradeflow.orchestration.dag_run import record_failed_symbol_run
 from tradeflow.orchestration.executors import get_executor
 from tradeflow.orchestration.dag_settings import PIPELINE_LAYERS, RUN_SYMBOL_TASK
 from tradeflow.names import PROJECT_ROOT
@@ -110,7 +111,7 @@ def run_symbol(target: Mapping[str, Any], parent: Mapping[str, str] | None, ctx:
     executor = get_executor(current().executor)
     result = executor.run(symbol, params, parent=parent, ctx=ctx)
     if result.run_id:
-        client.set_tag(result.run_id, TAG_AIRFLOW_TRY, str(ctx.try_number))
+        client.set_tag(result.run_id, Tag.AIRFLOW_TRY, str(ctx.try_number))
     if not result.ok:
         raise StepError(f"{symbol}: pipeline {result.status}" + (f" (run {result.run_id})" if result.run_id else "")
                            + f": {result.failure or 'no reason given'}")

@@ -42,9 +42,6 @@ def find_cached(client: MlflowClient, experiment_id: str, key: str) -> str | Non
 
 
 #: The stage-cache lease, as tags of the claiming pipeline run (see ``StageLease``).
-TAG_LEASE = Tag.LEASE
-TAG_LEASE_AT = Tag.LEASE_CLAIMED_AT
-TAG_LEASE_BEAT = Tag.LEASE_HEARTBEAT
 
 
 class StageLeaseTimeout(StepError):
@@ -74,24 +71,24 @@ class StageLease:
         self.experiment_id = parent.info.experiment_id
         self.settle_s, self.poll_s, self.heartbeat_s, self.stale_s = settle_s, poll_s, heartbeat_s, stale_s
         self.timeout_s = timeout_s if timeout_s is not None else settings.current().lease_timeout_s
-        self.tags = {name.format(stage=stage) for name in (TAG_LEASE, TAG_LEASE_AT, TAG_LEASE_BEAT)}
+        self.tags = {name.format(stage=stage) for name in (Tag.LEASE, Tag.LEASE_CLAIMED_AT, Tag.LEASE_HEARTBEAT)}
         self.claimed_at = 0.0
 
     def _beat(self, client: MlflowClient | None = None) -> None:
-        (client or self.client).set_tag(self.run_id, TAG_LEASE_BEAT.format(stage=self.stage), f"{time.time():.3f}")
+        (client or self.client).set_tag(self.run_id, Tag.LEASE_HEARTBEAT.format(stage=self.stage), f"{time.time():.3f}")
 
     def _live_claims(self) -> list[tuple[float, str]]:
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{TAG_LEASE.format(stage=self.stage)}` = {filter_value(self.key)} "
+            filter_string=f"tags.`{Tag.LEASE.format(stage=self.stage)}` = {filter_value(self.key)} "
                           "and attributes.status = 'RUNNING'")
         now = time.time()
         claims = []
         for run in runs:
             tags = run.data.tags
             try:
-                at = float(tags[TAG_LEASE_AT.format(stage=self.stage)])
-                beat = float(tags.get(TAG_LEASE_BEAT.format(stage=self.stage), at))
+                at = float(tags[Tag.LEASE_CLAIMED_AT.format(stage=self.stage)])
+                beat = float(tags.get(Tag.LEASE_HEARTBEAT.format(stage=self.stage), at))
             except (KeyError, ValueError):
                 continue
             if run.info.run_id == self.run_id or now - beat <= self.stale_s:
@@ -106,8 +103,8 @@ class StageLease:
         self.claimed_at = time.time()
         stamp = f"{self.claimed_at:.6f}"
         self.client.log_batch(self.run_id, tags=[  # one write: the claim appears whole or not at all
-            RunTag(TAG_LEASE.format(stage=self.stage), self.key), RunTag(TAG_LEASE_AT.format(stage=self.stage), stamp),
-            RunTag(TAG_LEASE_BEAT.format(stage=self.stage), stamp)])
+            RunTag(Tag.LEASE.format(stage=self.stage), self.key), RunTag(Tag.LEASE_CLAIMED_AT.format(stage=self.stage), stamp),
+            RunTag(Tag.LEASE_HEARTBEAT.format(stage=self.stage), stamp)])
         time.sleep(self.settle_s)
         deadline = time.monotonic() + self.timeout_s
         holder = None

@@ -18,10 +18,11 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENTRY_POINT
 
+from tradeflow import settings
 from tradeflow.errors import InputError, StepError
 from tradeflow.runs.projects import run_entry_point
 from tradeflow.runs.records import ReproduceRecord, Tag
-from tradeflow.runs.tracking import TAG_CODE_VERSION, TAG_DATA_DIGEST, log_own_params, recorded_params, stage_run
+from tradeflow.runs.tracking import log_own_params, recorded_params, stage_run
 from tradeflow.names import PROJECT_ROOT
 
 REPRODUCIBLE = ("train_backtest", "inference", "review")
@@ -50,7 +51,7 @@ def recorded_invocation(run_id: str, client: MlflowClient | None = None) -> dict
     declared = _declared_params(entry_point)
     params = {k: v for k, v in recorded_params(run.data.params).items() if k in declared}
     return {"run": run, "entry_point": entry_point, "commit": commit, "params": params,
-            "dirty": "+dirty" in tags.get(TAG_CODE_VERSION, "")}
+            "dirty": "+dirty" in tags.get(Tag.CODE_VERSION, "")}
 
 
 def _declared_params(entry_point: str) -> set[str]:
@@ -83,7 +84,7 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
             mlflow.set_tag(Tag.REPRODUCE_WARNING, "original run was made from uncommitted changes; reproduced at its base commit")
         source = Path(tmp) / "src"
         checkout(invocation["commit"], source)
-        os.environ["TRADEFLOW_REPRODUCTION_OF"] = run_id  # the re-run must not move registry aliases
+        os.environ[settings.env_name("reproduction_of")] = run_id  # the re-run must not move registry aliases
         outcome = run_entry_point(invocation["entry_point"], invocation["params"], project_uri=source,
                                   experiment_id=run.info.experiment_id, parent_run_id=run.info.run_id)
         if not outcome.ok:
@@ -94,7 +95,7 @@ def reproduce(run_id: str, experiment_name: str) -> dict:
             raise StepError(f"reproduction of {run_id} ran at commit {ran_at!r}, not the recorded "
                                f"{invocation['commit']}: not a reproduction")
         rows = compare_metrics(original.data.metrics, again.data.metrics)
-        same_data = original.data.tags.get(TAG_DATA_DIGEST) == again.data.tags.get(TAG_DATA_DIGEST)
+        same_data = original.data.tags.get(Tag.DATA_DIGEST) == again.data.tags.get(Tag.DATA_DIGEST)
         match = bool(rows) and all(r["match"] for r in rows) and same_data
         mlflow.log_dict({"original_run_id": run_id, "reproduced_run_id": outcome.run_id, "same_data": same_data,
                          "match": match, "metrics": rows}, ReproduceRecord.comparison.path)

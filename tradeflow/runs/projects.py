@@ -55,7 +55,7 @@ from mlflow.utils.mlflow_tags import (
 
 from tradeflow import settings
 from tradeflow.runs.records import Tag, mark_failed
-from tradeflow.runs.tracking import TAG_FAILURE, git
+from tradeflow.runs.tracking import git
 from tradeflow.names import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -221,11 +221,11 @@ def run_entry_point(
         client.set_terminated(run_id, status)
     failure = None
     if status != "FINISHED":
-        failure = client.get_run(run_id).data.tags.get(TAG_FAILURE) or (
+        failure = client.get_run(run_id).data.tags.get(Tag.FAILURE) or (
             f"entry point '{entry_point}' exited non-zero (run {run_id})"
         )
-        if TAG_FAILURE not in client.get_run(run_id).data.tags:
-            client.set_tag(run_id, TAG_FAILURE, failure)
+        if Tag.FAILURE not in client.get_run(run_id).data.tags:
+            client.set_tag(run_id, Tag.FAILURE, failure)
     seconds = time.perf_counter() - started
     log.info("stage %s run %s %s in %.1fs", entry_point, run_id, status, seconds)
     return StageOutcome(entry_point, run_id, status, seconds, failure, params=dict(parameters))

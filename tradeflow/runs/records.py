@@ -33,6 +33,7 @@ class Tag:
     RUN_NAME = "mlflow.runName"
     NOTE = "mlflow.note.content"
     GIT_COMMIT = "mlflow.source.git.commit"
+    EXPERIMENT_KIND = "mlflow.experimentKind"  # an experiment's tag: which page the MLflow 3 UI opens
 
     # every stage run
     SYMBOL = "tradeflow.symbol"
@@ -64,7 +65,7 @@ class Tag:
     SERVING_MODEL = "tradeflow.serving_model"
     REGISTRY = "tradeflow.registry"
     MODEL_ENV = "tradeflow.model_env"
-    GATE = "tradeflow.gate"  # "passed" | "failed" | "unknown"
+    GATE = "tradeflow.gate"  # train run: "passed" | "failed"; inference run also "unknown" (model older than the gate)
     GATE_REASON = "tradeflow.gate_reason"
     ALIAS_DECISION = "tradeflow.alias_decision"
 

@@ -42,16 +42,8 @@ DEFAULT_ARTIFACT_ROOT = (PROJECT_ROOT / "mlartifacts").as_uri()
 
 # Tags we set on every run: the names live in ``tradeflow.runs.records.Tag``; these aliases keep the
 # older imports working.
-TAG_SYMBOL = Tag.SYMBOL
-TAG_STAGE = Tag.STAGE
-TAG_CODE_VERSION = Tag.CODE_VERSION
-TAG_FAILURE = Tag.FAILURE
-TAG_DATA_DIGEST = Tag.DATA_DIGEST
-TAG_DATA_SOURCE = Tag.DATA_SOURCE
-TAG_SYNTHETIC = Tag.SYNTHETIC
-TAG_EXECUTION_ID = Tag.EXECUTION_ID
-TAG_MOVED_TO = Tag.MOVED_TO
-TAG_MOVED_FROM = Tag.MOVED_FROM
+
+
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default" experiment
 
 
@@ -91,9 +83,9 @@ def ensure_experiment(name: str) -> str:
         return experiment.experiment_id
     artifact_location = sqlite_artifact_root(tracking_uri())
     # The MLflow 3 UI shows a "model training" experiment with its runs table first.
-    tags = {"mlflow.experimentKind": "custom_model_development",
-            "mlflow.note.content": "tradeflow: one parent run per symbol's pipeline (named after its decision), "
-                                   "its stages nested under it; reviews are in the Traces tab."}
+    tags = {Tag.EXPERIMENT_KIND: "custom_model_development",
+            Tag.NOTE: "tradeflow: one parent run per symbol's pipeline (named after its decision), "
+                     "its stages nested under it; reviews are in the Traces tab."}
     try:
         return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
     except mlflow.exceptions.MlflowException:
@@ -147,14 +139,14 @@ def home_run(run_id: str, experiment_name: str, client: MlflowClient | None = No
             f"run {run_id} was started in experiment '{current}' but tradeflow records to "
             f"'{experiment_name}' (experiment_name); drop --experiment-name or pass --experiment-name "
             f"{experiment_name}, or set experiment_name='{current}' (TRADEFLOW_EXPERIMENT_NAME or -P config)")
-    tags = {**run.data.tags, TAG_MOVED_FROM: run_id}
+    tags = {**run.data.tags, Tag.MOVED_FROM: run_id}
     moved = client.create_run(target_id, start_time=run.info.start_time, tags=tags)
     # MLflow logs MLproject params shell-quoted, "" as "''": keep only the ones that were set,
     # unquoted, so each step logs the resolved value of the others under the same name.
     params = {k: v for k, v in recorded_params(run.data.params).items() if v != ""}
     if params:
         client.log_batch(moved.info.run_id, params=[Param(k, v) for k, v in params.items()])
-    client.set_tag(run_id, TAG_MOVED_TO, moved.info.run_id)
+    client.set_tag(run_id, Tag.MOVED_TO, moved.info.run_id)
     client.set_tag(run_id, Tag.NOTE,
                    f"Moved to experiment `{experiment_name}` as run `{moved.info.run_id}` (tradeflow records every "
                    "run in its configured experiment).")
@@ -208,7 +200,6 @@ def delete_when_terminated(run_id: str, *, timeout_s: float = 6 * 3600) -> bool:
     return False
 
 
-
 def log_own_params(values: dict[str, object]) -> None:
     """Log each MLproject parameter's resolved value under its own name, unless already logged
     (``mlflow run`` logged the raw ``-P`` values; a logged param cannot change)."""
@@ -251,13 +242,13 @@ def stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None =
         os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
         mlflow.set_experiment(experiment_id=experiment_id)
         run = mlflow.start_run(experiment_id=experiment_id)
-    mlflow.set_tags({TAG_STAGE: stage, TAG_CODE_VERSION: code_version(), **(tags or {})})
+    mlflow.set_tags({Tag.STAGE: stage, Tag.CODE_VERSION: code_version(), **(tags or {})})
     try:
         yield run
     except BaseException as exc:
         reason = one_line(exc)
         try:
-            mlflow.set_tag(TAG_FAILURE, reason[:MAX_TAG_CHARS])
+            mlflow.set_tag(Tag.FAILURE, reason[:MAX_TAG_CHARS])
             log.debug("stage %s failed:\n%s", stage, traceback.format_exc())
         finally:
             mlflow.end_run(status="FAILED")

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from tradeflow.config import RunConfig
 from tradeflow.errors import InputError
 from tradeflow.runs.records import InferenceRecord, PersistRecord, ReviewRecord, Tag
-from tradeflow.runs.tracking import TAG_EXECUTION_ID, TAG_SYMBOL, log_own_params, stage_run
+from tradeflow.runs.tracking import log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, t
 def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_id: str, task_id: str) -> dict:
     from tradeflow.webui import WebUIClient
 
-    tags = {TAG_SYMBOL: cfg.symbol, TAG_EXECUTION_ID: execution_id}
+    tags = {Tag.SYMBOL: cfg.symbol, Tag.EXECUTION_ID: execution_id}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
         from tradeflow.runs.notes import SEP, set_name_and_note
 

@@ -18,7 +18,7 @@ import mlflow
 from tradeflow.config import RunConfig
 from tradeflow.errors import InputError, NotFoundError
 from tradeflow.runs.records import ReviewRecord, Tag
-from tradeflow.runs.tracking import TAG_SYMBOL, code_version, log_own_params, stage_run
+from tradeflow.runs.tracking import code_version, log_own_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> 
     from tradeflow.runs import notes as run_notes
     from tradeflow.runs.review_trace import log_review_trace, transcript_html, transcript_markdown
 
-    with stage_run(STAGE, experiment_name=cfg.experiment_name, tags={TAG_SYMBOL: cfg.symbol}) as run:
+    with stage_run(STAGE, experiment_name=cfg.experiment_name, tags={Tag.SYMBOL: cfg.symbol}) as run:
         own_params = run_notes.resolved_params(STAGE, cfg, evidence_uri=evidence_uri)
         log_own_params(own_params)
         client_info = describe_client(cfg.review)

@@ -29,9 +29,8 @@ log = logging.getLogger(__name__)
 STAGE = "train_backtest"
 RECORD = TrainRecord
 ARTIFACTS = RECORD.described()
-TAG_MODEL_VERSION = Tag.MODEL_VERSION
-TAG_MODEL_NAME = Tag.MODEL_NAME
-TAG_REPRODUCTION_OF = Tag.REPRODUCTION_OF
+
+
 SYNTHETIC_BANNER = (
     "NOTE: data_source=synthetic -> training on GENERATED prices, not market data. "
     "Use -P data_source=csv:<path> (or backend/ibkr/yfinance) for real data."
@@ -171,10 +170,10 @@ def _log_model(agent, cfg: RunConfig, features, workdir: Path) -> str:
 
 def _log_gate(metrics: dict[str, float]):
     """The do-no-harm gate on the validation backtest, as run tags (``tradeflow.gate``)."""
-    from tradeflow.gate import TAG_GATE, TAG_GATE_REASON, check_gate
+    from tradeflow.gate import check_gate
 
     gate = check_gate({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
-    mlflow.set_tags({TAG_GATE: "passed" if gate.passed else "failed", TAG_GATE_REASON: gate.reason})
+    mlflow.set_tags({Tag.GATE: "passed" if gate.passed else "failed", Tag.GATE_REASON: gate.reason})
     print(f"do-no-harm gate {'passed' if gate.passed else 'FAILED'}: {gate.reason}", flush=True)
     return gate
 
@@ -182,12 +181,12 @@ def _log_gate(metrics: dict[str, float]):
 def _gate_alias(model_name: str, cfg: RunConfig, gate, valid_frame, metrics: dict[str, float]) -> tuple[bool, str]:
     """``champion`` moves only to a version that passes the gate and beats the current champion
     on this version's validation window (``tradeflow.gate.decide_alias``)."""
-    from tradeflow.gate import TAG_ALIAS_DECISION, decide_alias
+    from tradeflow.gate import decide_alias
     from tradeflow.model import champion_return_on
 
     champion = champion_return_on(model_name, cfg.model_alias, valid_frame, cfg) if cfg.do_no_harm_gate and gate.passed else None
     move, reason = decide_alias(gate, metrics["valid_total_return"], champion, enforced=cfg.do_no_harm_gate)
-    mlflow.set_tag(TAG_ALIAS_DECISION, reason)
+    mlflow.set_tag(Tag.ALIAS_DECISION, reason)
     print(f"alias @{cfg.model_alias} {reason}", flush=True)
     return move, reason
 
@@ -198,12 +197,11 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
     except for reproductions (which must not change what ``inference`` serves) or when
     ``register_model=false``. Every version is tagged with its engine, algorithm, data window and
     gate result."""
-    from tradeflow.gate import TAG_ALIAS_DECISION, TAG_GATE, TAG_GATE_REASON
     from tradeflow.model import register_model
 
     reproduction_of = os.environ.get("TRADEFLOW_REPRODUCTION_OF")
     if reproduction_of:
-        mlflow.set_tag(TAG_REPRODUCTION_OF, reproduction_of)
+        mlflow.set_tag(Tag.REPRODUCTION_OF, reproduction_of)
         mlflow.set_tag(Tag.REGISTRY, "skipped: reproduction run")
         return None
     if not cfg.register_model:
@@ -234,8 +232,8 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
     move = True
     if gate is not None and "valid_total_return" in metrics:
         move, reason = _gate_alias(cfg.registered_model_name, cfg, gate, valid_frame, metrics)
-        tags |= {TAG_GATE: "passed" if gate.passed else "failed", TAG_GATE_REASON: gate.reason[:5000],
-                 TAG_ALIAS_DECISION: reason[:5000], "valid_total_return": f"{metrics['valid_total_return']:.6f}"}
+        tags |= {Tag.GATE: "passed" if gate.passed else "failed", Tag.GATE_REASON: gate.reason[:5000],
+                 Tag.ALIAS_DECISION: reason[:5000], "valid_total_return": f"{metrics['valid_total_return']:.6f}"}
         if description:
             description += f" Do-no-harm gate: {'passed' if gate.passed else 'FAILED'} ({gate.reason}); alias @{cfg.model_alias} {reason}."
     # data_window: the bars loaded; train/valid windows: what the splits used (after feature warm-up)
@@ -247,13 +245,10 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None,
         tags.setdefault("data_window", f"{bounds['train']['start']}..{bounds['test']['end']}")
     version = register_model(model_uri, cfg.registered_model_name, cfg.model_alias, tags=tags,
                              description=description, move_alias=move)
-    mlflow.set_tags({TAG_MODEL_NAME: cfg.registered_model_name, TAG_MODEL_VERSION: version})
+    mlflow.set_tags({Tag.MODEL_NAME: cfg.registered_model_name, Tag.MODEL_VERSION: version})
     if not move:
         _tag_serving_champion(cfg)
     return version
-
-
-TAG_SERVING_MODEL = Tag.SERVING_MODEL
 
 
 def _tag_serving_champion(cfg: RunConfig) -> None:
@@ -266,7 +261,7 @@ def _tag_serving_champion(cfg: RunConfig) -> None:
         champion = MlflowClient().get_model_version_by_alias(cfg.registered_model_name, cfg.model_alias)
     except MlflowException:
         return
-    mlflow.set_tag(TAG_SERVING_MODEL, f"models:/{champion.name}/{champion.version}")
+    mlflow.set_tag(Tag.SERVING_MODEL, f"models:/{champion.name}/{champion.version}")
 
 
 def _flatten(node: dict, prefix: str = "") -> dict[str, object]:
