@@ -77,6 +77,29 @@ class TradeMasterParams(_Strict):
         return value
 
 
+class SB3Params(_Strict):
+    """``engine=builtin``: the stable-baselines3 arguments the agent is built with, sized for a few
+    hundred daily bars (SB3's Atari-scale defaults would barely start learning there). ``None``
+    means "derived from the train split's length", as noted per field."""
+
+    gamma: float = Field(0.9, ge=0, le=1, description="discount factor, 0..1 (TradeMaster's 0.9: the reward "
+                         "already looks ahead through the forward-return shaping)")
+    dqn_batch_size: int = Field(64, ge=1, le=4096, description="DQN: transitions per gradient step")
+    dqn_train_freq: int = Field(4, ge=1, le=1000, description="DQN: env steps per training round "
+                                "(1 = upstream TradeMaster's work per step)")
+    dqn_gradient_steps: int = Field(1, ge=1, le=100, description="DQN: gradient steps per training round")
+    dqn_buffer_size: int = Field(100_000, ge=1, le=10_000_000, description="DQN: replay buffer cap, in "
+                                 "transitions; the buffer holds min(epochs * train rows, this), i.e. the whole run")
+    dqn_learning_starts: int | None = Field(None, ge=0, description="DQN: env steps of random actions before "
+                                            "the first update; unset = max(64, train rows // 10)")
+    dqn_target_update_interval: int | None = Field(None, ge=1, description="DQN: env steps between hard "
+                                                   "target-network updates; unset = max(1, train rows // 10)")
+    ppo_n_steps: int = Field(128, ge=2, le=100_000, description="PPO: rollout length per update, in env steps; "
+                             "at most the train rows")
+    ppo_batch_size: int = Field(64, ge=2, le=100_000, description="PPO: minibatch size")
+    ent_coef: float = Field(0.01, ge=0, le=1, description="PPO and A2C: entropy bonus weight of the loss")
+
+
 class FinAgentParams(_Strict):
     """``engine=finagent``: how upstream FinAgent's technical analysis is fed and calibrated (docs/finagent.md)."""
 
@@ -133,6 +156,7 @@ class RunConfig(_Strict):
     seed: int = Field(42, ge=0, le=2**31 - 1, description="seeds numpy, torch, the env and SB3, 0..2**31-1")
     split: SplitConfig = Field(SplitConfig(), description="chronological train/valid/test split")
     trademaster: TradeMasterParams = Field(TradeMasterParams(), description="env and network hyperparameters")
+    sb3: SB3Params = Field(SB3Params(), description="stable-baselines3 arguments of the builtin engine")
     finagent: FinAgentParams = Field(FinAgentParams(), description="engine=finagent settings")
     review: ReviewConfig = Field(ReviewConfig(), description="the AutoGen review team")
     mode: Mode = Field("both", description="pipeline stages: both, train_backtest or inference")
@@ -245,11 +269,13 @@ class RunConfig(_Strict):
 
 # --- layers -------------------------------------------------------------------------------------
 
-#: flat key -> nested path. Every TradeMaster and split field is also accepted flat by its own name.
+#: flat key -> nested path. Every TradeMaster and split field is also accepted flat by its own name;
+#: finagent and sb3 fields by theirs with a ``finagent_`` / ``sb3_`` prefix.
 FLAT_KEYS: dict[str, tuple[str, ...]] = {
     **{name: ("trademaster", name) for name in TradeMasterParams.model_fields},
     **{name: ("split", name) for name in SplitConfig.model_fields},
     **{f"finagent_{name}": ("finagent", name) for name in FinAgentParams.model_fields},
+    **{f"sb3_{name}": ("sb3", name) for name in SB3Params.model_fields},
     "reviewer": ("review", "provider"),
     "review_provider": ("review", "provider"),
     "review_model": ("review", "model"),
@@ -258,7 +284,7 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "review_timeout_s": ("review", "timeout_s"),
 }
 TOP_LEVEL_KEYS = set(RunConfig.model_fields)
-SECTIONS = {"trademaster", "split", "review", "finagent"}
+SECTIONS = {"trademaster", "sb3", "split", "review", "finagent"}
 
 
 def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

@@ -27,7 +27,7 @@ def _models(root: type[BaseModel]) -> list[type[BaseModel]]:
 
 def test_walk_reaches_the_nested_sections():
     names = {model.__name__ for model in _models(RunConfig)}
-    assert {"RunConfig", "TradeMasterParams", "SplitConfig", "ReviewConfig", "FinAgentParams"} <= names
+    assert {"RunConfig", "TradeMasterParams", "SB3Params", "SplitConfig", "ReviewConfig", "FinAgentParams"} <= names
 
 
 def test_every_config_field_has_a_description():
