@@ -121,3 +121,16 @@ def test_a_mistyped_tradeflow_variable_fails_with_the_known_names(monkeypatch):
     assert "TRADEFLOW_EPOCHS" in known_env_names() and "TRADEFLOW_CONFIG" in known_env_names()
     with pytest.raises(ConfigError, match=r"variables TRADEFLOW_A, TRADEFLOW_ZZZ_UNRELATED; known"):
         check_env_names({"TRADEFLOW_ZZZ_UNRELATED": "", "TRADEFLOW_A": "", "OTHER": ""})
+
+
+def test_sb3_section_is_flat_nested_and_environment_settable_and_logged():
+    env = env_layer({"TRADEFLOW_SB3_GAMMA": "0.95"})
+    cfg = resolve_config(env, {"symbol": "BTC", "sb3_dqn_batch_size": "32"},
+                         {"config": json.dumps({"sb3": {"dqn_target_update_interval": 50}})})
+    assert (cfg.sb3.gamma, cfg.sb3.dqn_batch_size, cfg.sb3.dqn_target_update_interval) == (0.95, 32, 50)
+    flat = cfg.flat_params()
+    assert flat["cfg.sb3.gamma"] == "0.95" and flat["cfg.sb3.dqn_learning_starts"] == ""  # unset = derived
+    with pytest.raises(ConfigError, match="invalid parameter 'sb3.gamma'"):
+        resolve_config({"symbol": "BTC", "sb3_gamma": 1.5})
+    with pytest.raises(ConfigError, match="invalid parameter 'sb3.ppo_batch_size'"):
+        resolve_config({"symbol": "BTC", "sb3": {"ppo_batch_size": 1}})  # SB3's PPO needs > 1

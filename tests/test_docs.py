@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tradeflow.config import ReviewConfig, RunConfig, SplitConfig, TradeMasterParams
+from tradeflow.config import ReviewConfig, RunConfig, SB3Params, SplitConfig, TradeMasterParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,6 +15,7 @@ def test_every_config_key_is_in_docs_parameters():
     text = (REPO / "docs" / "parameters.md").read_text()
     keys = [name for name in RunConfig.model_fields if name not in ("split", "trademaster", "review")]
     keys += [f"trademaster.{n}" for n in TradeMasterParams.model_fields]
+    keys += [f"sb3.{n}" for n in SB3Params.model_fields]
     keys += [f"split.{n}" for n in SplitConfig.model_fields]
     keys += [f"review.{n}" for n in ReviewConfig.model_fields]
     missing = [k for k in keys if f"`{k}`" not in text]

@@ -237,3 +237,29 @@ def test_dqn_update_is_sb3_dqn_train_step(splits, cfg):
 def test_train_freq_must_be_positive():
     with pytest.raises(ValueError, match="train_freq must be >= 1; got 0"):
         BuiltinEngine(train_freq=0)
+
+
+def test_build_model_takes_the_sb3_section(splits, cfg):
+    """Defaults are the values the agent was tuned with (so results do not move); the section overrides them."""
+    from tradeflow.engines.builtin.agent import ObservationScaler, build_model
+
+    scaler = ObservationScaler.fit(splits.train[list(FEATURE_COLUMNS)].to_numpy(np.float64))
+    env = make_env(splits.train, scaler, cfg.trademaster, shaping=True)
+    rows = len(splits.train)  # 320 env steps per epoch
+    dqn = build_model("dqn", env, cfg.trademaster, seed=7, steps_per_epoch=rows, sb3=cfg.sb3)
+    assert (dqn.gamma, dqn.batch_size, dqn.train_freq.frequency, dqn.gradient_steps) == (0.9, 64, 4, 1)
+    assert (dqn.buffer_size, dqn.learning_starts, dqn.target_update_interval) == (3 * rows, 64, rows // 10)
+    ppo = build_model("ppo", env, cfg.trademaster, seed=7, steps_per_epoch=rows, sb3=cfg.sb3)
+    assert (ppo.n_steps, ppo.batch_size, ppo.ent_coef) == (128, 64, 0.01)
+    assert build_model("a2c", env, cfg.trademaster, seed=7, steps_per_epoch=rows, sb3=cfg.sb3).ent_coef == 0.01
+
+    sb3 = cfg.override({"sb3": {"gamma": 0.5, "dqn_batch_size": 16, "dqn_train_freq": 2, "dqn_gradient_steps": 3,
+                                "dqn_buffer_size": 100, "dqn_learning_starts": 5, "dqn_target_update_interval": 7,
+                                "ppo_n_steps": 1000, "ppo_batch_size": 8, "ent_coef": 0.1}}).sb3
+    dqn = build_model("dqn", env, cfg.trademaster, seed=7, steps_per_epoch=rows, sb3=sb3)
+    assert (dqn.gamma, dqn.batch_size, dqn.train_freq.frequency, dqn.gradient_steps) == (0.5, 16, 2, 3)
+    assert (dqn.buffer_size, dqn.learning_starts, dqn.target_update_interval) == (100, 5, 7)
+    ppo = build_model("ppo", env, cfg.trademaster, seed=7, steps_per_epoch=rows, sb3=sb3)
+    assert (ppo.n_steps, ppo.batch_size, ppo.ent_coef) == (rows, 8, 0.1)  # n_steps capped at the train rows
+    assert build_model("dqn", env, cfg.trademaster, seed=7, steps_per_epoch=rows, sb3=sb3,
+                       train_freq=1).train_freq.frequency == 1  # BuiltinEngine(train_freq=1) still wins

@@ -52,9 +52,10 @@ class TradeMasterParams(_Strict):
     transaction_cost_pct: float = Field(0.001, ge=0, lt=0.1, description="cost per unit of notional traded")
     future_weights: float = Field(0.2, ge=0, le=1, description="weight of the forward-return reward shaping")
     explore_rate: float = Field(0.25, gt=0, le=1, description="fraction of training spent annealing epsilon (DQN)")
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    hidden_dims: tuple[int, ...] = Field((64, 64), description="MLP hidden layer sizes")
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="optimizer (Adam) step size, (0, 1]")
+    hidden_dims: tuple[int, ...] = Field((64, 64), description="MLP hidden layer sizes, e.g. 64,64 "
+                                         f"(1..{MAX_HIDDEN_LAYERS} layers of 1..4096 units)")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="torch device the agent trains and acts on")
 
     @field_validator("hidden_dims", mode="before")
     @classmethod
@@ -72,6 +73,29 @@ class TradeMasterParams(_Strict):
         return value
 
 
+class SB3Params(_Strict):
+    """``engine=builtin``: the stable-baselines3 arguments the agent is built with, sized for a few
+    hundred daily bars (SB3's Atari-scale defaults would barely start learning there). ``None``
+    means "derived from the train split's length", as noted per field."""
+
+    gamma: float = Field(0.9, ge=0, le=1, description="discount factor, 0..1 (TradeMaster's 0.9: the reward "
+                         "already looks ahead through the forward-return shaping)")
+    dqn_batch_size: int = Field(64, ge=1, le=4096, description="DQN: transitions per gradient step")
+    dqn_train_freq: int = Field(4, ge=1, le=1000, description="DQN: env steps per training round "
+                                "(1 = upstream TradeMaster's work per step)")
+    dqn_gradient_steps: int = Field(1, ge=1, le=100, description="DQN: gradient steps per training round")
+    dqn_buffer_size: int = Field(100_000, ge=1, le=10_000_000, description="DQN: replay buffer cap, in "
+                                 "transitions; the buffer holds min(epochs * train rows, this), i.e. the whole run")
+    dqn_learning_starts: int | None = Field(None, ge=0, description="DQN: env steps of random actions before "
+                                            "the first update; unset = max(64, train rows // 10)")
+    dqn_target_update_interval: int | None = Field(None, ge=1, description="DQN: env steps between hard "
+                                                   "target-network updates; unset = max(1, train rows // 10)")
+    ppo_n_steps: int = Field(128, ge=2, le=100_000, description="PPO: rollout length per update, in env steps; "
+                             "at most the train rows")
+    ppo_batch_size: int = Field(64, ge=2, le=100_000, description="PPO: minibatch size")
+    ent_coef: float = Field(0.01, ge=0, le=1, description="PPO and A2C: entropy bonus weight of the loss")
+
+
 class FinAgentParams(_Strict):
     """``engine=finagent``: how upstream FinAgent's technical analysis is fed and calibrated (docs/finagent.md)."""
 
@@ -83,10 +107,10 @@ class FinAgentParams(_Strict):
 class SplitConfig(_Strict):
     """Chronological train/valid/test split, by ratios or by start dates of valid and test."""
 
-    train_ratio: float = Field(0.6, gt=0, lt=1)
-    valid_ratio: float = Field(0.2, gt=0, lt=1)
-    valid_start: date | None = None
-    test_start: date | None = None
+    train_ratio: float = Field(0.6, gt=0, lt=1, description="fraction of rows in the train split, (0, 1)")
+    valid_ratio: float = Field(0.2, gt=0, lt=1, description="fraction of rows in the valid split; the rest is test")
+    valid_start: date | None = Field(None, description="first day of valid (with test_start; overrides the ratios)")
+    test_start: date | None = Field(None, description="first day of test (with valid_start)")
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -105,36 +129,39 @@ Provider = Literal["rules", "openai", "azure", "ollama", "openai_compatible"]
 class ReviewConfig(_Strict):
     """The AutoGen review team. Keys and endpoints come from the environment, never from here."""
 
-    provider: Provider = "rules"
+    provider: Provider = Field("rules", description="rules (offline, deterministic) or an LLM provider")
     model: str | None = Field(None, description="model / deployment name; provider default if unset")
-    max_messages: int = Field(8, ge=3, le=40)
-    max_total_tokens: int = Field(30_000, ge=500, le=500_000)
-    timeout_s: float = Field(120.0, gt=0, le=1800)
-    temperature: float = Field(0.0, ge=0, le=2)
+    max_messages: int = Field(8, ge=3, le=40, description="team message cap, 3..40")
+    max_total_tokens: int = Field(30_000, ge=500, le=500_000, description="team token cap, 500..500000")
+    timeout_s: float = Field(120.0, gt=0, le=1800, description="hard deadline of the review, seconds (<= 1800)")
+    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature of LLM providers, 0..2")
     atr_multiple_cap: float = Field(4.0, gt=0, le=20, description="stop/take-profit at most this many ATRs from entry")
 
 
 class RunConfig(_Strict):
     """Everything one symbol's pipeline needs. Immutable; derive variants with ``override``."""
 
-    symbol: str
+    symbol: str = Field(description="ticker, upper-cased; [A-Z0-9.^-]{1,20}")
     data_source: str = Field("backend", description="csv:<path>[,<path>] | backend | ibkr | yfinance | synthetic")
-    bar_size: str = "1 day"
+    bar_size: str = Field("1 day", description="bar length; only daily bars ('1 day') are supported")
     backtest_lookback_days: int = Field(1095, ge=30, description="calendar days of history to load")
     end_date: date | None = Field(None, description="last bar to use (default: newest available)")
-    engine: Literal["builtin", "trademaster", "finagent"] = "builtin"
-    algorithm: Literal["dqn", "ppo", "a2c"] = "dqn"
-    seed: int = Field(42, ge=0, le=2**31 - 1)
-    split: SplitConfig = SplitConfig()
-    trademaster: TradeMasterParams = TradeMasterParams()
-    finagent: FinAgentParams = FinAgentParams()
-    review: ReviewConfig = ReviewConfig()
-    mode: Mode = "both"
-    register_model: bool = True
+    engine: Literal["builtin", "trademaster", "finagent"] = Field(
+        "builtin", description="builtin (gymnasium + stable-baselines3), trademaster or finagent (upstream)")
+    algorithm: Literal["dqn", "ppo", "a2c"] = Field("dqn", description="RL algorithm of the builtin engine")
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="seeds numpy, torch, the env and SB3, 0..2**31-1")
+    split: SplitConfig = Field(SplitConfig(), description="chronological train/valid/test split")
+    trademaster: TradeMasterParams = Field(TradeMasterParams(), description="env and network hyperparameters")
+    sb3: SB3Params = Field(SB3Params(), description="stable-baselines3 arguments of the builtin engine")
+    finagent: FinAgentParams = Field(FinAgentParams(), description="engine=finagent settings")
+    review: ReviewConfig = Field(ReviewConfig(), description="the AutoGen review team")
+    mode: Mode = Field("both", description="pipeline stages: both, train_backtest or inference")
+    register_model: bool = Field(True, description="register the trained model and move the alias (gated)")
     do_no_harm_gate: bool = Field(True, description="champion only for a model that beats buy-and-hold and flat "
                                   "on validation; a failed model's decisions are labelled and capped (tradeflow.gate)")
-    model_alias: str = Field("champion", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
-    experiment_name: str = "trademaster_autogen"
+    model_alias: str = Field("champion", pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+                             description="registry alias that inference resolves")
+    experiment_name: str = Field("trademaster_autogen", description="MLflow experiment of the runs")
 
     _adjustments: list[str] = PrivateAttr(default_factory=list)
 
@@ -238,11 +265,13 @@ class RunConfig(_Strict):
 
 # --- layers -------------------------------------------------------------------------------------
 
-#: flat key -> nested path. Every TradeMaster and split field is also accepted flat by its own name.
+#: flat key -> nested path. Every TradeMaster and split field is also accepted flat by its own name;
+#: finagent and sb3 fields by theirs with a ``finagent_`` / ``sb3_`` prefix.
 FLAT_KEYS: dict[str, tuple[str, ...]] = {
     **{name: ("trademaster", name) for name in TradeMasterParams.model_fields},
     **{name: ("split", name) for name in SplitConfig.model_fields},
     **{f"finagent_{name}": ("finagent", name) for name in FinAgentParams.model_fields},
+    **{f"sb3_{name}": ("sb3", name) for name in SB3Params.model_fields},
     "reviewer": ("review", "provider"),
     "review_provider": ("review", "provider"),
     "review_model": ("review", "model"),
@@ -251,7 +280,7 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "review_timeout_s": ("review", "timeout_s"),
 }
 TOP_LEVEL_KEYS = set(RunConfig.model_fields)
-SECTIONS = {"trademaster", "split", "review", "finagent"}
+SECTIONS = {"trademaster", "sb3", "split", "review", "finagent"}
 
 
 def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

@@ -5,10 +5,11 @@ current policy is backtested greedily on the train and valid splits (the same ``
 the pipeline uses), and the checkpoint with the best valid total return is the one returned, as
 TradeMaster's trainer does.
 
-DQN defaults are sized for a few hundred daily bars, where SB3's Atari-scale defaults would
-barely start learning: the replay buffer holds the whole run, learning starts after a tenth of an
-epoch, one gradient step every 4 env steps, a hard target update ten times per epoch, and gamma 0.9
-(TradeMaster's value; the reward already looks ahead through its forward-return shaping).
+The SB3 hyperparameters are the config's ``sb3`` section (``tradeflow.config.SB3Params``, logged as
+``cfg.sb3.*``). Its DQN defaults are sized for a few hundred daily bars, where SB3's Atari-scale
+defaults would barely start learning: the replay buffer holds the whole run, learning starts after a
+tenth of an epoch, one gradient step every 4 env steps, a hard target update ten times per epoch, and
+gamma 0.9 (TradeMaster's value; the reward already looks ahead through its forward-return shaping).
 
 DQN on the CPU is trained by ``dqn_loop.DQNLoop``: SB3's DQN algorithm (same schedule, loss, clipping,
 target updates, on the SB3 model's own networks and optimizer state) without SB3's per-step
@@ -33,7 +34,7 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import set_random_seed
 
-from tradeflow.config import RunConfig, TradeMasterParams
+from tradeflow.config import RunConfig, SB3Params, TradeMasterParams
 from tradeflow.engines.base import PRICE_COLUMN, ActionResult, Engine, TrainResult, best_epoch_metrics
 from tradeflow.engines.builtin.dqn_loop import DQNLoop
 from tradeflow.engines.builtin.epochs import EpochCallback, EpochEvaluator
@@ -50,10 +51,8 @@ log = logging.getLogger(__name__)
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"dqn": DQN, "ppo": PPO, "a2c": A2C}
 MODEL_FILE = "model.zip"
 META_FILE = "agent.json"
-GAMMA = 0.9
-MAX_REPLAY = 100_000
-#: DQN env steps per gradient step (1 = upstream TradeMaster's work per step; bench_trademaster's equal-work run)
-TRAIN_FREQ = 4
+#: the default DQN env steps per gradient step (the config's ``sb3.dqn_train_freq``; bench_trademaster reads it)
+TRAIN_FREQ: int = SB3Params.model_fields["dqn_train_freq"].default
 #: observations per forward pass of a batched greedy backtest, in floats (16 MiB)
 GREEDY_BATCH_FLOATS = 1 << 22
 
@@ -176,9 +175,19 @@ def make_env(
     )
 
 
-def dqn_learning_starts(steps_per_epoch: int) -> int:
-    """Env steps of uniform random actions before DQN's first gradient update: a tenth of an epoch."""
+def dqn_learning_starts(steps_per_epoch: int, sb3: SB3Params | None = None) -> int:
+    """Env steps of uniform random actions before DQN's first gradient update: ``sb3.dqn_learning_starts``,
+    or by default a tenth of an epoch (at least one batch's worth)."""
+    if sb3 is not None and sb3.dqn_learning_starts is not None:
+        return sb3.dqn_learning_starts
     return max(64, steps_per_epoch // 10)
+
+
+def dqn_target_update_interval(steps_per_epoch: int, sb3: SB3Params) -> int:
+    """Env steps between hard target updates: ``sb3.dqn_target_update_interval``, or ten per epoch."""
+    if sb3.dqn_target_update_interval is not None:
+        return sb3.dqn_target_update_interval
+    return max(1, steps_per_epoch // 10)
 
 
 def build_model(
@@ -188,13 +197,14 @@ def build_model(
     *,
     seed: int,
     steps_per_epoch: int,
-    train_freq: int = TRAIN_FREQ,
+    sb3: SB3Params = SB3Params(),
+    train_freq: int | None = None,
 ) -> BaseAlgorithm:
-    """The SB3 algorithm with hyperparameters sized for short daily series (``train_freq``: DQN
-    env steps per gradient step)."""
+    """The SB3 algorithm with the ``sb3`` hyperparameters (``train_freq``, if given, overrides
+    ``sb3.dqn_train_freq``: the benchmark's equal-work run)."""
     common: dict[str, Any] = {
         "learning_rate": params.learning_rate,
-        "gamma": GAMMA,
+        "gamma": sb3.gamma,
         "policy_kwargs": {"net_arch": list(params.hidden_dims)},
         "seed": seed,
         "device": params.device,
@@ -204,19 +214,20 @@ def build_model(
         return DQN(
             "MlpPolicy",
             env,
-            buffer_size=min(params.epochs * steps_per_epoch, MAX_REPLAY),
-            learning_starts=dqn_learning_starts(steps_per_epoch),
-            batch_size=64,
-            train_freq=train_freq,
-            gradient_steps=1,
-            target_update_interval=max(1, steps_per_epoch // 10),
+            buffer_size=min(params.epochs * steps_per_epoch, sb3.dqn_buffer_size),
+            learning_starts=dqn_learning_starts(steps_per_epoch, sb3),
+            batch_size=sb3.dqn_batch_size,
+            train_freq=sb3.dqn_train_freq if train_freq is None else train_freq,
+            gradient_steps=sb3.dqn_gradient_steps,
+            target_update_interval=dqn_target_update_interval(steps_per_epoch, sb3),
             exploration_fraction=params.explore_rate,
             **common,
         )
     if algorithm == "ppo":
-        return PPO("MlpPolicy", env, n_steps=min(128, steps_per_epoch), batch_size=64, ent_coef=0.01, **common)
+        n_steps = min(sb3.ppo_n_steps, steps_per_epoch)
+        return PPO("MlpPolicy", env, n_steps=n_steps, batch_size=sb3.ppo_batch_size, ent_coef=sb3.ent_coef, **common)
     if algorithm == "a2c":
-        return A2C("MlpPolicy", env, ent_coef=0.01, **common)
+        return A2C("MlpPolicy", env, ent_coef=sb3.ent_coef, **common)
     raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
 
 
@@ -279,9 +290,10 @@ class BuiltinEngine(Engine):
 
     name = "builtin"
 
-    def __init__(self, *, train_freq: int = TRAIN_FREQ) -> None:
-        """``train_freq``: DQN env steps per gradient step (1 for upstream TradeMaster's work per step)."""
-        if train_freq < 1:
+    def __init__(self, *, train_freq: int | None = None) -> None:
+        """``train_freq``: DQN env steps per gradient step, overriding the config's ``sb3.dqn_train_freq``
+        (1 for upstream TradeMaster's work per step, as bench_trademaster's equal-work run does)."""
+        if train_freq is not None and train_freq < 1:
             raise ValueError(f"train_freq must be >= 1; got {train_freq}")
         self.train_freq = train_freq
 
@@ -302,7 +314,8 @@ class BuiltinEngine(Engine):
             set_random_seed(cfg.seed)
             env = make_env(splits.train, scaler, params, shaping=True)
             model = build_model(
-                cfg.algorithm, env, params, seed=cfg.seed, steps_per_epoch=len(splits.train), train_freq=self.train_freq
+                cfg.algorithm, env, params, seed=cfg.seed, steps_per_epoch=len(splits.train), sb3=cfg.sb3,
+                train_freq=self.train_freq,
             )
             agent = BuiltinAgent(
                 model,
