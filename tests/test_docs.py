@@ -58,15 +58,15 @@ def test_mlproject_parameters_are_the_entry_points_flags_and_config_keys_or_docu
 def test_what_the_dag_and_the_pipeline_pass_are_mlproject_parameters():
     from tradeflow.config import resolve_config
     from tradeflow.orchestration import RunContext, pipeline_parameters
-    from tradeflow.pipeline.run import PipelineState, STAGES_BY_MODE, _stage_params
+    from tradeflow.pipeline.stages import STAGES, Handoff, Invocation
 
     project = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     cfg = resolve_config({"symbol": "AAPL"})
     sent = pipeline_parameters(cfg, RunContext(dag_id="d", run_id="r"), force=False)
     assert set(sent) <= set(project["pipeline"]["parameters"])
-    for stage in STAGES_BY_MODE["both"]:
-        params = _stage_params(stage, cfg, PipelineState(), "{}", execution_id="e", dag_id="d", task_id="t")
-        assert set(params) <= set(project[stage]["parameters"]), stage
+    for stage in STAGES:
+        params = stage.params(cfg, Handoff(), Invocation("{}", execution_id="e", dag_id="d", task_id="t"))
+        assert set(params) <= set(project[stage.name]["parameters"]), stage.name
 
 
 def _same(documented: str | None, default) -> bool:

@@ -84,7 +84,7 @@ def test_each_name_is_declared_once_and_the_users_agree():
     from tradeflow.names import DAG_ID, MODES, SYMBOL_RE, check_symbol
     from tradeflow.orchestration import EXECUTORS
     from tradeflow.orchestration.dag_builder import GROUPS_BY_MODE
-    from tradeflow.pipeline.run import STAGES_BY_MODE
+    from tradeflow.pipeline.stages import STAGES_BY_MODE
     from tradeflow.webui import DAG_ID as WEBUI_DAG_ID
 
     assert tuple(STAGES_BY_MODE) == tuple(GROUPS_BY_MODE) == MODES == get_args(RunConfig.model_fields["mode"].annotation)

@@ -2,7 +2,8 @@
 
     parent (pipeline) -> train_backtest -> inference -> review -> persist
 
-Only run ids and artifact URIs pass between stages. A stage whose FINISHED run exists with the same
+The stages, their parameters and what each hands on are declared once in ``stages.STAGES``; this
+module walks them. Only run ids and artifact URIs pass between stages. A stage whose FINISHED run exists with the same
 cache key (entry point, params, code version, data digest) is reused instead of re-run, unless
 ``force``. The parent ends FAILED when a stage fails, naming the stage and its reason; finished
 children stay FINISHED.
@@ -12,9 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -22,13 +22,11 @@ from mlflow.tracking import MlflowClient
 from tradeflow.config import RunConfig
 from tradeflow.errors import StepError
 from tradeflow.runs.projects import StageOutcome, run_entry_point
-from tradeflow.pipeline.cache import LEASED_STAGES, StageLease, cache_key, find_cached
+from tradeflow.pipeline.cache import StageLease, cache_key, find_cached
+from tradeflow.pipeline.stages import STAGES_BY_MODE, Handoff, Invocation, Stage
 from tradeflow.runs.records import (
-    InferenceRecord,
     PipelineRecord,
-    ReviewRecord,
     Tag,
-    TrainRecord,
     children_of,
     find_by_tags,
     mark_failed,
@@ -36,28 +34,11 @@ from tradeflow.runs.records import (
 from tradeflow.runs.tracking import code_version, log_resolved_config, stage_run
 
 log = logging.getLogger(__name__)
-
-STAGES_BY_MODE: dict[str, tuple[str, ...]] = {
-    "both": ("train_backtest", "inference", "review", "persist"),
-    "train_backtest": ("train_backtest",),
-    "inference": ("inference", "review", "persist"),
-}
-
 ARTIFACTS = PipelineRecord.described()
 
 
 class StageFailed(StepError):
     """A child stage ended FAILED; the message names the stage, its run and its reason."""
-
-
-@dataclass
-class PipelineState:
-    """What later stages need from earlier ones: ids and URIs only."""
-
-    model_uri: str | None = None
-    evidence_uri: str | None = None
-    review_run_id: str | None = None
-    decision: dict = field(default_factory=dict)
 
 
 def stage_config_json(cfg: RunConfig) -> str:
@@ -111,8 +92,8 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
         # Cheap checks before any child run: the data loads and validates, a model exists.
         market = load_market_data(cfg)
         mlflow.set_tag(Tag.DATA_DIGEST, market.digest)
-        state = PipelineState()
-        if cfg.mode == "inference":
+        state = Handoff()
+        if "model_uri" in STAGES_BY_MODE[cfg.mode][0].reads:  # no stage of this mode trains: the registry's serves
             state.model_uri = resolve_model(cfg, None, client).uri
 
         code = code_version()
@@ -129,22 +110,23 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
             except Exception as exc:  # noqa: BLE001 - the description never fails the pipeline
                 log.warning("could not describe the pipeline run: %s", exc)
 
+        invocation = Invocation(config_json, execution_id=execution_id, dag_id=dag_id or DAG_ID,
+                                task_id=task_id or "pipeline")
         for stage in STAGES_BY_MODE[cfg.mode]:
-            params = _stage_params(stage, cfg, state, config_json, execution_id=execution_id,
-                                   dag_id=dag_id or DAG_ID, task_id=task_id or "pipeline")
-            extra = {"backend": os.environ.get("BACKEND_API_URL", "")} if stage == "persist" else None
-            key = cache_key(stage, params, code=code, data_digest=market.digest, extra=extra)
+            params = stage.params(cfg, state, invocation)
+            key = cache_key(stage.name, params, code=code, data_digest=market.digest,
+                            extra=stage.cache_extra() if stage.cache_extra else None)
             outcome = _run_or_reuse(client, stage, params, key, parent, force=force)
             outcomes.append(outcome)
-            mlflow.set_tags({Tag.STAGE_RUN_ID.format(stage=stage): outcome.run_id,
-                             Tag.STAGE_REUSED.format(stage=stage): str(outcome.reused).lower()})
-            mlflow.log_metric(f"stage_{stage}_seconds", outcome.seconds)
+            mlflow.set_tags({Tag.STAGE_RUN_ID.format(stage=stage.name): outcome.run_id,
+                             Tag.STAGE_REUSED.format(stage=stage.name): str(outcome.reused).lower()})
+            mlflow.log_metric(f"stage_{stage.name}_seconds", outcome.seconds)
             if not outcome.ok:
-                mlflow.set_tag(Tag.FAILED_STAGE, stage)
+                mlflow.set_tag(Tag.FAILED_STAGE, stage.name)
                 _write_summary(cfg, execution_id, outcomes, state)
-                describe(f"stage {stage} failed (run {outcome.run_id}): {outcome.failure}")
-                raise StageFailed(f"{cfg.symbol}: stage {stage} failed (run {outcome.run_id}): {outcome.failure}")
-            _collect(stage, outcome.run_id, client, state)
+                describe(f"stage {stage.name} failed (run {outcome.run_id}): {outcome.failure}")
+                raise StageFailed(f"{cfg.symbol}: stage {stage.name} failed (run {outcome.run_id}): {outcome.failure}")
+            stage.collect(outcome.run_id, client.get_run(outcome.run_id).data.tags, state)
 
         summary = _write_summary(cfg, execution_id, outcomes, state)
         if state.decision:
@@ -159,18 +141,6 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
         return summary
 
 
-def _stage_params(stage: str, cfg: RunConfig, state: PipelineState, config_json: str, *,
-                  execution_id: str, dag_id: str, task_id: str) -> dict[str, str]:
-    if stage == "train_backtest":
-        return {"symbol": cfg.symbol, "config": config_json}
-    if stage == "inference":
-        return {"symbol": cfg.symbol, "model_uri": state.model_uri or "", "config": config_json}
-    if stage == "review":
-        return {"evidence_uri": state.evidence_uri or "", "config": config_json}
-    if stage == "persist":
-        return {"review_run_id": state.review_run_id or "", "execution_id": execution_id,
-                "dag_id": dag_id, "task_id": task_id}
-    raise ValueError(f"unknown stage {stage!r}")
 
 
 def _own_params(cfg: RunConfig, *, execution_id: str, force: bool, dag_id: str, task_id: str) -> dict[str, str]:
@@ -180,28 +150,28 @@ def _own_params(cfg: RunConfig, *, execution_id: str, force: bool, dag_id: str, 
     return resolved_params("pipeline", cfg, execution_id=execution_id, force=force, dag_id=dag_id, task_id=task_id)
 
 
-def _run_or_reuse(client: MlflowClient, stage: str, params: dict[str, str], key: str, parent, *, force: bool) -> StageOutcome:
-    experiment_id = parent.info.experiment_id
+def _run_or_reuse(client: MlflowClient, stage: Stage, params: dict[str, str], key: str, parent, *, force: bool) -> StageOutcome:
+    experiment_id, name = parent.info.experiment_id, stage.name
     lease: StageLease | None = None
     if not force:
         cached = find_cached(client, experiment_id, key)
         if cached:
-            log.info("stage %s: reusing FINISHED run %s (same params, code and data)", stage, cached)
-            mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "cached")
-            return StageOutcome(stage, cached, "FINISHED", 0.0, reused=True, params=params)
-        if stage in LEASED_STAGES:
-            lease = StageLease(client, parent, stage, key)
+            log.info("stage %s: reusing FINISHED run %s (same params, code and data)", name, cached)
+            mlflow.set_tag(Tag.STAGE_LEASE.format(stage=name), "cached")
+            return StageOutcome(name, cached, "FINISHED", 0.0, reused=True, params=params)
+        if stage.leased:
+            lease = StageLease(client, parent, name, key)
             started = time.monotonic()
             adopted = lease.acquire_or_adopt()
             if adopted:
-                mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "adopted")
-                return StageOutcome(stage, adopted, "FINISHED", time.monotonic() - started, reused=True, params=params)
-            mlflow.set_tag(Tag.STAGE_LEASE.format(stage=stage), "held")
+                mlflow.set_tag(Tag.STAGE_LEASE.format(stage=name), "adopted")
+                return StageOutcome(name, adopted, "FINISHED", time.monotonic() - started, reused=True, params=params)
+            mlflow.set_tag(Tag.STAGE_LEASE.format(stage=name), "held")
     symbol = client.get_run(parent.info.run_id).data.tags.get(Tag.SYMBOL, "")
     try:
         with lease.heartbeat() if lease else _nothing():
-            outcome = run_entry_point(stage, params, experiment_id=experiment_id, parent_run_id=parent.info.run_id,
-                                      run_name=f"{symbol} · {stage}" if symbol else stage)
+            outcome = run_entry_point(name, params, experiment_id=experiment_id, parent_run_id=parent.info.run_id,
+                                      run_name=f"{symbol} · {name}" if symbol else name)
         if outcome.ok:
             client.set_tag(outcome.run_id, Tag.CACHE_KEY, key)
         return outcome
@@ -218,24 +188,9 @@ class _nothing:
         return None
 
 
-def _collect(stage: str, run_id: str, client: MlflowClient, state: PipelineState) -> None:
-    """Read what the next stage needs from a finished stage run."""
-    tags = client.get_run(run_id).data.tags
-    if stage == "train_backtest":
-        name, version = tags.get(Tag.MODEL_NAME), tags.get(Tag.MODEL_VERSION)
-        state.model_uri = f"models:/{name}/{version}" if name and version else TrainRecord.MODEL.uri(run_id)
-        # the do-no-harm gate kept the alias on a better version: serve that one (labelled in its evidence)
-        state.model_uri = tags.get(Tag.SERVING_MODEL) or state.model_uri
-    elif stage == "inference":
-        state.evidence_uri = InferenceRecord.evidence.uri(run_id)
-    elif stage == "review":
-        state.review_run_id = run_id
-        decision = ReviewRecord.decision.load_json(run_id)
-        state.decision = {"action": decision["decision"]["action"], "confidence": decision["decision"]["confidence"],
-                          "fallback_reason": decision.get("fallback_reason"), "review_run_id": run_id}
 
 
-def _write_summary(cfg: RunConfig, execution_id: str, outcomes: list[StageOutcome], state: PipelineState) -> dict:
+def _write_summary(cfg: RunConfig, execution_id: str, outcomes: list[StageOutcome], state: Handoff) -> dict:
     summary = {
         "symbol": cfg.symbol, "mode": cfg.mode, "execution_id": execution_id,
         "stages": [{k: v for k, v in asdict(o).items() if k != "params"} for o in outcomes],
