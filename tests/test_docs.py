@@ -154,3 +154,28 @@ def test_readme_layout_names_every_library_module():
     assert not missing, f"not in README's layout table: {missing}"
     for name in ("dqn_loop.py", "epochs.py"):  # the builtin engine's modules, named in the table
         assert name in layout and (REPO / "tradeflow" / "engines" / "builtin" / name).exists()
+
+
+def test_the_layout_docs_name_only_paths_that_exist_and_every_module():
+    """README's layout table and docs/architecture.md match the tree: every ``tradeflow/...`` path
+    they write exists, and every module of every package is named in one of them (by its path, or
+    by its file name beside its package)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    text = readme.split("## Layout", 1)[1].split("\n## ", 1)[0] + (REPO / "docs" / "architecture.md").read_text()
+    written = set(re.findall(r"tradeflow/[\w/]+(?:\.py|/)", text))
+    assert written, "no paths found: the pattern is wrong"
+    stale = sorted(p for p in written if not (REPO / p).exists())
+    assert not stale, f"paths in README/architecture.md that do not exist: {stale}"
+    unnamed = []
+    for module in sorted((REPO / "tradeflow").rglob("*.py")):
+        rel = module.relative_to(REPO / "tradeflow")
+        if module.name == "__init__.py" or "airflow" in rel.parts:
+            continue
+        package = rel.parent.as_posix()
+        by_path = f"tradeflow/{rel.as_posix()}" in text or rel.as_posix() in text
+        by_name = f"`{module.name}`" in text or f"`{module.stem}`" in text
+        if not (by_path or (by_name and (package == "." or f"{package}/" in text))):
+            unnamed.append(rel.as_posix())
+    assert not unnamed, f"modules named neither in README's layout nor in docs/architecture.md: {unnamed}"
