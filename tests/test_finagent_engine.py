@@ -189,7 +189,7 @@ def test_calibration_is_deterministic_walk_forward_and_round_trips(stub, tmp_pat
     from tradeflow.engines.finagent import FinAgentEngine
     from tradeflow.engines.finagent_agent import CONFIG_FILE, FinAgentAgent
     from tradeflow.engines.finagent_rule import candidate_grid
-    from tradeflow.steps.train_backtest import with_history
+    from tradeflow.features import with_history
 
     cfg = _cfg(finagent={"top_k": 5, "lookback_bars": 40})
     splits = _splits(_bars(260), cfg)

@@ -135,8 +135,7 @@ def rebalance_rows(n_rows: int, spec: WalkForwardSpec, *, symbol: str = "data") 
 
 def _fit(engine, cfg: RunConfig, history: pd.DataFrame, row: int, workdir: Path) -> _Fitted:
     """Train as ``train_backtest`` does on ``history`` and backtest on its valid and test splits."""
-    from tradeflow.features import split_for_run
-    from tradeflow.steps.train_backtest import with_history
+    from tradeflow.features import split_for_run, with_history
 
     window = cfg.trademaster.backward_num_day
     splits = split_for_run(history, cfg)

@@ -42,7 +42,7 @@ def train_backtest_step(cfg: RunConfig) -> dict:
     """Run the whole step inside one MLflow run; return the summary (also logged)."""
     from tradeflow.data import load_market_data
     from tradeflow.engines import get_engine
-    from tradeflow.features import compute_features, split_for_run
+    from tradeflow.features import compute_features, split_for_run, with_history
 
     engine = get_engine(cfg.engine)  # unknown/unavailable engine fails before the run starts
     tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
@@ -119,10 +119,6 @@ def train_backtest_step(cfg: RunConfig) -> dict:
                                                 experiment_name=cfg.experiment_name)))
         _print_summary(summary)
         return summary
-
-
-def with_history(previous: pd.DataFrame, frame: pd.DataFrame, window: int) -> pd.DataFrame:
-    return pd.concat([previous.tail(window - 1), frame], ignore_index=True)
 
 
 def _log_progress(update: dict) -> None:
