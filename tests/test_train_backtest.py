@@ -126,3 +126,24 @@ def test_same_seed_and_data_give_identical_metrics(tracking_store):
     assert first["test"] == second["test"]
     other_seed = train_backtest_step(cfg.override({"seed": 7}))
     assert other_seed["data_digest"] == first["data_digest"]
+
+
+@pytest.mark.parametrize(("params", "env", "why"), [
+    ({"register_model": "false"}, {}, "register_model=false"),
+    ({}, {"TRADEFLOW_REPRODUCTION_OF": "0" * 32}, "reproduction run"),
+], ids=["register_model-false", "reproduction"])
+def test_an_unregistered_runs_description_says_why(tracking_store, monkeypatch, params, env, why):
+    """The run's description names the reason registration was skipped (the registry tag is set
+    after the run started, so the run's tag snapshot never had it)."""
+    from tradeflow.config import resolve_config
+    from tradeflow.records import Tag
+    from tradeflow.steps.train_backtest import train_backtest_step
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = resolve_config({"symbol": "AAPL", "data_source": "csv:data/trademaster/dj30_2020_2021.csv", **params, **FAST})
+    summary = train_backtest_step(cfg)
+    tags = MlflowClient().get_run(summary["run_id"]).data.tags
+    assert summary["model_version"] is None and tags[Tag.REGISTRY] == f"skipped: {why}"
+    assert f"(not registered: {why})" in tags[Tag.NOTE]
+    assert "see tags" not in tags[Tag.NOTE]

@@ -234,8 +234,7 @@ def record_train(run, cfg: RunConfig, outcome: TrainOutcome, *, market, features
                             registration=registration)
     mlflow.log_dict(summary, RECORD.summary.path)
     run_notes.set_name_and_note(run.info.run_id, run_notes.train_backtest_name(cfg), run_notes.train_backtest_note(
-        cfg, metrics=metrics, bounds=bounds, market=market, model_line=model_line(cfg, model_uri, registration) if registration.version else
-        f"`{model_uri}` (not registered: {mlflow.active_run().data.tags.get('tradeflow.registry', 'see tags')})",
+        cfg, metrics=metrics, bounds=bounds, market=market, model_line=model_line(cfg, model_uri, registration),
         reproduce=run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
                                             experiment_name=cfg.experiment_name)))
     _print_summary(summary)
