@@ -147,7 +147,7 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
         record = review_record(review_run_id)
         client = WebUIClient.from_env()
         # skipped: no payloads are built, as before (nothing would send them)
-        plan = plan_persist(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id) if client else None
+        plan = plan_persist(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id) if client is not None else None
         return record_persist(run, cfg, plan, client=client, review_run_id=review_run_id, execution_id=execution_id)
 
 
