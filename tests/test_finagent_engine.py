@@ -19,10 +19,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import DJ30_BOTH, REPO, require_shared_data
-from tradeflow.config import resolve_config
-from tradeflow.errors import ConfigError
+from tradeflow.config import ConfigError, resolve_config
 from tradeflow.engines import EngineUnavailable
-from tradeflow.engines.finagent import compat
+from tradeflow.engines import _finagent_compat as compat
 
 STUB_BACKEND = REPO / "tests" / "support" / "finagent_stub" / "src" / "backend"
 
@@ -166,7 +165,7 @@ def test_upstream_gets_exactly_our_window_no_look_ahead(stub):
     ("network", "UpstreamNetworkBlocked", "network access blocked while upstream FinAgent runs"),
 ])
 def test_upstream_failure_modes_fail_clearly_and_leave_the_process_intact(stub, monkeypatch, mode, error, fragment):
-    from tradeflow.engines.finagent import analyst as finagent_analyst
+    from tradeflow.engines import finagent_analyst
 
     exc_type = getattr(finagent_analyst, error, None) or getattr(compat, error)
     monkeypatch.setenv("FINAGENT_STUB_MODE", mode)
@@ -190,7 +189,7 @@ def test_calibration_is_deterministic_walk_forward_and_round_trips(stub, tmp_pat
     from tradeflow.engines.finagent.engine import FinAgentEngine
     from tradeflow.engines.finagent.agent import CONFIG_FILE, FinAgentAgent
     from tradeflow.engines.finagent.rule import candidate_grid
-    from tradeflow.steps.train_backtest import with_history
+    from tradeflow.features import with_history
 
     cfg = _cfg(finagent={"top_k": 5, "lookback_bars": 40})
     splits = _splits(_bars(260), cfg)

@@ -11,6 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import BTC_CSV, DJ30_BOTH, mlflow_run, require_shared_data
+# Imported at collection: a pyfunc load in a test below puts the model's copy of tradeflow first on
+# sys.path, and a tradeflow first imported after that would be the copy (no MLproject beside it).
+from tradeflow.config import resolve_config
+from tradeflow.runs.records import Tag
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +119,6 @@ def test_bad_parameters_fail_fast_with_one_line_and_no_running_run(tracking_stor
 def test_same_seed_and_data_give_identical_metrics(tracking_store):
     """Determinism, in process (two full steps on the same data, seed and code)."""
     require_shared_data()
-    from tradeflow.config import resolve_config
     from tradeflow.steps.train_backtest import train_backtest_step
 
     cfg = resolve_config({"symbol": "AAPL", "data_source": DJ30_BOTH, "register_model": "false", **FAST})
@@ -126,3 +129,22 @@ def test_same_seed_and_data_give_identical_metrics(tracking_store):
     assert first["test"] == second["test"]
     other_seed = train_backtest_step(cfg.override({"seed": 7}))
     assert other_seed["data_digest"] == first["data_digest"]
+
+
+@pytest.mark.parametrize(("params", "env", "why"), [
+    ({"register_model": "false"}, {}, "register_model=false"),
+    ({}, {"TRADEFLOW_REPRODUCTION_OF": "0" * 32}, "reproduction run"),
+], ids=["register_model-false", "reproduction"])
+def test_an_unregistered_runs_description_says_why(tracking_store, monkeypatch, params, env, why):
+    """The run's description names the reason registration was skipped (the registry tag is set
+    after the run started, so the run's tag snapshot never had it)."""
+    from tradeflow.steps.train_backtest import train_backtest_step
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = resolve_config({"symbol": "AAPL", "data_source": "csv:data/trademaster/dj30_2020_2021.csv", **params, **FAST})
+    summary = train_backtest_step(cfg)
+    tags = MlflowClient().get_run(summary["run_id"]).data.tags
+    assert summary["model_version"] is None and tags[Tag.REGISTRY] == f"skipped: {why}"
+    assert f"(not registered: {why})" in tags[Tag.NOTE]
+    assert "see tags" not in tags[Tag.NOTE]

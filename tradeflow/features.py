@@ -136,6 +136,12 @@ def split_for_run(frame: pd.DataFrame, cfg: RunConfig) -> Splits:
     )
 
 
+def with_history(previous: pd.DataFrame, frame: pd.DataFrame, window: int) -> pd.DataFrame:
+    """``frame`` after the last ``window - 1`` rows of ``previous``: the first observation needs a
+    full window, so with this history a backtest trades from ``frame``'s first bar."""
+    return pd.concat([previous.tail(window - 1), frame], ignore_index=True)
+
+
 def latest_window(frame: pd.DataFrame, window: int, *, symbol: str = "data") -> pd.DataFrame:
     """The last ``window`` feature rows (the observation an agent acts on now), index reset."""
     if window < 1:

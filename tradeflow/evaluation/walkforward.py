@@ -6,8 +6,8 @@ Schedule (on the feature rows of ``tradeflow.features.compute_features``):
   decision taken at the close of ``r_j`` is held until the close of ``r_{j+1}``;
 - every ``refit_every``-th rebalance, each algorithm is retrained on the rows up to ``r_j``
   (all of them: expanding; the last ``window``: rolling), exactly as ``train_backtest`` would on
-  that day: ``split_for_run`` (train/valid/test by the config's ratios), ``Engine.train``
-  (best epoch on valid), ``Engine.backtest`` on valid and test;
+  that day, through its ``compute_train``: ``split_for_run`` (train/valid/test by the config's
+  ratios), ``Engine.train`` (best epoch on valid), ``Engine.backtest`` on the three splits;
 - the do-no-harm gate (``tradeflow.gate``) is applied to each refit, and a per-symbol
   ``champion`` moves as the registry alias does: only to a model that passes and beats the
   current champion on the new model's validation window;
@@ -49,7 +49,7 @@ from tradeflow.evaluation.policies import (
     random_policy,
     sma_crossover,
 )
-from tradeflow.gate import GateResult, check_gate
+from tradeflow.gate import GateResult
 
 log = logging.getLogger(__name__)
 
@@ -135,21 +135,14 @@ def rebalance_rows(n_rows: int, spec: WalkForwardSpec, *, symbol: str = "data") 
 
 
 def _fit(engine, cfg: RunConfig, history: pd.DataFrame, row: int, workdir: Path) -> _Fitted:
-    """Train as ``train_backtest`` does on ``history`` and backtest on its valid and test splits."""
+    """Train on ``history`` with the train step's own compute half, so a refit is what
+    ``train_backtest`` would have recorded that day."""
     from tradeflow.features import split_for_run
-    from tradeflow.steps.train_backtest import with_history
+    from tradeflow.steps.train_backtest import compute_train
 
-    window = cfg.trademaster.backward_num_day
-    splits = split_for_run(history, cfg)
-    started = time.perf_counter()
-    result = engine.train(splits, cfg, workdir=workdir)
-    seconds = time.perf_counter() - started
-    valid_frame = with_history(splits.train, splits.valid, window)
-    valid = engine.backtest(result.agent, valid_frame, cfg).metrics
-    test = engine.backtest(result.agent, with_history(splits.valid, splits.test, window), cfg).metrics
-    metrics = {**{f"valid_{k}": float(v) for k, v in valid.items()}, **{f"test_{k}": float(v) for k, v in test.items()}}
-    return _Fitted(cfg.algorithm, result.agent, row, f"{history['date'].iloc[-1]:%Y-%m-%d}", metrics,
-                   check_gate(valid), valid_frame, seconds)
+    outcome = compute_train(split_for_run(history, cfg), cfg, engine=engine, workdir=workdir)
+    return _Fitted(cfg.algorithm, outcome.agent, row, f"{history['date'].iloc[-1]:%Y-%m-%d}", outcome.metrics,
+                   outcome.gate, outcome.frames["valid"], outcome.train_seconds)
 
 
 def _promote(engine, cfg: RunConfig, champion: _Fitted | None, new: _Fitted) -> tuple[_Fitted | None, str]:

@@ -1,13 +1,16 @@
 """Step 2: the trained model's action on the latest bars, packed as evidence for the review.
 
 Never acts with an untrained network: the model must resolve in the registry (or as a run's
-model) before any data is loaded.
+model) before any data is loaded. ``compute_inference`` acts and builds the evidence without
+MLflow (model, bars, training context and gate come in as values); ``record_inference`` writes the
+``InferenceOutcome`` through ``InferenceRecord``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
@@ -33,7 +36,6 @@ def gate_block(cfg: RunConfig, resolved: ResolvedModel, client: MlflowClient | N
     Read from the version's tags (or the training run's, for a ``runs:/`` model); a model trained
     before the gate existed is ``passed: null`` ("not checked"), which caps nothing.
     """
-
     client = client or MlflowClient()
     tags: dict[str, str] = {}
     try:
@@ -68,11 +70,72 @@ def inference_layer(training_config: dict[str, Any]) -> dict[str, Any]:
     return {k: training_config[k] for k in keys if training_config.get(k) not in (None, "")}
 
 
-def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, Any]) -> dict:
+@dataclass(frozen=True, eq=False)
+class InferenceOutcome:
+    """The model's action on the latest window and the evidence for the review, unrecorded."""
+
+    prediction: dict[str, Any]  # the model's output row: action, suggestion, score_<a>
+    action: int  # target position
+    #: score per action the model scored (an action it gives no score for is absent, not NaN)
+    scores: dict[str, float]
+    as_of: str  # date of the latest bar acted on
+    window_start: str
+    evidence: dict[str, Any]  # evidence.json (with the finagent/prompts sections for engine=finagent)
+    snapshot: dict[str, Any]  # plots/price_bars.json
+    warning: str | None = None  # the model was trained on another symbol
+    finagent: dict[str, Any] | None = None  # engine=finagent: its evidence section; the prompt in ``prompts``
+
+    @property
+    def suggestion(self) -> str:
+        return str(self.prediction["suggestion"])
+
+
+def compute_inference(cfg: RunConfig, *, model: Any, market: Any, resolved: ResolvedModel,
+                      training: dict[str, Any], gate: dict[str, Any]) -> InferenceOutcome:
+    """Act with the loaded ``model`` on ``market``'s latest window and build the evidence.
+    ``gate`` is ``gate_block``'s answer and ``training`` ``training_context``'s (read beforehand)."""
     from tradeflow.backtest import periods_per_year_for
-    from tradeflow.data import load_market_data
     from tradeflow.evidence import build_evidence
     from tradeflow.features import compute_features, latest_window
+
+    meta = _agent_meta(model)
+    features = compute_features(market.bars)
+    window = latest_window(features, int(meta["window"]), symbol=cfg.symbol)
+    prediction = model.predict(window[list(meta["feature_columns"])]).iloc[0].to_dict()
+    action = int(prediction["action"])
+    # an action the model gives no score for (FinAgent's rule without shorts: no -1) comes back
+    # as NaN from the DataFrame: it is absent, not a number (JSON and the review refuse NaN)
+    scores = {k.removeprefix("score_"): float(v) for k, v in prediction.items()
+              if k.startswith("score_") and math.isfinite(float(v))}
+    evidence = build_evidence(
+        symbol=cfg.symbol, bars=market.bars, bar_size=cfg.bar_size,
+        periods_per_year=periods_per_year_for(market.bars["date"]),
+        model={"uri": resolved.uri, "version": resolved.version, "engine": meta.get("engine"),
+               "algorithm": meta.get("algorithm"), "suggestion": prediction["suggestion"],
+               "target_position": action, "scores": scores, "gate": gate},
+        training_run=training,
+        data={"source": market.source, "digest": market.digest, "rows": market.rows, "synthetic": market.synthetic},
+    )
+    finagent = None
+    if meta.get("engine") == "finagent":
+        finagent = _add_finagent_evidence(model, window, evidence)
+    return InferenceOutcome(
+        prediction=prediction, action=action, scores=scores, as_of=str(window["date"].iloc[-1].date()),
+        window_start=str(window["date"].iloc[0].date()), evidence=evidence,
+        snapshot=market_data_snapshot(cfg.symbol, cfg.bar_size, market.bars),
+        warning=symbol_warning(meta, cfg.symbol), finagent=finagent)
+
+
+def symbol_warning(meta: dict[str, Any], symbol: str) -> str | None:
+    """Set when the model was trained on another symbol than it is applied to."""
+    if meta.get("symbol") and meta["symbol"] != symbol:
+        return f"model trained on {meta['symbol']}, applied to {symbol}"
+    return None
+
+
+def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, Any]) -> dict:
+    """Open the run, load the model and the bars, ``compute_inference``, ``record_inference``."""
+    from tradeflow.data import load_market_data
     from tradeflow.model import load_logged_model
 
     tags = {Tag.SYMBOL: cfg.symbol, Tag.DATA_SOURCE: cfg.data_source}
@@ -87,83 +150,76 @@ def inference_step(cfg: RunConfig, resolved: ResolvedModel, training: dict[str, 
             **{k: v for k, v in cfg.flat_params().items() if k.startswith(("cfg.symbol", "cfg.data_", "cfg.bar_size", "cfg.end_date", "cfg.backtest_lookback_days"))},
         })
         model = load_logged_model(resolved.uri)
-        meta = _agent_meta(model)
-        if meta.get("symbol") and meta["symbol"] != cfg.symbol:
-            mlflow.set_tag(Tag.WARNING, f"model trained on {meta['symbol']}, applied to {cfg.symbol}")
+        if warning := symbol_warning(_agent_meta(model), cfg.symbol):  # before the bars: says so if they fail
+            mlflow.set_tag(Tag.WARNING, warning)
 
         market = load_market_data(cfg)
         mlflow.set_tags({Tag.DATA_DIGEST: market.digest, Tag.SYNTHETIC: str(market.synthetic).lower()})
         market.log_mlflow_input("inference")
-        features = compute_features(market.bars)
-        window = latest_window(features, int(meta["window"]), symbol=cfg.symbol)
-        prediction = model.predict(window[list(meta["feature_columns"])]).iloc[0].to_dict()
-        action = int(prediction["action"])
-        # an action the model gives no score for (FinAgent's rule without shorts: no -1) comes back
-        # as NaN from the DataFrame: it is absent, not a number (JSON and the review refuse NaN)
-        scores = {k.removeprefix("score_"): float(v) for k, v in prediction.items()
-                  if k.startswith("score_") and math.isfinite(float(v))}
-        as_of = str(window["date"].iloc[-1].date())
-        mlflow.log_params({"data.rows": market.rows, "data.start": str(market.start.date()),
-                           "data.as_of": as_of, "data.window_start": str(window["date"].iloc[0].date())})
-        mlflow.log_metrics({"model_action": float(action), **{f"score_{k}": v for k, v in scores.items()}})
-        mlflow.set_tag(Tag.MODEL_SUGGESTION, str(prediction["suggestion"]))
-        mlflow.log_dict({"model_uri": resolved.uri, "as_of": as_of, **prediction}, RECORD.prediction.path)
-
         gate = gate_block(cfg, resolved)
-        mlflow.set_tags({Tag.GATE: {True: "passed", False: "failed", None: "unknown"}[gate["passed"]],
-                         Tag.GATE_REASON: gate["reason"][:5000]})
-        if gate["passed"] is False:
-            print(f"{cfg.symbol}: the served model FAILED the do-no-harm gate ({gate['reason']}); "
-                  f"the review caps the decision's confidence" + ("" if gate["enforced"] else " (gate disabled: not capped)"),
-                  flush=True)
-        evidence = build_evidence(
-            symbol=cfg.symbol, bars=market.bars, bar_size=cfg.bar_size,
-            periods_per_year=periods_per_year_for(market.bars["date"]),
-            model={"uri": resolved.uri, "version": resolved.version, "engine": meta.get("engine"),
-                   "algorithm": meta.get("algorithm"), "suggestion": prediction["suggestion"],
-                   "target_position": action, "scores": scores, "gate": gate},
-            training_run=training,
-            data={"source": market.source, "digest": market.digest, "rows": market.rows, "synthetic": market.synthetic},
-        )
-        if meta.get("engine") == "finagent":
-            _add_finagent_evidence(model, window, evidence)
-        mlflow.log_dict(evidence, RECORD.evidence.path)
-        figure = price_chart(market.bars, evidence)
-        mlflow.log_figure(figure, RECORD.price_plot.path)
-        _pyplot().close(figure)
-        mlflow.log_dict(market_data_snapshot(cfg.symbol, cfg.bar_size, market.bars), RECORD.price_bars.path)
-        evidence_uri = RECORD.evidence.uri(run.info.run_id)
-        run_notes.set_name_and_note(run.info.run_id, run_notes.inference_name(cfg.symbol, as_of, str(prediction["suggestion"])), "\n".join([
-            f"## {cfg.symbol} · inference as of {as_of} → model suggests **{prediction['suggestion']}** (target position {action})",
-            "",
-            run_notes.data_line(market.source, market.synthetic, start=str(market.start.date()), end=as_of,
-                                rows=market.rows, digest=market.digest),
-            "",
-            f"**Model**: `{resolved.uri}` (training run {run_notes.run_link(training.get('experiment_id') or run.info.experiment_id, resolved.training_run_id)}); "
-            f"scores: {', '.join(f'{k}: {v:.3f}' for k, v in scores.items())}.",
-            "",
-            "**Evidence** for the review: `evidence.json`; chart: `plots/price.png`.",
-            "",
-            run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
-                                      experiment_name=cfg.experiment_name),
-        ]))
-        print(f"{cfg.symbol} {as_of}: model {resolved.uri} suggests {prediction['suggestion']} "
-              f"(target position {action}); evidence {evidence_uri}", flush=True)
-        return {"run_id": run.info.run_id, "evidence_uri": evidence_uri, "suggestion": prediction["suggestion"]}
+        outcome = compute_inference(cfg, model=model, market=market, resolved=resolved, training=training, gate=gate)
+        return record_inference(run, cfg, outcome, market=market, resolved=resolved, training=training,
+                                own_params=own_params)
 
 
-def _add_finagent_evidence(model: Any, window: Any, evidence: dict[str, Any]) -> None:
+def record_inference(run: Any, cfg: RunConfig, outcome: InferenceOutcome, *, market: Any, resolved: ResolvedModel,
+                     training: dict[str, Any], own_params: dict) -> dict:
+    """Log the outcome through ``InferenceRecord`` (prediction, evidence, chart, snapshot) and describe the run."""
+    from tradeflow.runs import notes as run_notes
+
+    prediction, action, scores, as_of = outcome.prediction, outcome.action, outcome.scores, outcome.as_of
+    mlflow.log_params({"data.rows": market.rows, "data.start": str(market.start.date()),
+                       "data.as_of": as_of, "data.window_start": outcome.window_start})
+    mlflow.log_metrics({"model_action": float(action), **{f"score_{k}": v for k, v in scores.items()}})
+    mlflow.set_tag(Tag.MODEL_SUGGESTION, outcome.suggestion)
+    mlflow.log_dict({"model_uri": resolved.uri, "as_of": as_of, **prediction}, RECORD.prediction.path)
+
+    gate = outcome.evidence["model"]["gate"]
+    mlflow.set_tags({Tag.GATE: {True: "passed", False: "failed", None: "unknown"}[gate["passed"]],
+                     Tag.GATE_REASON: gate["reason"][:5000]})
+    if gate["passed"] is False:
+        print(f"{cfg.symbol}: the served model FAILED the do-no-harm gate ({gate['reason']}); "
+              f"the review caps the decision's confidence" + ("" if gate["enforced"] else " (gate disabled: not capped)"),
+              flush=True)
+    if outcome.finagent is not None:
+        mlflow.log_dict(outcome.finagent["analysis"], RECORD.finagent_analysis.path)
+        mlflow.log_text(outcome.evidence["prompts"]["forecaster"]["text"], RECORD.finagent_prompt.path)
+        mlflow.set_tags({Tag.FINAGENT_UPSTREAM_RATING: str(outcome.finagent["upstream_rating"]),
+                         Tag.FINAGENT_CALIBRATED_RATING: outcome.finagent["calibrated"]["rating"]})
+    mlflow.log_dict(outcome.evidence, RECORD.evidence.path)
+    figure = price_chart(market.bars, outcome.evidence)
+    mlflow.log_figure(figure, RECORD.price_plot.path)
+    _pyplot().close(figure)
+    mlflow.log_dict(outcome.snapshot, RECORD.price_bars.path)
+    evidence_uri = RECORD.evidence.uri(run.info.run_id)
+    run_notes.set_name_and_note(run.info.run_id, run_notes.inference_name(cfg.symbol, as_of, outcome.suggestion), "\n".join([
+        f"## {cfg.symbol} · inference as of {as_of} → model suggests **{prediction['suggestion']}** (target position {action})",
+        "",
+        run_notes.data_line(market.source, market.synthetic, start=str(market.start.date()), end=as_of,
+                            rows=market.rows, digest=market.digest),
+        "",
+        f"**Model**: `{resolved.uri}` (training run {run_notes.run_link(training.get('experiment_id') or run.info.experiment_id, resolved.training_run_id)}); "
+        f"scores: {', '.join(f'{k}: {v:.3f}' for k, v in scores.items())}.",
+        "",
+        "**Evidence** for the review: `evidence.json`; chart: `plots/price.png`.",
+        "",
+        run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
+                                  experiment_name=cfg.experiment_name),
+    ]))
+    print(f"{cfg.symbol} {as_of}: model {resolved.uri} suggests {prediction['suggestion']} "
+          f"(target position {action}); evidence {evidence_uri}", flush=True)
+    return {"run_id": run.info.run_id, "evidence_uri": evidence_uri, "suggestion": prediction["suggestion"]}
+
+
+def _add_finagent_evidence(model: Any, window: Any, evidence: dict[str, Any]) -> dict[str, Any]:
     """engine=finagent: upstream FinAgent's analysis JSON and forecaster prompt join the evidence
-    (``finagent`` and ``prompts`` sections; also logged under ``finagent/``)."""
+    (``finagent`` and ``prompts`` sections; the record half also logs them under ``finagent/``)."""
     from tradeflow.engines.finagent.agent import review_evidence
 
     section, prompts = review_evidence(model.unwrap_python_model().agent, window)
     evidence["finagent"] = section
     evidence["prompts"] = prompts
-    mlflow.log_dict(section["analysis"], RECORD.finagent_analysis.path)
-    mlflow.log_text(prompts["forecaster"]["text"], RECORD.finagent_prompt.path)
-    mlflow.set_tags({Tag.FINAGENT_UPSTREAM_RATING: str(section["upstream_rating"]),
-                     Tag.FINAGENT_CALIBRATED_RATING: section["calibrated"]["rating"]})
+    return section
 
 
 def _agent_meta(model: Any) -> dict[str, Any]:

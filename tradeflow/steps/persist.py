@@ -4,12 +4,15 @@ artifacts whose ``run_id``/``experiment_id`` point back at the review run.
 Idempotent per (execution_id, step_name, symbol, type): a retried task or a re-run with the same
 execution id patches the existing artifacts instead of adding new ones. With no
 ``BACKEND_API_URL`` the step is skipped and says so (tag ``webui.persist=skipped`` + output).
+``plan_persist`` shapes the payloads from the review record in memory; ``persist_step`` reads the
+record, sends the plan and records what the WebUI answered.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
@@ -111,36 +114,66 @@ def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, t
     return payloads
 
 
+@dataclass(frozen=True)
+class PersistPlan:
+    """What persist sends, before any request: the WebUI payloads, lineage included."""
+
+    payloads: list[dict[str, Any]]  # signal, llm and (with a chart) chart artifacts
+
+    @property
+    def types(self) -> list[str]:
+        return [payload["type"] for payload in self.payloads]
+
+
+def persist_params(review_run_id: str, *, execution_id: str, dag_id: str, task_id: str) -> dict[str, str]:
+    """The run's ``persist.*`` params."""
+    return {"persist.review_run_id": review_run_id, "persist.execution_id": execution_id,
+            "persist.dag_id": dag_id, "persist.task_id": task_id}
+
+
+def plan_persist(record: dict[str, Any], *, execution_id: str, dag_id: str, task_id: str) -> PersistPlan:
+    """``review_record``'s answer (already read) -> the payloads to upsert."""
+    return PersistPlan(build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id))
+
+
 def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_id: str, task_id: str) -> dict:
+    """Open the run, read the review record, ``plan_persist``, send it (or record why not)."""
     from tradeflow.webui import WebUIClient
 
     tags = {Tag.SYMBOL: cfg.symbol, Tag.EXECUTION_ID: execution_id}
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags=tags) as run:
-        from tradeflow.runs.notes import SEP, set_name_and_note
-
         log_own_params({"review_run_id": review_run_id, "execution_id": execution_id, "dag_id": dag_id, "task_id": task_id})
-        mlflow.log_params({"persist.review_run_id": review_run_id, "persist.execution_id": execution_id,
-                           "persist.dag_id": dag_id, "persist.task_id": task_id})
+        mlflow.log_params(persist_params(review_run_id, execution_id=execution_id, dag_id=dag_id, task_id=task_id))
         record = review_record(review_run_id)
         client = WebUIClient.from_env()
-        if client is None:
-            message = "BACKEND_API_URL is not set: WebUI persistence skipped (decision kept in MLflow only)"
-            mlflow.set_tag(Tag.WEBUI_PERSIST, "skipped")
-            mlflow.log_dict({"skipped": message}, RECORD.webui_artifacts.path)
-            print(f"{cfg.symbol}: {message}", flush=True)
-            set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", "skipped (no WebUI)")),
-                              f"## {cfg.symbol} · persist: skipped\n\n{message}.")
-            return {"run_id": run.info.run_id, "skipped": True, "artifacts": []}
-        written = []
-        for payload in build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id):
-            row, created = client.upsert_artifact(payload)
-            written.append({"type": payload["type"], "id": row["id"], "created": created})
-            mlflow.set_tag(Tag.WEBUI_ARTIFACT_ID.format(kind=payload["type"]), str(row["id"]))
-        mlflow.set_tags({Tag.WEBUI_PERSIST: "done", Tag.WEBUI_URL: client.base_url})
-        mlflow.log_dict({"artifacts": written}, RECORD.webui_artifacts.path)
-        summary = ", ".join(f"{w['type']} #{w['id']} ({'created' if w['created'] else 'updated'})" for w in written)
-        print(f"{cfg.symbol}: WebUI artifacts {summary} for execution {execution_id}", flush=True)
-        set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", summary)),
-                          f"## {cfg.symbol} · persist → WebUI `{client.base_url}`\n\nArtifacts: {summary}; "
-                          f"execution `{execution_id}`, review run `{review_run_id}`.")
-        return {"run_id": run.info.run_id, "skipped": False, "artifacts": written}
+        # skipped: no payloads are built, as before (nothing would send them)
+        plan = plan_persist(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id) if client is not None else None
+        return record_persist(run, cfg, plan, client=client, review_run_id=review_run_id, execution_id=execution_id)
+
+
+def record_persist(run: Any, cfg: RunConfig, plan: PersistPlan | None, *, client: Any, review_run_id: str,
+                   execution_id: str) -> dict:
+    """Upsert the plan's payloads (``client`` None: skipped, and the run says so) and log the ids."""
+    from tradeflow.runs.notes import SEP, set_name_and_note
+
+    if client is None:
+        message = "BACKEND_API_URL is not set: WebUI persistence skipped (decision kept in MLflow only)"
+        mlflow.set_tag(Tag.WEBUI_PERSIST, "skipped")
+        mlflow.log_dict({"skipped": message}, RECORD.webui_artifacts.path)
+        print(f"{cfg.symbol}: {message}", flush=True)
+        set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", "skipped (no WebUI)")),
+                          f"## {cfg.symbol} · persist: skipped\n\n{message}.")
+        return {"run_id": run.info.run_id, "skipped": True, "artifacts": []}
+    written = []
+    for payload in plan.payloads:
+        row, created = client.upsert_artifact(payload)
+        written.append({"type": payload["type"], "id": row["id"], "created": created})
+        mlflow.set_tag(Tag.WEBUI_ARTIFACT_ID.format(kind=payload["type"]), str(row["id"]))
+    mlflow.set_tags({Tag.WEBUI_PERSIST: "done", Tag.WEBUI_URL: client.base_url})
+    mlflow.log_dict({"artifacts": written}, RECORD.webui_artifacts.path)
+    summary = ", ".join(f"{w['type']} #{w['id']} ({'created' if w['created'] else 'updated'})" for w in written)
+    print(f"{cfg.symbol}: WebUI artifacts {summary} for execution {execution_id}", flush=True)
+    set_name_and_note(run.info.run_id, SEP.join((cfg.symbol, "persist", summary)),
+                      f"## {cfg.symbol} · persist → WebUI `{client.base_url}`\n\nArtifacts: {summary}; "
+                      f"execution `{execution_id}`, review run `{review_run_id}`.")
+    return {"run_id": run.info.run_id, "skipped": False, "artifacts": written}

@@ -1,7 +1,9 @@
 """Step 3: the AutoGen team reviews the evidence and emits an auditable decision.
 
 A model failure never crashes the step: the team's guardrails turn it into HOLD with confidence 0,
-and this step labels the run ``review.fallback=true`` with the reason.
+and this step labels the run ``review.fallback=true`` with the reason. ``compute_review`` runs the
+team and shapes every record in memory; ``record_review`` writes the ``ReviewOutcome`` through
+``ReviewRecord`` (and the MLflow trace).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import json
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 
@@ -113,11 +116,75 @@ def _non_finite(value: Any, where: str, depth: int = 0) -> str | None:
     return None
 
 
+@dataclass(frozen=True, eq=False)
+class ReviewOutcome:
+    """The team's decision and everything the review run records about it, unrecorded."""
+
+    outcome: Any  # review_agents' ReviewOutcome: decision, transcript, usage, fallback, guardrails
+    signal_data: dict[str, Any]  # signal_data.json (TradingSignal rules checked)
+    decision: dict[str, Any]  # decision.json
+    #: only a language model reports token usage (the rules reviewer's counts are budget estimates)
+    reports_tokens: bool
+    conversation: str  # autogen_conversation.jsonl
+    markdown: str  # transcript.md
+    html: str  # transcript.html
+    metrics: dict[str, float]
+    tags: dict[str, str]  # the review.* tags (the trace id is added when the trace is logged)
+
+    @property
+    def action(self) -> str:
+        return self.outcome.decision.action
+
+    @property
+    def confidence(self) -> float:
+        return self.outcome.decision.confidence
+
+
+def compute_review(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str, *,
+                   reviewer: Callable[..., Any] | None = None) -> ReviewOutcome:
+    """Review ``evidence`` (``reviewer`` defaults to ``review_agents.review``: with provider
+    ``rules`` no model is called) and shape the decision, transcript, metrics and tags."""
+    from review_agents import review, signal_payload, validate_signal_data
+
+    from tradeflow.runs.review_trace import transcript_html, transcript_markdown
+
+    outcome = (reviewer or review)(evidence, cfg.review)
+    decision = outcome.decision
+    reports_tokens = cfg.review.provider != "rules"
+    transcript = outcome.transcript if reports_tokens else [
+        {**line, "prompt_tokens": None, "completion_tokens": None} for line in outcome.transcript]
+    markdown = transcript_markdown(cfg.symbol, outcome, reviewer=outcome.model_used, reports_tokens=reports_tokens)
+    metrics = {
+        "confidence": float(decision.confidence),
+        **({"prompt_tokens": float(outcome.usage.get("prompt_tokens", 0)),
+            "completion_tokens": float(outcome.usage.get("completion_tokens", 0)),
+            "total_tokens": float(outcome.usage.get("total_tokens", 0))} if reports_tokens else {}),
+        "latency_s": float(outcome.latency_s),
+        "messages": float(outcome.messages),
+    }
+    tags = {
+        Tag.REVIEW_ACTION: decision.action,
+        Tag.REVIEW_MODEL_USED: outcome.model_used,
+        Tag.REVIEW_FALLBACK: str(outcome.fallback_reason is not None).lower(),
+        **({Tag.REVIEW_FALLBACK_REASON: outcome.fallback_reason} if outcome.fallback_reason else {}),
+        Tag.REVIEW_CONTRADICTS_MODEL: str(bool(decision.contradicts_model)).lower(),
+        **({Tag.REVIEW_GUARDRAILS: ",".join(outcome.guardrail_codes)[:5000]} if outcome.guardrail_codes else {}),
+    }
+    return ReviewOutcome(
+        outcome=outcome, signal_data=validate_signal_data(signal_payload(outcome, evidence)),
+        decision={"decision": decision.model_dump(mode="json"), "fallback_reason": outcome.fallback_reason,
+                  "guardrail_notes": list(outcome.guardrail_notes), "model_used": outcome.model_used,
+                  "evidence_uri": evidence_uri},
+        reports_tokens=reports_tokens,
+        conversation="\n".join(json.dumps(line, sort_keys=True, default=str) for line in transcript) + "\n",
+        markdown=markdown, html=transcript_html(markdown, f"{cfg.symbol} review"), metrics=metrics, tags=tags)
+
+
 def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> dict:
-    from review_agents import describe_client, review, signal_payload, validate_signal_data
+    """Open the run, ``compute_review``, ``record_review``."""
+    from review_agents import describe_client
 
     from tradeflow.runs import notes as run_notes
-    from tradeflow.runs.review_trace import log_review_trace, transcript_html, transcript_markdown
 
     with stage_run(STAGE, experiment_name=cfg.experiment_name, tags={Tag.SYMBOL: cfg.symbol}) as run:
         own_params = run_notes.resolved_params(STAGE, cfg, evidence_uri=evidence_uri)
@@ -126,59 +193,44 @@ def review_step(cfg: RunConfig, evidence: dict[str, Any], evidence_uri: str) -> 
         mlflow.log_params({"review.evidence_uri": evidence_uri,
                            **{f"review.{k}": v for k, v in client_info.items()},
                            **{k: v for k, v in cfg.flat_params().items() if k.startswith("cfg.review.")}})
-        outcome = review(evidence, cfg.review)
-        decision = outcome.decision
-        signal_data = validate_signal_data(signal_payload(outcome, evidence))
+        reviewed = compute_review(cfg, evidence, evidence_uri)
+        return record_review(run, cfg, reviewed, evidence=evidence, own_params=own_params)
 
-        # Only a language model reports token usage; the rule-based reviewer's counts are estimates
-        # for its budget guardrail and are not logged as usage.
-        reports_tokens = cfg.review.provider != "rules"
-        transcript = outcome.transcript if reports_tokens else [
-            {**line, "prompt_tokens": None, "completion_tokens": None} for line in outcome.transcript]
-        lines = "\n".join(json.dumps(line, sort_keys=True, default=str) for line in transcript)
-        mlflow.log_text(lines + "\n", RECORD.conversation.path)
-        reviewer = outcome.model_used
-        markdown = transcript_markdown(cfg.symbol, outcome, reviewer=reviewer, reports_tokens=reports_tokens)
-        mlflow.log_text(markdown, RECORD.transcript.path)
-        mlflow.log_text(transcript_html(markdown, f"{cfg.symbol} review"), RECORD.transcript_html.path)
-        trace_id = log_review_trace(cfg.symbol, evidence, outcome, reviewer=reviewer, reports_tokens=reports_tokens)
-        mlflow.set_tag(Tag.REVIEW_TRACE_ID, trace_id)
-        mlflow.log_dict({"decision": decision.model_dump(mode="json"), "fallback_reason": outcome.fallback_reason,
-                         "guardrail_notes": list(outcome.guardrail_notes), "model_used": outcome.model_used,
-                         "evidence_uri": evidence_uri}, RECORD.decision.path)
-        mlflow.log_dict(signal_data, RECORD.signal_data.path)
-        mlflow.log_dict(evidence, RECORD.evidence.path)
-        mlflow.log_metrics({
-            "confidence": float(decision.confidence),
-            **({"prompt_tokens": float(outcome.usage.get("prompt_tokens", 0)),
-                "completion_tokens": float(outcome.usage.get("completion_tokens", 0)),
-                "total_tokens": float(outcome.usage.get("total_tokens", 0))} if reports_tokens else {}),
-            "latency_s": float(outcome.latency_s),
-            "messages": float(outcome.messages),
-        })
-        mlflow.set_tags({
-            Tag.REVIEW_ACTION: decision.action,
-            Tag.REVIEW_MODEL_USED: outcome.model_used,
-            Tag.REVIEW_FALLBACK: str(outcome.fallback_reason is not None).lower(),
-            **({Tag.REVIEW_FALLBACK_REASON: outcome.fallback_reason} if outcome.fallback_reason else {}),
-            Tag.REVIEW_CONTRADICTS_MODEL: str(bool(decision.contradicts_model)).lower(),
-            **({Tag.REVIEW_GUARDRAILS: ",".join(outcome.guardrail_codes)[:5000]} if outcome.guardrail_codes else {}),
-        })
-        run_notes.set_name_and_note(
-            run.info.run_id,
-            run_notes.review_name(cfg.symbol, decision.action, decision.confidence, cfg.review.provider,
-                                  outcome.fallback_reason is not None),
-            run_notes.review_note(cfg.symbol, decision.model_dump(mode="json"),
-                                  suggestion=evidence.get("model", {}).get("suggestion"), reviewer=reviewer,
-                                  fallback_reason=outcome.fallback_reason, reports_tokens=reports_tokens,
-                                  usage=outcome.usage, data=evidence.get("data", {}), as_of=evidence.get("as_of"),
-                                  reproduce=run_notes.reproduce_block(STAGE, own_params, commit=code_version(),
-                                                                      run_id=run.info.run_id,
-                                                                      experiment_name=cfg.experiment_name)))
-        label = f" (FALLBACK: {outcome.fallback_reason})" if outcome.fallback_reason else ""
-        tokens = f"{outcome.usage.get('total_tokens', 0)} tokens" if reports_tokens else "no model tokens"
-        print(f"{cfg.symbol}: review decision {decision.action} confidence {decision.confidence:.2f} "
-              f"by {outcome.model_used}{label}; {outcome.messages} messages, "
-              f"{tokens}, {outcome.latency_s:.2f}s; trace {trace_id}", flush=True)
-        return {"run_id": run.info.run_id, "action": decision.action, "confidence": decision.confidence,
-                "fallback_reason": outcome.fallback_reason}
+
+def record_review(run: Any, cfg: RunConfig, reviewed: ReviewOutcome, *, evidence: dict[str, Any],
+                  own_params: dict) -> dict:
+    """Log the outcome through ``ReviewRecord``, the conversation as an MLflow trace, the description."""
+    from tradeflow.runs import notes as run_notes
+    from tradeflow.runs.review_trace import log_review_trace
+
+    outcome, reports_tokens = reviewed.outcome, reviewed.reports_tokens
+    decision = outcome.decision
+    reviewer = outcome.model_used
+    mlflow.log_text(reviewed.conversation, RECORD.conversation.path)
+    mlflow.log_text(reviewed.markdown, RECORD.transcript.path)
+    mlflow.log_text(reviewed.html, RECORD.transcript_html.path)
+    trace_id = log_review_trace(cfg.symbol, evidence, outcome, reviewer=reviewer, reports_tokens=reports_tokens)
+    mlflow.set_tag(Tag.REVIEW_TRACE_ID, trace_id)
+    mlflow.log_dict(reviewed.decision, RECORD.decision.path)
+    mlflow.log_dict(reviewed.signal_data, RECORD.signal_data.path)
+    mlflow.log_dict(evidence, RECORD.evidence.path)
+    mlflow.log_metrics(reviewed.metrics)
+    mlflow.set_tags(reviewed.tags)
+    run_notes.set_name_and_note(
+        run.info.run_id,
+        run_notes.review_name(cfg.symbol, decision.action, decision.confidence, cfg.review.provider,
+                              outcome.fallback_reason is not None),
+        run_notes.review_note(cfg.symbol, decision.model_dump(mode="json"),
+                              suggestion=evidence.get("model", {}).get("suggestion"), reviewer=reviewer,
+                              fallback_reason=outcome.fallback_reason, reports_tokens=reports_tokens,
+                              usage=outcome.usage, data=evidence.get("data", {}), as_of=evidence.get("as_of"),
+                              reproduce=run_notes.reproduce_block(STAGE, own_params, commit=code_version(),
+                                                                  run_id=run.info.run_id,
+                                                                  experiment_name=cfg.experiment_name)))
+    label = f" (FALLBACK: {outcome.fallback_reason})" if outcome.fallback_reason else ""
+    tokens = f"{outcome.usage.get('total_tokens', 0)} tokens" if reports_tokens else "no model tokens"
+    print(f"{cfg.symbol}: review decision {decision.action} confidence {decision.confidence:.2f} "
+          f"by {outcome.model_used}{label}; {outcome.messages} messages, "
+          f"{tokens}, {outcome.latency_s:.2f}s; trace {trace_id}", flush=True)
+    return {"run_id": run.info.run_id, "action": decision.action, "confidence": decision.confidence,
+            "fallback_reason": outcome.fallback_reason}

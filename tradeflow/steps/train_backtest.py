@@ -7,15 +7,19 @@ What the run records (MLflow):
            ``*_excess_*``), the learning curve as step metrics (``curve_*``), speed
   tags     symbol, data source/digest, synthetic flag, model version, fallbacks
   artifacts ``ARTIFACTS`` below + the pyfunc model under ``model/``
+
+``compute_train`` is the step without MLflow (the walk-forward refits call it too);
+``record_train`` writes its ``TrainOutcome`` through ``TrainRecord``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import mlflow
 import pandas as pd
@@ -29,12 +33,133 @@ log = logging.getLogger(__name__)
 STAGE = "train_backtest"
 RECORD = TrainRecord
 ARTIFACTS = RECORD.described()
-
-
 SYNTHETIC_BANNER = (
     "NOTE: data_source=synthetic -> training on GENERATED prices, not market data. "
     "Use -P data_source=csv:<path> (or backend/ibkr/yfinance) for real data."
 )
+
+
+# --- compute: splits in, trained agent + backtests + gate out (no MLflow) ----------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TrainOutcome:
+    """What training produced, before anything is recorded: the walk-forward refits reuse it."""
+
+    result: Any  # the engine's TrainResult (agent, learning curve, speed)
+    splits: Any  # tradeflow.features.Splits
+    #: what each split was backtested on: valid and test carry the previous split's last window-1 rows
+    frames: dict[str, pd.DataFrame]
+    backtests: dict[str, Any]  # split -> BacktestResult
+    #: ``train_*``/``valid_*``/``test_*`` backtest metrics, speed, best epoch, the engine's extras
+    metrics: dict[str, float]
+    gate: Any  # tradeflow.gate.GateResult of the validation backtest
+    train_seconds: float
+
+    @property
+    def agent(self) -> Any:
+        return self.result.agent
+
+    @property
+    def bounds(self) -> dict[str, dict[str, str | int]]:
+        return self.splits.describe()
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How registration went: the version, or why it was skipped (the run description says which)."""
+
+    version: str | None = None
+    skipped: str | None = None  # "reproduction run" | "register_model=false"
+
+
+def compute_train(splits, cfg: RunConfig, *, engine, workdir: Path,
+                  progress: Callable[[dict], None] | None = None) -> TrainOutcome:
+    """Train on ``splits.train`` (best epoch on valid), backtest all three splits, apply the
+    do-no-harm gate. ``progress`` gets each epoch's update (the step passes an MLflow logger)."""
+    from tradeflow.features import with_history
+    from tradeflow.gate import check_gate
+
+    started = time.perf_counter()
+    result = engine.train(splits, cfg, progress=progress, workdir=workdir)
+    train_seconds = time.perf_counter() - started
+    # valid/test get the previous split's last window-1 rows as history, so the backtest trades
+    # from the split's first bar (the first observation needs a full window; the agent's own,
+    # which for engine=finagent is its lookback rather than backward_num_day).
+    window = int(getattr(result.agent, "window", cfg.trademaster.backward_num_day))
+    frames = {"train": splits.train,
+              "valid": with_history(splits.train, splits.valid, window),
+              "test": with_history(splits.valid, splits.test, window)}
+    metrics: dict[str, float] = {}
+    backtests = {}
+    for split_name, frame in frames.items():
+        backtests[split_name] = engine.backtest(result.agent, frame, cfg)
+        metrics.update({f"{split_name}_{k}": float(v) for k, v in backtests[split_name].metrics.items()})
+    metrics.update({"train_seconds": train_seconds, "env_steps_per_s": float(result.env_steps_per_s),
+                    "timesteps": float(result.timesteps), "best_epoch": float(result.best_epoch)})
+    metrics.update({k: float(v) for k, v in result.extra_metrics.items()})
+    gate = check_gate({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
+    return TrainOutcome(result, splits, frames, backtests, metrics, gate, train_seconds)
+
+
+def registration_skipped(cfg: RunConfig, reproduction_of: str | None) -> str | None:
+    """Why this run registers no version, or None: a reproduction must not change what
+    ``inference`` serves, and ``register_model=false`` asks for none."""
+    if reproduction_of:
+        return "reproduction run"
+    if not cfg.register_model:
+        return "register_model=false"
+    return None
+
+
+def train_summary(cfg: RunConfig, outcome: TrainOutcome, *, market, run_id: str, model_uri: str,
+                  registration: Registration) -> dict:
+    """``summary.json`` and the step's return value."""
+    version = registration.version
+    return {
+        "symbol": cfg.symbol, "run_id": run_id, "model_uri": model_uri,
+        "registered_model": cfg.registered_model_name if version else None, "model_version": version,
+        "data_source": market.source, "data_digest": market.digest, "synthetic_data": market.synthetic,
+        "test": {k.removeprefix("test_"): v for k, v in outcome.metrics.items() if k.startswith("test_")},
+    }
+
+
+def model_line(cfg: RunConfig, model_uri: str, registration: Registration) -> str:
+    """The description's **Model** line: the version and alias, or why it was not registered."""
+    if registration.version:
+        return (f"`{model_uri}`, registered as `{cfg.registered_model_name}` version {registration.version}"
+                f" (alias `@{cfg.model_alias}`)")
+    return f"`{model_uri}` (not registered: {registration.skipped or 'no version'})"
+
+
+def version_metadata(cfg: RunConfig, *, market, bounds: dict, metrics: dict[str, float], run_id: str,
+                     pipeline_run_id: str) -> tuple[dict[str, str], str]:
+    """The registered version's tags and description (before the gate and alias are added)."""
+    from tradeflow.runs.formatting import pct_text
+
+    test = bounds.get("test", {})
+    tags = {"symbol": cfg.symbol, "source_run_id": run_id, "engine": cfg.engine, "algorithm": cfg.algorithm,
+            "data_source": market.source[:250], "synthetic_data": str(market.synthetic).lower(),
+            "test_window": f"{test.get('start', '?')}..{test.get('end', '?')}",
+            "test_total_return": f"{metrics.get('test_total_return', float('nan')):.6f}",
+            "test_benchmark_total_return": f"{metrics.get('test_benchmark_total_return', float('nan')):.6f}",
+            "test_sharpe": f"{metrics.get('test_sharpe', float('nan')):.4f}",
+            "pipeline_run_id": pipeline_run_id}
+    description = (
+        f"{cfg.symbol} {cfg.engine}/{cfg.algorithm} agent, {cfg.trademaster.epochs} epochs, seed {cfg.seed}, trained on "
+        f"{'SYNTHETIC prices' if market.synthetic else 'real data'} `{market.source}` ({market.start.date()} → {market.end.date()}). "
+        f"Test split {test.get('start', '?')} → {test.get('end', '?')}: model {pct_text(metrics.get('test_total_return'))} vs "
+        f"buy-and-hold {pct_text(metrics.get('test_benchmark_total_return'))}, Sharpe {metrics.get('test_sharpe', float('nan')):.2f}. "
+        f"Training run {run_id}.")
+    # data_window: the bars loaded; train/valid windows: what the splits used (after feature warm-up)
+    tags["data_window"] = f"{market.start.date()}..{market.end.date()}"
+    if bounds:
+        tags |= {"train_window": f"{bounds['train']['start']}..{bounds['train']['end']}",
+                 "valid_window": f"{bounds['valid']['start']}..{bounds['valid']['end']}"}
+    return tags, description
+
+
+# --- the step: open run -> load inputs -> compute -> record ------------------------------------
 
 
 def train_backtest_step(cfg: RunConfig) -> dict:
@@ -55,73 +180,65 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         market = load_market_data(cfg)
         if market.synthetic:
             print(SYNTHETIC_BANNER, flush=True)
-        mlflow.set_tags({Tag.DATA_DIGEST: market.digest, Tag.SYNTHETIC: str(market.synthetic).lower()})
-        if market.notes:
-            mlflow.set_tag(Tag.DATA_NOTES, "; ".join(market.notes)[:5000])
-        market.log_mlflow_input("training")
-
-        window = cfg.trademaster.backward_num_day
+        _record_market(market)
         features = compute_features(market.bars)
         splits = split_for_run(features, cfg)
         bounds = splits.describe()
-        mlflow.log_params({"data.source": market.source, "data.digest": market.digest, "data.rows": market.rows,
-                           "data.start": str(market.start.date()), "data.end": str(market.end.date()),
-                           **{f"data.{k}": v for k, v in _flatten(bounds).items()}})
-        mlflow.log_dict(bounds, RECORD.splits.path)
+        _record_splits(market, bounds)
 
         log.info("%s: training %s/%s on %d bars (%s .. %s), %d epochs", cfg.symbol, cfg.engine, cfg.algorithm,
                  len(splits.train), bounds["train"]["start"], bounds["train"]["end"], cfg.trademaster.epochs)
-        started = time.perf_counter()
-        result = engine.train(splits, cfg, progress=_log_progress, workdir=workdir)
-        train_wall = time.perf_counter() - started
-
-        metrics: dict[str, float] = {}
-        backtests = {}
-        # valid/test get the previous split's last window-1 rows as history, so the backtest
-        # trades from the split's first bar (the first observation needs a full window; the
-        # agent's own, which for engine=finagent is its lookback rather than backward_num_day).
-        window = int(getattr(result.agent, "window", window))
-        framed = {"train": splits.train,
-                  "valid": with_history(splits.train, splits.valid, window),
-                  "test": with_history(splits.valid, splits.test, window)}
-        for split_name, frame in framed.items():
-            backtests[split_name] = engine.backtest(result.agent, frame, cfg)
-            metrics.update({f"{split_name}_{k}": float(v) for k, v in backtests[split_name].metrics.items()})
-        metrics.update({"train_seconds": train_wall, "env_steps_per_s": float(result.env_steps_per_s),
-                        "timesteps": float(result.timesteps), "best_epoch": float(result.best_epoch)})
-        metrics.update({k: float(v) for k, v in result.extra_metrics.items()})
-        mlflow.log_metrics(metrics)
-
-        _log_table(backtests["valid"].table, RECORD.valid_backtest.path, workdir)
-        _log_table(backtests["test"].table, RECORD.test_backtest.path, workdir)
-        _log_table(pd.DataFrame(result.learning_curve), RECORD.learning_curve.path, workdir)
-        run_notes.log_metrics_json(metrics)
-        _log_plots(backtests["test"].table, cfg.symbol, source=market, test_bounds=bounds.get("test", {}), metrics=metrics)
-
-        gate = _log_gate(metrics)
-        model_uri = _log_model(result.agent, cfg, features, workdir)
-        version = _maybe_register(model_uri, cfg, run.info.run_id, market=market, gate=gate,
-                                  valid_frame=framed["valid"], bounds=bounds, metrics=metrics)
-        summary = {
-            "symbol": cfg.symbol, "run_id": run.info.run_id, "model_uri": model_uri,
-            "registered_model": cfg.registered_model_name if version else None, "model_version": version,
-            "data_source": market.source, "data_digest": market.digest, "synthetic_data": market.synthetic,
-            "test": {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")},
-        }
-        mlflow.log_dict(summary, RECORD.summary.path)
-        model_line = (f"`{model_uri}`, registered as `{cfg.registered_model_name}` version {version}"
-                      f" (alias `@{cfg.model_alias}`)" if version else
-                      f"`{model_uri}` (not registered: {mlflow.active_run().data.tags.get('tradeflow.registry', 'see tags')})")
-        run_notes.set_name_and_note(run.info.run_id, run_notes.train_backtest_name(cfg), run_notes.train_backtest_note(
-            cfg, metrics=metrics, bounds=bounds, market=market, model_line=model_line,
-            reproduce=run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
-                                                experiment_name=cfg.experiment_name)))
-        _print_summary(summary)
-        return summary
+        outcome = compute_train(splits, cfg, engine=engine, workdir=workdir, progress=_log_progress)
+        return record_train(run, cfg, outcome, market=market, features=features, own_params=own_params,
+                            workdir=workdir)
 
 
-def with_history(previous: pd.DataFrame, frame: pd.DataFrame, window: int) -> pd.DataFrame:
-    return pd.concat([previous.tail(window - 1), frame], ignore_index=True)
+# --- record: the outcome through TrainRecord, the model into the registry ----------------------
+
+
+def _record_market(market) -> None:
+    mlflow.set_tags({Tag.DATA_DIGEST: market.digest, Tag.SYNTHETIC: str(market.synthetic).lower()})
+    if market.notes:
+        mlflow.set_tag(Tag.DATA_NOTES, "; ".join(market.notes)[:5000])
+    market.log_mlflow_input("training")
+
+
+def _record_splits(market, bounds: dict) -> None:
+    """Logged before training, so a run that fails to train still says what it trained on."""
+    mlflow.log_params({"data.source": market.source, "data.digest": market.digest, "data.rows": market.rows,
+                       "data.start": str(market.start.date()), "data.end": str(market.end.date()),
+                       **{f"data.{k}": v for k, v in _flatten(bounds).items()}})
+    mlflow.log_dict(bounds, RECORD.splits.path)
+
+
+def record_train(run, cfg: RunConfig, outcome: TrainOutcome, *, market, features: pd.DataFrame,
+                 own_params: dict, workdir: Path) -> dict:
+    """Log the outcome's metrics, tables, plots and gate; log and register the model; describe the run."""
+    from tradeflow.runs import notes as run_notes
+    from tradeflow.settings import current
+
+    metrics, bounds = outcome.metrics, outcome.bounds
+    mlflow.log_metrics(metrics)
+    _log_table(outcome.backtests["valid"].table, RECORD.valid_backtest.path, workdir)
+    _log_table(outcome.backtests["test"].table, RECORD.test_backtest.path, workdir)
+    _log_table(pd.DataFrame(outcome.result.learning_curve), RECORD.learning_curve.path, workdir)
+    run_notes.log_metrics_json(metrics)
+    _log_plots(outcome.backtests["test"].table, cfg.symbol, source=market, test_bounds=bounds.get("test", {}),
+               metrics=metrics)
+
+    _log_gate(outcome.gate)
+    model_uri = _log_model(outcome.agent, cfg, features, workdir)
+    registration = _maybe_register(model_uri, cfg, run.info.run_id, outcome=outcome, market=market,
+                                   reproduction_of=current().reproduction_of)
+    summary = train_summary(cfg, outcome, market=market, run_id=run.info.run_id, model_uri=model_uri,
+                            registration=registration)
+    mlflow.log_dict(summary, RECORD.summary.path)
+    run_notes.set_name_and_note(run.info.run_id, run_notes.train_backtest_name(cfg), run_notes.train_backtest_note(
+        cfg, metrics=metrics, bounds=bounds, market=market, model_line=model_line(cfg, model_uri, registration),
+        reproduce=run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
+                                            experiment_name=cfg.experiment_name)))
+    _print_summary(summary)
+    return summary
 
 
 def _log_progress(update: dict) -> None:
@@ -168,14 +285,10 @@ def _log_model(agent, cfg: RunConfig, features, workdir: Path) -> str:
     )
 
 
-def _log_gate(metrics: dict[str, float]):
+def _log_gate(gate) -> None:
     """The do-no-harm gate on the validation backtest, as run tags (``tradeflow.gate``)."""
-    from tradeflow.gate import check_gate
-
-    gate = check_gate({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
     mlflow.set_tags({Tag.GATE: "passed" if gate.passed else "failed", Tag.GATE_REASON: gate.reason})
     print(f"do-no-harm gate {'passed' if gate.passed else 'FAILED'}: {gate.reason}", flush=True)
-    return gate
 
 
 def _gate_alias(model_name: str, cfg: RunConfig, gate, valid_frame, metrics: dict[str, float]) -> tuple[bool, str]:
@@ -191,64 +304,35 @@ def _gate_alias(model_name: str, cfg: RunConfig, gate, valid_frame, metrics: dic
     return move, reason
 
 
-def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, market=None, gate=None, valid_frame=None,
-                    bounds: dict | None = None, metrics: dict[str, float] | None = None) -> str | None:
+def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, outcome: TrainOutcome, market,
+                    reproduction_of: str | None) -> Registration:
     """Register under the per-symbol name and move the alias (subject to the do-no-harm gate),
-    except for reproductions (which must not change what ``inference`` serves) or when
-    ``register_model=false``. Every version is tagged with its engine, algorithm, data window and
-    gate result."""
-    from tradeflow.model import register_model
-
-    reproduction_of = os.environ.get("TRADEFLOW_REPRODUCTION_OF")
-    if reproduction_of:
-        mlflow.set_tag(Tag.REPRODUCTION_OF, reproduction_of)
-        mlflow.set_tag(Tag.REGISTRY, "skipped: reproduction run")
-        return None
-    if not cfg.register_model:
-        mlflow.set_tag(Tag.REGISTRY, "skipped: register_model=false")
-        return None
+    unless ``registration_skipped`` says why not. Every version is tagged with its engine,
+    algorithm, data window and gate result."""
     from mlflow.tracking import MlflowClient
 
-    from tradeflow.runs.formatting import pct_text
+    from tradeflow.model import register_model
 
-    metrics, test = metrics or {}, (bounds or {}).get("test", {})
-    tags = {"symbol": cfg.symbol, "source_run_id": run_id, "engine": cfg.engine, "algorithm": cfg.algorithm}
-    description = None
-    if market is not None:
-        tags.update({
-            "data_source": market.source[:250], "synthetic_data": str(market.synthetic).lower(),
-            "test_window": f"{test.get('start', '?')}..{test.get('end', '?')}",
-            "test_total_return": f"{metrics.get('test_total_return', float('nan')):.6f}",
-            "test_benchmark_total_return": f"{metrics.get('test_benchmark_total_return', float('nan')):.6f}",
-            "test_sharpe": f"{metrics.get('test_sharpe', float('nan')):.4f}",
-            "pipeline_run_id": MlflowClient().get_run(run_id).data.tags.get(Tag.PARENT_RUN_ID, ""),
-        })
-        description = (
-            f"{cfg.symbol} {cfg.engine}/{cfg.algorithm} agent, {cfg.trademaster.epochs} epochs, seed {cfg.seed}, trained on "
-            f"{'SYNTHETIC prices' if market.synthetic else 'real data'} `{market.source}` ({market.start.date()} → {market.end.date()}). "
-            f"Test split {test.get('start', '?')} → {test.get('end', '?')}: model {pct_text(metrics.get('test_total_return'))} vs "
-            f"buy-and-hold {pct_text(metrics.get('test_benchmark_total_return'))}, Sharpe {metrics.get('test_sharpe', float('nan')):.2f}. "
-            f"Training run {run_id}.")
-    move = True
-    if gate is not None and "valid_total_return" in metrics:
-        move, reason = _gate_alias(cfg.registered_model_name, cfg, gate, valid_frame, metrics)
-        tags |= {Tag.GATE: "passed" if gate.passed else "failed", Tag.GATE_REASON: gate.reason[:5000],
-                 Tag.ALIAS_DECISION: reason[:5000], "valid_total_return": f"{metrics['valid_total_return']:.6f}"}
-        if description:
-            description += f" Do-no-harm gate: {'passed' if gate.passed else 'FAILED'} ({gate.reason}); alias @{cfg.model_alias} {reason}."
-    # data_window: the bars loaded; train/valid windows: what the splits used (after feature warm-up)
-    if market is not None:
-        tags["data_window"] = f"{market.start.date()}..{market.end.date()}"
-    if bounds:
-        tags |= {"train_window": f"{bounds['train']['start']}..{bounds['train']['end']}",
-                 "valid_window": f"{bounds['valid']['start']}..{bounds['valid']['end']}"}
-        tags.setdefault("data_window", f"{bounds['train']['start']}..{bounds['test']['end']}")
+    skipped = registration_skipped(cfg, reproduction_of)
+    if skipped:
+        if reproduction_of:
+            mlflow.set_tag(Tag.REPRODUCTION_OF, reproduction_of)
+        mlflow.set_tag(Tag.REGISTRY, f"skipped: {skipped}")
+        return Registration(skipped=skipped)
+    metrics, gate = outcome.metrics, outcome.gate
+    pipeline_run_id = MlflowClient().get_run(run_id).data.tags.get(Tag.PARENT_RUN_ID, "")
+    tags, description = version_metadata(cfg, market=market, bounds=outcome.bounds, metrics=metrics, run_id=run_id,
+                                         pipeline_run_id=pipeline_run_id)
+    move, reason = _gate_alias(cfg.registered_model_name, cfg, gate, outcome.frames["valid"], metrics)
+    tags |= {Tag.GATE: "passed" if gate.passed else "failed", Tag.GATE_REASON: gate.reason[:5000],
+             Tag.ALIAS_DECISION: reason[:5000], "valid_total_return": f"{metrics['valid_total_return']:.6f}"}
+    description += f" Do-no-harm gate: {'passed' if gate.passed else 'FAILED'} ({gate.reason}); alias @{cfg.model_alias} {reason}."
     version = register_model(model_uri, cfg.registered_model_name, cfg.model_alias, tags=tags,
                              description=description, move_alias=move)
     mlflow.set_tags({Tag.MODEL_NAME: cfg.registered_model_name, Tag.MODEL_VERSION: version})
     if not move:
         _tag_serving_champion(cfg)
-    return version
+    return Registration(version=version)
 
 
 def _tag_serving_champion(cfg: RunConfig) -> None:
