@@ -49,7 +49,7 @@ from tradeflow.evaluation.policies import (
     random_policy,
     sma_crossover,
 )
-from tradeflow.gate import GateResult
+from tradeflow.gate import GateResult, decide_alias
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +146,12 @@ def _fit(engine, cfg: RunConfig, history: pd.DataFrame, row: int, workdir: Path)
 
 
 def _promote(engine, cfg: RunConfig, champion: _Fitted | None, new: _Fitted) -> tuple[_Fitted | None, str]:
-    """The registry's alias rule: champion moves only to a passing model that beats it on the new
-    model's validation window."""
-    if not new.gate.passed:
-        return champion, f"kept: new model failed the gate ({new.gate.reason})"
-    if champion is None:
-        return new, "promoted: first model to pass the gate"
-    incumbent = engine.backtest(champion.agent, new.valid_frame, cfg).metrics["total_return"]
-    challenger = new.metrics["valid_total_return"]
-    if challenger > incumbent:
-        return new, f"promoted: {challenger:+.2%} beats champion's {incumbent:+.2%} on the same validation window"
-    return champion, f"kept: {challenger:+.2%} does not beat champion's {incumbent:+.2%} on the same validation window"
+    """The registry's alias rule (``gate.decide_alias``, the one the train step applies): the
+    champion moves only to a passing model that beats it on the new model's validation window."""
+    incumbent = (engine.backtest(champion.agent, new.valid_frame, cfg).metrics["total_return"]
+                 if champion is not None and new.gate.passed else None)
+    move, reason = decide_alias(new.gate, new.metrics["valid_total_return"], incumbent)
+    return (new if move else champion), reason
 
 
 def _evidence(cfg: RunConfig, bars_upto: pd.DataFrame, served: _Fitted, action: Any, gate: dict, source: str) -> dict:
