@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.data import BTC_CSV, DJ30_TEST, DJ30_VALID, shared_data_missing  # noqa: F401 - re-exported
-from tests.support.data import DJ30_SOURCE as DJ30_BOTH  # noqa: F401
-from tests.support.data import REPO_ROOT as REPO
-from tests.support.data import SHARED_DATA as DATA  # noqa: F401
-from tests.support.data import SHARED_DIR as SHARED  # noqa: F401
+# The data paths, re-exported under the names tests/support/data.py gives them (one spelling).
+from tests.support.data import (  # noqa: F401 - re-exported
+    BTC_CSV,
+    DJ30_SOURCE,
+    DJ30_TEST,
+    DJ30_VALID,
+    REPO,
+    SHARED_DATA,
+    SHARED_DIR,
+    shared_data_missing,
+)
 from tests.support.stores import sqlite_store, tracking_to
 
 # A shell started with `env -i` exports no PATH (bash keeps its default unexported), so every

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DJ30_BOTH, mlflow_run, require_shared_data
+from tests.conftest import DJ30_SOURCE, mlflow_run, require_shared_data
 from tradeflow.config import resolve_config
 from tradeflow.evaluation import WalkForwardSpec, decide, evaluate_symbol
 from tradeflow.evaluation.policies import random_policy
@@ -23,7 +23,7 @@ TINY_END = "2021-01-14"  # 233 feature rows of the dj30 data: 4 rebalances after
 
 
 def _cfg(symbol: str = "AAPL", **extra):
-    return resolve_config({"symbol": symbol, "data_source": DJ30_BOTH, "epochs": 1, **extra})
+    return resolve_config({"symbol": symbol, "data_source": DJ30_SOURCE, "epochs": 1, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def aapl_bars():
     require_shared_data()
     from tradeflow.data import load_market_data
 
-    cfg = resolve_config({"symbol": "AAPL", "data_source": DJ30_BOTH, "end_date": TINY_END})
+    cfg = resolve_config({"symbol": "AAPL", "data_source": DJ30_SOURCE, "end_date": TINY_END})
     return load_market_data(cfg).bars
 
 
@@ -204,7 +204,7 @@ def test_a_model_that_loses_on_validation_gets_no_alias_and_a_capped_labelled_de
     from tradeflow.steps.train_backtest import train_backtest_step
 
     client = MlflowClient()
-    cfg = resolve_config({"symbol": "KO", "data_source": DJ30_BOTH, "epochs": 1})
+    cfg = resolve_config({"symbol": "KO", "data_source": DJ30_SOURCE, "epochs": 1})
     name = cfg.registered_model_name
 
     monkeypatch.setattr("tradeflow.gate.GATE_MARGIN", 10.0)  # no model beats buy-and-hold by 1000%

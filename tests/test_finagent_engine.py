@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import DJ30_BOTH, REPO, require_shared_data
+from tests.conftest import DJ30_SOURCE, REPO, require_shared_data
 from tradeflow.config import ConfigError, resolve_config
 from tradeflow.engines import EngineUnavailable
 from tradeflow.engines import _finagent_compat as compat
@@ -304,7 +304,7 @@ def test_real_upstream_rating_is_reproduced_offline_on_dj30(tmp_path):
         UPSTREAM_BUY, UPSTREAM_SELL, UPSTREAM_WEIGHTS, probability, rating_for, votes_from_analysis)
 
     assert "config" not in sys.modules and "agents" not in sys.modules
-    bars = load_market_data(resolve_config({"symbol": "AAPL", "data_source": DJ30_BOTH})).bars
+    bars = load_market_data(resolve_config({"symbol": "AAPL", "data_source": DJ30_SOURCE})).bars
     analyst = FinAgentAnalyst(upstream, "AAPL")
     ratings = set()
     for end in range(80, len(bars), 40):

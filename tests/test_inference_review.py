@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DJ30_BOTH, mlflow_run, require_shared_data
+from tests.conftest import DJ30_SOURCE, mlflow_run, require_shared_data
 from tests.support.openai_server import OpenAICompatibleServer
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     from tradeflow.config import resolve_config
     from tradeflow.steps.train_backtest import train_backtest_step
 
-    summary = train_backtest_step(resolve_config({"symbol": "AAPL", "data_source": DJ30_BOTH, "epochs": 1}))
+    summary = train_backtest_step(resolve_config({"symbol": "AAPL", "data_source": DJ30_SOURCE, "epochs": 1}))
     mlflow.set_tracking_uri(None)
     return {"uri": uri, "dir": tmp, "train_run_id": summary["run_id"]}
 
@@ -91,7 +91,7 @@ def test_inference_then_review_on_the_registered_model(trained):
 
 
 def test_inference_without_a_registered_model_says_to_train_first(trained):
-    result = mlflow_run("inference", {"symbol": "MSFT", "data_source": DJ30_BOTH})
+    result = mlflow_run("inference", {"symbol": "MSFT", "data_source": DJ30_SOURCE})
     assert result.returncode != 0
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error == ["error: no registered model trademaster_MSFT@champion for MSFT; run train_backtest first: "

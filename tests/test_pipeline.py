@@ -10,20 +10,20 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DJ30_BOTH, mlflow_run, require_shared_data
+from tests.conftest import DJ30_SOURCE, mlflow_run, require_shared_data
 from tests.support.webui import WebUIServer
 from tradeflow.runs.tracking import recorded_params
 
 pytestmark = pytest.mark.slow
 
 SYMBOL = "AAPL"
-BASE = {"symbol": SYMBOL, "data_source": DJ30_BOTH, "epochs": "1"}
+BASE = {"symbol": SYMBOL, "data_source": DJ30_SOURCE, "epochs": "1"}
 STAGES = ("train_backtest", "inference", "review", "persist")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """One store and one WebUI server for the module: later tests build on earlier runs."""
+    """One store and one WebUI server for the module (the scenarios that build on the first run ask for ``first_run``)."""
     require_shared_data()
     tmp = tmp_path_factory.mktemp("pipeline")
     uri = f"sqlite:///{tmp / 'mlruns.db'}"
@@ -58,9 +58,16 @@ def _children(client: MlflowClient, parent_id: str):
     return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
-def test_mode_both_builds_the_run_tree_and_persists_with_lineage(world):
+@pytest.fixture(scope="module")
+def first_run(world):
+    """The cold mode-both run (execution ``exec-1``) the later scenarios build on: its trained and
+    registered model, its cached stages, its train run to reproduce."""
+    return _pipeline(world, execution_id="exec-1", mode="both")
+
+
+def test_mode_both_builds_the_run_tree_and_persists_with_lineage(world, first_run):
     client, server = world["client"], world["server"]
-    result = _pipeline(world, execution_id="exec-1", mode="both")
+    result = first_run
     assert result.returncode == 0, result.stderr[-3000:]
 
     parent = _parent(client, "exec-1")
@@ -185,7 +192,7 @@ def _assert_review_is_traced(client, review):
     assert "<h2>" in mlflow.artifacts.load_text(f"runs:/{review.info.run_id}/transcript.html")
 
 
-def test_identical_rerun_reuses_every_stage_and_adds_no_artifact(world):
+def test_identical_rerun_reuses_every_stage_and_adds_no_artifact(world, first_run):
     client, server = world["client"], world["server"]
     before_runs = len(client.search_runs([client.get_experiment_by_name("trademaster_autogen").experiment_id]))
     before_artifacts = len(server.artifacts())
@@ -199,7 +206,7 @@ def test_identical_rerun_reuses_every_stage_and_adds_no_artifact(world):
     assert len(server.artifacts()) == before_artifacts
 
 
-def test_mode_inference_uses_the_registered_model_and_a_new_execution_gets_its_own_artifacts(world):
+def test_mode_inference_uses_the_registered_model_and_a_new_execution_gets_its_own_artifacts(world, first_run):
     client, server = world["client"], world["server"]
     result = _pipeline(world, execution_id="exec-2", mode="inference", force="true")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -210,7 +217,7 @@ def test_mode_inference_uses_the_registered_model_and_a_new_execution_gets_its_o
     assert sorted(a["type"] for a in exec2) == ["chart", "llm", "signal"]
 
 
-def test_mode_train_backtest_runs_only_training(world):
+def test_mode_train_backtest_runs_only_training(world, first_run):
     client = world["client"]
     result = _pipeline(world, execution_id="exec-3", mode="train_backtest", backend=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -253,7 +260,7 @@ def test_without_backend_url_persistence_is_skipped_and_says_so(world):
     assert persist.data.tags["webui.persist"] == "skipped"
 
 
-def test_reproduce_a_finished_train_backtest_run_gives_identical_metrics(world):
+def test_reproduce_a_finished_train_backtest_run_gives_identical_metrics(world, first_run):
     client = world["client"]
     parent = _parent(client, "exec-1")
     train_id = parent.data.tags["tradeflow.stage.train_backtest.run_id"]

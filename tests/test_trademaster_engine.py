@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import BTC_CSV, DATA, require_shared_data
+from tests.conftest import BTC_CSV, SHARED_DATA, require_shared_data
 from tradeflow.backtest import simulate
 from tradeflow.config import TradeMasterParams, resolve_config
 from tradeflow.engines import EngineUnavailable, get_engine
@@ -32,7 +32,7 @@ from tradeflow.features import FEATURE_COLUMNS
 
 pytestmark = pytest.mark.trademaster
 
-BTC_DIR = DATA / "algorithmic_trading" / "BTC"
+BTC_DIR = SHARED_DATA / "algorithmic_trading" / "BTC"
 BTC_TEST = BTC_DIR / "test.csv"
 E0 = 100_000.0
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import BTC_CSV, DJ30_BOTH, mlflow_run, require_shared_data
+from tests.conftest import BTC_CSV, DJ30_SOURCE, mlflow_run, require_shared_data
 # Imported at collection: a pyfunc load in a test below puts the model's copy of tradeflow first on
 # sys.path, and a tradeflow first imported after that would be the copy (no MLproject beside it).
 from tradeflow.config import resolve_config
@@ -36,7 +36,7 @@ def _finished_run(client: MlflowClient, stage: str = "train_backtest"):
     ("symbol", "source", "extra"),
     [
         ("BTC", f"csv:{BTC_CSV}", {"backtest_lookback_days": "900"}),
-        ("AAPL", DJ30_BOTH, {}),
+        ("AAPL", DJ30_SOURCE, {}),
     ],
     ids=["btc", "dj30-aapl"],
 )
@@ -121,7 +121,7 @@ def test_same_seed_and_data_give_identical_metrics(tracking_store):
     require_shared_data()
     from tradeflow.steps.train_backtest import train_backtest_step
 
-    cfg = resolve_config({"symbol": "AAPL", "data_source": DJ30_BOTH, "register_model": "false", **FAST})
+    cfg = resolve_config({"symbol": "AAPL", "data_source": DJ30_SOURCE, "register_model": "false", **FAST})
     first = train_backtest_step(cfg)
     second = train_backtest_step(cfg)
     assert first["run_id"] != second["run_id"]

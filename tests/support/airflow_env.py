@@ -24,9 +24,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .data import DJ30_DIR, DJ30_SOURCE, REPO_ROOT, SHARED_DIR  # noqa: F401 - re-exported
+from .data import DJ30_DIR, DJ30_SOURCE, REPO, SHARED_DIR  # noqa: F401 - re-exported
 
-DAGS_FOLDER = REPO_ROOT / "dags"
+DAGS_FOLDER = REPO / "dags"
 
 _NOT_INHERITED = ("AIRFLOW", "MLFLOW_", "TRADEFLOW_", "BACKEND_API_")
 RUN_ID_RE = re.compile(r"run_id=(manual__[0-9T:.+\-]+)")
@@ -93,7 +93,7 @@ class AirflowHome:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
             "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
-            "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+            "PYTHONPATH": str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(extra or {})
@@ -111,7 +111,7 @@ class AirflowHome:
         cmd += extra_args or []
         started = time.perf_counter()
         proc = subprocess.run(cmd, env=self.env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout, cwd=str(REPO_ROOT))
+                              text=True, timeout=timeout, cwd=str(REPO))
         seconds = time.perf_counter() - started
         match = RUN_ID_RE.search(proc.stdout)
         return DagTestResult(proc.returncode, proc.stdout, seconds, match.group(1) if match else None)
@@ -198,7 +198,7 @@ class AirflowServices:
                     "dag-processor": [airflow_bin(), "dag-processor"]}
         for name, cmd in commands.items():
             log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
+            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
                                     start_new_session=True)
             self._procs.append((name, proc))
         wait_for_http(f"http://127.0.0.1:{self.port}/api/v2/version", timeout=120, proc=self._procs[0][1])

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DIR = REPO_ROOT.parent / "shared"
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DIR = REPO.parent / "shared"
 #: TradeMaster's data under ../shared.
 SHARED_DATA = SHARED_DIR / "data" / "trademaster"
 BTC_DIR = SHARED_DATA / "algorithmic_trading" / "BTC"
@@ -27,7 +27,7 @@ DJ30_TICKERS = ("AAPL", "MSFT", "JPM", "KO", "IBM", "WMT", "DIS", "INTC", "CSCO"
                 "MRK", "CVX", "AMGN", "AXP", "BA", "CAT", "CRM", "GS", "HON", "JNJ", "MCD", "MMM", "TRV",
                 "UNH", "VZ", "WBA")
 #: The slice the project ships (relative to the repository root, as the demo passes it).
-PROJECT_DATA = REPO_ROOT / "data" / "trademaster"
+PROJECT_DATA = REPO / "data" / "trademaster"
 PROJECT_DJ30_CSV = PROJECT_DATA / "dj30_2020_2021.csv"
 PROJECT_BTC_CSV = PROJECT_DATA / "btc_2018_2021.csv"
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .env import DAG_ID, REPO_ROOT, subprocess_env
+from .env import DAG_ID, REPO, subprocess_env
 
 
 def _context(run_id: str, map_index: int = -1, task_id: str = "", try_number: int = 1):
@@ -60,7 +60,7 @@ def _cmd_dag_run(args: argparse.Namespace) -> int:
             index, target = pending.pop(0)
             cmd = [sys.executable, "-m", "tests.support.load", "run-symbol", "--run-id", args.run_id,
                    "--map-index", str(index), "--target", json.dumps(target), "--parent", json.dumps(parent)]
-            running[index] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=str(REPO_ROOT))
+            running[index] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=str(REPO))
         time.sleep(0.2)
         for index, proc in list(running.items()):
             if proc.poll() is None:
@@ -88,7 +88,7 @@ def drive_dag_run(run_id: str, *, parallel: int, env: Mapping[str, str], symbols
     for symbol in symbols:
         cmd += ["--symbol", symbol]
     return subprocess.Popen(cmd, env=subprocess_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(REPO_ROOT))
+                            text=True, cwd=str(REPO))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..data import DJ30_SOURCE, DJ30_TICKERS, REPO_ROOT  # noqa: F401 - DJ30_TICKERS re-exported
+from ..data import DJ30_SOURCE, DJ30_TICKERS, REPO  # noqa: F401 - DJ30_TICKERS re-exported
 
 DAG_ID = "trademaster_autogen_pipeline_workflow"
 EXPERIMENT = "trademaster_autogen"
@@ -50,7 +50,7 @@ def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """``os.environ`` + the venv's ``bin`` first on PATH + ``fast_python_env`` + ``extra``."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(fast_python_env(env))
     env.update(extra or {})
     return env

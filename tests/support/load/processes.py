@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..airflow_env import REPO_ROOT, RUN_ID_RE, AirflowHome, DagTestResult, airflow_bin
+from ..airflow_env import REPO, RUN_ID_RE, AirflowHome, DagTestResult, airflow_bin
 from .env import DAG_ID, EXPERIMENT, fast_python_env, subprocess_env
 
 def clone_airflow_home(template: AirflowHome, dest: Path) -> AirflowHome:
@@ -39,7 +39,7 @@ class BackgroundProcess:
     def _popen(cmd: list[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
-            return subprocess.Popen(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
+            return subprocess.Popen(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
                                     stdin=subprocess.DEVNULL)
 
     @property
@@ -104,7 +104,7 @@ class MlflowRun(BackgroundProcess):
     @classmethod
     def start(cls, entry_point: str, params: Mapping[str, str], *, env: Mapping[str, str], log_path: Path,
               label: str = "") -> MlflowRun:
-        cmd = [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO_ROOT), "-e", entry_point,
+        cmd = [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO), "-e", entry_point,
                "--env-manager", "local", "--experiment-name", EXPERIMENT]
         for key, value in params.items():
             cmd += ["-P", f"{key}={value}"]

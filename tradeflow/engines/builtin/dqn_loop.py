@@ -36,7 +36,7 @@ class DQNLoop:
     logger, ``policy.predict``'s checks, numpy batches copied into new tensors (transitions live
     in preallocated tensors, batches are ``index_select``-ed out), autograd (the MLP's gradients
     are written out by hand into preallocated tensors: ``_update_batch``, checked against autograd
-    in tests/test_engine_builtin.py), ``clip_grad_norm_``'s and ``Optimizer.step``'s Python
+    in tests/unit/test_engine_builtin.py), ``clip_grad_norm_``'s and ``Optimizer.step``'s Python
     (``torch._foreach_norm`` and the fused Adam kernel ``Adam(fused=True)`` runs, on the
     optimizer's own state). Random draws come from generators seeded with the run's seed (numpy
     for exploration, torch for batches), so a run is reproducible, but not draw-for-draw

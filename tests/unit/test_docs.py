@@ -8,7 +8,7 @@ import yaml
 
 from tradeflow.config import ReviewConfig, RunConfig, SB3Params, SplitConfig, TradeMasterParams
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_config_key_is_in_docs_parameters():
