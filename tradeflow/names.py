@@ -10,7 +10,7 @@ from typing import Final, Literal, get_args
 #: the repository root: the MLproject the executors run, the default store beside it
 PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 
-#: what one symbol's pipeline runs (``pipeline.STAGES_BY_MODE``, the DAG's trigger form)
+#: what one symbol's pipeline runs (``pipeline.stages.STAGES_BY_MODE``, the DAG's trigger form)
 Mode = Literal["both", "train_backtest", "inference"]
 MODES: Final = get_args(Mode)
 

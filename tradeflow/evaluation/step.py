@@ -8,7 +8,6 @@ bootstrap bounds) and ``<subject>_vs_<baseline>_*`` paired comparisons; artifact
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Sequence

@@ -3,7 +3,7 @@ that lets one stage key be run by at most one live pipeline run at a time.
 
 Concurrent cold pipelines of one symbol (three DAG runs at once) would otherwise each train the
 same model; with the lease one trains and the others adopt its run (``tradeflow.pipeline.run``'s
-``_run_or_reuse`` takes it for ``LEASED_STAGES``). Tags on the claiming pipeline run are the only
+``_run_or_reuse`` takes it for the stages ``stages.STAGES`` marks ``leased``). Tags on the claiming pipeline run are the only
 shared state, so it works on any MLflow store.
 """
 
@@ -23,10 +23,6 @@ from tradeflow.runs.filters import filter_value
 from tradeflow.runs.records import Tag, find_by_tags
 
 log = logging.getLogger(__name__)
-
-#: Stages that are leased (persist is per execution and idempotent on the WebUI side).
-LEASED_STAGES = ("train_backtest", "inference", "review")
-
 
 def cache_key(entry_point: str, params: dict[str, str], *, code: str, data_digest: str, extra: dict | None = None) -> str:
     """What makes two runs of a stage the same: entry point, params, code version, data digest."""
