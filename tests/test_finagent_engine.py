@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import DJ30_SOURCE, REPO, require_shared_data
 from tradeflow.config import ConfigError, resolve_config
 from tradeflow.engines import EngineUnavailable
-from tradeflow.engines import _finagent_compat as compat
+from tradeflow.engines.finagent import compat
 
 STUB_BACKEND = REPO / "tests" / "support" / "finagent_stub" / "src" / "backend"
 
@@ -165,7 +165,7 @@ def test_upstream_gets_exactly_our_window_no_look_ahead(stub):
     ("network", "UpstreamNetworkBlocked", "network access blocked while upstream FinAgent runs"),
 ])
 def test_upstream_failure_modes_fail_clearly_and_leave_the_process_intact(stub, monkeypatch, mode, error, fragment):
-    from tradeflow.engines import finagent_analyst
+    from tradeflow.engines.finagent import analyst as finagent_analyst
 
     exc_type = getattr(finagent_analyst, error, None) or getattr(compat, error)
     monkeypatch.setenv("FINAGENT_STUB_MODE", mode)
