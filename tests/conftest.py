@@ -61,6 +61,9 @@ def mlflow_run(entry_point: str, params: dict[str, str], *, env: dict[str, str] 
            "--env-manager", "local", "--experiment-name", "trademaster_autogen"]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
-    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(env or {})}
+    # an experiment or run another test (or an in-process run) left in the environment would fight
+    # --experiment-name; only what the caller passes (or monkeypatches) reaches the CLI
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+    full_env = {**inherited, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 from tests.support.webui import webui_server  # noqa: E402,F401  (fixture)
