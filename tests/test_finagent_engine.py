@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import DJ30_SOURCE, REPO, require_shared_data
 from tradeflow.config import ConfigError, resolve_config
 from tradeflow.engines import EngineUnavailable
-from tradeflow.engines import _finagent_compat as compat
+from tradeflow.engines.finagent import compat
 
 STUB_BACKEND = REPO / "tests" / "support" / "finagent_stub" / "src" / "backend"
 
@@ -241,7 +241,7 @@ def test_config_names_the_finagent_model_and_its_params():
     cfg = _cfg(finagent_lookback_bars="90", finagent_allow_short="true")
     assert cfg.registered_model_name == "finagent_TEST"
     assert cfg.finagent.lookback_bars == 90 and cfg.finagent.allow_short is True
-    assert resolve_config({"symbol": "TEST"}).registered_model_name == "trademaster_TEST"
+    assert resolve_config({"symbol": "TEST"}).registered_model_name == "builtin_TEST"
     with pytest.raises(ConfigError, match="finagent.lookback_bars"):
         _cfg(finagent={"lookback_bars": 10})
 

@@ -202,12 +202,13 @@ class RunConfig(_Strict):
 
     @property
     def registered_model_name(self) -> str:
-        """Per-symbol Model Registry name; ``inference`` resolves ``models:/<name>@<alias>``."""
+        """Per-(engine, symbol) Model Registry name (``builtin_AAPL``, ``trademaster_AAPL``,
+        ``finagent_AAPL``); ``inference`` resolves ``models:/<name>@<alias>``, so an alias, the gate's
+        champion and the newest-version fallback never cross engines (docs/engine.md, migration)."""
         # Injective: symbols hold no '_' or lower case, so BRK.B and BRK-B (or ^GSPC, .GSPC, -GSPC)
-        # get different names; plain tickers keep the readable trademaster_AAPL.
+        # get different names; plain tickers keep the readable builtin_AAPL.
         marks = {".": "_dot_", "-": "_dash_", "^": "_caret_"}
-        prefix = "finagent" if self.engine == "finagent" else "trademaster"
-        return f"{prefix}_" + "".join(marks.get(char, char) for char in self.symbol)
+        return f"{self.engine}_" + "".join(marks.get(char, char) for char in self.symbol)
 
     @property
     def is_synthetic(self) -> bool:

@@ -98,9 +98,9 @@ def test_canonical_json_round_trips_and_is_stable():
     flat = cfg.flat_params()
     assert flat["cfg.trademaster.hidden_dims"] == "128,64"
     assert flat["cfg.split.valid_start"] == "2020-01-01"
-    assert cfg.registered_model_name == "trademaster_BTC"
-    assert resolve_config({"symbol": "BRK.B"}).registered_model_name == "trademaster_BRK_dot_B"
-    assert resolve_config({"symbol": "BRK-B"}).registered_model_name == "trademaster_BRK_dash_B"
+    assert cfg.registered_model_name == "builtin_BTC"
+    assert resolve_config({"symbol": "BRK.B"}).registered_model_name == "builtin_BRK_dot_B"
+    assert resolve_config({"symbol": "BRK-B"}).registered_model_name == "builtin_BRK_dash_B"
 
 
 def test_a_mistyped_tradeflow_variable_fails_with_the_known_names(monkeypatch):
