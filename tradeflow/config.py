@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import date
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -123,6 +123,8 @@ class SplitConfig(_Strict):
         return self
 
 
+Engine = Literal["builtin", "trademaster", "finagent"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 Provider = Literal["rules", "openai", "azure", "ollama", "openai_compatible"]
 
 
@@ -146,7 +148,7 @@ class RunConfig(_Strict):
     bar_size: str = Field("1 day", description="bar length; only daily bars ('1 day') are supported")
     backtest_lookback_days: int = Field(1095, ge=30, description="calendar days of history to load")
     end_date: date | None = Field(None, description="last bar to use (default: newest available)")
-    engine: Literal["builtin", "trademaster", "finagent"] = Field(
+    engine: Engine = Field(
         "builtin", description="builtin (gymnasium + stable-baselines3), trademaster or finagent (upstream)")
     algorithm: Literal["dqn", "ppo", "a2c"] = Field("dqn", description="RL algorithm of the builtin engine")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="seeds numpy, torch, the env and SB3, 0..2**31-1")
