@@ -66,6 +66,24 @@ def test_each_engine_registers_under_its_own_name_and_inference_serves_its_own(t
         assert type(served.agent).__module__.startswith(f"tradeflow.engines.{engine}.")
 
 
+def test_each_model_records_the_implementation_that_produced_it(trained):
+    """The FinAgent model trained on the interface double says so, everywhere a reader looks."""
+    cfgs, summaries = trained
+    client = MlflowClient()
+    expected = {"builtin": ("builtin", "builtin (tradeflow env + stable-baselines3"),
+                "finagent": ("test_double", "test double tests/support/finagent_stub/src/backend (NOT upstream")}
+    for engine, (implementation, label) in expected.items():
+        version = client.get_model_version(f"{engine}_AAPL", summaries[engine]["model_version"])
+        run = client.get_run(summaries[engine]["run_id"])
+        assert version.tags["implementation"] == implementation
+        assert run.data.tags["tradeflow.engine_implementation"].startswith(label)
+        assert label in version.description and label in run.data.tags["mlflow.note.content"]
+    finagent_run = client.get_run(summaries["finagent"]["run_id"]).data.tags
+    assert "rule search" in finagent_run["mlflow.runName"] and " ep" not in finagent_run["mlflow.runName"]
+    (agent_line,) = [line for line in finagent_run["mlflow.note.content"].splitlines() if line.startswith("**Agent**")]
+    assert "no epochs, no RL" in agent_line and "dqn" not in agent_line.lower() and "epoch " not in agent_line
+
+
 def test_an_explicit_uri_of_the_other_engine_is_refused_in_one_line(trained):
     from tradeflow.model import EngineMismatch, resolve_model
 

@@ -45,7 +45,9 @@ def upstream():
                     f"To run these tests: {INSTALL_COMMAND}, then "
                     ".venv-tm/bin/python -m pytest tests/test_trademaster_engine.py")
     require_shared_data()
-    return import_trademaster()
+    upstream = import_trademaster()
+    assert upstream.provenance.implementation == "upstream", upstream.provenance.label  # the installed tree verified
+    return upstream
 
 
 def test_unavailable_engine_says_how_to_install():
@@ -312,7 +314,16 @@ def test_mlflow_run_train_backtest_and_inference_with_upstream(upstream, trackin
     agent_dir = mlflow.artifacts.download_artifacts(f"models:/trademaster_BTC/{version.version}")
     meta = json.loads(open(f"{agent_dir}/artifacts/agent/agent.json").read())
     assert meta["engine"] == "trademaster" and meta["upstream"]["commit"].startswith("c1c4838b518a")
+    # what produced it, measured: the installed package verified against the digest manifest
+    assert version.tags["implementation"] == "upstream" and run.data.tags["tradeflow.engine_implementation"].startswith(
+        "upstream TradeMaster-NTU/TradeMaster@c1c4838b518a")
+    model_meta = json.loads(open(f"{agent_dir}/artifacts/agent/agent_meta.json").read())
+    assert model_meta["provenance"]["implementation"] == "upstream" and model_meta["provenance"]["verified"]
+    assert "upstream dqn 1 ep" in run.data.tags["mlflow.runName"]
 
-    served = mlflow_run("inference", {"symbol": "BTC", "data_source": source})
+    # inference serves the engine it is asked for: trademaster_BTC, never a builtin_BTC
+    served = mlflow_run("inference", {"symbol": "BTC", "data_source": source, "config": '{"engine": "trademaster"}'})
     assert served.returncode == 0, served.stderr[-3000:]
     assert "models:/trademaster_BTC/" in served.stdout and "suggests" in served.stdout
+    builtin = mlflow_run("inference", {"symbol": "BTC", "data_source": source})
+    assert builtin.returncode != 0 and "no registered model builtin_BTC@champion" in builtin.stderr

@@ -167,6 +167,14 @@ class TradeMasterEngine(Engine):
     def __init__(self) -> None:
         self.upstream = import_trademaster()  # EngineUnavailable (one line + install command) if absent
 
+    def training_label(self, cfg: RunConfig) -> str:
+        return f"upstream dqn {cfg.trademaster.epochs} ep"
+
+    def training_description(self, cfg: RunConfig) -> str:
+        p = cfg.trademaster
+        return (f"upstream TradeMaster DQN (QNet {tuple(p.hidden_dims)}, AlgorithmicTradingDQN), {p.epochs} epochs, "
+                f"window {p.backward_num_day}")
+
     def train(
         self,
         splits: Splits,
