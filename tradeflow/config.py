@@ -56,6 +56,9 @@ class TradeMasterParams(_Strict):
     hidden_dims: tuple[int, ...] = Field((64, 64), description="MLP hidden layer sizes, e.g. 64,64 "
                                          f"(1..{MAX_HIDDEN_LAYERS} layers of 1..4096 units)")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="torch device the agent trains and acts on")
+    preset: Literal["tradeflow", "upstream"] = Field(
+        "tradeflow", description="upstream: train with upstream TradeMaster's shipped algorithmic-trading BTC "
+        "config (UPSTREAM_SHIPPED_CONFIG: window 5, hidden 64,32, 20 epochs), overriding the values given")
 
     @field_validator("hidden_dims", mode="before")
     @classmethod
@@ -71,6 +74,16 @@ class TradeMasterParams(_Strict):
         if not value or len(value) > MAX_HIDDEN_LAYERS or any(d < 1 or d > 4096 for d in value):
             raise ValueError(f"hidden_dims must be 1..{MAX_HIDDEN_LAYERS} layers of 1..4096 units, e.g. 64,64")
         return value
+
+
+#: upstream TradeMaster @ c1c4838's shipped config for algorithmic trading with AlgorithmicTradingDQN
+#: (configs/algorithmic_trading/algorithmic_trading_BTC_deepscalper_deepscalper_adam_mse.py, its
+#: _base_ dataset BTC.py, nets and the env's defaults); ``trademaster.preset=upstream`` applies it
+UPSTREAM_SHIPPED_CONFIG: dict[str, Any] = {
+    "backward_num_day": 5, "forward_num_day": 5, "hidden_dims": (64, 32), "epochs": 20, "learning_rate": 1e-3,
+    "explore_rate": 0.25, "max_volume": 1, "initial_amount": 100_000.0, "transaction_cost_pct": 0.001,
+    "future_weights": 0.2,
+}
 
 
 class SB3Params(_Strict):
@@ -255,6 +268,13 @@ class RunConfig(_Strict):
             if getattr(tm, name) > cap:
                 notes.append(f"trademaster.{name} {getattr(tm, name)} clamped to cap {cap}")
                 updates[name] = cap
+        if tm.preset == "upstream":
+            changed = {k: v for k, v in UPSTREAM_SHIPPED_CONFIG.items() if getattr(tm, k) != v}
+            if changed:
+                notes.append("trademaster.preset=upstream: " + ", ".join(
+                    f"{k} {getattr(tm, k)} -> {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                    for k, v in changed.items()) + " (upstream's shipped config)")
+            updates = {**updates, **changed}
         if updates:
             object.__setattr__(self, "trademaster", tm.model_copy(update=updates))
         if self.backtest_lookback_days > MAX_LOOKBACK_DAYS:
