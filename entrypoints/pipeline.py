@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> None:
         force = parse_bool(args.force, "force")
     except ConfigError as exc:
         fail_before_work(str(exc))
+    from tradeflow.engines import engine_missing
+
+    if reason := engine_missing(cfg.engine):  # before the parent run and any stage
+        fail_before_work(reason)
 
     def step() -> None:
         from tradeflow.pipeline.run import run_pipeline

@@ -25,3 +25,20 @@ def test_an_unknown_engine_is_one_config_error_line_before_any_run():
         config_from_flags(_pipeline_args("--engine", "dqn"))
     message = str(caught.value)
     assert "\n" not in message and "engine" in message and "'finagent'" in message
+
+
+def test_a_missing_upstream_is_named_before_the_pipeline_starts(monkeypatch, tmp_path, capsys):
+    """Where upstream is absent, ``-P engine=finagent`` fails in one line (exit 2) before any stage."""
+    from entrypoints import pipeline
+    from tradeflow.engines import engine_missing
+    from tradeflow.engines.finagent import compat
+
+    monkeypatch.delenv(compat.ENV_BACKEND, raising=False)
+    monkeypatch.setattr(compat.sys, "prefix", str(tmp_path))  # no finagent-upstream.json here
+    reason = engine_missing("finagent")
+    assert reason and "\n" not in reason and compat.INSTALL_COMMAND in reason
+    assert engine_missing("builtin") is None
+    with pytest.raises(SystemExit) as caught:
+        pipeline.main(["--symbol", "AAPL", "--engine", "finagent"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {reason}"
