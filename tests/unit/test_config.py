@@ -24,7 +24,7 @@ WEBUI_LINK_CONFIG = {
 
 def test_accepts_every_key_the_webui_stores_in_link_configs():
     cfg = resolve_config({"symbol": "NVDA"}, WEBUI_LINK_CONFIG)
-    assert cfg.trademaster.model_dump() == {**WEBUI_LINK_CONFIG["trademaster"], "hidden_dims": (32, 16)}
+    assert cfg.trademaster.model_dump() == {**WEBUI_LINK_CONFIG["trademaster"], "hidden_dims": (32, 16), "preset": "tradeflow"}
     assert cfg.backtest_lookback_days == 500
     assert cfg.bar_size == "1 day"
 
