@@ -118,7 +118,8 @@ class Engine(ABC):
 
     def training_description(self, cfg: RunConfig) -> str:
         """What training does, one sentence (logs, run and version descriptions)."""
-        return f"{cfg.engine}/{cfg.algorithm} agent, {cfg.trademaster.epochs} epochs"
+        return (f"{cfg.engine}/{cfg.algorithm} agent (stable-baselines3), {cfg.trademaster.epochs} epochs, "
+                f"window {cfg.trademaster.backward_num_day} bars")
 
     def backtest(self, agent: TradingAgent, frame: pd.DataFrame, cfg: RunConfig) -> BacktestResult:
         """Run the agent greedily over ``frame`` and account for it with ``simulate``.
