@@ -40,7 +40,8 @@ def _point_at_world(world, monkeypatch):
 
 
 def _pipeline(world, *, backend: bool = True, **params):
-    env = {"BACKEND_API_URL": world["server"].url} if backend else {}
+    # the store explicitly: the module-scoped first_run starts before _point_at_world sets it
+    env = {"MLFLOW_TRACKING_URI": world["uri"], **({"BACKEND_API_URL": world["server"].url} if backend else {})}
     result = mlflow_run("pipeline", {**BASE, **params}, env=env)
     return result
 
