@@ -1,6 +1,6 @@
 """``pipeline``: one symbol's stages as child runs of a parent run, with the stage cache.
 
-    mlflow run . -e pipeline -P symbol=AAPL -P mode=both [-P execution_id=...] [-P force=true]
+    mlflow run . -e pipeline -P symbol=AAPL -P mode=both [-P engine=finagent] [-P execution_id=...] [-P force=true]
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, par
 from tradeflow.errors import ConfigError
 from tradeflow.settings import parse_bool
 
-FLAGS = ("symbol", "mode", "execution_id", "force", "data_source", "epochs", "reviewer", "dag_id", "task_id", "config")
+FLAGS = ("symbol", "mode", "execution_id", "force", "data_source", "engine", "epochs", "reviewer", "dag_id", "task_id", "config")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> None:
         force = parse_bool(args.force, "force")
     except ConfigError as exc:
         fail_before_work(str(exc))
+    from tradeflow.engines import engine_missing
+
+    if reason := engine_missing(cfg.engine):  # before the parent run and any stage
+        fail_before_work(reason)
 
     def step() -> None:
         from tradeflow.pipeline.run import run_pipeline

@@ -61,6 +61,11 @@ if [ ! -f "$FA_SRC/src/backend/agents/technical_analysis.py" ]; then
 fi
 [ "$(cat "$FA_SRC/COMMIT" 2>/dev/null || true)" = "$FA_COMMIT" ] \
   || { echo "$FA_SRC does not hold commit $FA_COMMIT (no COMMIT file or another commit)" >&2; exit 1; }
+# The COMMIT file is only a claim: the exported files must be the pinned commit's, byte for byte, and
+# nothing else (scripts/finagent-aa7fe01.sha256, generated from the commit's git objects). The adapter
+# measures the same at every import and records it in the model (tradeflow/engines/provenance.py).
+bash scripts/verify_source_tree.sh "$FA_SRC" "scripts/finagent-${FA_COMMIT:0:7}.sha256" src/backend \
+  || { echo "refusing to install $FA_SRC: it is not upstream FinAgent @ ${FA_COMMIT:0:12}" >&2; exit 1; }
 
 # --- 2. venv + torch (CPU, pip: the project requirements need it) --------------------------------
 [ -x "$PY" ] || { say "creating $FA_VENV"; "$PYTHON" -m venv "$FA_VENV"; }
@@ -95,6 +100,7 @@ say "check"
 "$PY" - <<'EOF'
 from tradeflow.engines.finagent.compat import import_finagent
 fa = import_finagent()
-print(f"ok: finagent importable from {fa.origin} @ {fa.commit[:12]}; ta {fa.ta_version}")
+assert fa.provenance.implementation == "upstream", fa.provenance.label
+print(f"ok: finagent importable from {fa.origin} @ {fa.commit[:12]}; ta {fa.ta_version}; {fa.provenance.label}")
 EOF
 echo "use it:  PATH=$FA_VENV/bin:\$PATH $FA_VENV/bin/mlflow run . -e train_backtest --env-manager local -P engine=finagent -P symbol=AAPL ..."

@@ -6,7 +6,8 @@
 # Passes when every file the manifest lists exists with its digest AND the <dir>s under <tree>
 # hold no other file (an added module would be imported as upstream code). Notebooks and
 # __pycache__/*.pyc (made by an earlier install) are ignored. One line on stderr names the first
-# problems; exit 1. Used by scripts/install_trademaster.sh for a tree that is not a git checkout.
+# problems; exit 1. Used by scripts/install_trademaster.sh (also for a tree that is not a git checkout)
+# and scripts/install_finagent.sh (an exported tree whose COMMIT file is only a claim).
 set -eu  # no pipefail: `head` closing a pipe early is not a failure here
 tree=$1; manifest=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2
 [ -d "$tree" ] || { echo "verify: $tree is not a directory" >&2; exit 1; }

@@ -67,3 +67,31 @@ def mlflow_run(entry_point: str, params: dict[str, str], *, env: dict[str, str] 
     full_env = {**inherited, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 from tests.support.webui import webui_server  # noqa: E402,F401  (fixture)
+
+
+#: markers of the tests that need an upstream installed by scripts/install_*.sh
+UPSTREAM_MARKS = ("trademaster", "finagent_upstream")
+
+
+def skip_kind(reason: str) -> str:
+    """Why an upstream test skipped, in two words: the data or the upstream is missing (or neither)."""
+    if "shared data not found" in reason:
+        return "missing ../shared data"
+    if "not importable" in reason or "unavailable" in reason or "not installed" in reason:
+        return "missing upstream"
+    return "not applicable here"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Upstream tests never skip silently: each skip reason is printed (without -rs), by kind."""
+    groups: dict[tuple[str, str], int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if not any(mark in report.keywords for mark in UPSTREAM_MARKS):
+            continue
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        groups[(skip_kind(reason), reason)] = groups.get((skip_kind(reason), reason), 0) + 1
+    if groups:
+        terminalreporter.section("upstream tests skipped", yellow=True)
+        for (kind, reason), count in sorted(groups.items()):
+            terminalreporter.write_line(f"{count} skipped, {kind}: {reason}")

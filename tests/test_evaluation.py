@@ -216,7 +216,7 @@ def test_a_model_that_loses_on_validation_gets_no_alias_and_a_capped_labelled_de
     assert client.get_registered_model(name).aliases == {}
 
     resolved = resolve_model(cfg, None)  # no champion: the newest version serves, labelled
-    assert resolved.version == first["model_version"] and "no version of trademaster_KO passed" in resolved.gate_note
+    assert resolved.version == first["model_version"] and "no version of builtin_KO passed" in resolved.gate_note
     served = inference_step(cfg, resolved, training_context(resolved.training_run_id))
     evidence = json.loads(mlflow.artifacts.load_text(served["evidence_uri"]))
     assert evidence["model"]["gate"]["passed"] is False and evidence["model"]["gate"]["enforced"] is True

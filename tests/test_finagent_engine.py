@@ -166,8 +166,9 @@ def test_upstream_gets_exactly_our_window_no_look_ahead(stub):
 ])
 def test_upstream_failure_modes_fail_clearly_and_leave_the_process_intact(stub, monkeypatch, mode, error, fragment):
     from tradeflow.engines.finagent import analyst as finagent_analyst
+    from tradeflow.engines.finagent import rule
 
-    exc_type = getattr(finagent_analyst, error, None) or getattr(compat, error)
+    exc_type = getattr(finagent_analyst, error, None) or getattr(rule, error, None) or getattr(compat, error)
     monkeypatch.setenv("FINAGENT_STUB_MODE", mode)
     connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
     with pytest.raises(exc_type, match=fragment):
@@ -209,6 +210,7 @@ def test_calibration_is_deterministic_walk_forward_and_round_trips(stub, tmp_pat
 
     package = json.loads((tmp_path / "a" / "agent" / CONFIG_FILE).read_text())
     assert package["upstream"]["commit"] == compat.UPSTREAM_COMMIT and package["window"] == 40
+    assert package["upstream"]["implementation"] == "test_double"  # measured, not the interface's commit
     loaded = FinAgentAgent.load(tmp_path / "a" / "agent", stub)
     frame = with_history(splits.valid, splits.test, 40)
     result = engine.backtest(loaded, frame, cfg)
@@ -241,7 +243,7 @@ def test_config_names_the_finagent_model_and_its_params():
     cfg = _cfg(finagent_lookback_bars="90", finagent_allow_short="true")
     assert cfg.registered_model_name == "finagent_TEST"
     assert cfg.finagent.lookback_bars == 90 and cfg.finagent.allow_short is True
-    assert resolve_config({"symbol": "TEST"}).registered_model_name == "trademaster_TEST"
+    assert resolve_config({"symbol": "TEST"}).registered_model_name == "builtin_TEST"
     with pytest.raises(ConfigError, match="finagent.lookback_bars"):
         _cfg(finagent={"lookback_bars": 10})
 
@@ -264,7 +266,9 @@ def test_review_adds_the_forecaster_on_upstreams_prompt(stub):
                               training_run={"metrics": {}}, data={"source": "test", "rows": 120})
     evidence.update(finagent=section, prompts=prompts)
     assert prompts["forecaster"]["text"].startswith("STUB FORECASTER PROMPT")
-    assert prompts["forecaster"]["source"].startswith("akshata29/finagent@aa7fe01525fe:agents/forecaster.py")
+    # the double is named as what produced the prompt, never upstream's repository and commit
+    assert prompts["forecaster"]["source"].startswith("test double tests/support/finagent_stub/src/backend (NOT upstream")
+    assert prompts["forecaster"]["source"].endswith(":agents/forecaster.py:analyze_and_predict")
 
     outcome = review(evidence, ReviewConfig())
     agents = [line["agent"] for line in outcome.transcript]
@@ -279,6 +283,42 @@ def test_review_adds_the_forecaster_on_upstreams_prompt(stub):
 
     plain = review({k: v for k, v in evidence.items() if k not in ("finagent", "prompts")}, ReviewConfig())
     assert "forecaster" not in [line["agent"] for line in plain.transcript]
+
+
+# --- provenance: what ran is measured against the install's digest manifest -----------------------
+
+
+def test_the_double_is_recorded_as_a_test_double_and_a_copy_elsewhere_as_unverified(stub, tmp_path, monkeypatch):
+    import shutil
+
+    prov = stub.provenance
+    assert prov.implementation == "test_double" and not prov.verified
+    assert "NOT upstream akshata29/finagent@aa7fe01525fe" in prov.label and "\n" not in prov.label
+    assert get_engine_provenance("finagent").label == prov.label  # what the train run tags
+    # the same files outside tests/support: not upstream (they do not match the manifest), not a double
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(STUB_BACKEND.parent.parent, copy)
+    monkeypatch.setenv(compat.ENV_BACKEND, str(copy / "src" / "backend"))
+    _reset_upstream()
+    moved = compat.import_finagent().provenance
+    assert moved.implementation == "unverified" and "does not match finagent-aa7fe01.sha256" in moved.label
+    assert "changed: src/backend/agents/forecaster.py" in moved.label
+
+
+def get_engine_provenance(name):
+    from tradeflow.engines import get_engine
+
+    return get_engine(name).provenance()
+
+
+def test_the_manifest_is_the_pinned_commits_export():
+    """Every path the install exports (src/backend, LICENSE) is listed once with a sha256."""
+    from tradeflow.engines.provenance import read_manifest
+
+    entries = read_manifest(compat.MANIFEST)
+    assert compat.MANIFEST.name == f"finagent-{compat.UPSTREAM_COMMIT[:7]}.sha256"
+    assert "src/backend/agents/technical_analysis.py" in entries and "LICENSE" in entries
+    assert all(len(d) == 64 for d in entries.values()) and all(p.startswith(("src/backend/", "LICENSE")) for p in entries)
 
 
 # --- the real upstream (scripts/install_finagent.sh; skipped elsewhere) ---------------------------
@@ -304,6 +344,9 @@ def test_real_upstream_rating_is_reproduced_offline_on_dj30(tmp_path):
         UPSTREAM_BUY, UPSTREAM_SELL, UPSTREAM_WEIGHTS, probability, rating_for, votes_from_analysis)
 
     assert "config" not in sys.modules and "agents" not in sys.modules
+    prov = upstream.provenance  # the installed tree, verified file by file against the manifest
+    assert prov.implementation == "upstream" and prov.verified and prov.files >= 40, prov.label
+    assert upstream.ta_version == "0.11.0"
     bars = load_market_data(resolve_config({"symbol": "AAPL", "data_source": DJ30_SOURCE})).bars
     analyst = FinAgentAnalyst(upstream, "AAPL")
     ratings = set()

@@ -252,7 +252,7 @@ def test_model_names_are_collision_free_and_symbols_need_a_letter_or_digit():
     names = {symbol: resolve_config({"symbol": symbol}).registered_model_name
              for symbol in ("BRK.B", "BRK-B", "BRKB", "^GSPC", ".GSPC", "-GSPC", "GSPC")}
     assert len(set(names.values())) == len(names), names
-    assert names["BRKB"] == "trademaster_BRKB"
+    assert names["BRKB"] == "builtin_BRKB"
     for symbol in (".", "..", "-", "^", "..."):
         with pytest.raises(ConfigError, match="at least one letter or digit") as caught:
             resolve_config({"symbol": symbol})

@@ -50,7 +50,7 @@ def test_inference_then_review_on_the_registered_model(trained):
     assert result.returncode == 0, result.stderr[-3000:]
     run = _latest(client, "inference")
     assert run.info.status == "FINISHED"
-    assert run.data.params["inference.model_uri"] == "models:/trademaster_AAPL/1"
+    assert run.data.params["inference.model_uri"] == "models:/builtin_AAPL/1"
     assert run.data.params["inference.training_run_id"] == trained["train_run_id"]
     assert run.data.params["data.as_of"] == "2021-12-31"
     evidence = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evidence.json"))
@@ -94,10 +94,10 @@ def test_inference_without_a_registered_model_says_to_train_first(trained):
     result = mlflow_run("inference", {"symbol": "MSFT", "data_source": DJ30_SOURCE})
     assert result.returncode != 0
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert error == ["error: no registered model trademaster_MSFT@champion for MSFT; run train_backtest first: "
+    assert error == ["error: no registered model builtin_MSFT@champion for MSFT; run train_backtest first: "
                      "mlflow run . -e train_backtest -P symbol=MSFT"]
     failed = MlflowClient().search_runs(["1"], "attributes.status = 'FAILED'")
-    assert any(r.data.tags.get("tradeflow.failure_reason", "").startswith("no registered model trademaster_MSFT")
+    assert any(r.data.tags.get("tradeflow.failure_reason", "").startswith("no registered model builtin_MSFT")
                for r in failed)
 
 

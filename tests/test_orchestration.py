@@ -120,8 +120,10 @@ def test_dag_file_imports_fast_without_network_or_heavy_modules():
     assert probe["execution_timeout_s"] == 180 * 60
 
     params = probe["params"]
-    assert set(params) == {"mode", "symbol", "max_symbols", "config", "force", "conid", "workflow_symbol_id"}
+    assert set(params) == {"mode", "engine", "symbol", "max_symbols", "config", "force", "conid", "workflow_symbol_id"}
     assert params["mode"]["enum"] == ["both", "train_backtest", "inference"]
+    assert params["engine"]["enum"] == [None, "builtin", "trademaster", "finagent"]
+    assert probe["param_defaults"]["engine"] is None  # unset: the link config's or the default engine
     assert probe["param_defaults"]["mode"] == "both" and probe["param_defaults"]["force"] is False
     assert params["symbol"]["type"] == ["null", "string"] and params["symbol"]["pattern"] == SYMBOL_PATTERN
     from tradeflow.config import MAX_SYMBOLS
@@ -221,6 +223,11 @@ def test_config_layers_defaults_env_link_conf(monkeypatch):
     # the form's default mode (params) does not override the link; an explicit conf mode does
     assert orch.symbol_config(target, _ctx(params={"mode": "both"})).mode == "inference"
     assert orch.symbol_config(target, _ctx(conf={"mode": "both"})).mode == "both"
+    # engine: a top-level trigger param like mode, validated like every config value
+    assert orch.symbol_config(target, _ctx(conf={"engine": "finagent"})).engine == "finagent"
+    assert orch.symbol_config(target, _ctx()).engine == "builtin"
+    with pytest.raises(ConfigError, match="engine"):
+        orch.symbol_config(target, _ctx(conf={"engine": "dqn"}))
     # caps clamp
     assert orch.symbol_config(target, _ctx(conf={"config": {"trademaster": {"epochs": 10_000}}})).trademaster.epochs == 50
 

@@ -27,6 +27,7 @@ from tests.conftest import BTC_CSV, SHARED_DATA, require_shared_data
 from tradeflow.backtest import simulate
 from tradeflow.config import TradeMasterParams, resolve_config
 from tradeflow.engines import EngineUnavailable, get_engine
+from tradeflow.engines.base import Engine
 from tradeflow.engines.trademaster.compat import INSTALL_COMMAND, import_trademaster, unavailable_reason
 from tradeflow.features import FEATURE_COLUMNS
 
@@ -45,7 +46,9 @@ def upstream():
                     f"To run these tests: {INSTALL_COMMAND}, then "
                     ".venv-tm/bin/python -m pytest tests/test_trademaster_engine.py")
     require_shared_data()
-    return import_trademaster()
+    upstream = import_trademaster()
+    assert upstream.provenance.implementation == "upstream", upstream.provenance.label  # the installed tree verified
+    return upstream
 
 
 def test_unavailable_engine_says_how_to_install():
@@ -244,8 +247,8 @@ def test_trains_upstream_dqn_on_btc_and_round_trips(upstream, tmp_path):
     header = pd.read_csv(work / "data" / "train.csv", index_col=0, nrows=1)
     assert list(header.columns) == ["tic", "date", "open", "high", "low", "close", "adjcp", *FEATURE_COLUMNS]
 
-    # the pipeline's backtest on the test split reproduces upstream's trainer.test() numbers
-    test = engine.backtest(result.agent, splits.test, cfg)
+    # upstream's own env replay on the test split reproduces upstream's trainer.test() numbers
+    test = engine.upstream_backtest(result.agent, splits.test, cfg)
     for key in ("total_return", "sharpe", "max_drawdown"):
         assert test.metrics[key] == pytest.approx(result.extra_metrics[f"upstream_test_{key}"], rel=1e-12)
     upstream_csv = pd.read_csv(work / "work_dir" / "test_result.csv")
@@ -266,8 +269,29 @@ def test_trains_upstream_dqn_on_btc_and_round_trips(upstream, tmp_path):
     for position in (-1.0, 0.0, 1.0):
         a, b = result.agent.act(window, position), loaded.act(window, position)
         assert a == b and -1 <= a.action <= 1 and a.scores[a.action] == max(a.scores.values())
-    again = engine.backtest(loaded, splits.test, cfg)
+    again = engine.upstream_backtest(loaded, splits.test, cfg)
     pd.testing.assert_frame_equal(again.table, test.table)
+
+    # the pipeline's backtest: the same bars and ledger as every engine (to the last bar, same benchmark)
+    shared = engine.backtest(result.agent, splits.test, cfg)
+    other = Engine.backtest(engine, _always_long(result.agent), splits.test, cfg)
+    assert list(shared.table["date"]) == list(other.table["date"])
+    assert len(shared.table) == len(test.table) + cfg.trademaster.forward_num_day + 1  # upstream stops early
+    assert shared.metrics["benchmark_total_return"] == other.metrics["benchmark_total_return"]
+    replay = simulate(shared.table["price"].to_numpy(), shared.table["action"].to_numpy(), initial_amount=E0,
+                      transaction_cost_pct=cfg.trademaster.transaction_cost_pct, max_volume=1, position_sizing="units")
+    np.testing.assert_allclose(replay["equity"].to_numpy(), shared.table["equity"].to_numpy(), rtol=1e-12)
+    assert shared.table["equity"].iloc[0] == test.table["equity"].iloc[0] == E0
+
+
+class _always_long:
+    """A stand-in agent for ``Engine.backtest``'s bars (always long one unit)."""
+
+    def __init__(self, agent):
+        self.window, self.max_volume, self.feature_columns = agent.window, agent.max_volume, agent.feature_columns
+
+    def greedy_targets(self, features):
+        return [self.max_volume] * (len(features) - self.window + 1)
 
 
 def test_training_is_reproducible(upstream, tmp_path):
@@ -312,7 +336,16 @@ def test_mlflow_run_train_backtest_and_inference_with_upstream(upstream, trackin
     agent_dir = mlflow.artifacts.download_artifacts(f"models:/trademaster_BTC/{version.version}")
     meta = json.loads(open(f"{agent_dir}/artifacts/agent/agent.json").read())
     assert meta["engine"] == "trademaster" and meta["upstream"]["commit"].startswith("c1c4838b518a")
+    # what produced it, measured: the installed package verified against the digest manifest
+    assert version.tags["implementation"] == "upstream" and run.data.tags["tradeflow.engine_implementation"].startswith(
+        "upstream TradeMaster-NTU/TradeMaster@c1c4838b518a")
+    model_meta = json.loads(open(f"{agent_dir}/artifacts/agent/agent_meta.json").read())
+    assert model_meta["provenance"]["implementation"] == "upstream" and model_meta["provenance"]["verified"]
+    assert "upstream dqn 1 ep" in run.data.tags["mlflow.runName"]
 
-    served = mlflow_run("inference", {"symbol": "BTC", "data_source": source})
+    # inference serves the engine it is asked for: trademaster_BTC, never a builtin_BTC
+    served = mlflow_run("inference", {"symbol": "BTC", "data_source": source, "config": '{"engine": "trademaster"}'})
     assert served.returncode == 0, served.stderr[-3000:]
     assert "models:/trademaster_BTC/" in served.stdout and "suggests" in served.stdout
+    builtin = mlflow_run("inference", {"symbol": "BTC", "data_source": source})
+    assert builtin.returncode != 0 and "no registered model builtin_BTC@champion" in builtin.stderr

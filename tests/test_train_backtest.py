@@ -80,13 +80,13 @@ def test_mlflow_run_train_backtest_on_real_data(tracking_store, symbol, source, 
 
     # the model: registered per symbol, tagged, aliased only when it passed the do-no-harm gate,
     # loadable, predicting a valid action
-    (version,) = client.search_model_versions(f"name='trademaster_{symbol}'")
+    (version,) = client.search_model_versions(f"name='builtin_{symbol}'")
     assert version.run_id == run.info.run_id
     assert version.tags["engine"] == "builtin" and version.tags["algorithm"] == "dqn"
     assert version.tags["data_window"] and version.tags["tradeflow.gate"] == tags["tradeflow.gate"]
-    aliased = client.get_registered_model(f"trademaster_{symbol}").aliases.get("champion")
+    aliased = client.get_registered_model(f"builtin_{symbol}").aliases.get("champion")
     assert aliased == (version.version if tags["tradeflow.gate"] == "passed" else None)
-    model = mlflow.pyfunc.load_model(f"models:/trademaster_{symbol}/{version.version}")
+    model = mlflow.pyfunc.load_model(f"models:/builtin_{symbol}/{version.version}")
     example = model.input_example
     prediction = model.predict(example)
     assert int(prediction["action"].iloc[0]) in (-1, 0, 1)

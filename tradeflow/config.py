@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import date
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -56,6 +56,9 @@ class TradeMasterParams(_Strict):
     hidden_dims: tuple[int, ...] = Field((64, 64), description="MLP hidden layer sizes, e.g. 64,64 "
                                          f"(1..{MAX_HIDDEN_LAYERS} layers of 1..4096 units)")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="torch device the agent trains and acts on")
+    preset: Literal["tradeflow", "upstream"] = Field(
+        "tradeflow", description="upstream: train with upstream TradeMaster's shipped algorithmic-trading BTC "
+        "config (UPSTREAM_SHIPPED_CONFIG: window 5, hidden 64,32, 20 epochs), overriding the values given")
 
     @field_validator("hidden_dims", mode="before")
     @classmethod
@@ -71,6 +74,16 @@ class TradeMasterParams(_Strict):
         if not value or len(value) > MAX_HIDDEN_LAYERS or any(d < 1 or d > 4096 for d in value):
             raise ValueError(f"hidden_dims must be 1..{MAX_HIDDEN_LAYERS} layers of 1..4096 units, e.g. 64,64")
         return value
+
+
+#: upstream TradeMaster @ c1c4838's shipped config for algorithmic trading with AlgorithmicTradingDQN
+#: (configs/algorithmic_trading/algorithmic_trading_BTC_deepscalper_deepscalper_adam_mse.py, its
+#: _base_ dataset BTC.py, nets and the env's defaults); ``trademaster.preset=upstream`` applies it
+UPSTREAM_SHIPPED_CONFIG: dict[str, Any] = {
+    "backward_num_day": 5, "forward_num_day": 5, "hidden_dims": (64, 32), "epochs": 20, "learning_rate": 1e-3,
+    "explore_rate": 0.25, "max_volume": 1, "initial_amount": 100_000.0, "transaction_cost_pct": 0.001,
+    "future_weights": 0.2,
+}
 
 
 class SB3Params(_Strict):
@@ -123,6 +136,8 @@ class SplitConfig(_Strict):
         return self
 
 
+Engine = Literal["builtin", "trademaster", "finagent"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 Provider = Literal["rules", "openai", "azure", "ollama", "openai_compatible"]
 
 
@@ -146,7 +161,7 @@ class RunConfig(_Strict):
     bar_size: str = Field("1 day", description="bar length; only daily bars ('1 day') are supported")
     backtest_lookback_days: int = Field(1095, ge=30, description="calendar days of history to load")
     end_date: date | None = Field(None, description="last bar to use (default: newest available)")
-    engine: Literal["builtin", "trademaster", "finagent"] = Field(
+    engine: Engine = Field(
         "builtin", description="builtin (gymnasium + stable-baselines3), trademaster or finagent (upstream)")
     algorithm: Literal["dqn", "ppo", "a2c"] = Field("dqn", description="RL algorithm of the builtin engine")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="seeds numpy, torch, the env and SB3, 0..2**31-1")
@@ -202,12 +217,13 @@ class RunConfig(_Strict):
 
     @property
     def registered_model_name(self) -> str:
-        """Per-symbol Model Registry name; ``inference`` resolves ``models:/<name>@<alias>``."""
+        """Per-(engine, symbol) Model Registry name (``builtin_AAPL``, ``trademaster_AAPL``,
+        ``finagent_AAPL``); ``inference`` resolves ``models:/<name>@<alias>``, so an alias, the gate's
+        champion and the newest-version fallback never cross engines (docs/engine.md, migration)."""
         # Injective: symbols hold no '_' or lower case, so BRK.B and BRK-B (or ^GSPC, .GSPC, -GSPC)
-        # get different names; plain tickers keep the readable trademaster_AAPL.
+        # get different names; plain tickers keep the readable builtin_AAPL.
         marks = {".": "_dot_", "-": "_dash_", "^": "_caret_"}
-        prefix = "finagent" if self.engine == "finagent" else "trademaster"
-        return f"{prefix}_" + "".join(marks.get(char, char) for char in self.symbol)
+        return f"{self.engine}_" + "".join(marks.get(char, char) for char in self.symbol)
 
     @property
     def is_synthetic(self) -> bool:
@@ -252,6 +268,13 @@ class RunConfig(_Strict):
             if getattr(tm, name) > cap:
                 notes.append(f"trademaster.{name} {getattr(tm, name)} clamped to cap {cap}")
                 updates[name] = cap
+        if tm.preset == "upstream":
+            changed = {k: v for k, v in UPSTREAM_SHIPPED_CONFIG.items() if getattr(tm, k) != v}
+            if changed:
+                notes.append("trademaster.preset=upstream: " + ", ".join(
+                    f"{k} {getattr(tm, k)} -> {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                    for k, v in changed.items()) + " (upstream's shipped config)")
+            updates = {**updates, **changed}
         if updates:
             object.__setattr__(self, "trademaster", tm.model_copy(update=updates))
         if self.backtest_lookback_days > MAX_LOOKBACK_DAYS:

@@ -229,6 +229,10 @@ def champion_return_on(name: str, alias: str, frame: pd.DataFrame, cfg: Any) -> 
         model = load_logged_model(f"models:/{name}@{alias}")
         wrapper = model.unwrap_python_model()
         agent, meta = wrapper.agent, wrapper.meta
+        if meta.get("engine") != getattr(cfg, "engine", meta.get("engine")):
+            log.warning("champion %s@%s was trained by engine %r, not %r: not comparable; treated as absent",
+                        name, alias, meta.get("engine"), cfg.engine)
+            return None
         return float(get_engine(meta["engine"]).backtest(agent, frame, cfg).metrics["total_return"])
     except Exception as exc:  # noqa: BLE001 - see docstring
         log.warning("champion %s@%s cannot be replayed on the validation window (%s); treated as absent", name, alias, exc)
@@ -259,7 +263,8 @@ def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | 
     only models of the configured tracking store / registry are accepted: ``models:/`` and
     ``runs:/<run id>/<path>``, never a path, URL or another store's URI."""
     client = client or MlflowClient()
-    hint = f"run train_backtest first: mlflow run . -e train_backtest -P symbol={cfg.symbol}"
+    hint = (f"run train_backtest first: mlflow run . -e train_backtest -P symbol={cfg.symbol}"
+            + ("" if cfg.engine == "builtin" else f" -P engine={cfg.engine}"))
     uri = model_uri or f"models:/{cfg.registered_model_name}@{cfg.model_alias}"
     try:
         if uri.startswith("runs:/"):
@@ -267,7 +272,8 @@ def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | 
                     or "/../" in uri + "/":
                 raise ModelNotFound(f"model_uri {uri[:120]!r} must be runs:/<32-hex run id>/<artifact path>")
             run_id = uri.removeprefix("runs:/").split("/", 1)[0]
-            client.get_run(run_id)
+            run = client.get_run(run_id)
+            _check_engine(cfg, run.data.params.get("cfg.engine"), uri)
             return ResolvedModel(uri, None, run_id, None)
         if not uri.startswith("models:/"):
             raise ModelNotFound(f"model_uri {uri!r} must be models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/model")
@@ -280,11 +286,12 @@ def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | 
             version = client.get_model_version(name, number)
         else:
             raise ModelNotFound(f"model_uri {uri!r} names no version or alias (use models:/{ref}@{cfg.model_alias})")
+        _check_engine(cfg, (version.tags or {}).get("engine"), f"models:/{name}/{version.version}")
         return ResolvedModel(f"models:/{name}/{version.version}", str(version.version), version.run_id, name)
     except MlflowException as exc:
         if model_uri:
             raise ModelNotFound(f"model {uri} not found for {cfg.symbol} ({exc.error_code}); {hint}") from None
-        newest = _newest_version(client, cfg.registered_model_name) if cfg.do_no_harm_gate else None
+        newest = _newest_version(client, cfg.registered_model_name, cfg.engine) if cfg.do_no_harm_gate else None
         if newest is not None:
             note = (f"no version of {cfg.registered_model_name} passed the do-no-harm gate (alias @{cfg.model_alias} "
                     f"is unset); serving the newest, version {newest.version}")
@@ -294,9 +301,24 @@ def resolve_model(cfg: RunConfig, model_uri: str | None, client: MlflowClient | 
         raise ModelNotFound(f"no registered model {uri.removeprefix('models:/')} for {cfg.symbol}; {hint}") from None
 
 
-def _newest_version(client: MlflowClient, name: str):
+class EngineMismatch(ModelNotFound):
+    """The model asked for was trained by another engine than the configured one."""
+
+
+def _check_engine(cfg: RunConfig, engine: str | None, uri: str) -> None:
+    """A model of another engine never serves as this engine's (``engine`` is the version's
+    ``engine`` tag or the training run's ``cfg.engine``; a model that records neither predates
+    both and is accepted by explicit URI only: the per-engine name keeps it off every alias)."""
+    if engine and engine != cfg.engine:
+        raise EngineMismatch(f"model {uri} was trained by engine {engine!r}, not {cfg.engine!r}; "
+                             f"pass -P engine={engine} to serve it, or train engine={cfg.engine} first")
+
+
+def _newest_version(client: MlflowClient, name: str, engine: str):
+    """The newest version of ``name`` trained by ``engine`` (versions without an engine tag count)."""
     try:
         versions = client.search_model_versions(f"name = {filter_value(name)}")
     except MlflowException:
         return None
-    return max(versions, key=lambda v: int(v.version), default=None)
+    ours = [v for v in versions if (v.tags or {}).get("engine", engine) == engine]
+    return max(ours, key=lambda v: int(v.version), default=None)

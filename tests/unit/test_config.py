@@ -24,7 +24,7 @@ WEBUI_LINK_CONFIG = {
 
 def test_accepts_every_key_the_webui_stores_in_link_configs():
     cfg = resolve_config({"symbol": "NVDA"}, WEBUI_LINK_CONFIG)
-    assert cfg.trademaster.model_dump() == {**WEBUI_LINK_CONFIG["trademaster"], "hidden_dims": (32, 16)}
+    assert cfg.trademaster.model_dump() == {**WEBUI_LINK_CONFIG["trademaster"], "hidden_dims": (32, 16), "preset": "tradeflow"}
     assert cfg.backtest_lookback_days == 500
     assert cfg.bar_size == "1 day"
 
@@ -98,9 +98,9 @@ def test_canonical_json_round_trips_and_is_stable():
     flat = cfg.flat_params()
     assert flat["cfg.trademaster.hidden_dims"] == "128,64"
     assert flat["cfg.split.valid_start"] == "2020-01-01"
-    assert cfg.registered_model_name == "trademaster_BTC"
-    assert resolve_config({"symbol": "BRK.B"}).registered_model_name == "trademaster_BRK_dot_B"
-    assert resolve_config({"symbol": "BRK-B"}).registered_model_name == "trademaster_BRK_dash_B"
+    assert cfg.registered_model_name == "builtin_BTC"
+    assert resolve_config({"symbol": "BRK.B"}).registered_model_name == "builtin_BRK_dot_B"
+    assert resolve_config({"symbol": "BRK-B"}).registered_model_name == "builtin_BRK_dash_B"
 
 
 def test_a_mistyped_tradeflow_variable_fails_with_the_known_names(monkeypatch):

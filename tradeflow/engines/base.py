@@ -19,6 +19,7 @@ import pandas as pd
 
 from tradeflow.backtest import BacktestResult, simulate
 from tradeflow.config import RunConfig
+from tradeflow.engines.provenance import Provenance, builtin_provenance
 from tradeflow.errors import StepError
 
 if TYPE_CHECKING:
@@ -100,6 +101,25 @@ class Engine(ABC):
     @abstractmethod
     def load_agent(self, directory: Path) -> TradingAgent:
         """Restore an agent written by ``TradingAgent.save``."""
+
+    def provenance(self) -> Provenance:
+        """Which implementation trains here (``tradeflow.engines.provenance``): recorded with every model."""
+        upstream = getattr(self, "upstream", None)
+        measured = getattr(upstream, "provenance", None)
+        if measured is not None:
+            return measured
+        if upstream is not None:
+            return Provenance("unverified", f"unverified {type(upstream).__name__} (no provenance measured)")
+        return builtin_provenance()
+
+    def training_label(self, cfg: RunConfig) -> str:
+        """What training does, short (the run name): ``dqn 3 ep``."""
+        return f"{cfg.algorithm} {cfg.trademaster.epochs} ep"
+
+    def training_description(self, cfg: RunConfig) -> str:
+        """What training does, one sentence (logs, run and version descriptions)."""
+        return (f"{cfg.engine}/{cfg.algorithm} agent (stable-baselines3), {cfg.trademaster.epochs} epochs, "
+                f"window {cfg.trademaster.backward_num_day} bars")
 
     def backtest(self, agent: TradingAgent, frame: pd.DataFrame, cfg: RunConfig) -> BacktestResult:
         """Run the agent greedily over ``frame`` and account for it with ``simulate``.

@@ -74,7 +74,7 @@ def skip(message: str) -> NoReturn:
 
 
 def conf_layer(ctx: RunContext) -> dict[str, Any]:
-    """The ``dag_run.conf`` config layer: its ``config`` object, then ``mode`` on top.
+    """The ``dag_run.conf`` config layer: its ``config`` object, then ``mode`` and ``engine`` on top.
 
     Only what the trigger actually sent counts (``dag_run.conf``), not the param defaults, so a
     WebUI link config's ``mode`` is not overridden by the form's default.
@@ -83,6 +83,7 @@ def conf_layer(ctx: RunContext) -> dict[str, Any]:
     config = ctx.conf.get("config")
     if config:
         layer = normalise_layer(config, origin="dag_run.conf.config")
-    if ctx.conf.get("mode"):
-        layer["mode"] = ctx.conf["mode"]
+    for key in ("mode", "engine"):  # top-level trigger params, validated by resolve_config like -P
+        if ctx.conf.get(key):
+            layer[key] = ctx.conf[key]
     return layer

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from tradeflow import settings as env_settings
-from tradeflow.config import MAX_SYMBOLS
+from tradeflow.config import ENGINES, MAX_SYMBOLS
 from tradeflow.names import DAG_ID, FINAGENT_DAG_ID, MODES, SYMBOL_PATTERN
 
 __all__ = ["DAG_ID", "FINAGENT_DAG_ID", "PIPELINE_LAYERS", "RUN_SYMBOL_TASK", "RESOLVE_TASK", "DagSettings"]
@@ -77,6 +77,8 @@ class DagSettings:
                                       "train_backtest; inference (needs a registered model)"),
             "symbol": Param(None, type=["null", "string"], pattern=SYMBOL_PATTERN, title="Symbol",
                             description="run only this symbol; empty = the WebUI's assigned symbols"),
+            "engine": Param(None, type=["null", "string"], enum=[None, *ENGINES], title="Engine",
+                            description="builtin, trademaster or finagent (upstream); empty = the config's"),
             "max_symbols": Param(self.default_max_symbols, type="integer", minimum=1, maximum=MAX_SYMBOLS,
                                  title="Max symbols", description=f"batch cap (hard cap {MAX_SYMBOLS})"),
             "config": Param({}, type="object", title="Config overrides",

@@ -128,12 +128,14 @@ def reproduce_block(entry_point: str, params: Mapping[str, str], *, commit: str 
     return "\n".join(lines)
 
 
-def train_backtest_name(cfg: RunConfig) -> str:
-    return SEP.join((cfg.symbol, "train_backtest", f"{cfg.algorithm} {cfg.trademaster.epochs} ep"))
+def train_backtest_name(cfg: RunConfig, label: str | None = None) -> str:
+    """``label``: what the engine did, short (``Engine.training_label``: ``dqn 3 ep``, ``rule search 2187 cand``)."""
+    return SEP.join((cfg.symbol, "train_backtest", label or f"{cfg.algorithm} {cfg.trademaster.epochs} ep"))
 
 
 def train_backtest_note(cfg: RunConfig, *, metrics: Mapping[str, float], bounds: Mapping[str, Any],
-                        market: Any, model_line: str, reproduce: str) -> str:
+                        market: Any, model_line: str, reproduce: str, agent_line: str | None = None) -> str:
+    """``agent_line``: the engine's own account of training and provenance (else the RL wording)."""
     test = bounds.get("test", {})
     rows = []
     for split in ("train", "valid", "test"):
@@ -156,6 +158,7 @@ def train_backtest_note(cfg: RunConfig, *, metrics: Mapping[str, float], bounds:
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
+        agent_line or
         f"**Agent**: {cfg.engine}/{cfg.algorithm}, {cfg.trademaster.epochs} epochs, window {cfg.trademaster.backward_num_day} bars, "
         f"seed {cfg.seed}; best epoch {int(metrics.get('best_epoch', 0))}, trained in {num(metrics.get('train_seconds'), 1)} s.",
         "",

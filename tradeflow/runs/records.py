@@ -68,6 +68,8 @@ class Tag:
     GATE = "tradeflow.gate"  # train run: "passed" | "failed"; inference run also "unknown" (model older than the gate)
     GATE_REASON = "tradeflow.gate_reason"
     ALIAS_DECISION = "tradeflow.alias_decision"
+    #: which implementation trained the model: verified upstream, a test double, or builtin (tradeflow.engines.provenance)
+    ENGINE_IMPLEMENTATION = "tradeflow.engine_implementation"
 
     # inference
     MODEL_SUGGESTION = "tradeflow.model_suggestion"

@@ -133,9 +133,13 @@ def model_line(cfg: RunConfig, model_uri: str, registration: Registration) -> st
 
 
 def version_metadata(cfg: RunConfig, *, market, bounds: dict, metrics: dict[str, float], run_id: str,
-                     pipeline_run_id: str) -> tuple[dict[str, str], str]:
+                     pipeline_run_id: str, engine=None) -> tuple[dict[str, str], str]:
     """The registered version's tags and description (before the gate and alias are added)."""
+    from tradeflow.engines import get_engine
     from tradeflow.runs.formatting import pct_text
+
+    engine = engine or get_engine(cfg.engine)
+    provenance = engine.provenance()
 
     test = bounds.get("test", {})
     tags = {"symbol": cfg.symbol, "source_run_id": run_id, "engine": cfg.engine, "algorithm": cfg.algorithm,
@@ -144,9 +148,10 @@ def version_metadata(cfg: RunConfig, *, market, bounds: dict, metrics: dict[str,
             "test_total_return": f"{metrics.get('test_total_return', float('nan')):.6f}",
             "test_benchmark_total_return": f"{metrics.get('test_benchmark_total_return', float('nan')):.6f}",
             "test_sharpe": f"{metrics.get('test_sharpe', float('nan')):.4f}",
-            "pipeline_run_id": pipeline_run_id}
+            "pipeline_run_id": pipeline_run_id, "implementation": provenance.implementation,
+            "implementation_label": provenance.label[:5000]}
     description = (
-        f"{cfg.symbol} {cfg.engine}/{cfg.algorithm} agent, {cfg.trademaster.epochs} epochs, seed {cfg.seed}, trained on "
+        f"{cfg.symbol} {engine.training_description(cfg)}, seed {cfg.seed}, implementation: {provenance.label}; trained on "
         f"{'SYNTHETIC prices' if market.synthetic else 'real data'} `{market.source}` ({market.start.date()} → {market.end.date()}). "
         f"Test split {test.get('start', '?')} → {test.get('end', '?')}: model {pct_text(metrics.get('test_total_return'))} vs "
         f"buy-and-hold {pct_text(metrics.get('test_benchmark_total_return'))}, Sharpe {metrics.get('test_sharpe', float('nan')):.2f}. "
@@ -186,11 +191,12 @@ def train_backtest_step(cfg: RunConfig) -> dict:
         bounds = splits.describe()
         _record_splits(market, bounds)
 
-        log.info("%s: training %s/%s on %d bars (%s .. %s), %d epochs", cfg.symbol, cfg.engine, cfg.algorithm,
-                 len(splits.train), bounds["train"]["start"], bounds["train"]["end"], cfg.trademaster.epochs)
+        log.info("%s: training %s on %d bars (%s .. %s); implementation: %s", cfg.symbol,
+                 engine.training_description(cfg), len(splits.train), bounds["train"]["start"], bounds["train"]["end"],
+                 engine.provenance().label)
         outcome = compute_train(splits, cfg, engine=engine, workdir=workdir, progress=_log_progress)
         return record_train(run, cfg, outcome, market=market, features=features, own_params=own_params,
-                            workdir=workdir)
+                            workdir=workdir, engine=engine)
 
 
 # --- record: the outcome through TrainRecord, the model into the registry ----------------------
@@ -212,10 +218,16 @@ def _record_splits(market, bounds: dict) -> None:
 
 
 def record_train(run, cfg: RunConfig, outcome: TrainOutcome, *, market, features: pd.DataFrame,
-                 own_params: dict, workdir: Path) -> dict:
-    """Log the outcome's metrics, tables, plots and gate; log and register the model; describe the run."""
+                 own_params: dict, workdir: Path, engine=None) -> dict:
+    """Log the outcome's metrics, tables, plots and gate; log and register the model; describe the run.
+    ``engine`` (the one that trained) says what training did and which implementation did it."""
+    from tradeflow.engines import get_engine
     from tradeflow.runs import notes as run_notes
     from tradeflow.settings import current
+
+    engine = engine or get_engine(cfg.engine)
+    provenance = engine.provenance()
+    mlflow.set_tag(Tag.ENGINE_IMPLEMENTATION, provenance.label[:5000])
 
     metrics, bounds = outcome.metrics, outcome.bounds
     mlflow.log_metrics(metrics)
@@ -227,14 +239,15 @@ def record_train(run, cfg: RunConfig, outcome: TrainOutcome, *, market, features
                metrics=metrics)
 
     _log_gate(outcome.gate)
-    model_uri = _log_model(outcome.agent, cfg, features, workdir)
+    model_uri = _log_model(outcome.agent, cfg, features, workdir, provenance=provenance)
     registration = _maybe_register(model_uri, cfg, run.info.run_id, outcome=outcome, market=market,
-                                   reproduction_of=current().reproduction_of)
+                                   reproduction_of=current().reproduction_of, engine=engine)
     summary = train_summary(cfg, outcome, market=market, run_id=run.info.run_id, model_uri=model_uri,
                             registration=registration)
     mlflow.log_dict(summary, RECORD.summary.path)
-    run_notes.set_name_and_note(run.info.run_id, run_notes.train_backtest_name(cfg), run_notes.train_backtest_note(
+    run_notes.set_name_and_note(run.info.run_id, run_notes.train_backtest_name(cfg, engine.training_label(cfg)), run_notes.train_backtest_note(
         cfg, metrics=metrics, bounds=bounds, market=market, model_line=model_line(cfg, model_uri, registration),
+        agent_line=agent_line(cfg, engine, metrics),
         reproduce=run_notes.reproduce_block(STAGE, own_params, commit=code_version(), run_id=run.info.run_id,
                                             experiment_name=cfg.experiment_name)))
     _print_summary(summary)
@@ -274,12 +287,20 @@ def _log_plots(table, symbol: str, *, source, test_bounds: dict, metrics: dict) 
         plt.close(figure)
 
 
-def _log_model(agent, cfg: RunConfig, features, workdir: Path) -> str:
+def agent_line(cfg: RunConfig, engine, metrics: dict[str, float]) -> str:
+    """The description's **Agent** line: what the engine did and which implementation did it."""
+    best = (f"best epoch {int(metrics.get('best_epoch', 0))}, " if cfg.engine != "finagent"
+            else f"selected rule ranked {int(metrics.get('best_epoch', 0))} of the top {cfg.finagent.top_k} on valid, ")
+    return (f"**Agent**: {engine.training_description(cfg)}; seed {cfg.seed}; {best}trained in "
+            f"{metrics.get('train_seconds', float('nan')):.1f} s. **Implementation**: {engine.provenance().label}.")
+
+
+def _log_model(agent, cfg: RunConfig, features, workdir: Path, *, provenance) -> str:
     from tradeflow.model import log_agent_model
 
     return log_agent_model(
         agent, engine=cfg.engine, input_example=features, workdir=workdir,
-        extra_meta={"symbol": cfg.symbol, "seed": cfg.seed,
+        extra_meta={"symbol": cfg.symbol, "seed": cfg.seed, "provenance": provenance.as_dict(),
                     # engine=finagent calibrates a rule; it has no RL algorithm
                     "algorithm": "calibrated_rule" if cfg.engine == "finagent" else cfg.algorithm},
     )
@@ -305,7 +326,7 @@ def _gate_alias(model_name: str, cfg: RunConfig, gate, valid_frame, metrics: dic
 
 
 def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, outcome: TrainOutcome, market,
-                    reproduction_of: str | None) -> Registration:
+                    reproduction_of: str | None, engine) -> Registration:
     """Register under the per-symbol name and move the alias (subject to the do-no-harm gate),
     unless ``registration_skipped`` says why not. Every version is tagged with its engine,
     algorithm, data window and gate result."""
@@ -322,7 +343,7 @@ def _maybe_register(model_uri: str, cfg: RunConfig, run_id: str, *, outcome: Tra
     metrics, gate = outcome.metrics, outcome.gate
     pipeline_run_id = MlflowClient().get_run(run_id).data.tags.get(Tag.PARENT_RUN_ID, "")
     tags, description = version_metadata(cfg, market=market, bounds=outcome.bounds, metrics=metrics, run_id=run_id,
-                                         pipeline_run_id=pipeline_run_id)
+                                         pipeline_run_id=pipeline_run_id, engine=engine)
     move, reason = _gate_alias(cfg.registered_model_name, cfg, gate, outcome.frames["valid"], metrics)
     tags |= {Tag.GATE: "passed" if gate.passed else "failed", Tag.GATE_REASON: gate.reason[:5000],
              Tag.ALIAS_DECISION: reason[:5000], "valid_total_return": f"{metrics['valid_total_return']:.6f}"}

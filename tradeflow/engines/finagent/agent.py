@@ -60,11 +60,16 @@ class FinAgentAgent:
     def config_package(self) -> dict[str, Any]:
         from tradeflow.engines.finagent.compat import UPSTREAM_COMMIT, UPSTREAM_REPO
 
+        measured = getattr(self.analyst.upstream, "provenance", None)
         return {
             "engine": self.engine,
+            # the interface followed; ``implementation`` says what actually ran (upstream verified, or not)
             "upstream": {"repository": UPSTREAM_REPO, "commit": self.analyst.upstream.commit or UPSTREAM_COMMIT,
                          "function": "agents/technical_analysis.py:run_enhanced_technical_analysis",
-                         "forecaster": "agents/forecaster.py:analyze_and_predict"},
+                         "forecaster": "agents/forecaster.py:analyze_and_predict",
+                         "implementation": measured.implementation if measured else "unverified",
+                         "implementation_label": measured.label if measured else "unverified (no provenance measured)",
+                         "tree_sha256": measured.tree_sha256 if measured else None},
             "window": self.window, "max_volume": self.max_volume, "feature_columns": list(self.feature_columns),
             "signals": list(SIGNALS),
             "calibration": asdict(self.calibration),
@@ -117,8 +122,10 @@ def review_evidence(agent: FinAgentAgent, window: pd.DataFrame) -> tuple[dict[st
         # (too few bars for its window) is an absent value, and the evidence says which.
         section["non_finite_as_null"] = missing
     prompt = agent.analyst.forecaster_prompt(analysis)
-    prompts = {"forecaster": {"text": prompt, "source": f"{package['upstream']['repository']}@"
-                              f"{package['upstream']['commit'][:12]}:{package['upstream']['forecaster']}"}}
+    source = (f"{package['upstream']['repository']}@{package['upstream']['commit'][:12]}:{package['upstream']['forecaster']}"
+              if package["upstream"]["implementation"] == "upstream"
+              else f"{package['upstream']['implementation_label']}:{package['upstream']['forecaster']}")
+    prompts = {"forecaster": {"text": prompt, "source": source}}
     return section, prompts
 
 

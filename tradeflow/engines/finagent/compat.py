@@ -44,12 +44,16 @@ import pandas as pd
 
 from tradeflow.engines._once import ImportOnce
 from tradeflow.engines.base import EngineUnavailable
+from tradeflow.engines.provenance import Provenance, verify_tree
+from tradeflow.names import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_REPO = "akshata29/finagent"
 UPSTREAM_COMMIT = "aa7fe01525fe8880c7eafa1a81e6031b2fad3f36"
 INSTALL_COMMAND = "bash scripts/install_finagent.sh"
+#: the install verifies the exported tree against this (scripts/verify_source_tree.sh); so does every import
+MANIFEST = PROJECT_ROOT / "scripts" / f"finagent-{UPSTREAM_COMMIT[:7]}.sha256"
 LOCATION_FILE = "finagent-upstream.json"
 ENV_BACKEND = "FINAGENT_BACKEND"
 TECHNICAL_MODULE = "agents.technical_analysis"
@@ -78,6 +82,8 @@ class FinAgentUpstream:
     origin: str
     commit: str
     ta_version: str
+    #: what was imported, measured: the verified upstream tree or a test double (``provenance``)
+    provenance: Provenance | None = None
 
 
 def locate_backend(environ: dict[str, str] | None = None) -> tuple[Path, str]:
@@ -158,8 +164,20 @@ def _import() -> FinAgentUpstream:
         forecaster_module=forecaster,
         origin=str(backend),
         commit=commit,
-        ta_version=str(getattr(sys.modules.get("ta"), "__version__", "not imported")),
+        ta_version=_ta_version(),
+        provenance=verify_tree(backend.parent.parent, "src/backend", manifest=MANIFEST, repository=UPSTREAM_REPO,
+                               commit=commit),
     )
+
+
+def _ta_version() -> str:
+    """The installed ``ta`` (it has no ``__version__``: read its distribution metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ta")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 # --- running upstream offline -------------------------------------------------------------------

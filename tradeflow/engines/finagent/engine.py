@@ -76,6 +76,14 @@ class FinAgentEngine(Engine):
             upstream = import_finagent()  # EngineUnavailable (one line + the install command) if absent
         self.upstream = upstream
 
+    def training_label(self, cfg: RunConfig) -> str:
+        return f"rule search {len(candidate_grid())} cand"
+
+    def training_description(self, cfg: RunConfig) -> str:
+        return (f"finagent rule search over {len(candidate_grid())} candidate rules (5 vote weights x buy/sell "
+                f"thresholds) on upstream FinAgent's technical-analysis votes, {cfg.finagent.lookback_bars}-bar lookback, "
+                f"top {cfg.finagent.top_k} on train re-ranked on valid; no epochs, no RL")
+
     def analyst(self, symbol: str) -> FinAgentAnalyst:
         return FinAgentAnalyst(self.upstream, symbol)
 

@@ -40,10 +40,12 @@ import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tradeflow.engines._once import ImportOnce
 from tradeflow.engines.base import EngineUnavailable
+from tradeflow.engines.provenance import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Upstream:
     origin: str
     mmcv_version: str
     numpy_patched: bool
+    #: the imported package's files measured against scripts/trademaster-c1c4838.sha256
+    provenance: Provenance | None = None
 
 
 # --- 1. ray stand-in ----------------------------------------------------------------------------
@@ -265,9 +269,20 @@ def _import() -> Upstream:
         origin=str(getattr(sys.modules["trademaster"], "__file__", None) or sys.modules["trademaster"].__path__[0]),
         mmcv_version=str(mmcv.__version__),
         numpy_patched=numpy_patched,
+        provenance=_provenance(),
     )
     log.debug("imported upstream TradeMaster from %s (mmcv %s)", upstream.origin, upstream.mmcv_version)
     return upstream
+
+
+def _provenance() -> Provenance:
+    """The installed ``trademaster`` package against the digest manifest the install verified."""
+    from tradeflow.engines.provenance import verify_tree
+    from tradeflow.names import PROJECT_ROOT
+
+    package = Path(sys.modules["trademaster"].__path__[0])
+    return verify_tree(package.parent, package.name, repository="TradeMaster-NTU/TradeMaster", commit=UPSTREAM_COMMIT,
+                       manifest=PROJECT_ROOT / "scripts" / f"trademaster-{UPSTREAM_COMMIT[:7]}.sha256")
 
 
 @contextlib.contextmanager

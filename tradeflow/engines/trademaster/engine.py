@@ -25,8 +25,9 @@ What is upstream's, kept as is (docs/trademaster_engine.md measures the conseque
   ``soft_update_tau`` 0 (its target network is never updated), a constant epsilon
   (``explore_rate``), best epoch by validation total return.
 
-``TradeMasterEngine.backtest`` replays an agent in upstream's environment (upstream's semantics and
-accounting) and reports the shared metrics on those portfolio values.
+``TradeMasterEngine.backtest`` replays the agent's decisions on the same bars and through the same
+ledger as every other engine (``simulate``, unit-sized positions); ``upstream_backtest`` replays it
+in upstream's environment (upstream's semantics, accounting and shorter episode).
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
-from tradeflow.backtest import BacktestResult
+from tradeflow.backtest import Account, BacktestResult, simulate
 from tradeflow.config import RunConfig
 from tradeflow.engines.trademaster.compat import import_trademaster, upstream_quiet_stdout
-from tradeflow.engines.base import Engine, TradingAgent, TrainResult, best_epoch_metrics
+from tradeflow.engines.base import PRICE_COLUMN, Engine, TradingAgent, TrainResult, best_epoch_metrics
 from tradeflow.engines.trademaster.agent import TradeMasterAgent, greedy_episode
 from tradeflow.engines.trademaster.format import (
     UPSTREAM_TRAINER,
@@ -167,6 +169,14 @@ class TradeMasterEngine(Engine):
     def __init__(self) -> None:
         self.upstream = import_trademaster()  # EngineUnavailable (one line + install command) if absent
 
+    def training_label(self, cfg: RunConfig) -> str:
+        return f"upstream dqn {cfg.trademaster.epochs} ep"
+
+    def training_description(self, cfg: RunConfig) -> str:
+        p = cfg.trademaster
+        return (f"upstream TradeMaster DQN (QNet {tuple(p.hidden_dims)}, AlgorithmicTradingDQN), {p.epochs} epochs, "
+                f"window {p.backward_num_day}")
+
     def train(
         self,
         splits: Splits,
@@ -259,6 +269,43 @@ class TradeMasterEngine(Engine):
         return TradeMasterAgent.load(directory)
 
     def backtest(self, agent: TradingAgent, frame: pd.DataFrame, cfg: RunConfig) -> BacktestResult:
+        """The agent on the same bars and through the same ledger as every engine (``simulate``).
+
+        Trading starts at the close of row ``window - 1`` and runs to the frame's last bar, as
+        ``Engine.backtest`` does (upstream's own env stops ``forward_num_day + 1`` bars earlier:
+        ``upstream_backtest``). Upstream's decisions are kept: at each close the QNet sees the
+        window and the ledger's own cash and units and its action *adds* ``a - max_volume`` units;
+        the ledger is ``simulate(position_sizing="units")`` with ``cfg.trademaster``'s initial amount
+        and fee, so a unit is a share, not a fraction of equity (exposure counts bars held; the
+        comparison in docs/engine.md also states the capital invested). Per-metric differences
+        from upstream's ledger: docs/engine.md.
+        """
+        if not isinstance(agent, TradeMasterAgent):
+            return super().backtest(agent, frame, cfg)
+        params = cfg.trademaster
+        features = frame[list(agent.feature_columns)].to_numpy(np.float64)
+        prices = frame[PRICE_COLUMN].to_numpy(np.float64)
+        start = agent.window - 1
+        if len(frame) <= start:
+            raise InputError(f"backtest needs at least window={agent.window} rows; got {len(frame)}")
+        c = float(params.transaction_cost_pct)
+        # the same Account simulate replays below, stepped here so the QNet sees its cash and units
+        ledger = Account(initial_amount=params.initial_amount, transaction_cost_pct=c, max_volume=agent.max_volume,
+                         position_sizing="units")
+        held = []
+        for t in range(start, len(frame)):
+            state = agent.upstream_state(features[t - start:t + 1], cash=ledger.cash, units=ledger.units)
+            target = ledger.target + int(np.argmax(agent.q_values(state))) - agent.max_volume
+            held.append(target)
+            if t < len(frame) - 1:  # the last decision is recorded, not traded (simulate)
+                ledger.rebalance(target, float(prices[t]))
+                held[-1] = ledger.target  # a ruined account only goes flat
+        table = simulate(prices[start:], np.asarray(held, dtype=np.int64), initial_amount=params.initial_amount,
+                         transaction_cost_pct=c, max_volume=agent.max_volume, position_sizing="units",
+                         dates=frame["date"].to_numpy()[start:])
+        return BacktestResult.from_table(table)
+
+    def upstream_backtest(self, agent: TradingAgent, frame: pd.DataFrame, cfg: RunConfig) -> BacktestResult:
         """The agent greedily in upstream's environment over ``frame`` (upstream's position
         semantics, accounting and episode end), scored with the shared ``performance_metrics``.
 
