@@ -258,8 +258,11 @@ def stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None =
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (our own errors are already one line)."""
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    """``Type: message`` on one line (our own errors are already one line), secrets masked: it
+    becomes ``tradeflow.failure_reason`` and the printed error."""
+    from tradeflow.redaction import redact
+
+    text = redact(" ".join(str(exc).split())) or exc.__class__.__name__
     if exc.__class__.__module__.startswith("tradeflow") or isinstance(exc, ValueError):
         return text
     return f"{exc.__class__.__name__}: {text}"
