@@ -62,6 +62,8 @@ class RiskSettings(_Strict):
     max_total_exposure_pct: float = Field(0.50, gt=0, le=2, description="cap on gross exposure, all symbols")
     min_confidence: float = Field(0.60, ge=0, le=1, description="signals below this confidence are not traded")
     allow_short: bool = Field(False, description="SELL without a long position opens a short")
+    max_order_notional: float = Field(1_000_000.0, gt=0, le=1e9, description="cap on one order's notional "
+                                      "(quantity x entry), whatever the equity says")
 
 
 class OrderSettings(_Strict):
