@@ -230,6 +230,28 @@ def stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None =
     is marked FAILED with ``tradeflow.failure_reason`` set to the exception's one-line message,
     then the exception propagates (the process exits non-zero).
     """
+    with stage_tempdir(stage):
+        yield from _stage_run(stage, experiment_name=experiment_name, tags=tags)
+
+
+@contextmanager
+def stage_tempdir(stage: str) -> Iterator[Path]:
+    """Every temporary file or directory of the stage (ours and MLflow's: artifact downloads make
+    ``mkdtemp`` directories nobody removes) under one directory, removed when the stage ends."""
+    import shutil
+    import tempfile
+
+    previous = tempfile.tempdir
+    root = tempfile.mkdtemp(prefix=f"tradeflow-{stage}-")
+    tempfile.tempdir = root
+    try:
+        yield Path(root)
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None) -> Iterator[mlflow.ActiveRun]:
     configure_tracking()
     experiment_id = ensure_experiment(experiment_name)
     if os.environ.get("MLFLOW_RUN_ID"):
