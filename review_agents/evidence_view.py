@@ -195,7 +195,7 @@ def trusted_sections(evidence: dict[str, Any]) -> tuple[dict[str, Any], int]:
     many fields of the bundle were left out (unknown keys, wrong shapes): never ``untrusted``,
     never ``prompts`` (they become system messages), never an unknown key at any depth
     (``indicators.analyst_note`` is dropped, not promoted to a fact)."""
-    dropped: list[str] = []
+    dropped: list[str] = [key for key in evidence if key not in TRUSTED_SCHEMA and key not in ("untrusted", "prompts")]
     out = {}
     for key, shape in TRUSTED_SCHEMA.items():
         if key in evidence:
