@@ -39,6 +39,9 @@ def setup_logging() -> None:
         stream=sys.stderr,
     )
     from tradeflow.redaction import RedactingFilter
+    from tradeflow.runs.tracking import quiet_credentialed_urls, tracking_uri
+
+    quiet_credentialed_urls(tracking_uri())  # before any run starts (MLflow prints URLs on end_run)
 
     for handler in logging.getLogger().handlers:  # no log line carries a secret or URL userinfo
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):

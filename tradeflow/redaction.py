@@ -1,7 +1,7 @@
 """The one redaction boundary: credentials out of URLs, secrets out of text, model text made inert.
 
 Everything tradeflow records (params, tags, descriptions, artifacts, traces, WebUI payloads, log
-lines, error messages) may carry a URL someone configured (``http://alice:pw@host``) or text a
+lines, error messages) may carry a URL someone configured (with a ``user:password`` before its host) or text a
 model produced (which can echo a key, or be markdown/HTML that forges a run page). This module is
 the lowest layer, so every other layer can call it:
 

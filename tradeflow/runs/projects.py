@@ -182,6 +182,9 @@ def run_entry_point(
 
     ``env_manager`` defaults to ``TRADEFLOW_ENV_MANAGER`` or ``local`` (the worker's environment).
     """
+    from tradeflow.runs.tracking import quiet_credentialed_urls, tracking_uri
+
+    quiet_credentialed_urls(tracking_uri())  # MLflow's end-of-run URL line would carry a password
     env_manager = env_manager or settings.current().env_manager
     client = MlflowClient()
     started = time.perf_counter()

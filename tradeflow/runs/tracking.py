@@ -60,8 +60,20 @@ def configure_tracking() -> str:
     """Point the fluent API at the tracking store and return its URI."""
     uri = tracking_uri()
     os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
+    quiet_credentialed_urls(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def quiet_credentialed_urls(uri: str) -> None:
+    """MLflow prints "View run ... at: <tracking URI>/#/..." to stdout (and model URLs): with a
+    ``user:password@`` in the URI that line carries the password, so MLflow is told not to print
+    them (the stage's own output and the run's links say where the run is, without it)."""
+    from tradeflow.redaction import strip_credentials
+
+    if strip_credentials(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        os.environ["MLFLOW_PRINT_MODEL_URLS_ON_CREATION"] = "false"
 
 
 def sqlite_artifact_root(uri: str) -> str | None:
