@@ -108,7 +108,7 @@ def task_message(evidence: dict[str, Any], parsed: Evidence) -> str:
         "</evidence>",
     ]
     if dropped:  # said, so a reviewer knows the bundle held more than the schema
-        lines.append(f"<evidence> holds only the evidence schema's fields; {dropped} other field(s) of the "
+        lines.append(f"The evidence block holds only the evidence schema's fields; {dropped} other field(s) of the "
                      "bundle were dropped unread.")
     untrusted = untrusted_items(parsed)
     if untrusted:

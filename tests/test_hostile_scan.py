@@ -90,4 +90,4 @@ def test_a_hostile_pipeline_run_leaves_no_secret_in_any_record(tmp_path):
     assert found == [], (found[:10], leaked_lines[:10])
 
     # every stage's temp directories are gone (a stage used to leave an empty /tmp/tmp* behind)
-    assert [p.name for p in scratch.iterdir() if p.name.startswith("tmp")] == []
+    assert [p.name for p in scratch.iterdir() if p.name.startswith(("tmp", "tradeflow-"))] == []

@@ -190,7 +190,7 @@ def test_unknown_keys_at_any_depth_never_reach_the_trusted_block():
     assert view["indicators"] == {"close": 177.5, "atr_14": 3.1} and view["model"]["scores"] == {"BUY": 0.6}
     message = task_message(evidence, parse_evidence(evidence))
     assert injection not in message
-    assert "holds only the evidence schema's fields; 6 other field(s) of the bundle were dropped" in message
+    assert "The evidence block holds only the evidence schema's fields; 6 other field(s) of the bundle were dropped" in message
 
 
 # --- 4. generated code from data -------------------------------------------------------------------
