@@ -157,12 +157,12 @@ _MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 
 def inert_text(text: object, max_chars: int = 2000, redactor: Redactor | None = None) -> str:
     """Model text as it is *stored* (decision.json, signal data, the WebUI, the trace): secrets
-    masked, one line, capped, markdown images and links reduced to their label, ``<``/``>`` made
-    ``‹``/``›`` (no tag can form) and ``scheme://`` defanged to ``scheme[:]//`` (no link)."""
+    masked, one line, capped, markdown images and links reduced to their label, ``<`` made ``‹``
+    (no tag can form) and ``scheme://`` defanged to ``scheme[:]//`` (no link)."""
     line = (redactor or Redactor.from_env())(plain_line(text, max_chars))
     line = _MD_IMAGE.sub(lambda m: f"(image removed: {m[1]})", line)
     line = _MD_LINK.sub(lambda m: m[1], line)
-    line = line.replace("<", "\u2039").replace(">", "\u203a")
+    line = line.replace("<", "\u2039")  # no tag can open; a lone ">" (177 > 170) stays as written
     return re.sub(r"\b([A-Za-z][A-Za-z0-9+.\-]*)://", r"\1[:]//", line)
 
 
