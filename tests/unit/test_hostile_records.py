@@ -392,3 +392,11 @@ def test_a_stage_leaves_no_temp_directory_behind():
         made = Path(tempfile.mkdtemp())  # what MLflow's artifact downloads do
         assert made.parent == root
     assert not root.exists() and not made.exists()
+
+
+def test_an_http_error_that_echoes_a_credentialed_url_is_redacted(monkeypatch):
+    from tradeflow.http.client import HttpError
+
+    monkeypatch.setenv("BACKEND_API_TOKEN", API_TOKEN)
+    err = HttpError("unreachable", f"GET {TRACKING}/api: token {API_TOKEN} refused")
+    assert PASSWORD not in str(err) and API_TOKEN not in str(err) and str(err).startswith("unreachable: GET http://")
