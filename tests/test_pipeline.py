@@ -40,7 +40,9 @@ def _point_at_world(world, monkeypatch):
 
 
 def _pipeline(world, *, backend: bool = True, **params):
-    env = {"BACKEND_API_URL": world["server"].url} if backend else {}
+    # the store named here, not only by the function-scoped fixture: the module-scoped first_run
+    # is set up before it (pytest orders fixtures by scope), and went to MLflow's default store
+    env = {"MLFLOW_TRACKING_URI": world["uri"], **({"BACKEND_API_URL": world["server"].url} if backend else {})}
     result = mlflow_run("pipeline", {**BASE, **params}, env=env)
     return result
 
