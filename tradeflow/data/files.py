@@ -22,9 +22,10 @@ from tradeflow.data.tabular import bars_from_table
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
-#: A data file larger than this (on disk, or once decompressed) is refused: decades of daily bars
-#: are a few MB; a 1.4 MB ``.csv.gz`` bomb expanded to 3.9 GB before this cap.
-MAX_DATA_BYTES = 256 * 1024 * 1024
+#: A data file larger than this (on disk, or once decompressed) is refused: only daily bars are
+#: supported, and a century of them is a few MB; a 1.4 MB ``.csv.gz`` bomb expanded to 3.9 GB
+#: before this cap.
+MAX_DATA_BYTES = 64 * 1024 * 1024
 
 
 class _Bounded(io.RawIOBase):
