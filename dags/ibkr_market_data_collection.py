@@ -16,4 +16,4 @@ except ImportError:  # the repository is deployed, not installed: its root holds
     from tradeflow.ibkr.airflow.dags import build_market_data_dag
 from tradeflow.ibkr.strategy import strategy_path
 
-dag = build_market_data_dag(strategy_path(), dag_id="ibkr_market_data_collection")
+dag = build_market_data_dag(strategy_path(), dag_id='ibkr_market_data_collection')

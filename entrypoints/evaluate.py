@@ -22,11 +22,23 @@ FLAGS = (*SPEC_FLAGS, "data_source", "engine", "seed", "epochs", "reviewer", "re
          "do_no_harm_gate", "config")
 
 
+#: A list parameter longer than this is refused (``random_seeds`` of 10**6 entries would run 10**6
+#: random policies per window); seeds are the config's seed range.
+MAX_LIST_ITEMS = 32
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
+    if len(text) > 4096:
+        raise ConfigError(f"invalid parameter '{name}': {len(text):,} characters (over 4,096)")
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(f"invalid parameter '{name}': {text!r} is not a comma-separated list of integers") from None
+        raise ConfigError(f"invalid parameter '{name}': {text[:60]!r} is not a comma-separated list of integers") from None
+    if len(values) > MAX_LIST_ITEMS:
+        raise ConfigError(f"invalid parameter '{name}': {len(values)} values, over the cap of {MAX_LIST_ITEMS}")
+    if any(not 0 <= v <= 2**31 - 1 for v in values):
+        raise ConfigError(f"invalid parameter '{name}': every value must be in 0..2**31-1")
+    return values
 
 
 def spec_from_flags(args):

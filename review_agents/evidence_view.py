@@ -121,12 +121,93 @@ def parse_evidence(evidence: dict[str, Any]) -> Evidence:
 #: or tampered one) is not promoted into the trusted block.
 TRUSTED_KEYS = ("schema_version", "symbol", "as_of", "bar_size", "latest_bars", "indicators", "backtest",
                 "model", "data", "finagent")
+#: A trusted scalar string longer than this is cut (ids, URIs, dates are short).
+MAX_TRUSTED_STRING = 300
+
+_SCALAR, _NUMBERS, _OPEN = "scalar", "numbers", "open"
+_GATE_KEYS = ("passed", "enforced", "reason", "source", "valid_total_return", "benchmark_total_return")
+_BAR_KEYS = ("date", "open", "high", "low", "close", "volume")
+#: The evidence schema as the trusted block sees it, at every depth: a dict names its known keys;
+#: ``scalar`` is a str/number/bool/null leaf; ``numbers`` a {name: number|null} map; a one-item
+#: list a list of that shape; ``open`` the engine's own section (FinAgent's analysis JSON),
+#: kept whole under its known key.
+TRUSTED_SCHEMA: dict[str, Any] = {
+    "schema_version": _SCALAR, "symbol": _SCALAR, "as_of": _SCALAR, "bar_size": _SCALAR,
+    "latest_bars": [dict.fromkeys(_BAR_KEYS, _SCALAR)],
+    "indicators": dict.fromkeys(Indicators.model_fields, _SCALAR),
+    "backtest": {"run_id": _SCALAR, "metrics": _NUMBERS},
+    "model": {**dict.fromkeys(ModelView.model_fields, _SCALAR), "scores": _NUMBERS,
+              "gate": dict.fromkeys(_GATE_KEYS, _SCALAR)},
+    "data": dict.fromkeys(DataView.model_fields, _SCALAR),
+    "finagent": dict.fromkeys(("upstream", "analysis", "upstream_rating", "upstream_probability", "calibrated",
+                               "non_finite_as_null"), _OPEN),
+}
+
+
+def _by_schema(value: Any, shape: Any, path: str, dropped: list[str]) -> Any:
+    """``value`` reduced to ``shape``; what does not fit is left out and its path noted."""
+    if shape == _OPEN:
+        return value
+    if shape == _SCALAR:
+        if isinstance(value, str):
+            return value[:MAX_TRUSTED_STRING]
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        dropped.append(path)
+        return _DROP
+    if shape == _NUMBERS:
+        if not isinstance(value, dict):
+            dropped.append(path)
+            return _DROP
+        out = {}
+        for key, item in value.items():
+            if isinstance(key, str) and len(key) <= 80 and (item is None or (isinstance(item, (int, float))
+                                                                           and not isinstance(item, bool))):
+                out[key] = item
+            else:
+                dropped.append(f"{path}.?")
+        return out
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            dropped.append(path)
+            return _DROP
+        items = [_by_schema(item, shape[0], f"{path}[]", dropped) for item in value]
+        return [item for item in items if item is not _DROP]
+    if not isinstance(value, dict):
+        dropped.append(path)
+        return _DROP
+    out = {}
+    for key, item in value.items():
+        if key in shape:
+            kept = _by_schema(item, shape[key], f"{path}.{key}", dropped)
+            if kept is not _DROP:
+                out[key] = kept
+        else:
+            dropped.append(f"{path}.?")
+    return out
+
+
+_DROP = object()
+
+
+def trusted_sections(evidence: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The trusted block built from the evidence schema's known fields at every depth, and how
+    many fields of the bundle were left out (unknown keys, wrong shapes): never ``untrusted``,
+    never ``prompts`` (they become system messages), never an unknown key at any depth
+    (``indicators.analyst_note`` is dropped, not promoted to a fact)."""
+    dropped: list[str] = [key for key in evidence if key not in TRUSTED_SCHEMA and key not in ("untrusted", "prompts")]
+    out = {}
+    for key, shape in TRUSTED_SCHEMA.items():
+        if key in evidence:
+            kept = _by_schema(evidence[key], shape, key, dropped)
+            if kept is not _DROP:
+                out[key] = kept
+    return out, len(dropped)
 
 
 def trusted_view(evidence: dict[str, Any]) -> dict[str, Any]:
-    """The bundle's known fact sections only (never ``untrusted``, never ``prompts`` — they become
-    system messages —, never unknown top-level keys)."""
-    return {key: evidence[key] for key in TRUSTED_KEYS if key in evidence}
+    """The bundle's known fact fields only, at every depth (``trusted_sections``)."""
+    return trusted_sections(evidence)[0]
 
 
 def untrusted_items(evidence: Evidence) -> dict[str, list[str]]:

@@ -28,6 +28,7 @@ FALLBACK_REASONS = (
     "content_filter",   # the provider's content filter stopped the answer
     "invalid_json",     # the decision is not parseable JSON for the schema / body not JSON
     "truncated",        # finish_reason=length: the answer was cut off
+    "answer_too_large", # one answer over MAX_ANSWER_CHARS (refused before it is parsed or stored)
     "http_error",       # http_error:<status>, after the client's own retries
     "connection_error", # endpoint unreachable
     "token_limit",      # max_total_tokens reached before a decision
@@ -44,6 +45,9 @@ _REFUSAL_RE = re.compile(
 )
 _FENCE_RE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL | re.IGNORECASE)
 _MAX_TEXT_REFUSAL_CHARS = 300
+#: One model answer larger than this is refused before parsing: a decision is a few hundred
+#: characters, an analyst's report a few thousand.
+MAX_ANSWER_CHARS = 32_000
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,8 @@ class GuardedClient(ChatCompletionClient):
         if not isinstance(result.content, str):
             raise self._fail(Failure("invalid_json", "unexpected tool call (no tools are offered)"))
         text = result.content
+        if len(text) > MAX_ANSWER_CHARS:
+            raise self._fail(Failure("answer_too_large", f"{len(text):,} characters, over the {MAX_ANSWER_CHARS:,} cap"))
         if not text.strip():
             raise self._fail(Failure("refusal", "empty completion (a refusal, or the model returned nothing)"))
         if _is_model_type(json_output):

@@ -3,7 +3,8 @@
 Prompts ask nicely; this module enforces. Every correction adds a ``"<code>: <detail>"`` note
 (codes are stable, for MLflow tags and dashboards):
 
-- ``confidence_clamped``: confidence outside [0, 1] (or not a number) is clamped.
+- ``confidence_refused``: confidence outside [0, 1] or not a number (``7``, ``true``, ``"high"``)
+  is refused, never clamped to certainty: HOLD at confidence 0.
 - ``unsupported_action``: BUY/SELL backed by *neither* the model suggestion *nor* the technical
   stance of the evidence becomes HOLD with confidence <= 0.3. This is the prompt-injection
   defence: untrusted text can talk a model into a trade, but it cannot change the evidence,
@@ -45,14 +46,12 @@ def _clean(text: str | None, limit: int) -> str:
     return _CONTROL_RE.sub(" ", text or "").strip()[:limit]
 
 
-def _confidence(value: float, notes: list[str]) -> float:
-    if not math.isfinite(value):
-        notes.append(f"confidence_clamped: {value} is not a number; set to 0")
-        return 0.0
-    if not 0.0 <= value <= 1.0:
-        clamped = min(1.0, max(0.0, value))
-        notes.append(f"confidence_clamped: {value:g} clamped to {clamped:g}")
-        return clamped
+def _confidence(value: float, notes: list[str]) -> float | None:
+    """The confidence, or None (refused) when it is not a finite number in [0, 1]: an answer of
+    ``confidence: 7`` says the model did not follow the schema, not that it is certain."""
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        notes.append(f"confidence_refused: {value:g} is not a number in [0, 1]; HOLD at confidence 0")
+        return None
     return value
 
 
@@ -105,6 +104,10 @@ def apply_guardrails(draft: DecisionDraft, ev: Evidence, config: ReviewConfig) -
     action: Action = draft.action
     confidence = _confidence(float(draft.confidence), notes)
     rationale = _clean(draft.rationale, MAX_RATIONALE_CHARS)
+    refused = confidence is None
+    if confidence is None:
+        action, confidence = "HOLD", 0.0
+        rationale = _clean(f"[guardrail: confidence refused, HOLD] {rationale}", MAX_RATIONALE_CHARS)
     suggestion = ev.model.suggestion
     stance = assess(ev, atr_cap=config.atr_multiple_cap).technical_stance
 
@@ -126,6 +129,8 @@ def apply_guardrails(draft: DecisionDraft, ev: Evidence, config: ReviewConfig) -
         notes.append(f"contradiction_unexplained: no reason for contradicting the model; confidence <= {UNEXPLAINED_CONTRADICTION_CAP}")
         confidence = min(confidence, UNEXPLAINED_CONTRADICTION_CAP)
         reason = None
+    if refused and contradicts:
+        reason = "guardrail: the confidence was not a number in [0, 1], so HOLD"
     if not contradicts:
         reason = None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .evidence_view import Evidence, trusted_view, untrusted_items
+from .evidence_view import Evidence, trusted_sections, untrusted_items
 
 TECHNICAL_ANALYST = "technical_analyst"
 RISK_REVIEWER = "risk_reviewer"
@@ -97,7 +97,8 @@ def _inline(text: str, limit: int = 40) -> str:
 
 def task_message(evidence: dict[str, Any], parsed: Evidence) -> str:
     """The one user message that starts the review: trusted evidence, then untrusted data."""
-    trusted = json.dumps(trusted_view(evidence), sort_keys=True, separators=(",", ":"), default=str)
+    view, dropped = trusted_sections(evidence)
+    trusted = json.dumps(view, sort_keys=True, separators=(",", ":"), default=str)
     lines = [
         f"Review the evidence for {_inline(parsed.symbol)} as of {_inline(parsed.as_of)} "
         f"({_inline(parsed.bar_size)} bars) "
@@ -106,6 +107,9 @@ def task_message(evidence: dict[str, Any], parsed: Evidence) -> str:
         _escape(trusted),
         "</evidence>",
     ]
+    if dropped:  # said, so a reviewer knows the bundle held more than the schema
+        lines.append(f"The evidence block holds only the evidence schema's fields; {dropped} other field(s) of the "
+                     "bundle were dropped unread.")
     untrusted = untrusted_items(parsed)
     if untrusted:
         lines += [

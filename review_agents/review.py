@@ -193,6 +193,7 @@ async def areview(
     if failure is not None:
         decision = fallback_decision(failure.reason, ev)
         transcript.append(_guardrail_line("Fallback", f"{failure.reason}: {failure.detail}", redact))
+    decision = inert_decision(decision, redact)
     transcript += [_guardrail_line("GuardrailNote", note, redact) for note in notes]
     transcript.append(_guardrail_line("FinalDecision", decision.model_dump_json(), redact))
 
@@ -212,6 +213,22 @@ async def areview(
     )
     _log_outcome(ev, outcome, failure, redact, reports_tokens=config.provider != "rules")
     return outcome
+
+
+def inert_decision(decision: TradeDecision, redact: Callable[[str], str]) -> TradeDecision:
+    """The decision's model-written text as data before it is stored anywhere: configured secrets
+    and key shapes masked, one line, capped, no markup (``tradeflow.redaction.inert_text``)."""
+    from tradeflow.redaction import inert_text
+
+    def clean(text: str, cap: int) -> str:
+        return inert_text(redact(text), cap)
+
+    return decision.model_copy(update={
+        "rationale": clean(decision.rationale, 2000),
+        "key_factors": [clean(f, 300) for f in decision.key_factors],
+        "horizon": clean(decision.horizon, 40),
+        "contradiction_reason": clean(decision.contradiction_reason, 500) if decision.contradiction_reason else None,
+    })
 
 
 def _log_outcome(ev: Evidence, outcome: ReviewOutcome, failure: Failure | None, redact: Callable[[str], str],

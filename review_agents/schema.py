@@ -1,8 +1,8 @@
 """Typed shapes that cross the package boundary: the decision, its draft, and the outcome.
 
 Two decision types on purpose: ``DecisionDraft`` is what a model is *asked* to fill (loose
-numeric bounds, so a confidence of 1.2 is clamped by the guardrails rather than discarding an
-otherwise sound answer), ``TradeDecision`` is what *leaves* the package (strict, always valid).
+numeric bounds, so a confidence of 1.2 or ``true`` reaches the guardrails, which refuse it as a
+labelled HOLD at 0 rather than a parse failure), ``TradeDecision`` is what *leaves* the package (strict, always valid).
 Both have the same field names, so any draft JSON that is in range parses into either.
 """
 
@@ -41,6 +41,9 @@ class DecisionDraft(BaseModel):
     def _fill_optional(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
+            confidence = data.get("confidence")
+            if isinstance(confidence, bool) or (confidence is not None and not isinstance(confidence, (int, float))):
+                data["confidence"] = float("nan")  # true / "high" is not a number: the guardrails refuse it
             if isinstance(data.get("action"), str):
                 data["action"] = data["action"].strip().upper()
             for key, default in _DRAFT_DEFAULTS.items():
@@ -114,7 +117,7 @@ class ReviewOutcome:
 
     @property
     def guardrail_codes(self) -> list[str]:
-        """The machine-readable code of each note (``confidence_clamped``, ``unsupported_action`` ...)."""
+        """The machine-readable code of each note (``confidence_refused``, ``unsupported_action`` ...)."""
         return [note.split(":", 1)[0] for note in self.guardrail_notes]
 
     @property

@@ -337,6 +337,49 @@ def test_model_uris_come_only_from_the_configured_store():
         _one_line(caught.value)
 
 
+# --- issue 28: records and the WebUI under hostile input -------------------------------------------------
+
+
+def test_a_token_in_the_git_remote_never_reaches_a_stage_runs_tags(store, tmp_path):
+    from tradeflow.runs.projects import create_project_run
+    from tradeflow.runs.tracking import ensure_experiment
+
+    token = "ghp_" + "T0KEN" * 8
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for args in (["init", "-q"], ["-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q",
+                                   "--allow-empty", "-m", "x"],
+                 ["remote", "add", "origin", f"https://x-access-token:{token}@github.com/org/tradeflow.git"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    run_id = create_project_run("review", experiment_id=ensure_experiment("hostile_git"), project_dir=repo)
+    run = MlflowClient().get_run(run_id)
+    MlflowClient().set_terminated(run_id, "FINISHED")
+    assert run.data.tags["mlflow.source.git.repoURL"] == "https://github.com/org/tradeflow.git"
+    assert run.data.tags["mlflow.source.name"] == "https://github.com/org/tradeflow.git"
+    assert token not in json.dumps(run.data.tags)
+
+
+def test_concurrent_upserts_of_one_identity_store_one_artifact(webui_server):
+    """Real threads against the WebUI contract server (which does not deduplicate): 3 of 3
+    library-level trials once stored 3 rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tradeflow.webui.payloads import signal_artifact
+
+    payload = signal_artifact(symbol="NVDA", action="BUY", confidence=0.72, run_id="r1", experiment_id=1,
+                              execution_id="manual__race", task_id="persist",
+                              signal_data={"symbol": "NVDA", "action": "BUY", "confidence": "MEDIUM",
+                                           "confidence_score": 72.0, "reasoning": "momentum confirms the breakout",
+                                           "timeframe_analyzed": "1 day", "model_used": "rules"})
+    for trial in range(3):
+        body = {**payload, "execution_id": f"manual__race-{trial}"}
+        clients = [WebUIClient(webui_server.url, retries=1) for _ in range(6)]
+        with ThreadPoolExecutor(6) as pool:
+            created = list(pool.map(lambda c: c.upsert_artifact(body)[1], clients))
+        rows = [a for a in webui_server.artifacts() if a.get("execution_id") == body["execution_id"]]
+        assert len(rows) == 1 and created.count(True) == 1, (trial, len(rows), created)
+
+
 # --- through the real entry points: one line, exit code, nothing RUNNING ---------------------------------------
 
 

@@ -441,3 +441,10 @@ def test_databricks_runner_script_parses_its_arguments():
     proc = subprocess.run([sys.executable, str(REPO / "deploy" / "databricks" / "run_pipeline.py"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--parent-run-id" in proc.stdout
+
+
+def test_the_conf_keys_refused_as_unknown_are_exactly_the_dags_params():
+    """``check_conf`` refuses what is not a trigger param (issue 28): the two lists are one list."""
+    from tradeflow.orchestration.context import CONF_KEYS
+
+    assert set(orch.DagSettings.from_env({}).params()) == set(CONF_KEYS)

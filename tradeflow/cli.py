@@ -38,6 +38,14 @@ def setup_logging() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    from tradeflow.redaction import RedactingFilter
+    from tradeflow.runs.tracking import quiet_credentialed_urls, tracking_uri
+
+    quiet_credentialed_urls(tracking_uri())  # before any run starts (MLflow prints URLs on end_run)
+
+    for handler in logging.getLogger().handlers:  # no log line carries a secret or URL userinfo
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     # Third-party chatter that buries our progress lines.
     for noisy in ("alembic", "mlflow.store.db.utils", "httpx", "autogen_agentchat", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

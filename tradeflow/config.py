@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from tradeflow.names import Mode, check_data_source, check_symbol
+from tradeflow.names import Mode, check_data_source, check_name_text, check_symbol
 
 from tradeflow.errors import ConfigError
 
@@ -183,7 +183,10 @@ class RunConfig(_Strict):
     @field_validator("symbol", mode="before")
     @classmethod
     def _normalise_symbol(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
+        if isinstance(value, str):  # ASCII first: "ıbm".upper() would be IBM
+            check_name_text(value.strip(" "), "symbol")
+            return value.strip(" ").upper()
+        return value
 
     @field_validator("symbol")
     @classmethod
@@ -198,7 +201,8 @@ class RunConfig(_Strict):
     @field_validator("experiment_name")
     @classmethod
     def _check_experiment(cls, value: str) -> str:
-        if not _EXPERIMENT_RE.match(value) or any(part in {".", ".."} for part in value.split("/")):
+        check_name_text(value, "experiment_name")
+        if not _EXPERIMENT_RE.fullmatch(value) or any(part in {".", ".."} for part in value.split("/")):
             raise ValueError(f"{value[:60]!r} must be 1..200 letters, digits, spaces or _./@+- on one line, "
                              "without '.' or '..' path segments")
         return value

@@ -13,7 +13,15 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """An expected failure whose ``str()`` is one actionable line (no traceback shown)."""
+    """An expected failure whose ``str()`` is one actionable line (no traceback shown).
+
+    Its text passes the redaction boundary when it is made: a URL's ``user:password@``, a
+    configured secret or a key-shaped string never reaches the line a user (or a tag) sees."""
+
+    def __init__(self, *args: object) -> None:
+        from tradeflow.redaction import redact
+
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class InputError(UserError, ValueError):
@@ -46,10 +54,13 @@ def tracking_lookup_error(exc: BaseException, what: str, uri: str) -> UserError:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+    from tradeflow.redaction import redact, strip_credentials
+
     not_found = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
+    uri = strip_credentials(uri)  # a tracking password never reaches an error line
     if isinstance(exc, MlflowException) and exc.error_code in not_found:
         return NotFoundError(f"{what} is not a run in {uri}")
-    reason = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+    reason = redact(" ".join(str(exc).split()))[:300] or exc.__class__.__name__
     return TrackingStoreUnavailable(f"tracking store {uri} could not be read for {what}: {reason}")
 
 

@@ -27,9 +27,23 @@ DAG_ID: Final = "trademaster_autogen_pipeline_workflow"
 FINAGENT_DAG_ID: Final = "finagent_autogen_pipeline_workflow"
 
 
+def check_name_text(value: str, what: str) -> str:
+    """``value`` unchanged when it is plain ASCII with nothing around it, else ``ValueError``:
+    look-alikes (``ıbm``, ``ſpy``, ``ﬁ`` upper-case or NFKC-normalise into another name) and a
+    trailing ``\n`` (a ``$`` regex lets it through) never become a second spelling of a name."""
+    import unicodedata
+
+    if not value.isascii() or unicodedata.normalize("NFKC", value) != value:
+        raise ValueError(f"{what} {value[:60]!r} is not plain ASCII (look-alike characters are refused)")
+    if value != value.strip():
+        raise ValueError(f"{what} {value[:60]!r} has leading or trailing whitespace")
+    return value
+
+
 def check_symbol(value: str) -> str:
     """An upper-cased symbol, or ``ValueError`` saying what is wrong with it."""
-    if not SYMBOL_RE.match(value) or value != value.upper():
+    check_name_text(value, "symbol")
+    if not SYMBOL_RE.fullmatch(value) or value != value.upper():
         raise ValueError(f"{value!r} has characters outside [A-Z0-9.^-] (or is longer than 20)")
     if not re.search(r"[A-Z0-9]", value):
         raise ValueError(f"{value!r} must hold at least one letter or digit")

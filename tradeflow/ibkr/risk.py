@@ -14,6 +14,11 @@ from typing import Any
 
 from tradeflow.ibkr.strategy import RiskSettings
 
+#: Beyond these a gateway number is a bug or a lie, not an account: refused, never sized on
+#: (an equity of 1e300 once sized an order of 5.6e296 shares).
+MAX_PLAUSIBLE_EQUITY = 1e12
+MAX_PLAUSIBLE_PRICE = 1e7
+
 
 @dataclass
 class RiskDecision:
@@ -53,6 +58,10 @@ def assess(
     """Decide whether (and how much) to trade. ``positions``: shares held per symbol (negative =
     short); ``prices``: the latest price per symbol held; ``equity``: net liquidation value."""
     decision = RiskDecision(approved=False, symbol=symbol, action=action, entry_price=entry_price)
+    bad = _implausible_inputs(equity, entry_price, positions, prices, symbol)
+    if bad:
+        decision.reasons.append(bad)
+        return decision
     held = float(positions.get(symbol, 0.0))
     exposure = {s: abs(q) * float(prices.get(s, entry_price if s == symbol else 0.0)) for s, q in positions.items()}
     gross = sum(exposure.values())
@@ -95,7 +104,9 @@ def assess(
         total_room = limits.max_total_exposure_pct * equity - gross
         by_symbol = math.floor(max(symbol_room, 0.0) / entry_price)
         by_total = math.floor(max(total_room, 0.0) / entry_price)
-        sizes = {"risk_per_trade": by_risk, "max_position_pct": by_symbol, "max_total_exposure_pct": by_total}
+        by_notional = math.floor(limits.max_order_notional / entry_price)
+        sizes = {"risk_per_trade": by_risk, "max_position_pct": by_symbol, "max_total_exposure_pct": by_total,
+                 "max_order_notional": by_notional}
         decision.checks.update({"risk_budget": round(budget, 2), "stop_distance": round(stop_distance, 4),
                                 "size_by_limit": sizes})
         decision.binding_limit = min(sizes, key=lambda k: sizes[k])
@@ -108,6 +119,8 @@ def assess(
                                     f"max_position_pct {limits.max_position_pct:.0%} of equity {equity:,.0f}",
                 "max_total_exposure_pct": f"gross exposure {gross:,.0f} leaves no room under max_total_exposure_pct "
                                           f"{limits.max_total_exposure_pct:.0%} of equity {equity:,.0f}",
+                "max_order_notional": f"one share at {entry_price:,.2f} is over max_order_notional "
+                                      f"{limits.max_order_notional:,.0f}",
             }
             return refuse(f"size 0: {texts[decision.binding_limit]}")
         decision.reasons.append(f"{quantity} shares, sized by {decision.binding_limit}")
@@ -116,3 +129,31 @@ def assess(
     decision.risk_amount = round(quantity * stop_distance, 2)
     decision.approved = True
     return decision
+
+
+def _implausible_inputs(equity: float, entry_price: float, positions: Mapping[str, float],
+                        prices: Mapping[str, float], symbol: str) -> str | None:
+    """Why the gateway's numbers cannot be sized on (non-finite, non-positive or implausible
+    equity or prices; a negative price would shrink the gross exposure under its cap), or None."""
+    def number(value: Any) -> float | None:
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            return None
+        return out if math.isfinite(out) else None
+
+    eq = number(equity)
+    if eq is None or not 0 < eq <= MAX_PLAUSIBLE_EQUITY:
+        return f"account equity {equity!r} is not a plausible positive number (0 < equity <= {MAX_PLAUSIBLE_EQUITY:g})"
+    entry = number(entry_price)
+    if entry is None or not 0 < entry <= MAX_PLAUSIBLE_PRICE:
+        return f"no usable entry price ({entry_price!r}; 0 < price <= {MAX_PLAUSIBLE_PRICE:g})"
+    for held_symbol, quantity in positions.items():
+        if number(quantity) is None:
+            return f"position {held_symbol} quantity {quantity!r} is not a finite number"
+        if held_symbol == symbol and held_symbol not in prices:
+            continue
+        price = number(prices.get(held_symbol))
+        if price is None or not 0 < price <= MAX_PLAUSIBLE_PRICE:
+            return f"market price of held {held_symbol} {prices.get(held_symbol)!r} is not a plausible positive price"
+    return None

@@ -62,6 +62,8 @@ class RiskSettings(_Strict):
     max_total_exposure_pct: float = Field(0.50, gt=0, le=2, description="cap on gross exposure, all symbols")
     min_confidence: float = Field(0.60, ge=0, le=1, description="signals below this confidence are not traded")
     allow_short: bool = Field(False, description="SELL without a long position opens a short")
+    max_order_notional: float = Field(1_000_000.0, gt=0, le=1e9, description="cap on one order's notional "
+                                      "(quantity x entry), whatever the equity says")
 
 
 class OrderSettings(_Strict):
@@ -139,7 +141,7 @@ class StrategyConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             raise ValueError("name must be lower_snake_case (a-z, 0-9, _), starting with a letter")
         return value
 
@@ -149,8 +151,9 @@ class StrategyConfig(_Strict):
         if isinstance(value, str):
             value = [part for part in re.split(r"[,\s]+", value) if part]
         if isinstance(value, (list, tuple)):
-            value = [str(v).strip().upper() for v in value]
-            bad = [v for v in value if not SYMBOL_RE.match(v)]
+            value = [str(v).strip(" ") for v in value]
+            bad = [v for v in value if not v.isascii() or not SYMBOL_RE.fullmatch(v)]  # no look-alike upper-cases
+            value = [v.upper() for v in value]
             if bad:
                 raise ValueError(f"not a ticker symbol: {', '.join(bad)}")
             if len(set(value)) != len(value):
@@ -179,15 +182,48 @@ def strategy_path(environ: Mapping[str, str] | None = None) -> Path:
     return Path(environ.get(ENV_STRATEGY_FILE) or DEFAULT_STRATEGY_FILE)
 
 
+#: A strategy file is a few dozen lines; anything bigger is refused before YAML parses it.
+MAX_STRATEGY_BYTES = 256 * 1024
+#: Aliases (``*name``) a strategy may use: enough for shared blocks, far below an alias bomb.
+MAX_YAML_ALIASES = 16
+
+
+def _bounded_loader(where: str) -> type:
+    """``yaml.SafeLoader`` (no Python objects) that refuses more than ``MAX_YAML_ALIASES`` aliases
+    while composing, before any expansion (an alias bomb of 12 lines took 3.3 GB at DAG parse)."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise StrategyError(f"strategy file {where}: more than {MAX_YAML_ALIASES} YAML aliases "
+                                        "(refused: an alias bomb expands without bound)")
+            return super().compose_node(parent, index)
+
+    return BoundedLoader
+
+
 def load_strategy(path: str | Path | None = None) -> StrategyConfig:
-    """Read and validate a strategy YAML (default: ``IBKR_STRATEGY_FILE`` or dags/ibkr_strategy.yaml)."""
+    """Read and validate a strategy YAML (default: ``IBKR_STRATEGY_FILE`` or dags/ibkr_strategy.yaml):
+    size-capped, safe loader, bounded aliases, before any other work."""
     import yaml
 
     path = Path(path) if path else strategy_path()
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as handle:
+            data = handle.read(MAX_STRATEGY_BYTES + 1)
     except OSError as exc:
         raise StrategyError(f"strategy file {path}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_STRATEGY_BYTES:
+        raise StrategyError(f"strategy file {path}: over {MAX_STRATEGY_BYTES:,} bytes (refused before parsing)")
+    try:
+        raw = yaml.load(data.decode("utf-8"), Loader=_bounded_loader(str(path)))  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError:
+        raise StrategyError(f"strategy file {path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise StrategyError(f"strategy file {path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
     return parse_strategy(raw, where=str(path))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,15 +42,34 @@ except ImportError:  # the repository is deployed, not installed: its root holds
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tradeflow.ibkr.airflow.dags import {builder}
 {path_import}
-dag = {builder}({path_expr}, dag_id="{dag_id}")
+dag = {builder}({path_expr}, dag_id={dag_id_literal})
 '''
 
 TITLES = {"trading": "IBKR trading strategy", "market_data": "IBKR market data collection",
           "monitoring": "IBKR portfolio monitoring"}
 
 
+#: What a generated DAG file may name: DAG ids and the strategy file's path parts. Anything else is
+#: refused, and what passes is still written through ``repr`` (data never becomes code).
+DAG_ID_RE = re.compile(r"[a-z][a-z0-9_]{0,120}")
+PATH_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}|\.\.")
+
+
 def dag_id_for(kind: str, strategy: StrategyConfig | None, *, shipped: bool = False) -> str:
-    return SHIPPED_IDS[kind] if shipped else f"ibkr_{kind}_{strategy.name}"  # type: ignore[union-attr]
+    dag_id = SHIPPED_IDS[kind] if shipped else f"ibkr_{kind}_{strategy.name}"  # type: ignore[union-attr]
+    if not DAG_ID_RE.fullmatch(dag_id):
+        raise StrategyError(f"DAG id {dag_id[:80]!r} is outside [a-z][a-z0-9_]*: refused")
+    return dag_id
+
+
+def _strategy_rel_path(strategy_file: Path, out_dir: Path) -> str:
+    rel = os.path.relpath(strategy_file.resolve(), out_dir.resolve())
+    parts = Path(rel).parts
+    bad = [p for p in parts if not PATH_PART_RE.fullmatch(p)]
+    if bad or not rel.endswith((".yaml", ".yml")):
+        raise StrategyError(f"strategy file name {rel[:120]!r}: each path part must be letters, digits, _.- "
+                            "and the name end in .yaml (refused: it is written into a DAG file)")
+    return rel
 
 
 def render(kind: str, *, strategy_file: Path | None, out_dir: Path, strategy: StrategyConfig | None,
@@ -59,14 +79,16 @@ def render(kind: str, *, strategy_file: Path | None, out_dir: Path, strategy: St
         where = "IBKR_STRATEGY_FILE (default dags/ibkr_strategy.yaml)"
     else:
         assert strategy_file is not None
-        rel = os.path.relpath(strategy_file.resolve(), out_dir.resolve())
-        path_import, path_expr = "", f'Path(__file__).resolve().parent / "{rel}"'
-        where = f"`{strategy_file.name}`"
-    return _TEMPLATE.format(title=TITLES[kind], dag_id=dag_id_for(kind, strategy, shipped=shipped), where=where,
+        rel = _strategy_rel_path(strategy_file, out_dir)
+        path_import, path_expr = "", f"Path(__file__).resolve().parent / {rel!r}"
+        where = f"`{Path(rel).name}`"
+    dag_id = dag_id_for(kind, strategy, shipped=shipped)
+    return _TEMPLATE.format(title=TITLES[kind], dag_id=dag_id, dag_id_literal=repr(dag_id), where=where,
                             builder=BUILDER[kind], path_import=path_import, path_expr=path_expr)
 
 
 def write_dags(strategy_file: Path, out_dir: Path, kinds: tuple[str, ...] = KINDS) -> list[Path]:
+    _strategy_rel_path(strategy_file, out_dir)  # refused before anything is read or written
     strategy = load_strategy(strategy_file)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -121,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [k for k in kinds if k not in KINDS]:
         print(f"error: unknown kind(s) {', '.join(unknown)}; use {', '.join(KINDS)}", file=sys.stderr)
         return 2
-    for path in write_dags(args.strategy, args.out, kinds):
+    try:
+        written = write_dags(args.strategy, args.out, kinds)
+    except StrategyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
     return 0
 

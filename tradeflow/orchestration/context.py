@@ -73,12 +73,35 @@ def skip(message: str) -> NoReturn:
     raise AirflowSkipException(message)
 
 
+#: What a trigger may send in ``dag_run.conf`` (the DAG's params); anything else is refused, not ignored.
+CONF_KEYS = ("mode", "symbol", "max_symbols", "config", "force", "conid", "workflow_symbol_id")
+#: Per-symbol identity: the batch decides it (``conf.symbol`` or the WebUI), never a config layer.
+IDENTITY_KEYS = ("symbol",)
+
+
+def check_conf(conf: Mapping[str, Any]) -> None:
+    """Refuse unknown ``dag_run.conf`` keys (naming the known ones) and a ``config`` that sets a
+    symbol's identity: ``{"config": {"symbol": "MSFT"}}`` would run MSFT in every mapped task."""
+    unknown = sorted(str(k) for k in conf if k not in CONF_KEYS)
+    if unknown:
+        fail_now(f"dag_run.conf has unknown key(s) {', '.join(repr(k[:40]) for k in unknown[:5])}; "
+                 f"known: {', '.join(CONF_KEYS)}")
+    config = conf.get("config")
+    if isinstance(config, Mapping):
+        for key in IDENTITY_KEYS:
+            if key in config:
+                fail_now(f"dag_run.conf.config.{key} is refused: a batch decides each task's {key} "
+                         f"(use conf.{key} to run one)")
+
+
 def conf_layer(ctx: RunContext) -> dict[str, Any]:
     """The ``dag_run.conf`` config layer: its ``config`` object, then ``mode`` and ``engine`` on top.
 
     Only what the trigger actually sent counts (``dag_run.conf``), not the param defaults, so a
-    WebUI link config's ``mode`` is not overridden by the form's default.
+    WebUI link config's ``mode`` is not overridden by the form's default. The conf is checked
+    first (``check_conf``).
     """
+    check_conf(ctx.conf)
     layer: dict[str, Any] = {}
     config = ctx.conf.get("config")
     if config:

@@ -30,6 +30,7 @@ def symbol_config(target: Mapping[str, Any], ctx: RunContext) -> RunConfig:
     # The link may not move the symbol elsewhere; the DAG decides which symbol runs.
     link.pop("symbol", None)
     check_link_files(link, symbol)
+    check_link_safety(link, symbol)
     pinned = PIPELINE_LAYERS.get(ctx.dag_id, {})
     cfg = resolve_with_env({"symbol": symbol}, pinned, link, conf_layer(ctx))
     for key, value in pinned.items():
@@ -37,6 +38,19 @@ def symbol_config(target: Mapping[str, Any], ctx: RunContext) -> RunConfig:
             raise ConfigError(f"{ctx.dag_id} runs {key}={value}; the WebUI link config or dag_run.conf asked for "
                               f"{key}={getattr(cfg, key)} (use that pipeline's DAG instead)")
     return cfg
+
+
+#: Settings that keep a bad model from trading: a WebUI link config (anyone who can edit a link)
+#: may not set them unless the operator allows it (``TRADEFLOW_LINK_SAFETY_OVERRIDES=1``).
+SAFETY_KEYS = ("do_no_harm_gate",)
+
+
+def check_link_safety(link: Mapping[str, Any], symbol: str, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a link config that sets a safety setting, unless the operator flag is on."""
+    touched = [key for key in SAFETY_KEYS if key in link]
+    if touched and not current(environ).link_safety_overrides:
+        raise ConfigError(f"WebUI link config of {symbol} sets {', '.join(touched)}: safety settings are not "
+                          "settable from a link (the operator can allow it with TRADEFLOW_LINK_SAFETY_OVERRIDES=1)")
 
 
 #: Files a WebUI link config may name as ``data_source=csv:...`` (anyone who can edit a link in the

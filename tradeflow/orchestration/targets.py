@@ -11,7 +11,7 @@ from typing import Any
 
 from tradeflow.config import MAX_SYMBOLS
 from tradeflow.names import SYMBOL_PATTERN
-from tradeflow.orchestration.context import RunContext, fail_now
+from tradeflow.orchestration.context import RunContext, check_conf, fail_now
 from tradeflow.settings import parse_bool
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,14 @@ def resolve_targets(ctx: RunContext, *, environ: Mapping[str, str] | None = None
     from tradeflow.sessions import Session, SessionError
     from tradeflow.webui import WebUIClient
 
+    check_conf(ctx.conf)  # unknown keys and a batch-wide config.symbol fail before any request
     env = os.environ if environ is None else environ
     client = WebUIClient.from_env(env)
     raw_symbol = ctx.get("symbol")
     if raw_symbol is not None and not isinstance(raw_symbol, str):
         fail_now(f"conf.symbol must be a string, got {type(raw_symbol).__name__}")
+    if raw_symbol and (not raw_symbol.strip(" ").isascii() or raw_symbol.strip(" ") != raw_symbol.strip()):
+        fail_now(f"conf.symbol {raw_symbol[:30]!r} is not plain ASCII on one line (look-alikes are refused)")
     symbol = (raw_symbol or "").strip().upper()
     if symbol:
         if not re.fullmatch(SYMBOL_PATTERN, symbol) or not re.search(r"[A-Z0-9]", symbol):

@@ -195,20 +195,25 @@ def review_note(symbol: str, decision: Mapping[str, Any], *, suggestion: str | N
 
 
 def decision_lines(decision: Mapping[str, Any], suggestion: str | None) -> list[str]:
-    """Why: the rationale, the key factors and, when the team overrode the model, its reason."""
+    """Why: the rationale, the key factors and, when the team overrode the model, its reason.
+
+    Model-written text is data, never markup: each piece is one line, escaped
+    (``markdown_literal``), so it cannot forge a heading, a reproduce block, a link or an image."""
+    from tradeflow.redaction import markdown_literal
+
     out = []
     if suggestion and suggestion != decision["action"]:
-        reason = decision.get("contradiction_reason") or "no reason given"
+        reason = markdown_literal(decision.get("contradiction_reason") or "no reason given")
         out += [f"The model suggested **{suggestion}**; the review team decided **{decision['action']}**: {reason}", ""]
     elif suggestion:
         out += [f"The model suggested **{suggestion}** and the review team agreed.", ""]
-    out.append(f"**Why**: {decision.get('rationale', '')}")
-    for factor in decision.get("key_factors") or []:
-        out.append(f"- {factor}")
+    out.append(f"**Why**: {markdown_literal(decision.get('rationale', ''), 2000)}")
+    for factor in (decision.get("key_factors") or [])[:8]:
+        out.append(f"- {markdown_literal(factor, 300)}")
     levels = [f"{label} {decision[key]:.2f}" for key, label in (("entry", "entry"), ("stop_loss", "stop"),
                                                                  ("take_profit", "target")) if decision.get(key)]
     if levels:
-        out += ["", "**Levels**: " + ", ".join(levels) + f"; horizon {decision.get('horizon', '')}."]
+        out += ["", "**Levels**: " + ", ".join(levels) + f"; horizon {markdown_literal(decision.get('horizon', ''), 40)}."]
     return out
 
 

@@ -55,6 +55,7 @@ from mlflow.utils.mlflow_tags import (
 
 from tradeflow import settings
 from tradeflow.runs.records import Tag, mark_failed
+from tradeflow.redaction import strip_credentials
 from tradeflow.runs.tracking import git
 from tradeflow.names import PROJECT_ROOT
 
@@ -150,8 +151,10 @@ def create_project_run(entry_point: str, *, experiment_id: str, project_dir: Pat
     try:
         tags[MLFLOW_GIT_COMMIT] = git(project_dir, "rev-parse", "HEAD").strip()
         remote = git(project_dir, "config", "--get", "remote.origin.url").strip() if _has_origin(project_dir) else ""
-        if remote:
-            tags[MLFLOW_GIT_REPO_URL] = tags[MLFLOW_SOURCE_NAME] = remote
+        if remote:  # a token in the remote URL never reaches a tag (MLflow's own rule, then ours)
+            from mlflow.utils.git_utils import _strip_credentials_from_url
+
+            tags[MLFLOW_GIT_REPO_URL] = tags[MLFLOW_SOURCE_NAME] = strip_credentials(_strip_credentials_from_url(remote))
     except (OSError, subprocess.CalledProcessError):
         pass
     if parent_run_id:
@@ -179,6 +182,9 @@ def run_entry_point(
 
     ``env_manager`` defaults to ``TRADEFLOW_ENV_MANAGER`` or ``local`` (the worker's environment).
     """
+    from tradeflow.runs.tracking import quiet_credentialed_urls, tracking_uri
+
+    quiet_credentialed_urls(tracking_uri())  # MLflow's end-of-run URL line would carry a password
     env_manager = env_manager or settings.current().env_manager
     client = MlflowClient()
     started = time.perf_counter()

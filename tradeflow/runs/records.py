@@ -281,7 +281,9 @@ def mark_failed(client: Any, run_id: str, reason: str, *, extra_tags: Mapping[st
     """End a run FAILED with ``tradeflow.failure_reason`` = ``reason`` (cut to what MLflow keeps)."""
     from mlflow.entities import RunTag
 
-    tags = {**(extra_tags or {}), Tag.FAILURE: reason[:MAX_TAG_CHARS]}
+    from tradeflow.redaction import redact
+
+    tags = {**(extra_tags or {}), Tag.FAILURE: redact(reason)[:MAX_TAG_CHARS]}  # no secret in a reason
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.set_terminated(run_id, "FAILED")
 

@@ -97,8 +97,8 @@ def transcript_markdown(symbol: str, outcome: Any, *, reviewer: str, reports_tok
         content = _content(str(line.get("content", "")))
         if isinstance(content, (dict, list)):
             out += ["```json", json.dumps(content, indent=2, sort_keys=True), "```", ""]
-        else:
-            out += [str(content), ""]
+        else:  # model text as data: an indented block (markdown shows it literally, HTML as paragraphs)
+            out += ["\n".join("    " + row for row in str(content).splitlines()) or "    ", ""]
     return "\n".join(out)
 
 

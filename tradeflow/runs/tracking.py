@@ -60,8 +60,20 @@ def configure_tracking() -> str:
     """Point the fluent API at the tracking store and return its URI."""
     uri = tracking_uri()
     os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
+    quiet_credentialed_urls(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def quiet_credentialed_urls(uri: str) -> None:
+    """MLflow prints "View run ... at: <tracking URI>/#/..." to stdout (and model URLs): with a
+    ``user:password@`` in the URI that line carries the password, so MLflow is told not to print
+    them (the stage's own output and the run's links say where the run is, without it)."""
+    from tradeflow.redaction import strip_credentials
+
+    if strip_credentials(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        os.environ["MLFLOW_PRINT_MODEL_URLS_ON_CREATION"] = "false"
 
 
 def sqlite_artifact_root(uri: str) -> str | None:
@@ -230,6 +242,28 @@ def stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None =
     is marked FAILED with ``tradeflow.failure_reason`` set to the exception's one-line message,
     then the exception propagates (the process exits non-zero).
     """
+    with stage_tempdir(stage):
+        yield from _stage_run(stage, experiment_name=experiment_name, tags=tags)
+
+
+@contextmanager
+def stage_tempdir(stage: str) -> Iterator[Path]:
+    """Every temporary file or directory of the stage (ours and MLflow's: artifact downloads make
+    ``mkdtemp`` directories nobody removes) under one directory, removed when the stage ends."""
+    import shutil
+    import tempfile
+
+    previous = tempfile.tempdir
+    root = tempfile.mkdtemp(prefix=f"tradeflow-{stage}-")
+    tempfile.tempdir = root
+    try:
+        yield Path(root)
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None) -> Iterator[mlflow.ActiveRun]:
     configure_tracking()
     experiment_id = ensure_experiment(experiment_name)
     if os.environ.get("MLFLOW_RUN_ID"):
@@ -258,8 +292,11 @@ def stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None =
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (our own errors are already one line)."""
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    """``Type: message`` on one line (our own errors are already one line), secrets masked: it
+    becomes ``tradeflow.failure_reason`` and the printed error."""
+    from tradeflow.redaction import redact
+
+    text = redact(" ".join(str(exc).split())) or exc.__class__.__name__
     if exc.__class__.__module__.startswith("tradeflow") or isinstance(exc, ValueError):
         return text
     return f"{exc.__class__.__name__}: {text}"

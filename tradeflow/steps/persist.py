@@ -60,9 +60,10 @@ def review_record(review_run_id: str, client: MlflowClient | None = None) -> dic
 def mlflow_links(review_run: Any) -> dict[str, str]:
     """Where a person finds the runs behind a WebUI artifact: MLflow UI addresses when the
     tracking URI is a server, else ``runs:/`` URIs (open them with ``mlflow ui`` on the store)."""
+    from tradeflow.redaction import strip_credentials
     from tradeflow.runs.tracking import tracking_uri
 
-    base = tracking_uri().rstrip("/")
+    base = strip_credentials(tracking_uri()).rstrip("/")  # links are shown: never a password
     experiment = review_run.info.experiment_id
 
     def link(run_id: str, path: str = "") -> str:
@@ -84,6 +85,7 @@ def mlflow_links(review_run: Any) -> dict[str, str]:
 def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, task_id: str) -> list[dict[str, Any]]:
     """The three contract-shaped payloads, lineage included."""
     from tradeflow import webui
+    from tradeflow.redaction import inert_text, redact_tree
 
     run = record["run"]
     symbol = record["signal_data"]["symbol"]
@@ -94,7 +96,9 @@ def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, t
     links = record.get("links") or {}
     # The WebUI's pages never show `metadata`: the MLflow links go where they are shown (the llm
     # response, the signal_data dump).
-    response = (decision["rationale"] + ("\nKey factors: " + "; ".join(decision["key_factors"]) if decision.get("key_factors") else "")
+    # Model text is data (inert: no markup, no secret), even from a review run recorded before that rule.
+    factors = [inert_text(f, 300) for f in decision.get("key_factors") or []]
+    response = (inert_text(decision["rationale"]) + ("\nKey factors: " + "; ".join(factors) if factors else "")
                 + ("\nMLflow: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in links.items()) if links else ""))
     meta = {"analysis_method": "trademaster_autogen", "mlflow_run_id": run.info.run_id,
             "model_uri": record["evidence"]["model"].get("uri"), "fallback_reason": record["decision"].get("fallback_reason")}
@@ -111,7 +115,7 @@ def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, t
                                  if record.get("market_data_snapshot") else {})}
         payloads.append(webui.chart_artifact(image_path=record["chart_uri"], chart_type="price",
                                              metadata=chart_meta, **lineage))
-    return payloads
+    return redact_tree(payloads)  # the redaction boundary: no configured secret or URL userinfo leaves
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ may still have stored the row is followed by look-ups, never blindly re-sent. A 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,18 @@ from tradeflow.webui.errors import WebUIError
 from tradeflow.webui.payloads import IDENTITY_KEYS, clean_artifact_payload
 
 log = logging.getLogger("tradeflow.webui")
+
+#: One lock per (backend, identity): concurrent upserts of one identity in this process run one at
+#: a time, so the second finds the first's row instead of POSTing a duplicate (the service does not
+#: deduplicate; 3 threads once stored 3 rows). Different identities never wait on each other.
+_IDENTITY_LOCKS: dict[tuple[str, ...], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _identity_lock(base_url: str, identity: Mapping[str, Any]) -> threading.Lock:
+    key = (base_url, *(str(identity[k]) for k in IDENTITY_KEYS))
+    with _LOCKS_GUARD:
+        return _IDENTITY_LOCKS.setdefault(key, threading.Lock())
 
 
 class ArtifactEndpoints:
@@ -104,6 +117,10 @@ class ArtifactEndpoints:
         if missing := [key for key, value in identity.items() if not value]:
             raise ValueError(f"upsert_artifact needs {', '.join(IDENTITY_KEYS)} to be idempotent;"
                              f" missing {', '.join(missing)}")
+        with _identity_lock(self.base_url, identity):
+            return self._upsert_locked(body, identity)
+
+    def _upsert_locked(self, body: dict[str, Any], identity: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         existing = self.find_artifact(**identity)
         if existing is not None:
             return self._patch_artifact(existing["id"], body), False
