@@ -13,7 +13,7 @@ See docs/review_agents.md for the agent graph, guardrails and fallback reasons.
 from .clients import ReviewConfigError, describe_client, make_client
 from .evidence_view import EvidenceError
 from .failures import FALLBACK_REASONS
-from .redaction import Redactor
+from tradeflow.redaction import Redactor
 from .review import areview, review
 from .rules import RULES_MODEL_NAME, RuleBasedChatCompletionClient
 from .schema import DecisionDraft, ReviewOutcome, TradeDecision

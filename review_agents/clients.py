@@ -19,7 +19,7 @@ from autogen_core.models import ChatCompletionClient, ModelInfo
 from tradeflow.config import ReviewConfig
 from tradeflow.errors import ConfigError
 
-from .redaction import Redactor
+from tradeflow.redaction import Redactor
 from .rules import RULES_MODEL_NAME, RuleBasedChatCompletionClient
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"

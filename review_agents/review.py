@@ -33,7 +33,7 @@ from .evidence_view import Evidence, parse_evidence
 from .failures import Failure, GuardedClient, classify_exception, classify_team_error
 from .guardrails import apply_guardrails, fallback_decision
 from .prompts import forecaster_prompt, task_message
-from .redaction import Redactor, secret_values
+from tradeflow.redaction import Redactor, secret_values
 from .schema import DecisionDraft, ReviewOutcome, TradeDecision, Usage
 from .team import Limits, build_team, is_decision
 

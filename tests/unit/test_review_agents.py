@@ -37,7 +37,7 @@ from review_agents import (
 from review_agents.evidence_view import parse_evidence
 from review_agents.guardrails import apply_guardrails
 from review_agents.prompts import DECISION_MAKER, RISK_REVIEWER, TECHNICAL_ANALYST, system_prompts
-from review_agents.redaction import Redactor
+from tradeflow.redaction import Redactor
 from tests.support.openai_server import OpenAICompatibleServer
 from tradeflow.config import ReviewConfig
 
