@@ -38,7 +38,8 @@ def _probability_up(block: dict[str, Any]) -> tuple[float, str]:
     if isinstance(model, dict):
         reviewer = MetaLabeller.from_dict(model)
         return reviewer.probability_up(inputs), (f"meta-label P(up) from {reviewer.samples}+{reviewer.held_out} earlier "
-                                                 f"calls (held-out Brier {reviewer.held_out_brier:.3f})")
+                                                 f"calls (held-out Brier {reviewer.held_out_brier:.3f}, "
+                                                 f"{'beats' if reviewer.skilled else 'does not beat'} the base rate)")
     base = block.get("base_rate")
     if isinstance(base, (int, float)):
         return float(base), "base rate of earlier calls (too few to fit a meta-labeller)"

@@ -120,7 +120,7 @@ def parse_evidence(evidence: dict[str, Any]) -> Evidence:
 #: The top-level keys the inference step writes as facts. Anything else in a bundle (a hand-made
 #: or tampered one) is not promoted into the trusted block.
 TRUSTED_KEYS = ("schema_version", "symbol", "as_of", "bar_size", "latest_bars", "indicators", "backtest",
-                "model", "data", "finagent")
+                "model", "data", "finagent", "reviewer")
 
 
 def trusted_view(evidence: dict[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,13 @@ evidence already holds (trend against the 20/50-bar averages, RSI, volatility, m
 primary's proposed side, so P(call right) is ``p`` for a long call and ``1 - p`` for an exit.
 
 It is fitted only on *earlier* calls whose horizon has closed (``fit`` is given their labels), in
-time order: a logistic regression (scikit-learn) on the older 70%, then an isotonic calibration of
-its scores on the newer 30% (held out from the regression), so the stated confidence *is* a
-calibrated probability. The acting threshold is chosen on that same held-out part. The fitted
-reviewer is plain JSON (coefficients, the isotonic steps, the threshold): no pickle to load, the
-same numbers on every machine, and ``predict`` needs only numpy.
+time order: a logistic regression (scikit-learn) on the older 70%, then a Platt calibration of its
+scores on the newer 30% (held out from the regression), so the stated confidence *is* a calibrated
+probability. Platt rather than isotonic: with a few hundred overlapping daily calls per symbol,
+isotonic steps jumped to 0.95 or 0.39 on single folds (measured on AAPL), a two-parameter sigmoid does
+not. The acting threshold is chosen on that same held-out part. The fitted reviewer is plain JSON
+(coefficients, the two Platt parameters, the threshold): no pickle to load, the same numbers on every
+machine, and ``probability_up`` needs only numpy.
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ FEATURES: tuple[str, ...] = ("trend_20", "trend_50", "rsi_14", "volatility", "mo
 MIN_SAMPLES = 60
 THRESHOLDS: tuple[float, ...] = (0.5, 0.55, 0.6, 0.65, 0.7)
 HELD_OUT = 0.3
-#: how far a probability may go towards 0 or 1: an isotonic step fitted on a few hundred
-#: overlapping calls is not evidence of certainty
+#: inverse L2 strength of both regressions: overlapping daily labels are far fewer independent calls
+#: than rows, so the fit is kept close to the base rate
+REGULARISATION = 0.1
+#: how far a probability may go towards 0 or 1
 PROBABILITY_FLOOR = 0.05
+#: the calibrated probability is shrunk towards 0.5 as if this many independent calls said 0.5:
+#: daily labels over a ``horizon``-bar window overlap, so only ``held_out / horizon`` of the held-out
+#: calls are independent. (Shrinking towards each symbol's own base rate instead, or stating the base
+#: rate when the regression showed no held-out skill, was measured too and calibrated worse: one
+#: year's base rate of overlapping windows is itself noise, 0.4-0.9 across the DJ30.)
+PRIOR_CALLS = 4.0
 
 
 def feature_frame(close: pd.Series | np.ndarray, periods_per_year: float = 252.0) -> pd.DataFrame:
@@ -54,26 +64,32 @@ def feature_frame(close: pd.Series | np.ndarray, periods_per_year: float = 252.0
 
 @dataclass(frozen=True)
 class MetaLabeller:
-    """A fitted reviewer: standardise, logistic score, isotonic calibration, acting threshold."""
+    """A fitted reviewer: standardise, logistic score, Platt calibration shrunk by the number of
+    independent held-out calls, acting threshold."""
 
     features: tuple[str, ...]
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     coef: tuple[float, ...]
     intercept: float
-    iso_x: tuple[float, ...]
-    iso_y: tuple[float, ...]
+    platt_a: float
+    platt_b: float
     threshold: float
     samples: int
     held_out: int
     base_rate: float
     held_out_brier: float
+    independent_calls: float
+    #: whether the regression beat the older calls' base rate on the held-out calls (shown, not used)
+    skilled: bool
 
     def probability_up(self, inputs: Mapping[str, float]) -> float:
         x = np.array([float(inputs[f]) for f in self.features])
         z = (x - np.array(self.mean)) / np.array(self.scale)
         score = float(z @ np.array(self.coef) + self.intercept)
-        p = float(np.interp(score, self.iso_x, self.iso_y)) if len(self.iso_x) > 1 else self.base_rate
+        p = 1.0 / (1.0 + math.exp(-(self.platt_a * score + self.platt_b)))
+        n = self.independent_calls
+        p = (n * p + PRIOR_CALLS * 0.5) / (n + PRIOR_CALLS)
         return min(1 - PROBABILITY_FLOOR, max(PROBABILITY_FLOOR, p))
 
     def probability_right(self, inputs: Mapping[str, float], side: str) -> float:
@@ -82,12 +98,12 @@ class MetaLabeller:
         return p if side == "BUY" else 1.0 - p
 
     def to_dict(self) -> dict:
-        return {"kind": "meta_label_logistic_isotonic", **asdict(self)}
+        return {"kind": "meta_label_logistic_platt", **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> MetaLabeller:
         fields = {k: data[k] for k in cls.__dataclass_fields__}
-        for k in ("features", "mean", "scale", "coef", "iso_x", "iso_y"):
+        for k in ("features", "mean", "scale", "coef"):
             fields[k] = tuple(fields[k])
         return cls(**fields)
 
@@ -97,13 +113,12 @@ def _sharpe(returns: np.ndarray) -> float:
     return float(returns.mean() / sd) if sd > 0 else 0.0
 
 
-def fit(X: pd.DataFrame, up: np.ndarray, forward: np.ndarray, *, seed: int = 0) -> MetaLabeller | None:
+def fit(X: pd.DataFrame, up: np.ndarray, forward: np.ndarray, *, horizon: int, seed: int = 0) -> MetaLabeller | None:
     """Fit on earlier closed calls, in time order (rows of ``X`` oldest first).
 
     ``up``: 1 where the close rose over the horizon; ``forward``: that horizon's return (to choose
     the threshold by what acting would have earned on the held-out part). ``None`` when there are
     too few calls or only one outcome (nothing to learn)."""
-    from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
     X = X[list(FEATURES)].to_numpy(np.float64)
@@ -116,11 +131,18 @@ def fit(X: pd.DataFrame, up: np.ndarray, forward: np.ndarray, *, seed: int = 0) 
     mean, scale = X[:cut].mean(axis=0), X[:cut].std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     z = (X - mean) / scale
-    lr = LogisticRegression(C=0.5, random_state=seed, max_iter=500).fit(z[:cut], up[:cut])
+    lr = LogisticRegression(C=REGULARISATION, random_state=seed, max_iter=500).fit(z[:cut], up[:cut])
     scores = z @ lr.coef_[0] + lr.intercept_[0]
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(scores[cut:], up[cut:])
-    iso_x, iso_y = iso.X_thresholds_, iso.y_thresholds_
-    p_hold = np.clip(np.interp(scores[cut:], iso_x, iso_y), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    platt = LogisticRegression(C=REGULARISATION, random_state=seed, max_iter=500).fit(scores[cut:, None], up[cut:])
+    a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
+    independent = (n - cut) / max(1, horizon)
+    base_rate = float(up.mean())
+    p_hold = 1.0 / (1.0 + np.exp(-(a * scores[cut:] + b)))
+    p_hold = np.clip((independent * p_hold + PRIOR_CALLS * 0.5) / (independent + PRIOR_CALLS),
+                     PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    # skill: better than the older calls' base rate on the held-out calls (Platt's two parameters are
+    # fitted there too; the older base rate is the honest no-skill forecast for them)
+    skilled = bool(np.mean((p_hold - up[cut:]) ** 2) < np.mean((up[:cut].mean() - up[cut:]) ** 2))
     proposed_long = X[cut:, FEATURES.index("proposed_long")] > 0.5
     best, best_sharpe = THRESHOLDS[-1], -np.inf
     for thr in THRESHOLDS:  # exit only when P(exit right) clears thr; otherwise hold the benchmark (long)
@@ -131,9 +153,10 @@ def fit(X: pd.DataFrame, up: np.ndarray, forward: np.ndarray, *, seed: int = 0) 
     return MetaLabeller(
         features=FEATURES, mean=tuple(map(float, mean)), scale=tuple(map(float, scale)),
         coef=tuple(map(float, lr.coef_[0])), intercept=float(lr.intercept_[0]),
-        iso_x=tuple(map(float, iso_x)), iso_y=tuple(map(float, iso_y)), threshold=float(best),
-        samples=int(cut), held_out=int(n - cut), base_rate=float(up[:cut].mean()),
-        held_out_brier=float(np.mean((p_hold - up[cut:]) ** 2)),
+        platt_a=a, platt_b=b, threshold=float(best),
+        samples=int(cut), held_out=int(n - cut), base_rate=base_rate,
+        held_out_brier=float(np.mean((p_hold - up[cut:]) ** 2)), independent_calls=float(independent),
+        skilled=skilled,
     )
 
 

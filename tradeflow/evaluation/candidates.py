@@ -1,0 +1,98 @@
+"""Decision rules that compete to be served, and their record on earlier folds.
+
+Each rule gives a target exposure in ``0..1`` (long_only) at every bar from closes up to that bar:
+
+- ``benchmark``: buy-and-hold (always long): what every other rule must beat;
+- ``trend_sma50`` / ``trend_sma200``: long while the close is above its 50/200-bar average, else flat;
+- ``vol_filter``: long unless the 20-bar volatility is above 1.5x its own median so far (the binary
+  form of volatility targeting: decisions are whole units, BUY/SELL/HOLD, and the IBKR risk step does
+  not size by them, so a fractional exposure could be evaluated but not traded);
+- ``agent``: the served RL model's out-of-sample position (filled in by the walk-forward as it goes).
+
+``select`` scores every rule on the rebalance grid *before* the decision bar (monthly holds, fees on
+every change, the same accounting for all) and serves the one with the best Sharpe in excess of the
+benchmark's over the same bars, only if that excess is positive over at least ``MIN_RECORD_BARS``:
+a rule with no demonstrated edge is not served, and the benchmark is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+BENCHMARK = "benchmark"
+AGENT = "agent"
+#: bars of earlier record a rule needs before it can be served
+MIN_RECORD_BARS = 126
+
+
+def market_rules(close: np.ndarray) -> dict[str, np.ndarray]:
+    """Every non-agent rule's exposure at each bar (NaN while its window fills)."""
+    c = pd.Series(close, dtype=np.float64)
+    out: dict[str, np.ndarray] = {BENCHMARK: np.ones(len(c))}
+    for n in (50, 200):
+        sma = c.rolling(n, min_periods=n).mean()
+        out[f"trend_sma{n}"] = np.where(sma.isna(), np.nan, (c > sma).astype(float))
+    vol = c.pct_change().rolling(20, min_periods=20).std()
+    median = vol.expanding(min_periods=60).median()
+    out["vol_filter"] = np.where(median.isna() | vol.isna(), np.nan, (vol <= 1.5 * median).astype(float))
+    return out
+
+
+@dataclass(frozen=True)
+class Record:
+    rule: str
+    bars: int
+    sharpe: float
+    benchmark_sharpe: float
+
+    @property
+    def excess(self) -> float:
+        return self.sharpe - self.benchmark_sharpe
+
+
+def _sharpe(daily: np.ndarray, periods_per_year: float) -> float:
+    sd = daily.std()
+    return float(daily.mean() / sd * math.sqrt(periods_per_year)) if len(daily) > 1 and sd > 0 else 0.0
+
+
+def record(exposure: np.ndarray, close: np.ndarray, row: int, step: int, fee: float, periods_per_year: float,
+           rule: str) -> Record:
+    """The rule's net daily returns when acted on at the grid ``row - k*step`` (held to the next grid
+    bar) over the bars before ``row`` where it is defined, against buy-and-hold on the same bars."""
+    grid = np.arange(row - step, -1, -step)[::-1]
+    grid = grid[np.isfinite(exposure[grid])] if len(grid) else grid
+    if len(grid) < 2:
+        return Record(rule, 0, 0.0, 0.0)
+    start = int(grid[0])
+    held = exposure[grid]
+    bars = np.arange(start, row)
+    which = np.searchsorted(grid, bars, side="right") - 1
+    position = held[which]
+    ret = close[bars + 1] / close[bars] - 1.0
+    change = np.abs(np.diff(np.concatenate([[0.0], held])))
+    costs = np.zeros(len(bars))
+    costs[grid - start] = fee * change
+    daily = position * ret - costs
+    bench = ret.copy()
+    bench[0] -= fee
+    return Record(rule, len(bars), _sharpe(daily, periods_per_year), _sharpe(bench, periods_per_year))
+
+
+def select(rules: dict[str, np.ndarray], close: np.ndarray, row: int, step: int, fee: float,
+           periods_per_year: float, *, allowed: dict[str, bool] | None = None) -> tuple[str, bool, str, list[Record]]:
+    """``(rule, edge, why, records)``: the served rule (``benchmark`` without an edge) and why."""
+    records = [record(x, close, row, step, fee, periods_per_year, name) for name, x in rules.items() if name != BENCHMARK]
+    eligible = [r for r in records if r.bars >= MIN_RECORD_BARS and (allowed or {}).get(r.rule, True)]
+    best = max(eligible, key=lambda r: (r.excess, r.rule), default=None)
+    if best is None or not best.excess > 0:
+        why = ("no rule has a record yet" if best is None else
+               f"best earlier record {best.rule}: Sharpe {best.sharpe:.2f} vs buy-and-hold {best.benchmark_sharpe:.2f} "
+               f"over {best.bars} bars, net of fees")
+        return BENCHMARK, False, why, records
+    why = (f"{best.rule}: Sharpe {best.sharpe:.2f} vs buy-and-hold {best.benchmark_sharpe:.2f} over {best.bars} "
+           "earlier bars, net of fees")
+    return best.rule, True, why, records
