@@ -11,11 +11,9 @@ from review_agents import review
 from tests.unit.test_review_agents import BEARISH, BULLISH
 from tradeflow import metalabel
 from tradeflow.config import ReviewConfig
-from tradeflow.evaluation.candidates import AGENT, BENCHMARK, market_rules, select
-from tradeflow.evaluation.walkforward import WalkForwardSpec, _reviewer_block
+from tradeflow.decision_rules import AGENT, BENCHMARK, market_rules, reviewer_block, select
 from tradeflow.positions import NO_EDGE, target_position
 
-SPEC = WalkForwardSpec(min_train=150, step=21, horizon=21)
 
 
 def _close(n: int = 700, seed: int = 3) -> np.ndarray:
@@ -26,8 +24,8 @@ def _close(n: int = 700, seed: int = 3) -> np.ndarray:
 def _block(close: np.ndarray, r: int) -> dict:
     rules = market_rules(close)
     rules[AGENT] = np.full(len(close), np.nan)
-    return _reviewer_block(rules, metalabel.feature_frame(close), close, r, SPEC, 0.001, 252.0,
-                           agent_allowed=True, seed=0)
+    return reviewer_block(rules, metalabel.feature_frame(close), close, r, step=21, horizon=21, fee=0.001,
+                          periods_per_year=252.0, agent_allowed=True, seed=0)
 
 
 def test_scrambling_bars_after_a_date_leaves_the_reviewer_and_its_confidence_unchanged():

@@ -198,43 +198,13 @@ def _evidence(cfg: RunConfig, bars_upto: pd.DataFrame, served: _Fitted, action: 
     )
 
 
-def _reviewer_block(rules: dict[str, np.ndarray], market: pd.DataFrame, close: np.ndarray, r: int, spec: WalkForwardSpec,
-                    fee: float, ppy: float, *, agent_allowed: bool, seed: int) -> dict[str, Any]:
-    """The evidence's ``reviewer`` section at rebalance ``r``: the rule chosen on earlier folds, whether it
-    beat the benchmark there, its proposed side, and the meta-labeller fitted on its earlier calls whose
-    horizon closed by ``r`` (nothing after bar ``r`` is read)."""
-    from tradeflow import metalabel
-    from tradeflow.evaluation.candidates import AGENT, select
-
-    rule, edge, why, records = select(rules, close, r, spec.step, fee, ppy, allowed={AGENT: agent_allowed})
-    exposure = rules[rule]
-    last = r - spec.horizon  # the newest call whose horizon has closed at r
-    model = None
-    base_rate = None
-    if last > 0:
-        t = np.arange(0, last + 1)
-        forward = close[t + spec.horizon] / close[t] - 1.0
-        X = market.iloc[t].assign(proposed_long=(np.nan_to_num(exposure[t], nan=np.nan) > 0.5).astype(float))
-        X.loc[~np.isfinite(exposure[t]), "proposed_long"] = np.nan
-        up = (forward > 0).astype(int)
-        fitted = metalabel.fit(X, up, forward, horizon=spec.horizon, seed=seed)
-        model = fitted.to_dict() if fitted is not None else None
-        base_rate = float(up.mean())
-    proposed = "BUY" if (np.isfinite(exposure[r]) and exposure[r] > 0.5) else "SELL"
-    inputs = {k: round(float(v), 6) for k, v in market.iloc[r].items()} | {"proposed_long": float(proposed == "BUY")}
-    return {"kind": "meta_label", "rule": rule, "edge": bool(edge), "edge_reason": why, "proposed": proposed,
-            "inputs": inputs, "model": model, "base_rate": base_rate, "horizon_bars": spec.horizon,
-            "track_record": {rec.rule: {"bars": rec.bars, "sharpe": round(rec.sharpe, 4),
-                                        "benchmark_sharpe": round(rec.benchmark_sharpe, 4)} for rec in records}}
-
-
 def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "") -> Decisions:
     """Walk forward over one symbol's validated bars; every decision uses bars up to its close only."""
     from review_agents import review
 
     from tradeflow import metalabel
     from tradeflow.engines import get_engine
-    from tradeflow.evaluation.candidates import AGENT, market_rules
+    from tradeflow.decision_rules import AGENT, market_rules, reviewer_block
     from tradeflow.features import FEATURE_COLUMNS, compute_features
     from tradeflow.positions import target_position
 
@@ -302,8 +272,9 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
                 agent_exposure[r] = max(0.0, float(action.action)) / max_volume
                 bars_upto = bars.iloc[: int(bar_pos[r]) + 1].reset_index(drop=True)
                 evidence = _evidence(cfg, bars_upto, served, action, gate, source)
-                evidence["reviewer"] = _reviewer_block(
-                    rules, market, close, r, spec, fee, ppy, seed=cfg.seed,
+                evidence["reviewer"] = reviewer_block(
+                    rules, market, close, r, step=spec.step, horizon=spec.horizon, fee=fee, periods_per_year=ppy,
+                    seed=cfg.seed,
                     agent_allowed=bool(served.gate.passed) or not cfg.do_no_harm_gate)
                 started = time.perf_counter()
                 outcome = review(evidence, cfg.review)

@@ -61,7 +61,12 @@ def training_context(run_id: str, client: MlflowClient | None = None) -> dict[st
         config = TrainRecord.config.load_json(run_id)
     except Exception:  # a model logged by something other than train_backtest
         config = {}
-    return {"run_id": run_id, "metrics": dict(run.data.metrics), "config": config, "experiment_id": run.info.experiment_id}
+    try:
+        reviewer = TrainRecord.reviewer.load_json(run_id)
+    except Exception:  # a train run from before the reviewer existed: the review serves the gate's rule
+        reviewer = None
+    return {"run_id": run_id, "metrics": dict(run.data.metrics), "config": config, "experiment_id": run.info.experiment_id,
+            "reviewer": reviewer}
 
 
 def inference_layer(training_config: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +121,12 @@ def compute_inference(cfg: RunConfig, *, model: Any, market: Any, resolved: Reso
         training_run=training,
         data={"source": market.source, "digest": market.digest, "rows": market.rows, "synthetic": market.synthetic},
     )
+    if training.get("reviewer"):  # the reviewer fitted with the model decides what is served (decision_rule)
+        from tradeflow.decision_rules import reviewer_at
+
+        evidence["reviewer"] = reviewer_at(training["reviewer"], features["close"].to_numpy(float),
+                                           model_suggestion=prediction["suggestion"],
+                                           periods_per_year=periods_per_year_for(market.bars["date"]))
     finagent = None
     if meta.get("engine") == "finagent":
         finagent = _add_finagent_evidence(model, window, evidence)

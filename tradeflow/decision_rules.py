@@ -1,4 +1,8 @@
-"""Decision rules that compete to be served, and their record on earlier folds.
+"""Decision rules that compete to be served, their record on earlier folds, and the reviewer block.
+
+Used by ``evaluate``'s walk-forward at every rebalance and by ``train_backtest`` (the reviewer it
+fits and logs with the model, which ``inference`` puts in the evidence), so the DAG serves what was
+evaluated.
 
 Each rule gives a target exposure in ``0..1`` (long_only) at every bar from closes up to that bar:
 
@@ -19,9 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from tradeflow import metalabel
 
 BENCHMARK = "benchmark"
 AGENT = "agent"
@@ -96,3 +103,65 @@ def select(rules: dict[str, np.ndarray], close: np.ndarray, row: int, step: int,
     why = (f"{best.rule}: Sharpe {best.sharpe:.2f} vs buy-and-hold {best.benchmark_sharpe:.2f} over {best.bars} "
            "earlier bars, net of fees")
     return best.rule, True, why, records
+
+
+def reviewer_block(rules: dict[str, np.ndarray], market: pd.DataFrame, close: np.ndarray, r: int, *, step: int,
+                   horizon: int, fee: float, periods_per_year: float, agent_allowed: bool, seed: int) -> dict[str, Any]:
+    """The evidence's ``reviewer`` section at rebalance ``r``: the rule chosen on earlier folds, whether it
+    beat the benchmark there, its proposed side, and the meta-labeller fitted on its earlier calls whose
+    horizon closed by ``r`` (nothing after bar ``r`` is read)."""
+    rule, edge, why, records = select(rules, close, r, step, fee, periods_per_year, allowed={AGENT: agent_allowed})
+    exposure = rules[rule]
+    last = r - horizon  # the newest call whose horizon has closed at r
+    model = None
+    base_rate = None
+    if last > 0:
+        t = np.arange(0, last + 1)
+        forward = close[t + horizon] / close[t] - 1.0
+        X = market.iloc[t].assign(proposed_long=(exposure[t] > 0.5).astype(float))
+        X.loc[~np.isfinite(exposure[t]), "proposed_long"] = np.nan
+        up = (forward > 0).astype(int)
+        fitted = metalabel.fit(X, up, forward, horizon=horizon, seed=seed)
+        model = fitted.to_dict() if fitted is not None else None
+        base_rate = float(up.mean())
+    proposed = "BUY" if (np.isfinite(exposure[r]) and exposure[r] > 0.5) else "SELL"
+    inputs = {k: round(float(v), 6) for k, v in market.iloc[r].items()} | {"proposed_long": float(proposed == "BUY")}
+    return {"kind": "meta_label", "rule": rule, "edge": bool(edge), "edge_reason": why, "proposed": proposed,
+            "inputs": inputs, "model": model, "base_rate": base_rate, "horizon_bars": horizon,
+            "track_record": {rec.rule: {"bars": rec.bars, "sharpe": round(rec.sharpe, 4),
+                                        "benchmark_sharpe": round(rec.benchmark_sharpe, 4)} for rec in records}}
+
+
+def fitted_reviewer(close: np.ndarray, *, agent_exposure: np.ndarray | None, step: int, horizon: int, fee: float,
+                    periods_per_year: float, agent_allowed: bool, seed: int) -> dict[str, Any]:
+    """The reviewer ``train_backtest`` fits on its data and logs with the model (``reviewer.json``):
+    the rule chosen on the whole history, its edge, and the meta-labeller; ``inputs``/``proposed``
+    are filled in at inference (``reviewer_at``) from the bars it decides on."""
+    rules = market_rules(close)
+    if agent_exposure is not None:
+        rules[AGENT] = agent_exposure
+    last = len(close) - 1
+    block = reviewer_block(rules, metalabel.feature_frame(close, periods_per_year), close, last, step=step,
+                           horizon=horizon, fee=fee, periods_per_year=periods_per_year,
+                           agent_allowed=agent_allowed, seed=seed)
+    return {k: v for k, v in block.items() if k not in ("inputs", "proposed")} | {"step_bars": step}
+
+
+def reviewer_at(fitted: dict[str, Any], close: np.ndarray, *, model_suggestion: str | None,
+                periods_per_year: float) -> dict[str, Any]:
+    """The evidence's ``reviewer`` block at the newest bar: the persisted reviewer, its inputs from
+    these closes, and the side the chosen rule proposes now (the agent's: the model's suggestion)."""
+    rule = str(fitted.get("rule") or BENCHMARK)
+    if rule == AGENT:
+        proposed = "BUY" if model_suggestion == "BUY" else "SELL"
+    elif rule == BENCHMARK:
+        proposed = "BUY"
+    else:
+        exposure = market_rules(close).get(rule)
+        proposed = "BUY" if exposure is None or not np.isfinite(exposure[-1]) or exposure[-1] > 0.5 else "SELL"
+    row = metalabel.feature_frame(close, periods_per_year).iloc[-1]
+    inputs = {k: round(float(v), 6) for k, v in row.items()} | {"proposed_long": float(proposed == "BUY")}
+    if not all(np.isfinite(list(inputs.values()))):
+        return {**fitted, "proposed": proposed, "inputs": {k: v for k, v in inputs.items() if np.isfinite(v)},
+                "model": None}  # too few bars for every input: the base rate speaks
+    return {**fitted, "proposed": proposed, "inputs": inputs}
