@@ -36,12 +36,13 @@ HELD_OUT = 0.3
 REGULARISATION = 0.1
 #: how far a probability may go towards 0 or 1
 PROBABILITY_FLOOR = 0.05
-#: the calibrated probability is shrunk towards 0.5 as if this many independent calls said 0.5:
+#: the calibrated probability is shrunk towards a prior as if this many independent calls said it:
 #: daily labels over a ``horizon``-bar window overlap, so only ``held_out / horizon`` of the held-out
-#: calls are independent. (Shrinking towards each symbol's own base rate instead, or stating the base
-#: rate when the regression showed no held-out skill, was measured too and calibrated worse: one
-#: year's base rate of overlapping windows is itself noise, 0.4-0.9 across the DJ30.)
-PRIOR_CALLS = 4.0
+#: calls are independent. The prior is the base rate of every earlier call, itself shrunk towards 0.5
+#: by its own independent count (``samples / horizon``): one year's base rate of overlapping windows
+#: is noise (0.4-0.9 across the DJ30), eight years' is not. (Stating the raw base rate, or shrinking
+#: towards 0.5 alone, was measured too: see docs/evaluation.md.)
+PRIOR_CALLS = 8.0
 
 
 def feature_frame(close: pd.Series | np.ndarray, periods_per_year: float = 252.0) -> pd.DataFrame:
@@ -82,6 +83,8 @@ class MetaLabeller:
     independent_calls: float
     #: whether the regression beat the older calls' base rate on the held-out calls (shown, not used)
     skilled: bool
+    #: what the probability is shrunk towards (the shrunk base rate)
+    prior: float
 
     def probability_up(self, inputs: Mapping[str, float]) -> float:
         x = np.array([float(inputs[f]) for f in self.features])
@@ -89,7 +92,7 @@ class MetaLabeller:
         score = float(z @ np.array(self.coef) + self.intercept)
         p = 1.0 / (1.0 + math.exp(-(self.platt_a * score + self.platt_b)))
         n = self.independent_calls
-        p = (n * p + PRIOR_CALLS * 0.5) / (n + PRIOR_CALLS)
+        p = (n * p + PRIOR_CALLS * self.prior) / (n + PRIOR_CALLS)
         return min(1 - PROBABILITY_FLOOR, max(PROBABILITY_FLOOR, p))
 
     def probability_right(self, inputs: Mapping[str, float], side: str) -> float:
@@ -137,8 +140,10 @@ def fit(X: pd.DataFrame, up: np.ndarray, forward: np.ndarray, *, horizon: int, s
     a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
     independent = (n - cut) / max(1, horizon)
     base_rate = float(up.mean())
+    every = n / max(1, horizon)
+    prior = (every * base_rate + PRIOR_CALLS * 0.5) / (every + PRIOR_CALLS)
     p_hold = 1.0 / (1.0 + np.exp(-(a * scores[cut:] + b)))
-    p_hold = np.clip((independent * p_hold + PRIOR_CALLS * 0.5) / (independent + PRIOR_CALLS),
+    p_hold = np.clip((independent * p_hold + PRIOR_CALLS * prior) / (independent + PRIOR_CALLS),
                      PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
     # skill: better than the older calls' base rate on the held-out calls (Platt's two parameters are
     # fitted there too; the older base rate is the honest no-skill forecast for them)
@@ -156,7 +161,7 @@ def fit(X: pd.DataFrame, up: np.ndarray, forward: np.ndarray, *, horizon: int, s
         platt_a=a, platt_b=b, threshold=float(best),
         samples=int(cut), held_out=int(n - cut), base_rate=base_rate,
         held_out_brier=float(np.mean((p_hold - up[cut:]) ** 2)), independent_calls=float(independent),
-        skilled=skilled,
+        skilled=skilled, prior=float(prior),
     )
 
 
