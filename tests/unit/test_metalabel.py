@@ -87,3 +87,16 @@ def test_the_served_decision_follows_the_reviewer_and_long_only_never_shorts(mod
     no_edge = review(_with_block(BEARISH, edge=False, edge_reason="best trend_sma50: 0.1 vs 0.4"), config).decision
     assert no_edge.action == "BUY" and no_edge.rationale.startswith(NO_EDGE) and no_edge.key_factors[0].startswith(NO_EDGE)
     assert any("inputs: trend_20 -0.050" in f for f in no_edge.key_factors)  # the reviewer's inputs are shown
+
+
+def test_an_llm_reviewer_sees_the_track_record_and_its_output_passes_the_same_calibration():
+    from tests.unit.test_review_agents import ANALYST_REPLY, BUY_REPLY, RISK_REPLY, _replay
+
+    evidence = _with_block(BULLISH, edge=False, edge_reason="best trend_sma50: 0.1 vs 0.4", base_rate=0.58)
+    client = _replay(ANALYST_REPLY, RISK_REPLY, BUY_REPLY)  # the LLM says BUY at 0.72
+    outcome = review(evidence, ReviewConfig(provider="openai", model="replay"), client=client)
+    task = client.create_calls[0]["messages"][1].content
+    assert '"reviewer":' in task and "best trend_sma50" in task  # the track record is in its evidence
+    d = outcome.decision
+    assert d.action == "BUY" and d.confidence == pytest.approx(0.58)  # the calibrated probability, not 0.72
+    assert d.rationale.startswith(NO_EDGE)
