@@ -103,6 +103,8 @@ def serve(decision: TradeDecision, ev: Evidence, evidence: dict[str, Any]) -> tu
         rationale = (f"BUY: {head}; the decision rule {rule} beat the benchmark on earlier folds ({record}). "
                      f"Confidence {p_up:.2f} is the calibrated probability that the close rises over the horizon.")
         served = _decision("BUY", p_up, ev, factors, rationale, suggestion)
+    if not edge:
+        return served, [f"no_edge_benchmark: {record or 'no rule beat the benchmark'}; {decision.action} -> BUY (benchmark)"]
     notes = [] if served.action == decision.action else [
         f"decision_rule: the reviewer's {decision.action} -> {served.action} (rule {rule}, edge {edge})"]
     return served, notes

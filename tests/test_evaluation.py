@@ -216,7 +216,7 @@ def test_evaluate_refuses_bad_parameters_before_any_work(tracking_store, capsys)
 
 @pytest.mark.slow
 def test_a_model_that_loses_on_validation_gets_no_alias_and_a_capped_labelled_decision(tracking_store, monkeypatch):
-    """train (fails the gate) -> no alias, inference serves it labelled, the review caps it;
+    """train (fails the gate) -> no alias, inference serves it labelled, the review serves the benchmark, labelled;
     train (passes) -> champion; train again (passes, but no better on the same window) -> alias stays."""
     require_shared_data()
     from tradeflow.model import resolve_model

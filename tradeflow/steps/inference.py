@@ -190,7 +190,8 @@ def record_inference(run: Any, cfg: RunConfig, outcome: InferenceOutcome, *, mar
                      Tag.GATE_REASON: gate["reason"][:5000]})
     if gate["passed"] is False:
         print(f"{cfg.symbol}: the served model FAILED the do-no-harm gate ({gate['reason']}); "
-              f"the review caps the decision's confidence" + ("" if gate["enforced"] else " (gate disabled: not capped)"),
+              "its calls are not served: the review serves the benchmark's position (no demonstrated edge: hold)"
+              + ("" if gate["enforced"] else " (gate disabled: served as usual)"),
               flush=True)
     if outcome.finagent is not None:
         mlflow.log_dict(outcome.finagent["analysis"], RECORD.finagent_analysis.path)
