@@ -11,7 +11,9 @@ Each rule gives a target exposure in ``0..1`` (long_only) at every bar from clos
 - ``vol_filter``: long unless the 20-bar volatility is above 1.5x its own median so far (the binary
   form of volatility targeting: decisions are whole units, BUY/SELL/HOLD, and the IBKR risk step does
   not size by them, so a fractional exposure could be evaluated but not traded);
-- ``agent``: the served RL model's out-of-sample position (filled in by the walk-forward as it goes).
+- ``agent``: the served RL model's out-of-sample position (filled in by the walk-forward as it goes);
+- ``agent_pooled`` (evaluate, 2+ symbols): the agent trained on every symbol's bars
+  (``tradeflow.evaluation.pooled``), likewise out of sample and only when its gate passed.
 
 ``select`` scores every rule on the rebalance grid *before* the decision bar (monthly holds, fees on
 every change, the same accounting for all) and serves the one with the best Sharpe in excess of the
@@ -106,11 +108,13 @@ def select(rules: dict[str, np.ndarray], close: np.ndarray, row: int, step: int,
 
 
 def reviewer_block(rules: dict[str, np.ndarray], market: pd.DataFrame, close: np.ndarray, r: int, *, step: int,
-                   horizon: int, fee: float, periods_per_year: float, agent_allowed: bool, seed: int) -> dict[str, Any]:
+                   horizon: int, fee: float, periods_per_year: float, agent_allowed: bool, seed: int,
+                   allowed: dict[str, bool] | None = None) -> dict[str, Any]:
     """The evidence's ``reviewer`` section at rebalance ``r``: the rule chosen on earlier folds, whether it
     beat the benchmark there, its proposed side, and the meta-labeller fitted on its earlier calls whose
     horizon closed by ``r`` (nothing after bar ``r`` is read)."""
-    rule, edge, why, records = select(rules, close, r, step, fee, periods_per_year, allowed={AGENT: agent_allowed})
+    rule, edge, why, records = select(rules, close, r, step, fee, periods_per_year,
+                                       allowed={AGENT: agent_allowed, **(allowed or {})})
     exposure = rules[rule]
     last = r - horizon  # the newest call whose horizon has closed at r
     model = None

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from tradeflow.evaluation.walkforward import SymbolResult, WalkForwardSpec
 
-COMPARE_ORDER = ("reviewed", "agent_dqn", "agent_ppo", "agent_a2c", "buy_and_hold", "flat", "sma_crossover", "random_mean")
+COMPARE_ORDER = ("reviewed", "agent_dqn", "agent_ppo", "agent_a2c", "agent_pooled", "buy_and_hold", "flat", "sma_crossover", "random_mean")
 
 @dataclass
 class UniverseResult:

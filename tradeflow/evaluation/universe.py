@@ -238,6 +238,33 @@ def log_symbol_run(cfg: RunConfig, result: SymbolResult, market, wall: float) ->
     mlflow.log_figure(policy_equity_plot(result.ledgers, cfg.symbol), "plots/equity.png")
 
 
+def _pooled_models(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec) -> tuple[dict, float]:
+    """The pooled agent at every refit date of the universe (``tradeflow.evaluation.pooled``); a symbol
+    whose data fails here is left out of the pool (its own walk-forward reports the failure)."""
+    import tempfile
+
+    from tradeflow.data import load_market_data
+    from tradeflow.evaluation.pooled import train_pooled
+    from tradeflow.evaluation.walkforward import rebalance_rows
+    from tradeflow.features import compute_features
+
+    features, dates = {}, []
+    for symbol in symbols:
+        cfg = base_cfg.override({"symbol": symbol})
+        try:
+            market = load_market_data(cfg.model_copy(update={"backtest_lookback_days": 2 * MAX_EVALUATE_DAYS}))
+            frame = compute_features(evaluation_window(market.bars, spec, symbol=symbol))
+            rows = rebalance_rows(len(frame), spec, symbol=symbol)
+        except Exception as exc:  # noqa: BLE001 - reported by the symbol's own walk-forward
+            log.warning("pooled agent: %s left out (%s)", symbol, exc)
+            continue
+        features[symbol] = frame
+        dates += list(frame["date"].iloc[rows[:: spec.refit_every]])
+    with tempfile.TemporaryDirectory(prefix="tradeflow-pooled-") as tmp:
+        models = train_pooled(base_cfg, features, dates, Path(tmp))
+    return models, float(sum(m[2] for m in models.values()))
+
+
 def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec, *,
                       log_children: bool = True) -> UniverseResult:
     """Walk forward over every symbol (each in its own child run when an MLflow run is active);
@@ -252,6 +279,7 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
     per_symbol: dict[str, SymbolResult] = {}
     failures: dict[str, str] = {}
     started = time.perf_counter()
+    pooled, pooled_seconds = _pooled_models(base_cfg, symbols, spec) if spec.pooled and len(symbols) > 1 else ({}, 0.0)
     for index, symbol in enumerate(symbols, 1):
         cfg = base_cfg.override({"symbol": symbol})
         t0 = time.perf_counter()
@@ -261,7 +289,7 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
             # start_date, capped by MAX_EVALUATE_DAYS (a one-line error, never a silent cut)
             market = load_market_data(cfg.model_copy(update={"backtest_lookback_days": 2 * MAX_EVALUATE_DAYS}))
             bars = evaluation_window(market.bars, spec, symbol=symbol)
-            result = evaluate_symbol(cfg, bars, spec, source=market.source)
+            result = evaluate_symbol(cfg, bars, spec, source=market.source, pooled=pooled or None)
         except Exception as exc:  # one symbol's failure is reported, not fatal to the universe
             from tradeflow.runs.records import Tag
             from tradeflow.runs.tracking import one_line
@@ -287,7 +315,8 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
     summary, comparisons = summarise(table, seed=base_cfg.seed)
     return UniverseResult(spec, per_symbol, failures, table, summary, comparisons, calibration_table(per_symbol),
                           {"wall": time.perf_counter() - started,
-                           "train": sum(r.decisions.seconds["train"] for r in per_symbol.values()),
+                           "train": sum(r.decisions.seconds["train"] for r in per_symbol.values()) + pooled_seconds,
+                           "pooled_train": pooled_seconds,
                            "review": sum(r.decisions.seconds["review"] for r in per_symbol.values())},
                           calibration_scores=calibration_scores(per_symbol), per_year=per_year_table(per_symbol))
 

@@ -97,6 +97,8 @@ class WalkForwardSpec:
     sma_slow: int = 50
     #: first bar to evaluate (``YYYY-MM-DD``; empty = the first the data holds); the last is ``end_date``
     start_date: str = ""
+    #: also train one agent pooled across the universe (``tradeflow.evaluation.pooled``; 2+ symbols)
+    pooled: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -198,7 +200,11 @@ def _evidence(cfg: RunConfig, bars_upto: pd.DataFrame, served: _Fitted, action: 
     )
 
 
-def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "") -> Decisions:
+POOLED = "agent_pooled"
+
+
+def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "",
+           pooled: dict | None = None) -> Decisions:
     """Walk forward over one symbol's validated bars; every decision uses bars up to its close only."""
     from review_agents import review
 
@@ -227,6 +233,19 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
     rules = market_rules(close)
     agent_exposure = np.full(len(features), np.nan)
     rules[AGENT] = agent_exposure  # filled with the served model's out-of-sample positions as the walk goes
+    pooled_exposure = np.full(len(features), np.nan)
+    if pooled:
+        from tradeflow.evaluation.pooled import latest_before
+
+        rules[POOLED] = pooled_exposure
+    dates = features["date"]
+
+    def pooled_position(t: int) -> tuple[float, bool] | None:
+        found = latest_before(pooled, dates.iloc[t]) if pooled else None
+        if found is None:
+            return None
+        agent, gate, _ = found
+        return float(agent.act(obs_all[t - window + 1 : t + 1], 0.0).action), bool(gate.passed)
     n = len(rows)
     seconds = {"train": 0.0, "review": 0.0}
     records: list[dict[str, Any]] = []
@@ -242,6 +261,8 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
             if spec.review and served is not None:  # the served model's calls since the last rebalance
                 for t in range(previous + 1, r):
                     agent_exposure[t] = max(0.0, float(served.agent.act(obs_all[t - window + 1 : t + 1], 0.0).action)) / max_volume
+                    if (p := pooled_position(t)) is not None:
+                        pooled_exposure[t] = max(0.0, p[0]) / max_volume
             if j % spec.refit_every == 0:
                 lo = 0 if spec.window == 0 else max(0, r + 1 - spec.window)
                 history = features.iloc[lo : r + 1].reset_index(drop=True)
@@ -262,6 +283,12 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
             for algorithm in spec.algorithms:
                 position = int(newest[algorithm].agent.act(obs, 0.0).action)
                 record[f"pos_{agent_name(algorithm)}"] = max(0, position) if mode == "long_only" else position
+            pooled_now = pooled_position(r)
+            if pooled:
+                position = int(pooled_now[0]) if pooled_now is not None else 0
+                record[f"pos_{POOLED}"] = max(0, position) if mode == "long_only" else position
+                if pooled_now is not None:
+                    pooled_exposure[r] = max(0.0, pooled_now[0]) / max_volume
             if spec.review:
                 primary = spec.algorithms[0]
                 served = champions[primary] if cfg.do_no_harm_gate and champions[primary] is not None else newest[primary]
@@ -274,8 +301,8 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
                 evidence = _evidence(cfg, bars_upto, served, action, gate, source)
                 evidence["reviewer"] = reviewer_block(
                     rules, market, close, r, step=spec.step, horizon=spec.horizon, fee=fee, periods_per_year=ppy,
-                    seed=cfg.seed,
-                    agent_allowed=bool(served.gate.passed) or not cfg.do_no_harm_gate)
+                    seed=cfg.seed, agent_allowed=bool(served.gate.passed) or not cfg.do_no_harm_gate,
+                    allowed={POOLED: pooled_now is not None and (pooled_now[1] or not cfg.do_no_harm_gate)})
                 started = time.perf_counter()
                 outcome = review(evidence, cfg.review)
                 seconds["review"] += time.perf_counter() - started
@@ -334,7 +361,7 @@ def score(cfg: RunConfig, bars: pd.DataFrame, decisions: Decisions, spec: WalkFo
     ledgers: dict[str, pd.DataFrame] = {}
     metrics: dict[str, dict[str, float]] = {}
     tm = cfg.trademaster
-    for policy in spec.policies():
+    for policy in spec.policies() + ([POOLED] if f"pos_{POOLED}" in table else []):
         targets = table[f"pos_{policy}"].to_numpy(np.int64)
         ledger = simulate(prices[first:], targets[held_index], initial_amount=tm.initial_amount,
                           transaction_cost_pct=tm.transaction_cost_pct, max_volume=tm.max_volume, dates=dates)
@@ -370,6 +397,7 @@ def brier(direction: np.ndarray, confidence: np.ndarray, forward: np.ndarray) ->
     return {"brier": value}
 
 
-def evaluate_symbol(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "") -> SymbolResult:
+def evaluate_symbol(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "",
+                    pooled: dict | None = None) -> SymbolResult:
     """``decide`` then ``score``: the whole walk-forward of one symbol."""
-    return score(cfg, bars, decide(cfg, bars, spec, source=source), spec)
+    return score(cfg, bars, decide(cfg, bars, spec, source=source, pooled=pooled), spec)
