@@ -2,8 +2,10 @@
 
     mlflow run . -e evaluate -P symbols=AAPL,MSFT,JPM -P data_source=csv:<path>[,<path>] --env-manager local
 
-``symbols`` empty = every symbol in the data; the default data is the 29 DJ30 stocks in
-``../shared`` (TradeMaster's dj30 2020-2021). See docs/evaluation.md.
+``symbols`` empty = every symbol in the data. With neither ``symbols`` nor ``data_source`` given, the
+default set spans regimes: the 29 DJ30 stocks in ``../shared`` (TradeMaster's dj30 2020-2021) and
+BTC 2014-2021 (TradeMaster's BTC.csv from 2014-01-01), each summarised on its own. See
+docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from tradeflow.names import PROJECT_ROOT
 #: the default universe: TradeMaster's dj30 files beside the project (29 Dow stocks, 2020-2021)
 DJ30_DIR = PROJECT_ROOT.parent / "shared" / "data" / "trademaster" / "portfolio_management" / "dj30"
 DEFAULT_DATA_SOURCE = f"csv:{DJ30_DIR / 'valid.csv'},{DJ30_DIR / 'test.csv'}"
+BTC_SOURCE = f"csv:{PROJECT_ROOT.parent / 'shared' / 'data' / 'trademaster' / 'algorithmic_trading' / 'BTC' / 'BTC.csv'}"
+#: the default set: (name, data source, start_date); every symbol each source holds
+DEFAULT_SETS = (("dj30", DEFAULT_DATA_SOURCE, ""), ("btc_2014_2021", BTC_SOURCE, "2014-01-01"))
 
-SPEC_FLAGS = ("symbols", "algorithms", "min_train", "window", "step", "horizon", "refit_every", "random_seeds")
+SPEC_FLAGS = ("symbols", "algorithms", "min_train", "window", "step", "horizon", "refit_every", "random_seeds",
+              "start_date")
 FLAGS = (*SPEC_FLAGS, "data_source", "engine", "seed", "epochs", "reviewer", "review_model", "end_date",
-         "do_no_harm_gate", "config")
+         "do_no_harm_gate", "position_mode", "config")
 
 
 #: A list parameter longer than this is refused (``random_seeds`` of 10**6 entries would run 10**6
@@ -57,6 +63,8 @@ def spec_from_flags(args):
         values["algorithms"] = tuple(a.strip().lower() for a in args.algorithms.split(",") if a.strip())
     if args.random_seeds.strip():
         values["random_seeds"] = _ints(args.random_seeds, "random_seeds")
+    if args.start_date.strip():
+        values["start_date"] = args.start_date.strip()
     return WalkForwardSpec(**values)
 
 
@@ -64,9 +72,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__, FLAGS).parse_args(argv)
 
     def step() -> None:
-        from tradeflow.evaluation.step import evaluate_step
+        from dataclasses import replace
+
+        from tradeflow.evaluation.step import evaluate_sets, evaluate_step
         from tradeflow.settings import env_layer
         from tradeflow.evaluation.universe import parse_symbols, universe_symbols
+
+        if not args.symbols.strip() and not args.data_source.strip() and "data_source" not in env_layer():
+            try:  # the default set: each universe validated before any work
+                spec = spec_from_flags(args)
+                sets = []
+                for name, source, start in DEFAULT_SETS:
+                    probe = config_from_flags(args, extra_layers=[{"data_source": source, "symbol": "UNIVERSE"}])
+                    sets.append((name, probe, universe_symbols(source), replace(spec, start_date=spec.start_date or start)))
+            except ConfigError as exc:
+                fail_before_work(str(exc))
+            evaluate_sets(sets)
+            return
 
         try:
             spec = spec_from_flags(args)

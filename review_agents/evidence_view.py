@@ -120,7 +120,7 @@ def parse_evidence(evidence: dict[str, Any]) -> Evidence:
 #: The top-level keys the inference step writes as facts. Anything else in a bundle (a hand-made
 #: or tampered one) is not promoted into the trusted block.
 TRUSTED_KEYS = ("schema_version", "symbol", "as_of", "bar_size", "latest_bars", "indicators", "backtest",
-                "model", "data", "finagent")
+                "model", "data", "finagent", "reviewer")
 #: A trusted scalar string longer than this is cut (ids, URIs, dates are short).
 MAX_TRUSTED_STRING = 300
 
@@ -141,6 +141,8 @@ TRUSTED_SCHEMA: dict[str, Any] = {
     "data": dict.fromkeys(DataView.model_fields, _SCALAR),
     "finagent": dict.fromkeys(("upstream", "analysis", "upstream_rating", "upstream_probability", "calibrated",
                                "non_finite_as_null"), _OPEN),
+    # the fitted reviewer and its inputs, computed by train_backtest/inference (issue 22), kept whole
+    "reviewer": _OPEN,
 }
 
 

@@ -31,6 +31,7 @@ from tradeflow.config import ReviewConfig
 from .clients import describe_client, make_client
 from .evidence_view import Evidence, parse_evidence
 from .failures import Failure, GuardedClient, classify_exception, classify_team_error
+from .decision_rule import serve
 from .guardrails import apply_guardrails, fallback_decision
 from .prompts import forecaster_prompt, task_message
 from tradeflow.redaction import Redactor, secret_values
@@ -188,6 +189,8 @@ async def areview(
     if failure is None and isinstance(draft, DecisionDraft):
         try:
             decision, notes = apply_guardrails(draft, ev, config)
+            decision, served_notes = serve(decision, ev, evidence)
+            notes += served_notes
         except Exception as exc:  # noqa: BLE001 - a guardrail bug must not become a trade
             failure = Failure(f"error:{type(exc).__name__}", f"guardrails failed: {exc}")
     if failure is not None:
@@ -210,6 +213,7 @@ async def areview(
         latency_s=round(time.perf_counter() - started, 4),
         messages=sum(1 for m in messages if isinstance(m, BaseChatMessage)),
         guardrail_notes=[redact(n) for n in notes],
+        position_mode=config.position_mode,
     )
     _log_outcome(ev, outcome, failure, redact, reports_tokens=config.provider != "rules")
     return outcome

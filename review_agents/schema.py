@@ -114,6 +114,8 @@ class ReviewOutcome:
     latency_s: float
     messages: int
     guardrail_notes: list[str] = field(default_factory=list)
+    #: how the decision is traded (``tradeflow.positions``); the payload and IBKR read it from here
+    position_mode: str = "long_only"
 
     @property
     def guardrail_codes(self) -> list[str]:

@@ -12,13 +12,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from tradeflow.positions import NO_EDGE, target_position
 from tradeflow.trading_signal import PRICE_FIELDS, REQUIRED_FIELDS, SignalError, check_trading_signal, confidence_band
 
 from .analysis import assess
 from .evidence_view import parse_evidence
 from .schema import ReviewOutcome
 
-#: Position size at confidence 1.0, in percent of equity (scaled linearly; HOLD has none).
+#: Position size of one full unit (``tradeflow.positions``), in percent of equity. Confidence does
+#: not scale it (the IBKR risk step does not either); a SELL in long_only is an exit (size none).
 MAX_POSITION_PERCENT = 10.0
 
 
@@ -34,8 +36,9 @@ def signal_payload(outcome: ReviewOutcome, evidence: dict[str, Any]) -> dict[str
     d = outcome.decision
     score = round(d.confidence * 100, 1)
     directional = d.action != "HOLD" and not outcome.is_fallback
+    target = target_position(d.action, d.confidence, mode=outcome.position_mode)
     reasoning = d.rationale
-    if d.contradicts_model and d.contradiction_reason:
+    if d.contradicts_model and d.contradiction_reason and not reasoning.startswith(NO_EDGE):
         reasoning = f"{reasoning} (Contradicts the RL model: {d.contradiction_reason})"
     return {
         "symbol": ev.symbol,
@@ -53,7 +56,7 @@ def signal_payload(outcome: ReviewOutcome, evidence: dict[str, Any]) -> dict[str
         "r_multiple": _r_multiple(d.entry, d.stop_loss, d.take_profit),
         # what the WebUI's signal page reads for its risk/reward box (hidden when absent)
         "risk_reward_ratio": _r_multiple(d.entry, d.stop_loss, d.take_profit),
-        "position_size_percent": round(d.confidence * MAX_POSITION_PERCENT, 1) if directional else None,
+        "position_size_percent": round(abs(target) * MAX_POSITION_PERCENT, 1) if directional and target else None,
         "timeframe_analyzed": ev.bar_size,
         "model_used": outcome.model_used,
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

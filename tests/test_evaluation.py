@@ -16,6 +16,7 @@ from tradeflow.config import resolve_config
 from tradeflow.evaluation import WalkForwardSpec, decide, evaluate_symbol
 from tradeflow.evaluation.policies import random_policy
 from tradeflow.gate import GATE_CONFIDENCE_CAP, cap_confidence, check_gate, decide_alias
+from tradeflow.positions import NO_EDGE
 
 #: a tiny walk-forward: 4 rebalances a month apart, 2 refits, 1 epoch each
 TINY = WalkForwardSpec(min_train=150, step=21, horizon=10, refit_every=2, random_seeds=(0, 1))
@@ -80,7 +81,10 @@ def test_every_policy_decides_on_the_same_dates_with_the_same_accounting(aapl_re
     assert list(aapl_result.metrics) == TINY.policies()
     assert set(table["reviewed_action"]) <= {"BUY", "SELL", "HOLD"}
     assert table["reviewed_confidence"].between(0, 1).all()
-    assert set(table["pos_agent_dqn"]) <= {-1, 0, 1}
+    assert set(table["pos_agent_dqn"]) <= {0, 1}  # long_only (the default): never a short
+    positions = table[[c for c in table.columns if c.startswith("pos_")]]
+    assert (positions >= 0).all().all(), "long_only produced a short position"
+    assert set(table["reviewed_rule"]) <= {"benchmark", "agent", "trend_sma50", "trend_sma200", "vol_filter"}
     assert (table["pos_buy_and_hold"] == 1).all() and (table["pos_flat"] == 0).all()
     assert [f["refit_date"] for f in aapl_result.decisions.folds] == [f"{d:%Y-%m-%d}" for d in table["date"].iloc[[0, 2]]]
 
@@ -105,7 +109,7 @@ def test_sma_crossover_and_random_policies_follow_their_definitions(aapl_bars, a
     for date, position in zip(table["date"], table["pos_sma_crossover"]):
         history = close.loc[:date]
         assert position == int(history.tail(20).mean() > history.tail(50).mean())
-    again = random_policy(len(table), 1, seed=0, symbol="AAPL")
+    again = random_policy(len(table), 1, seed=0, symbol="AAPL", long_only=True)  # long_only: 0 or 1
     assert (table["pos_random_s0"].to_numpy() == again).all()
     assert not (random_policy(200, 1, seed=0, symbol="AAPL") == random_policy(200, 1, seed=0, symbol="MSFT")).all()
 
@@ -137,14 +141,31 @@ def test_scrambling_future_bars_leaves_past_decisions_unchanged(aapl_bars, aapl_
     pd.testing.assert_frame_equal(after.iloc[:3], past_before)
 
 
-def test_a_failed_gate_labels_and_caps_the_reviewed_decision_in_the_walk_forward(aapl_bars, monkeypatch):
-    """With a margin no model can clear, nothing passes: every reviewed call is capped and says why."""
+def test_a_failed_gate_never_serves_the_agent_in_the_walk_forward(aapl_bars, monkeypatch):
+    """With a margin no model can clear, nothing passes: the agent's calls are never served (the
+    benchmark, or a rule that beat it on earlier bars, is)."""
     monkeypatch.setattr("tradeflow.gate.GATE_MARGIN", 10.0)
     table = decide(_cfg(), aapl_bars, TINY).table
     assert not table["served_gate_passed"].any()
-    assert (table["reviewed_confidence"] <= GATE_CONFIDENCE_CAP).all()
-    off = decide(_cfg(do_no_harm_gate=False), aapl_bars, WalkForwardSpec(**{**TINY.__dict__, "refit_every": 4}))
-    assert off.table["reviewed_confidence"].max() > GATE_CONFIDENCE_CAP  # the cap is the gate's doing
+    assert (table["reviewed_rule"] != "agent").all()
+    assert (table.loc[table["reviewed_rule"] == "benchmark", "reviewed_action"] == "BUY").all()
+
+
+def test_long_short_is_a_choice_and_then_sells_can_short(aapl_bars):
+    table = decide(_cfg(position_mode="long_short"), aapl_bars, TINY).table
+    assert set(table["pos_random_s0"]) <= {-1, 0, 1} and table["reviewed_confidence"].between(0, 1).all()
+
+
+def test_evaluate_reads_its_own_window_and_refuses_past_the_cap(aapl_bars):
+    from tradeflow.data.base import DataError
+    from tradeflow.evaluation.walkforward import MAX_EVALUATE_DAYS, evaluation_window
+
+    later = evaluation_window(aapl_bars, WalkForwardSpec(start_date="2020-06-01"), symbol="AAPL")
+    assert later["date"].min() >= pd.Timestamp("2020-06-01") and later["date"].max() == aapl_bars["date"].max()
+    old = aapl_bars.copy()
+    old.loc[0, "date"] = aapl_bars["date"].max() - pd.Timedelta(days=MAX_EVALUATE_DAYS + 1)
+    with pytest.raises(DataError, match="beyond evaluate's cap"):
+        evaluation_window(old, WalkForwardSpec(), symbol="AAPL")
 
 
 # --- the entry point ----------------------------------------------------------------------------
@@ -195,7 +216,7 @@ def test_evaluate_refuses_bad_parameters_before_any_work(tracking_store, capsys)
 
 @pytest.mark.slow
 def test_a_model_that_loses_on_validation_gets_no_alias_and_a_capped_labelled_decision(tracking_store, monkeypatch):
-    """train (fails the gate) -> no alias, inference serves it labelled, the review caps it;
+    """train (fails the gate) -> no alias, inference serves it labelled, the review serves the benchmark, labelled;
     train (passes) -> champion; train again (passes, but no better on the same window) -> alias stays."""
     require_shared_data()
     from tradeflow.model import resolve_model
@@ -222,10 +243,13 @@ def test_a_model_that_loses_on_validation_gets_no_alias_and_a_capped_labelled_de
     assert evidence["model"]["gate"]["passed"] is False and evidence["model"]["gate"]["enforced"] is True
     assert client.get_run(served["run_id"]).data.tags["tradeflow.gate"] == "failed"
     reviewed = review_step(cfg, evidence, served["evidence_uri"])
-    assert reviewed["confidence"] <= GATE_CONFIDENCE_CAP
+    assert reviewed["action"] == "BUY"  # the benchmark's position, not the failed model's call
     decision = json.loads(mlflow.artifacts.load_text(f"runs:/{reviewed['run_id']}/decision.json"))
-    assert decision["decision"]["rationale"].startswith("[do-no-harm gate: model failed the do-no-harm gate")
+    assert decision["decision"]["rationale"].startswith(NO_EDGE)
     assert any(note.startswith("model_failed_gate:") for note in decision["guardrail_notes"])
+    assert any(note.startswith("no_edge_benchmark:") for note in decision["guardrail_notes"])
+    note = client.get_run(reviewed["run_id"]).data.tags["mlflow.note.content"]
+    assert NO_EDGE in note and "agreed" not in note
 
     monkeypatch.setattr("tradeflow.gate.GATE_MARGIN", -10.0)  # everything passes
     second = train_backtest_step(cfg)

@@ -151,6 +151,9 @@ class ReviewConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0, le=1800, description="hard deadline of the review, seconds (<= 1800)")
     temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature of LLM providers, 0..2")
     atr_multiple_cap: float = Field(4.0, gt=0, le=20, description="stop/take-profit at most this many ATRs from entry")
+    position_mode: Literal["long_only", "long_short"] = Field(
+        "long_only", description="long_only: SELL exits to flat, never short; long_short: SELL opens a short "
+        "(tradeflow.positions, read by the signal, the description, IBKR and evaluate)")
 
 
 class RunConfig(_Strict):
@@ -305,6 +308,7 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "review_max_messages": ("review", "max_messages"),
     "review_max_total_tokens": ("review", "max_total_tokens"),
     "review_timeout_s": ("review", "timeout_s"),
+    "position_mode": ("review", "position_mode"),
 }
 TOP_LEVEL_KEYS = set(RunConfig.model_fields)
 SECTIONS = {"trademaster", "sb3", "split", "review", "finagent"}

@@ -31,11 +31,12 @@ def flat(n: int) -> np.ndarray:
     return np.zeros(n, dtype=np.int64)
 
 
-def random_policy(n: int, max_volume: int, *, seed: int, symbol: str) -> np.ndarray:
-    """Uniform over the agent's action space at every rebalance; seeded by (seed, symbol) so a
-    symbol's draws do not depend on which other symbols are evaluated."""
+def random_policy(n: int, max_volume: int, *, seed: int, symbol: str, long_only: bool = False) -> np.ndarray:
+    """Uniform over the positions the mode allows (``0..max_volume`` in long_only, else
+    ``-max_volume..max_volume``) at every rebalance; seeded by (seed, symbol) so a symbol's draws do
+    not depend on which other symbols are evaluated."""
     rng = np.random.default_rng([seed, zlib.crc32(symbol.encode())])
-    return rng.integers(-max_volume, max_volume + 1, size=n).astype(np.int64)
+    return rng.integers(0 if long_only else -max_volume, max_volume + 1, size=n).astype(np.int64)
 
 
 def sma_crossover(close: pd.Series, rows: np.ndarray, max_volume: int, *, fast: int = 20, slow: int = 50) -> np.ndarray:

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from tradeflow.evaluation.walkforward import SymbolResult, WalkForwardSpec
 
-COMPARE_ORDER = ("reviewed", "agent_dqn", "agent_ppo", "agent_a2c", "buy_and_hold", "flat", "sma_crossover", "random_mean")
+COMPARE_ORDER = ("reviewed", "agent_dqn", "agent_ppo", "agent_a2c", "agent_pooled", "buy_and_hold", "flat", "sma_crossover", "random_mean")
 
 @dataclass
 class UniverseResult:
@@ -37,6 +37,8 @@ class UniverseResult:
     comparisons: dict[str, dict[str, float]]
     calibration: pd.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
+    calibration_scores: dict[str, float] = field(default_factory=dict)
+    per_year: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _figure(width: float = 10, height: float = 4.5) -> tuple[Figure, object]:
@@ -156,13 +158,41 @@ def markdown(result: UniverseResult) -> str:
                   "|---|---|---|---|"]
         for row in result.calibration.to_dict(orient="records"):
             lines.append(f"| {row['bin']} | {int(row['count'])} | {row['mean_confidence']:.2f} | {_fmt(row['hit_rate'], True)} |")
+    scores = result.calibration_scores
+    if scores:
+        lines += ["", f"All {int(scores['calls'])} reviewed calls: Brier {scores['brier']:.4f} (0.25 = always 0.5), "
+                  f"expected calibration error {scores['ece']:.4f} (10 bins), stated {scores['mean_confidence']:.3f} on "
+                  f"average, right {scores['hit_rate']:.1%}; the {int(scores['calls_0.6_0.8'])} calls stated at 0.6-0.8 "
+                  f"were right {_fmt(scores['hit_rate_0.6_0.8'], True)}."]
+    if len(result.per_year):
+        wide = result.per_year.pivot(index="year", columns="policy", values="sharpe")
+        ret = result.per_year.pivot(index="year", columns="policy", values="return")
+        cols = [p for p in COMPARE_ORDER if p in wide.columns]
+        lines += ["", "## Per year (median over symbols: Sharpe / return)", "",
+                  "| year | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for year, row in wide.iterrows():
+            lines.append(f"| {year} | " + " | ".join(f"{_fmt(row[c])} / {_fmt(ret.loc[year, c], True)}" for c in cols) + " |")
+    decisions = pd.concat([r.decisions.table.assign(symbol=s) for s, r in result.per_symbol.items()], ignore_index=True)
+    if "reviewed_rule" in decisions:
+        counts = decisions["reviewed_rule"].value_counts()
+        lines += ["", "## Which decision rule each decision served, and why", "",
+                  "Chosen on earlier bars only (each rule's record before the decision, net of fees, against "
+                  "buy-and-hold on the same bars); `benchmark` = no rule had a demonstrated edge. Counts: "
+                  + ", ".join(f"{rule} {n}" for rule, n in counts.items()) + ". The latest decision per symbol:", "",
+                  "| symbol | date | rule | action | confidence | why |", "|---|---|---|---|---|---|"]
+        for symbol, group in decisions.groupby("symbol"):
+            last = group.iloc[-1]
+            lines.append(f"| {symbol} | {last['date']:%Y-%m-%d} | {last['reviewed_rule']} | {last['reviewed_action']} | "
+                         f"{last['reviewed_confidence']:.2f} | {last['reviewed_why']} |")
+        lines += ["", "Every decision's rule and reason: `decisions.csv` (`reviewed_rule`, `reviewed_why`)."]
     folds = pd.concat([pd.DataFrame(r.decisions.folds) for r in result.per_symbol.values()], ignore_index=True)
     if len(folds):
         passed = folds["gate_passed"].mean()
         lines += ["", "## Do-no-harm gate", "",
                   f"{int(folds['gate_passed'].sum())} of {len(folds)} refits ({passed:.0%}) beat buy-and-hold and flat on "
                   "their validation split. A refit that fails keeps the previous champion (if any) serving; with none, the "
-                  "newest model serves and the reviewed decision is labelled and capped."]
+                  "newest model serves, its calls are never served as the decision rule, and the decision is the "
+                  "benchmark's or another rule's that beat it, labelled."]
     lines += ["", "## Per symbol (out-of-sample Sharpe)", ""]
     wide = result.table.pivot(index="symbol", columns="policy", values="sharpe")
     cols = [p for p in COMPARE_ORDER if p in wide.columns]
@@ -227,6 +257,7 @@ def write_report(result: UniverseResult, directory: Path) -> list[Path]:
     result.table.to_csv(directory / "universe_table.csv", index=False)
     result.summary.to_csv(directory / "summary.csv", index=False)
     result.calibration.to_csv(directory / "calibration.csv", index=False)
+    result.per_year.to_csv(directory / "per_year.csv", index=False)
     pd.concat([pd.DataFrame(r.decisions.folds) for r in result.per_symbol.values()], ignore_index=True).to_csv(
         directory / "folds.csv", index=False)
     pd.concat([r.decisions.table.assign(symbol=s) for s, r in result.per_symbol.items()], ignore_index=True).to_csv(

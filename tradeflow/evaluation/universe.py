@@ -23,7 +23,13 @@ from tradeflow.config import MAX_SYMBOLS, RunConfig
 from tradeflow.errors import ConfigError
 from tradeflow.errors import StepError
 from tradeflow.evaluation.policies import BUY_AND_HOLD, FLAT, RANDOM_PREFIX, REVIEWED, SMA_CROSSOVER
-from tradeflow.evaluation.walkforward import SymbolResult, WalkForwardSpec, evaluate_symbol
+from tradeflow.evaluation.walkforward import (
+    MAX_EVALUATE_DAYS,
+    SymbolResult,
+    WalkForwardSpec,
+    evaluate_symbol,
+    evaluation_window,
+)
 
 if TYPE_CHECKING:  # the report (matplotlib) loads only when a universe is evaluated
     from tradeflow.evaluation.report import UniverseResult
@@ -140,6 +146,63 @@ def calibration_table(per_symbol: dict[str, SymbolResult], bins: Sequence[float]
                          "hit_rate": grouped["hit"].mean()}).reset_index().assign(bin=lambda f: f["bin"].astype(str))
 
 
+def reviewed_calls(per_symbol: dict[str, SymbolResult]) -> pd.DataFrame:
+    """Every reviewed BUY/SELL call whose horizon closed: stated confidence and whether it was right."""
+    frames = []
+    for symbol, result in per_symbol.items():
+        t = result.decisions.table
+        if "reviewed_action" not in t:
+            continue
+        d = t[t["reviewed_action"].isin(["BUY", "SELL"]) & t["forward_return"].notna()]
+        sign = d["reviewed_action"].map({"BUY": 1, "SELL": -1})
+        frames.append(pd.DataFrame({"symbol": symbol, "date": d["date"], "confidence": d["reviewed_confidence"],
+                                    "hit": (sign * d["forward_return"] > 0).astype(float)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["symbol", "date", "confidence", "hit"])
+
+
+def calibration_scores(per_symbol: dict[str, SymbolResult], bins: int = 10) -> dict[str, float]:
+    """Over all reviewed calls: Brier, expected calibration error (``bins`` equal-width bins, weighted
+    by calls), and how often the calls stated at 0.6-0.8 were right."""
+    calls = reviewed_calls(per_symbol)
+    if calls.empty:
+        return {}
+    c, hit = calls["confidence"].to_numpy(np.float64), calls["hit"].to_numpy(np.float64)
+    which = np.clip((c * bins).astype(int), 0, bins - 1)
+    ece = sum(abs(c[which == b].mean() - hit[which == b].mean()) * np.sum(which == b) for b in np.unique(which)) / len(c)
+    mid = (c >= 0.6) & (c < 0.8)
+    return {"calls": float(len(c)), "brier": float(np.mean((c - hit) ** 2)), "ece": float(ece),
+            "hit_rate": float(hit.mean()), "mean_confidence": float(c.mean()),
+            "calls_0.6_0.8": float(mid.sum()), "hit_rate_0.6_0.8": float(hit[mid].mean()) if mid.any() else float("nan")}
+
+
+PER_YEAR_POLICIES = ("reviewed", "buy_and_hold", "sma_crossover")
+
+
+def per_year_table(per_symbol: dict[str, SymbolResult]) -> pd.DataFrame:
+    """Median over symbols, per calendar year and policy, of the year's return and Sharpe (daily,
+    annualised) from each policy's ledger; ``symbols`` = how many had bars that year."""
+    from tradeflow.backtest import periods_per_year_for
+
+    rows = []
+    for symbol, result in per_symbol.items():
+        for policy, ledger in result.ledgers.items():
+            if policy not in PER_YEAR_POLICIES and not policy.startswith("agent_"):
+                continue
+            ppy = periods_per_year_for(ledger["date"])
+            equity = ledger.set_index("date")["equity"]
+            daily = equity.pct_change().dropna()
+            for year, r in daily.groupby(daily.index.year):
+                sd = r.std()
+                rows.append({"year": int(year), "policy": policy, "symbol": symbol,
+                             "return": float((1 + r).prod() - 1),
+                             "sharpe": float(r.mean() / sd * np.sqrt(ppy)) if sd > 0 else 0.0})
+    if not rows:
+        return pd.DataFrame(columns=["year", "policy", "symbols", "return", "sharpe"])
+    frame = pd.DataFrame(rows)
+    return (frame.groupby(["year", "policy"]).agg(symbols=("symbol", "nunique"), **{"return": ("return", "median")},
+                                                  sharpe=("sharpe", "median")).reset_index())
+
+
 def _start_child(run_name: str):
     """A new child run of the active run. Created explicitly: under ``mlflow run``,
     ``start_run(nested=True)`` would resume the parent (it reads ``MLFLOW_RUN_ID``)."""
@@ -175,6 +238,33 @@ def log_symbol_run(cfg: RunConfig, result: SymbolResult, market, wall: float) ->
     mlflow.log_figure(policy_equity_plot(result.ledgers, cfg.symbol), "plots/equity.png")
 
 
+def _pooled_models(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec) -> tuple[dict, float]:
+    """The pooled agent at every refit date of the universe (``tradeflow.evaluation.pooled``); a symbol
+    whose data fails here is left out of the pool (its own walk-forward reports the failure)."""
+    import tempfile
+
+    from tradeflow.data import load_market_data
+    from tradeflow.evaluation.pooled import train_pooled
+    from tradeflow.evaluation.walkforward import rebalance_rows
+    from tradeflow.features import compute_features
+
+    features, dates = {}, []
+    for symbol in symbols:
+        cfg = base_cfg.override({"symbol": symbol})
+        try:
+            market = load_market_data(cfg.model_copy(update={"backtest_lookback_days": 2 * MAX_EVALUATE_DAYS}))
+            frame = compute_features(evaluation_window(market.bars, spec, symbol=symbol))
+            rows = rebalance_rows(len(frame), spec, symbol=symbol)
+        except Exception as exc:  # noqa: BLE001 - reported by the symbol's own walk-forward
+            log.warning("pooled agent: %s left out (%s)", symbol, exc)
+            continue
+        features[symbol] = frame
+        dates += list(frame["date"].iloc[rows[:: spec.refit_every]])
+    with tempfile.TemporaryDirectory(prefix="tradeflow-pooled-") as tmp:
+        models = train_pooled(base_cfg, features, dates, Path(tmp))
+    return models, float(sum(m[2] for m in models.values()))
+
+
 def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec, *,
                       log_children: bool = True) -> UniverseResult:
     """Walk forward over every symbol (each in its own child run when an MLflow run is active);
@@ -189,13 +279,17 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
     per_symbol: dict[str, SymbolResult] = {}
     failures: dict[str, str] = {}
     started = time.perf_counter()
+    pooled, pooled_seconds = _pooled_models(base_cfg, symbols, spec) if spec.pooled and len(symbols) > 1 else ({}, 0.0)
     for index, symbol in enumerate(symbols, 1):
         cfg = base_cfg.override({"symbol": symbol})
         t0 = time.perf_counter()
         child = _start_child(f"evaluate {symbol}") if log_children and mlflow.active_run() else None
         try:
-            market = load_market_data(cfg)
-            result = evaluate_symbol(cfg, market.bars, spec, source=market.source)
+            # evaluate's own window: the whole history the source holds (no inference lookback), from
+            # start_date, capped by MAX_EVALUATE_DAYS (a one-line error, never a silent cut)
+            market = load_market_data(cfg.model_copy(update={"backtest_lookback_days": 2 * MAX_EVALUATE_DAYS}))
+            bars = evaluation_window(market.bars, spec, symbol=symbol)
+            result = evaluate_symbol(cfg, bars, spec, source=market.source, pooled=pooled or None)
         except Exception as exc:  # one symbol's failure is reported, not fatal to the universe
             from tradeflow.runs.records import Tag
             from tradeflow.runs.tracking import one_line
@@ -221,8 +315,19 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
     summary, comparisons = summarise(table, seed=base_cfg.seed)
     return UniverseResult(spec, per_symbol, failures, table, summary, comparisons, calibration_table(per_symbol),
                           {"wall": time.perf_counter() - started,
-                           "train": sum(r.decisions.seconds["train"] for r in per_symbol.values()),
-                           "review": sum(r.decisions.seconds["review"] for r in per_symbol.values())})
+                           "train": sum(r.decisions.seconds["train"] for r in per_symbol.values()) + pooled_seconds,
+                           "pooled_train": pooled_seconds,
+                           "review": sum(r.decisions.seconds["review"] for r in per_symbol.values())},
+                          calibration_scores=calibration_scores(per_symbol), per_year=per_year_table(per_symbol))
+
+
+def rules_served(per_symbol: dict[str, SymbolResult]) -> dict[str, int]:
+    """How many decisions each decision rule served (``benchmark`` = no demonstrated edge)."""
+    counts: dict[str, int] = {}
+    for result in per_symbol.values():
+        for rule in result.decisions.table.get("reviewed_rule", pd.Series(dtype=str)):
+            counts[rule] = counts.get(rule, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def result_json(result: UniverseResult) -> dict[str, Any]:
@@ -232,6 +337,8 @@ def result_json(result: UniverseResult) -> dict[str, Any]:
         "symbols": sorted(result.per_symbol), "failures": result.failures,
         "summary": result.summary.to_dict(orient="records"), "comparisons": result.comparisons,
         "calibration": result.calibration.to_dict(orient="records"), "seconds": result.seconds,
+        "calibration_scores": result.calibration_scores, "per_year": result.per_year.to_dict(orient="records"),
+        "rules_served": rules_served(result.per_symbol),
     }, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 

@@ -53,7 +53,32 @@ from tradeflow.gate import GateResult, decide_alias
 
 log = logging.getLogger(__name__)
 
+#: evaluate reads the whole history it is given (its own window, not ``backtest_lookback_days``) up to
+#: this many calendar days (30 years); longer data is refused with a one-line error, never cut silently
+MAX_EVALUATE_DAYS = 10_958
+
 REVIEW_DIRECTION = {"BUY": 1, "SELL": -1, "HOLD": 0}
+
+
+def _is_date(text: str) -> bool:
+    try:
+        pd.Timestamp(text)
+        return len(text) == 10
+    except ValueError:
+        return False
+
+
+def evaluation_window(bars: pd.DataFrame, spec: WalkForwardSpec, *, symbol: str) -> pd.DataFrame:
+    """The bars evaluate walks over: from ``spec.start_date`` (or the first bar) to the last; past
+    ``MAX_EVALUATE_DAYS`` a one-line error says so (give a later start_date)."""
+    out = bars if not spec.start_date else bars[bars["date"] >= pd.Timestamp(spec.start_date)].reset_index(drop=True)
+    if out.empty:
+        raise DataError(f"{symbol}: no bars on or after start_date {spec.start_date}")
+    span = (out["date"].iloc[-1] - out["date"].iloc[0]).days
+    if span > MAX_EVALUATE_DAYS:
+        raise DataError(f"{symbol}: the data spans {span} calendar days, beyond evaluate's cap of {MAX_EVALUATE_DAYS} "
+                        f"(30 years); give -P start_date=YYYY-MM-DD")
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,6 +95,10 @@ class WalkForwardSpec:
     review: bool = True
     sma_fast: int = 20
     sma_slow: int = 50
+    #: first bar to evaluate (``YYYY-MM-DD``; empty = the first the data holds); the last is ``end_date``
+    start_date: str = ""
+    #: also train one agent pooled across the universe (``tradeflow.evaluation.pooled``; 2+ symbols)
+    pooled: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,6 +110,7 @@ class WalkForwardSpec:
             (len(self.algorithms) >= 1, "algorithms must name at least one of dqn, ppo, a2c"),
             (set(self.algorithms) <= {"dqn", "ppo", "a2c"}, f"algorithms {','.join(self.algorithms)}: choose from dqn, ppo, a2c"),
             (0 < self.sma_fast < self.sma_slow, f"sma_fast {self.sma_fast} must be positive and below sma_slow {self.sma_slow}"),
+            (self.start_date == "" or _is_date(self.start_date), f"start_date {self.start_date!r} is not YYYY-MM-DD"),
         ]
         for ok, message in checks:
             if not ok:
@@ -170,16 +200,24 @@ def _evidence(cfg: RunConfig, bars_upto: pd.DataFrame, served: _Fitted, action: 
     )
 
 
-def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "") -> Decisions:
+POOLED = "agent_pooled"
+
+
+def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "",
+           pooled: dict | None = None) -> Decisions:
     """Walk forward over one symbol's validated bars; every decision uses bars up to its close only."""
     from review_agents import review
 
+    from tradeflow import metalabel
     from tradeflow.engines import get_engine
+    from tradeflow.decision_rules import AGENT, market_rules, reviewer_block
     from tradeflow.features import FEATURE_COLUMNS, compute_features
+    from tradeflow.positions import target_position
 
     if cfg.split.valid_start is not None:
         raise ConfigError("evaluate: split.valid_start/test_start are fixed dates; the walk-forward refits on "
                           "moving windows, so give train_ratio/valid_ratio instead")
+    mode = cfg.review.position_mode
     engine = get_engine(cfg.engine)
     features = compute_features(bars)
     rows = rebalance_rows(len(features), spec, symbol=cfg.symbol)
@@ -187,16 +225,44 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
     columns = list(FEATURE_COLUMNS)
     window = cfg.trademaster.backward_num_day
     max_volume = cfg.trademaster.max_volume
+    fee = cfg.trademaster.transaction_cost_pct
+    ppy = periods_per_year_for(features["date"])
+    close = features["close"].to_numpy(np.float64)
+    obs_all = features[columns].to_numpy(np.float64)
+    market = metalabel.feature_frame(close, ppy)
+    rules = market_rules(close)
+    agent_exposure = np.full(len(features), np.nan)
+    rules[AGENT] = agent_exposure  # filled with the served model's out-of-sample positions as the walk goes
+    pooled_exposure = np.full(len(features), np.nan)
+    if pooled:
+        from tradeflow.evaluation.pooled import latest_before
+
+        rules[POOLED] = pooled_exposure
+    dates = features["date"]
+
+    def pooled_position(t: int) -> tuple[float, bool] | None:
+        found = latest_before(pooled, dates.iloc[t]) if pooled else None
+        if found is None:
+            return None
+        agent, gate, _ = found
+        return float(agent.act(obs_all[t - window + 1 : t + 1], 0.0).action), bool(gate.passed)
     n = len(rows)
     seconds = {"train": 0.0, "review": 0.0}
     records: list[dict[str, Any]] = []
     folds: list[dict[str, Any]] = []
     newest: dict[str, _Fitted] = {}
     champions: dict[str, _Fitted | None] = {a: None for a in spec.algorithms}
-    reviewed_position = 0
+    served: _Fitted | None = None
+    reviewed_position = 0.0
+    previous = 0
     with tempfile.TemporaryDirectory(prefix="tradeflow-wf-") as tmp:
         for j, r in enumerate(rows):
             r = int(r)
+            if spec.review and served is not None:  # the served model's calls since the last rebalance
+                for t in range(previous + 1, r):
+                    agent_exposure[t] = max(0.0, float(served.agent.act(obs_all[t - window + 1 : t + 1], 0.0).action)) / max_volume
+                    if (p := pooled_position(t)) is not None:
+                        pooled_exposure[t] = max(0.0, p[0]) / max_volume
             if j % spec.refit_every == 0:
                 lo = 0 if spec.window == 0 else max(0, r + 1 - spec.window)
                 history = features.iloc[lo : r + 1].reset_index(drop=True)
@@ -212,10 +278,17 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
                                   "alias": alias, "train_seconds": round(fitted.train_seconds, 3),
                                   **{k: fitted.metrics[k] for k in ("valid_total_return", "valid_benchmark_total_return",
                                                                      "valid_sharpe", "test_total_return", "test_sharpe")}})
-            obs = features[columns].to_numpy(np.float64)[r - window + 1 : r + 1]
-            record: dict[str, Any] = {"date": features["date"].iloc[r], "row": r, "close": float(features["close"].iloc[r])}
+            obs = obs_all[r - window + 1 : r + 1]
+            record: dict[str, Any] = {"date": features["date"].iloc[r], "row": r, "close": float(close[r])}
             for algorithm in spec.algorithms:
-                record[f"pos_{agent_name(algorithm)}"] = int(newest[algorithm].agent.act(obs, 0.0).action)
+                position = int(newest[algorithm].agent.act(obs, 0.0).action)
+                record[f"pos_{agent_name(algorithm)}"] = max(0, position) if mode == "long_only" else position
+            pooled_now = pooled_position(r)
+            if pooled:
+                position = int(pooled_now[0]) if pooled_now is not None else 0
+                record[f"pos_{POOLED}"] = max(0, position) if mode == "long_only" else position
+                if pooled_now is not None:
+                    pooled_exposure[r] = max(0.0, pooled_now[0]) / max_volume
             if spec.review:
                 primary = spec.algorithms[0]
                 served = champions[primary] if cfg.do_no_harm_gate and champions[primary] is not None else newest[primary]
@@ -223,22 +296,29 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
                 if cfg.do_no_harm_gate and not served.gate.passed:
                     gate["reason"] = f"no model has passed the gate yet; serving the newest: {served.gate.reason}"
                 action = served.agent.act(obs, 0.0)
+                agent_exposure[r] = max(0.0, float(action.action)) / max_volume
                 bars_upto = bars.iloc[: int(bar_pos[r]) + 1].reset_index(drop=True)
                 evidence = _evidence(cfg, bars_upto, served, action, gate, source)
+                evidence["reviewer"] = reviewer_block(
+                    rules, market, close, r, step=spec.step, horizon=spec.horizon, fee=fee, periods_per_year=ppy,
+                    seed=cfg.seed, agent_allowed=bool(served.gate.passed) or not cfg.do_no_harm_gate,
+                    allowed={POOLED: pooled_now is not None and (pooled_now[1] or not cfg.do_no_harm_gate)})
                 started = time.perf_counter()
                 outcome = review(evidence, cfg.review)
                 seconds["review"] += time.perf_counter() - started
                 decision = outcome.decision
-                direction = REVIEW_DIRECTION[decision.action]
-                if direction:
-                    reviewed_position = direction * max_volume
+                reviewed_position = target_position(decision.action, decision.confidence, mode=mode, held=reviewed_position)
+                block = evidence["reviewer"]
                 record.update({
-                    "pos_reviewed": reviewed_position, "reviewed_action": decision.action,
+                    "pos_reviewed": int(round(reviewed_position * max_volume)), "reviewed_action": decision.action,
                     "reviewed_confidence": float(decision.confidence),
                     "reviewed_fallback": outcome.fallback_reason or "",
+                    "reviewed_rule": block["rule"], "reviewed_edge": block["edge"],
+                    "reviewed_why": block["edge_reason"],
                     "model_suggestion": evidence["model"]["suggestion"], "served_model": served.date,
                     "served_gate_passed": bool(served.gate.passed),
                 })
+            previous = r
             records.append(record)
     table = pd.DataFrame(records)
     table["pos_buy_and_hold"] = buy_and_hold(n, max_volume)
@@ -246,7 +326,8 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
     table["pos_sma_crossover"] = sma_crossover(bars["close"], bar_pos[rows], max_volume,
                                                fast=spec.sma_fast, slow=spec.sma_slow)
     for seed in spec.random_seeds:
-        table[f"pos_{random_name(seed)}"] = random_policy(n, max_volume, seed=seed, symbol=cfg.symbol)
+        table[f"pos_{random_name(seed)}"] = random_policy(n, max_volume, seed=seed, symbol=cfg.symbol,
+                                                          long_only=mode == "long_only")
     return Decisions(cfg.symbol, rows, table, folds, seconds)
 
 
@@ -280,13 +361,13 @@ def score(cfg: RunConfig, bars: pd.DataFrame, decisions: Decisions, spec: WalkFo
     ledgers: dict[str, pd.DataFrame] = {}
     metrics: dict[str, dict[str, float]] = {}
     tm = cfg.trademaster
-    for policy in spec.policies():
+    for policy in spec.policies() + ([POOLED] if f"pos_{POOLED}" in table else []):
         targets = table[f"pos_{policy}"].to_numpy(np.int64)
         ledger = simulate(prices[first:], targets[held_index], initial_amount=tm.initial_amount,
                           transaction_cost_pct=tm.transaction_cost_pct, max_volume=tm.max_volume, dates=dates)
         result = BacktestResult.from_table(ledger)
         if policy == REVIEWED:
-            direction = table["reviewed_action"].map(REVIEW_DIRECTION).to_numpy(np.int64)
+            direction = table["reviewed_action"].map(REVIEW_DIRECTION).to_numpy(np.int64)  # SELL bets on a fall
         else:
             direction = np.sign(targets)
         m = {k: float(result.metrics[k]) for k in ("total_return", "annualised_return", "sharpe", "sortino",
@@ -316,6 +397,7 @@ def brier(direction: np.ndarray, confidence: np.ndarray, forward: np.ndarray) ->
     return {"brier": value}
 
 
-def evaluate_symbol(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "") -> SymbolResult:
+def evaluate_symbol(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "",
+                    pooled: dict | None = None) -> SymbolResult:
     """``decide`` then ``score``: the whole walk-forward of one symbol."""
-    return score(cfg, bars, decide(cfg, bars, spec, source=source), spec)
+    return score(cfg, bars, decide(cfg, bars, spec, source=source, pooled=pooled), spec)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tradeflow.ibkr.strategy import RiskSettings
+from tradeflow.positions import DEFAULT_POSITION_MODE, allows_short, target_position
 
 #: Beyond these a gateway number is a bug or a lie, not an account: refused, never sized on
 #: (an equity of 1e300 once sized an order of 5.6e296 shares).
@@ -54,9 +55,11 @@ def assess(
     positions: Mapping[str, float],
     prices: Mapping[str, float],
     limits: RiskSettings,
+    position_mode: str = DEFAULT_POSITION_MODE,
 ) -> RiskDecision:
     """Decide whether (and how much) to trade. ``positions``: shares held per symbol (negative =
-    short); ``prices``: the latest price per symbol held; ``equity``: net liquidation value."""
+    short); ``prices``: the latest price per symbol held; ``equity``: net liquidation value.
+    ``position_mode`` (``tradeflow.positions``): in long_only a SELL only closes a long, never shorts."""
     decision = RiskDecision(approved=False, symbol=symbol, action=action, entry_price=entry_price)
     bad = _implausible_inputs(equity, entry_price, positions, prices, symbol)
     if bad:
@@ -84,7 +87,9 @@ def assess(
         return refuse("no ATR (too little history): the stop distance cannot be set")
 
     closing = (action == "SELL" and held > 0) or (action == "BUY" and held < 0)
-    if action == "SELL" and held <= 0 and not limits.allow_short:
+    if action == "SELL" and held <= 0 and target_position(action, confidence, mode=position_mode) >= 0:
+        return refuse(f"SELL without a long position: in {position_mode} a SELL means exit to flat, never short")
+    if action == "SELL" and held <= 0 and not (limits.allow_short and allows_short(position_mode)):
         return refuse("SELL without a long position and risk.allow_short is false")
     stop_distance = limits.atr_stop_multiple * atr
     stop = entry_price - stop_distance if action == "BUY" else entry_price + stop_distance

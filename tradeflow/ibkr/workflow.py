@@ -170,7 +170,8 @@ def risk(strategy: StrategyConfig, sig: Mapping[str, Any], values: Mapping[str, 
     entry = float(sig.get("entry") or values["close"])
     decision = assess(symbol=sig["symbol"], action=sig["action"], confidence=float(sig["confidence"]),
                       entry_price=entry, atr=values.get("atr_14"), equity=snapshot["equity"],
-                      positions=snapshot["positions"], prices=snapshot["prices"], limits=strategy.risk)
+                      positions=snapshot["positions"], prices=snapshot["prices"], limits=strategy.risk,
+                      position_mode=strategy.signal.review.position_mode)
     out = decision.as_dict()
     out["account"] = snapshot["account"]
     return out

@@ -180,8 +180,12 @@ def review_name(symbol: str, action: str, confidence: float, reviewer: str, fall
 
 def review_note(symbol: str, decision: Mapping[str, Any], *, suggestion: str | None, reviewer: str,
                 fallback_reason: str | None, reports_tokens: bool, usage: Mapping[str, int], data: Mapping[str, Any],
-                as_of: str | None, reproduce: str) -> str:
+                as_of: str | None, reproduce: str, position_mode: str | None = None) -> str:
+    from tradeflow.positions import meaning
+
     lines = [f"## {symbol} · review → {decision['action']} (confidence {float(decision['confidence']):.2f})", ""]
+    if position_mode:
+        lines += [f"**Position**: {meaning(decision['action'], position_mode)}.", ""]
     if data.get("synthetic"):
         lines += [SYNTHETIC_WARNING, ""]
     if fallback_reason:
@@ -199,10 +203,14 @@ def decision_lines(decision: Mapping[str, Any], suggestion: str | None) -> list[
 
     Model-written text is data, never markup: each piece is one line, escaped
     (``markdown_literal``), so it cannot forge a heading, a reproduce block, a link or an image."""
+    from tradeflow.positions import NO_EDGE
     from tradeflow.redaction import markdown_literal
 
     out = []
-    if suggestion and suggestion != decision["action"]:
+    if str(decision.get("rationale", "")).startswith(NO_EDGE):
+        out += [f"**{NO_EDGE}**: the model's {suggestion or 'suggestion'} is not served; the decision is the "
+                "benchmark's position (buy-and-hold).", ""]
+    elif suggestion and suggestion != decision["action"]:
         reason = markdown_literal(decision.get("contradiction_reason") or "no reason given")
         out += [f"The model suggested **{suggestion}**; the review team decided **{decision['action']}**: {reason}", ""]
     elif suggestion:

@@ -194,6 +194,8 @@ class TrainRecord(StepRecord):
     trades_plot = Artifact("plots/trades.png", "trades marked on the price")
     summary = Artifact("summary.json", "headline metrics, model URI and version")
     metrics = Artifact("metrics.json", "every metric, grouped by split (the headline ones first)")
+    reviewer = Artifact("reviewer/reviewer.json", "the fitted reviewer served with this model: the decision rule "
+                        "chosen on this data, its edge over buy-and-hold, the meta-labeller (tradeflow.decision_rules)")
     #: the pyfunc model (not in ``ARTIFACTS``: the model flavour writes it)
     MODEL = Artifact("model", "the agent as an MLflow pyfunc model")
 

@@ -61,7 +61,12 @@ def training_context(run_id: str, client: MlflowClient | None = None) -> dict[st
         config = TrainRecord.config.load_json(run_id)
     except Exception:  # a model logged by something other than train_backtest
         config = {}
-    return {"run_id": run_id, "metrics": dict(run.data.metrics), "config": config, "experiment_id": run.info.experiment_id}
+    try:
+        reviewer = TrainRecord.reviewer.load_json(run_id)
+    except Exception:  # a train run from before the reviewer existed: the review serves the gate's rule
+        reviewer = None
+    return {"run_id": run_id, "metrics": dict(run.data.metrics), "config": config, "experiment_id": run.info.experiment_id,
+            "reviewer": reviewer}
 
 
 def inference_layer(training_config: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +121,12 @@ def compute_inference(cfg: RunConfig, *, model: Any, market: Any, resolved: Reso
         training_run=training,
         data={"source": market.source, "digest": market.digest, "rows": market.rows, "synthetic": market.synthetic},
     )
+    if training.get("reviewer"):  # the reviewer fitted with the model decides what is served (decision_rule)
+        from tradeflow.decision_rules import reviewer_at
+
+        evidence["reviewer"] = reviewer_at(training["reviewer"], features["close"].to_numpy(float),
+                                           model_suggestion=prediction["suggestion"],
+                                           periods_per_year=periods_per_year_for(market.bars["date"]))
     finagent = None
     if meta.get("engine") == "finagent":
         finagent = _add_finagent_evidence(model, window, evidence)
@@ -179,7 +190,8 @@ def record_inference(run: Any, cfg: RunConfig, outcome: InferenceOutcome, *, mar
                      Tag.GATE_REASON: gate["reason"][:5000]})
     if gate["passed"] is False:
         print(f"{cfg.symbol}: the served model FAILED the do-no-harm gate ({gate['reason']}); "
-              f"the review caps the decision's confidence" + ("" if gate["enforced"] else " (gate disabled: not capped)"),
+              "its calls are not served: the review serves the benchmark's position (no demonstrated edge: hold)"
+              + ("" if gate["enforced"] else " (gate disabled: served as usual)"),
               flush=True)
     if outcome.finagent is not None:
         mlflow.log_dict(outcome.finagent["analysis"], RECORD.finagent_analysis.path)

@@ -224,6 +224,7 @@ def record_review(run: Any, cfg: RunConfig, reviewed: ReviewOutcome, *, evidence
                               suggestion=evidence.get("model", {}).get("suggestion"), reviewer=reviewer,
                               fallback_reason=outcome.fallback_reason, reports_tokens=reports_tokens,
                               usage=outcome.usage, data=evidence.get("data", {}), as_of=evidence.get("as_of"),
+                              position_mode=cfg.review.position_mode,
                               reproduce=run_notes.reproduce_block(STAGE, own_params, commit=code_version(),
                                                                   run_id=run.info.run_id,
                                                                   experiment_name=cfg.experiment_name)))

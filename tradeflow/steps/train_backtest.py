@@ -102,6 +102,26 @@ def compute_train(splits, cfg: RunConfig, *, engine, workdir: Path,
     return TrainOutcome(result, splits, frames, backtests, metrics, gate, train_seconds)
 
 
+def compute_reviewer(features: pd.DataFrame, outcome: TrainOutcome, cfg: RunConfig) -> dict:
+    """The reviewer logged with the model (``tradeflow.decision_rules.fitted_reviewer``): the agent's
+    record is its test-split positions (data it was neither trained nor selected on); monthly rules,
+    a 21-bar horizon, as ``evaluate`` measures them."""
+    import numpy as np
+
+    from tradeflow.backtest import periods_per_year_for
+    from tradeflow.decision_rules import fitted_reviewer
+
+    close = features["close"].to_numpy(np.float64)
+    test = outcome.backtests["test"].table
+    exposure = np.full(len(close), np.nan)
+    rows = np.searchsorted(features["date"].to_numpy(), pd.to_datetime(test["date"]).to_numpy())
+    ok = (rows < len(close))
+    exposure[rows[ok]] = np.clip(test["position"].to_numpy(np.float64)[ok], 0.0, 1.0)
+    return fitted_reviewer(close, agent_exposure=exposure, step=21, horizon=21,
+                           fee=cfg.trademaster.transaction_cost_pct, periods_per_year=periods_per_year_for(features["date"]),
+                           agent_allowed=bool(outcome.gate.passed) or not cfg.do_no_harm_gate, seed=cfg.seed)
+
+
 def registration_skipped(cfg: RunConfig, reproduction_of: str | None) -> str | None:
     """Why this run registers no version, or None: a reproduction must not change what
     ``inference`` serves, and ``register_model=false`` asks for none."""
@@ -239,6 +259,7 @@ def record_train(run, cfg: RunConfig, outcome: TrainOutcome, *, market, features
                metrics=metrics)
 
     _log_gate(outcome.gate)
+    mlflow.log_dict(compute_reviewer(features, outcome, cfg), RECORD.reviewer.path)
     model_uri = _log_model(outcome.agent, cfg, features, workdir, provenance=provenance)
     registration = _maybe_register(model_uri, cfg, run.info.run_id, outcome=outcome, market=market,
                                    reproduction_of=current().reproduction_of, engine=engine)
