@@ -74,7 +74,7 @@ def skip(message: str) -> NoReturn:
 
 
 #: What a trigger may send in ``dag_run.conf`` (the DAG's params); anything else is refused, not ignored.
-CONF_KEYS = ("mode", "symbol", "max_symbols", "config", "force", "conid", "workflow_symbol_id")
+CONF_KEYS = ("mode", "engine", "symbol", "max_symbols", "config", "force", "conid", "workflow_symbol_id")
 #: Per-symbol identity: the batch decides it (``conf.symbol`` or the WebUI), never a config layer.
 IDENTITY_KEYS = ("symbol",)
 
