@@ -83,7 +83,7 @@ def test_mode_both_builds_the_run_tree_and_persists_with_lineage(world, first_ru
         assert parent.data.tags[f"tradeflow.stage.{stage}.reused"] == "false"
     # only ids and URIs travel between stages
     train, inference, review = children["train_backtest"], children["inference"], children["review"]
-    assert inference.data.params["model_uri"] == f"models:/trademaster_{SYMBOL}/{train.data.tags['tradeflow.model_version']}"
+    assert inference.data.params["model_uri"] == f"models:/builtin_{SYMBOL}/{train.data.tags['tradeflow.model_version']}"
     assert review.data.params["evidence_uri"] == f"runs:/{inference.info.run_id}/evidence.json"
     assert children["persist"].data.params["review_run_id"] == review.info.run_id
     assert json.loads(recorded_params(train.data.params)["config"])["symbol"] == SYMBOL
@@ -139,7 +139,7 @@ def _assert_runs_explain_themselves(client, parent, children):
     assert note.startswith(f"## {SYMBOL} · pipeline (both) → **{action}**")
     assert "**Why**:" in note and "Model vs buy-and-hold on the test split" in note
     assert "real market data from `csv:" in note and "SYNTHETIC" not in note
-    assert f"models:/trademaster_{SYMBOL}/" in note
+    assert f"models:/builtin_{SYMBOL}/" in note
     for child in children.values():
         assert f"(#/experiments/{child.info.experiment_id}/runs/{child.info.run_id})" in note
     assert "mlflow run . -e pipeline --env-manager local --experiment-name trademaster_autogen -P symbol=AAPL -P mode=both" in note
@@ -163,7 +163,7 @@ def _assert_runs_explain_themselves(client, parent, children):
         named = client.get_run(children[stage].info.run_id)
         assert named.info.run_name.startswith(f"{SYMBOL} · {stage} · ") and named.data.tags["mlflow.note.content"]
     # the registered version says what it is
-    version = client.get_model_version(f"trademaster_{SYMBOL}", train.data.tags["tradeflow.model_version"])
+    version = client.get_model_version(f"builtin_{SYMBOL}", train.data.tags["tradeflow.model_version"])
     assert "real data" in version.description and "buy-and-hold" in version.description
     assert version.tags["symbol"] == SYMBOL and version.tags["pipeline_run_id"] == parent.info.run_id
     assert version.tags["data_window"] == "2020-01-02..2021-12-31" and float(version.tags["test_total_return"]) == \
@@ -275,5 +275,5 @@ def test_reproduce_a_finished_train_backtest_run_gives_identical_metrics(world, 
     assert again.data.tags["tradeflow.reproduction_of"] == train_id
     assert again.data.metrics["test_total_return"] == client.get_run(train_id).data.metrics["test_total_return"]
     # the reproduction registered nothing, so it cannot have moved the registry alias
-    versions = client.search_model_versions(f"name='trademaster_{SYMBOL}'")
+    versions = client.search_model_versions(f"name='builtin_{SYMBOL}'")
     assert versions and all(v.run_id != again.info.run_id for v in versions)
