@@ -57,6 +57,17 @@ def _decision(action: str, confidence: float, ev: Evidence, factors: list[str], 
         contradiction_reason=(f"the served decision rule gives {action}" if contradicts else None))
 
 
+def _with_levels(served: TradeDecision, reviewed: TradeDecision) -> TradeDecision:
+    """The reviewer's stop and target kept when it reached the same BUY at the same entry: the served
+    decision then carries the risk/reward the WebUI and the IBKR bracket read (a benchmark hold the
+    reviewer did not call has none: buy-and-hold sets no stop)."""
+    entry = served.entry
+    if (served.action == reviewed.action == "BUY" and entry and reviewed.stop_loss and reviewed.take_profit
+            and reviewed.stop_loss < entry < reviewed.take_profit):
+        return served.model_copy(update={"stop_loss": reviewed.stop_loss, "take_profit": reviewed.take_profit})
+    return served
+
+
 def serve(decision: TradeDecision, ev: Evidence, evidence: dict[str, Any]) -> tuple[TradeDecision, list[str]]:
     """The served decision and the notes saying why it differs from the reviewer's, if it does."""
     block = evidence.get("reviewer") if isinstance(evidence.get("reviewer"), dict) else None
@@ -72,7 +83,7 @@ def serve(decision: TradeDecision, ev: Evidence, evidence: dict[str, Any]) -> tu
                      f"the model's {suggestion or 'suggestion'} is not served. Confidence "
                      f"{UNCALIBRATED_CONFIDENCE} is not calibrated (no track record in the evidence).")
         served = _decision("BUY", UNCALIBRATED_CONFIDENCE, ev, factors, rationale, suggestion)
-        return served, [f"no_edge_benchmark: {reason}; {decision.action} -> BUY (benchmark)"]
+        return _with_levels(served, decision), [f"no_edge_benchmark: {reason}; {decision.action} -> BUY (benchmark)"]
 
     p_up, how = _probability_up(block)
     rule = str(block.get("rule") or "benchmark")
@@ -103,6 +114,7 @@ def serve(decision: TradeDecision, ev: Evidence, evidence: dict[str, Any]) -> tu
         rationale = (f"BUY: {head}; the decision rule {rule} beat the benchmark on earlier folds ({record}). "
                      f"Confidence {p_up:.2f} is the calibrated probability that the close rises over the horizon.")
         served = _decision("BUY", p_up, ev, factors, rationale, suggestion)
+    served = _with_levels(served, decision)
     if not edge:
         return served, [f"no_edge_benchmark: {record or 'no rule beat the benchmark'}; {decision.action} -> BUY (benchmark)"]
     notes = [] if served.action == decision.action else [

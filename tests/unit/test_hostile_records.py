@@ -267,7 +267,7 @@ def test_dag_run_conf_cannot_redirect_a_batch_or_carry_unknown_keys():
     with pytest.raises(Exception, match=r"dag_run.conf.config.symbol is refused: a batch decides") as caught:
         conf_layer(_ctx({"config": {"symbol": "MSFT"}}))
     _one_line(str(caught.value))
-    with pytest.raises(Exception, match=r"unknown key\(s\) 'epochs'; known: mode, symbol, max_symbols, config"):
+    with pytest.raises(Exception, match=r"unknown key\(s\) 'epochs'; known: mode, engine, symbol, max_symbols, config"):
         conf_layer(_ctx({"epochs": 5}))
     assert conf_layer(_ctx({"config": {"trademaster": {"epochs": 2}}, "mode": "inference"}))["mode"] == "inference"
 
