@@ -1,6 +1,6 @@
 """``inference``: the registered model's action on the latest bars, plus the evidence bundle.
 
-    mlflow run . -e inference -P symbol=AAPL [-P model_uri=models:/trademaster_AAPL/3]
+    mlflow run . -e inference -P symbol=AAPL [-P model_uri=models:/builtin_AAPL/3]
 """
 
 from __future__ import annotations
