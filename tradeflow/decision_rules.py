@@ -109,10 +109,12 @@ def select(rules: dict[str, np.ndarray], close: np.ndarray, row: int, step: int,
 
 def reviewer_block(rules: dict[str, np.ndarray], market: pd.DataFrame, close: np.ndarray, r: int, *, step: int,
                    horizon: int, fee: float, periods_per_year: float, agent_allowed: bool, seed: int,
-                   allowed: dict[str, bool] | None = None) -> dict[str, Any]:
+                   allowed: dict[str, bool] | None = None,
+                   universe: metalabel.UniverseRate | None = None) -> dict[str, Any]:
     """The evidence's ``reviewer`` section at rebalance ``r``: the rule chosen on earlier folds, whether it
     beat the benchmark there, its proposed side, and the meta-labeller fitted on its earlier calls whose
-    horizon closed by ``r`` (nothing after bar ``r`` is read)."""
+    horizon closed by ``r`` (nothing after bar ``r`` is read; ``universe``: the universe's record at the
+    same date, for the prior)."""
     rule, edge, why, records = select(rules, close, r, step, fee, periods_per_year,
                                        allowed={AGENT: agent_allowed, **(allowed or {})})
     exposure = rules[rule]
@@ -125,13 +127,17 @@ def reviewer_block(rules: dict[str, np.ndarray], market: pd.DataFrame, close: np
         X = market.iloc[t].assign(proposed_long=(exposure[t] > 0.5).astype(float))
         X.loc[~np.isfinite(exposure[t]), "proposed_long"] = np.nan
         up = (forward > 0).astype(int)
-        fitted = metalabel.fit(X, up, forward, horizon=horizon, seed=seed)
+        fitted = metalabel.fit(X, up, forward, horizon=horizon, seed=seed, universe=universe)
         model = fitted.to_dict() if fitted is not None else None
-        base_rate = float(up.mean())
+        # too few calls for a meta-labeller: the prior speaks (the base rate shrunk by its independent
+        # count, towards the universe's when there is one), a calibrated no-skill probability
+        base_rate = float(metalabel.prior_rate(up, horizon=horizon, universe=universe))
     proposed = "BUY" if (np.isfinite(exposure[r]) and exposure[r] > 0.5) else "SELL"
     inputs = {k: round(float(v), 6) for k, v in market.iloc[r].items()} | {"proposed_long": float(proposed == "BUY")}
     return {"kind": "meta_label", "rule": rule, "edge": bool(edge), "edge_reason": why, "proposed": proposed,
             "inputs": inputs, "model": model, "base_rate": base_rate, "horizon_bars": horizon,
+            "universe": None if universe is None else {"rate": round(universe.rate, 6), "symbols": universe.symbols,
+                                                       "between_variance": round(universe.between_variance, 8)},
             "track_record": {rec.rule: {"bars": rec.bars, "sharpe": round(rec.sharpe, 4),
                                         "benchmark_sharpe": round(rec.benchmark_sharpe, 4)} for rec in records}}
 

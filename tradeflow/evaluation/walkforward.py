@@ -204,8 +204,10 @@ POOLED = "agent_pooled"
 
 
 def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "",
-           pooled: dict | None = None) -> Decisions:
-    """Walk forward over one symbol's validated bars; every decision uses bars up to its close only."""
+           pooled: dict | None = None, universe: Any = None) -> Decisions:
+    """Walk forward over one symbol's validated bars; every decision uses bars up to its close only
+    (``universe``: a ``metalabel.UniverseLabels`` of every symbol evaluated, read at each decision date
+    for the meta-labeller's prior; ``None``: the symbol's own base rate)."""
     from review_agents import review
 
     from tradeflow import metalabel
@@ -302,7 +304,8 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
                 evidence["reviewer"] = reviewer_block(
                     rules, market, close, r, step=spec.step, horizon=spec.horizon, fee=fee, periods_per_year=ppy,
                     seed=cfg.seed, agent_allowed=bool(served.gate.passed) or not cfg.do_no_harm_gate,
-                    allowed={POOLED: pooled_now is not None and (pooled_now[1] or not cfg.do_no_harm_gate)})
+                    allowed={POOLED: pooled_now is not None and (pooled_now[1] or not cfg.do_no_harm_gate)},
+                    universe=universe.rate_at(features["date"].iloc[r]) if universe is not None else None)
                 started = time.perf_counter()
                 outcome = review(evidence, cfg.review)
                 seconds["review"] += time.perf_counter() - started
@@ -398,6 +401,6 @@ def brier(direction: np.ndarray, confidence: np.ndarray, forward: np.ndarray) ->
 
 
 def evaluate_symbol(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "",
-                    pooled: dict | None = None) -> SymbolResult:
+                    pooled: dict | None = None, universe: Any = None) -> SymbolResult:
     """``decide`` then ``score``: the whole walk-forward of one symbol."""
-    return score(cfg, bars, decide(cfg, bars, spec, source=source, pooled=pooled), spec)
+    return score(cfg, bars, decide(cfg, bars, spec, source=source, pooled=pooled, universe=universe), spec)
