@@ -36,6 +36,9 @@ BENCHMARK = "benchmark"
 AGENT = "agent"
 #: bars of earlier record a rule needs before it can be served
 MIN_RECORD_BARS = 126
+#: the reviewer block's ``fitted_at`` when inference fitted it (a train run without ``reviewer.json``)
+INFERENCE_FITTED = ("inference: the train run holds no reviewer.json, so the reviewer was fitted on the "
+                    "market rules alone from the bars inference read")
 
 
 def market_rules(close: np.ndarray) -> dict[str, np.ndarray]:

@@ -318,6 +318,8 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
                     "reviewed_fallback": outcome.fallback_reason or "",
                     "reviewed_rule": block["rule"], "reviewed_edge": block["edge"],
                     "reviewed_why": block["edge_reason"],
+                    # the calibration chosen on earlier calls (``none``: too few calls, the prior speaks)
+                    "reviewed_calibration": (block["model"] or {}).get("calibration", "none"),
                     "model_suggestion": evidence["model"]["suggestion"], "served_model": served.date,
                     "served_gate_passed": bool(served.gate.passed),
                 })
