@@ -302,7 +302,7 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
     started = time.perf_counter()
     pooled, pooled_seconds = _pooled_models(base_cfg, symbols, spec) if spec.pooled and len(symbols) > 1 else ({}, 0.0)
     # the meta-labeller's prior: the universe's earlier base rate (2+ symbols), else the symbol's own
-    universe = _universe_labels(base_cfg, symbols, spec) if len(symbols) > 1 else None
+    universe = _universe_labels(base_cfg, symbols, spec) if spec.universe_prior and len(symbols) > 1 else None
     for index, symbol in enumerate(symbols, 1):
         cfg = base_cfg.override({"symbol": symbol})
         t0 = time.perf_counter()

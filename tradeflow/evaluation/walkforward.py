@@ -99,6 +99,9 @@ class WalkForwardSpec:
     start_date: str = ""
     #: also train one agent pooled across the universe (``tradeflow.evaluation.pooled``; 2+ symbols)
     pooled: bool = True
+    #: with 2+ symbols, the meta-labeller's prior is the universe's earlier base rate
+    #: (``metalabel.UniverseLabels``); ``False``: each symbol's own, as a one-symbol DAG run has it
+    universe_prior: bool = True
 
     def __post_init__(self) -> None:
         checks = [
