@@ -146,17 +146,19 @@ def reviewer_block(rules: dict[str, np.ndarray], market: pd.DataFrame, close: np
 
 
 def fitted_reviewer(close: np.ndarray, *, agent_exposure: np.ndarray | None, step: int, horizon: int, fee: float,
-                    periods_per_year: float, agent_allowed: bool, seed: int) -> dict[str, Any]:
+                    periods_per_year: float, agent_allowed: bool, seed: int,
+                    universe: metalabel.UniverseRate | None = None) -> dict[str, Any]:
     """The reviewer ``train_backtest`` fits on its data and logs with the model (``reviewer.json``):
-    the rule chosen on the whole history, its edge, and the meta-labeller; ``inputs``/``proposed``
-    are filled in at inference (``reviewer_at``) from the bars it decides on."""
+    the rule chosen on the whole history, its edge, and the meta-labeller (``universe``: the universe's
+    record at the last bar, for the prior); ``inputs``/``proposed`` are filled in at inference
+    (``reviewer_at``) from the bars it decides on."""
     rules = market_rules(close)
     if agent_exposure is not None:
         rules[AGENT] = agent_exposure
     last = len(close) - 1
     block = reviewer_block(rules, metalabel.feature_frame(close, periods_per_year), close, last, step=step,
                            horizon=horizon, fee=fee, periods_per_year=periods_per_year,
-                           agent_allowed=agent_allowed, seed=seed)
+                           agent_allowed=agent_allowed, seed=seed, universe=universe)
     return {k: v for k, v in block.items() if k not in ("inputs", "proposed")} | {"step_bars": step}
 
 

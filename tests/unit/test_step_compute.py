@@ -157,6 +157,22 @@ def test_version_metadata_names_the_windows_and_the_test_result(trained, market)
     assert RUN_ID in description and "real data" in description
 
 
+def test_the_reviewer_logged_with_the_model_has_the_universe_prior_of_its_data_source(trained, market):
+    from tradeflow.features import compute_features
+    from tradeflow.steps.train_backtest import compute_reviewer
+
+    features = compute_features(market.bars)
+    reviewer = compute_reviewer(features, trained, _cfg())
+    assert reviewer["universe"]["symbols"] == 3  # the shipped file holds AAPL, JPM and MSFT
+    assert reviewer["model"]["prior_source"] == "universe"
+    # what the universe holds after the train data's last bar is never read
+    cut = features[features["date"] <= features["date"].iloc[-60]]
+    early = compute_reviewer(cut, trained, _cfg())
+    assert early["universe"] != reviewer["universe"]
+    alone = compute_reviewer(features, trained, _cfg(data_source=f"csv:{REPO / 'data' / 'trademaster' / 'btc_2018_2021.csv'}"))
+    assert alone["universe"] is None and alone["model"]["prior_source"] == "symbol"  # a one-ticker source
+
+
 # --- inference -----------------------------------------------------------------------------------
 
 
