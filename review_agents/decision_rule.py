@@ -29,21 +29,25 @@ from .schema import TradeDecision
 
 #: confidence of the benchmark decision when there is no track record to calibrate on
 UNCALIBRATED_CONFIDENCE = 0.5
+#: said (key factors, rationale) of every confidence that is not a calibrated probability
+NOT_CALIBRATED = "the confidence is NOT a calibrated probability"
 MAX_FACTORS = 8
 
 
-def _probability_up(block: dict[str, Any]) -> tuple[float, str]:
+def _probability_up(block: dict[str, Any]) -> tuple[float, str, bool]:
+    """``(P(up), how it was found, whether it is a calibrated probability)``."""
     model = block.get("model")
     inputs = block.get("inputs") or {}
     if isinstance(model, dict):
         reviewer = MetaLabeller.from_dict(model)
         return reviewer.probability_up(inputs), (f"meta-label P(up) from {reviewer.samples}+{reviewer.held_out} earlier "
-                                                 f"calls (held-out Brier {reviewer.held_out_brier:.3f}, "
-                                                 f"{'beats' if reviewer.skilled else 'does not beat'} the base rate)")
+                                                 f"calls, {reviewer.calibration} calibration chosen on earlier calls "
+                                                 f"(held-out Brier {reviewer.held_out_brier:.3f}, "
+                                                 f"{'beats' if reviewer.skilled else 'does not beat'} the base rate)"), True
     base = block.get("base_rate")
     if isinstance(base, (int, float)):
-        return float(base), "base rate of earlier calls (too few to fit a meta-labeller)"
-    return UNCALIBRATED_CONFIDENCE, "no earlier calls to calibrate on"
+        return float(base), "base rate of earlier calls (too few to fit a meta-labeller)", True
+    return UNCALIBRATED_CONFIDENCE, f"no earlier calls to calibrate on: {NOT_CALIBRATED}", False
 
 
 def _decision(action: str, confidence: float, ev: Evidence, factors: list[str], rationale: str,
@@ -78,14 +82,17 @@ def serve(decision: TradeDecision, ev: Evidence, evidence: dict[str, Any]) -> tu
         return decision, []
     if block is None:
         reason = f"the model failed the do-no-harm gate ({gate.get('reason', 'no reason given')})"
-        factors = [f"{NO_EDGE}: {reason}", "decision = the benchmark's position (buy-and-hold, long)"]
+        factors = [f"{NO_EDGE}: {reason}", "decision = the benchmark's position (buy-and-hold, long)",
+                   f"confidence {UNCALIBRATED_CONFIDENCE}: {NOT_CALIBRATED} (no track record in the evidence)"]
         rationale = (f"{NO_EDGE}: {reason}, so the decision is the benchmark's position (buy-and-hold: long); "
                      f"the model's {suggestion or 'suggestion'} is not served. Confidence "
-                     f"{UNCALIBRATED_CONFIDENCE} is not calibrated (no track record in the evidence).")
+                     f"{UNCALIBRATED_CONFIDENCE}: {NOT_CALIBRATED} (no track record in the evidence).")
         served = _decision("BUY", UNCALIBRATED_CONFIDENCE, ev, factors, rationale, suggestion)
         return _with_levels(served, decision), [f"no_edge_benchmark: {reason}; {decision.action} -> BUY (benchmark)"]
 
-    p_up, how = _probability_up(block)
+    p_up, how, calibrated = _probability_up(block)
+    said = (f"Confidence {p_up:.2f} is the calibrated probability that the close rises over the horizon ({how})."
+            if calibrated else f"Confidence {p_up:.2f}: {NOT_CALIBRATED} ({how}).")
     rule = str(block.get("rule") or "benchmark")
     inputs = describe_inputs(block.get("inputs") or {})
     record = str(block.get("edge_reason") or "")
@@ -96,15 +103,14 @@ def serve(decision: TradeDecision, ev: Evidence, evidence: dict[str, Any]) -> tu
         why = record or (f"the model failed the do-no-harm gate ({gate.get('reason', '')})" if gate_failed else "")
         factors = [f"{NO_EDGE}: {why}", f"P(benchmark long right) {p_up:.2f}: {how}", f"inputs: {inputs}"]
         rationale = (f"{NO_EDGE}: no decision rule beat the benchmark on earlier folds net of costs ({why}); the "
-                     f"decision is the benchmark's position (buy-and-hold: long). Confidence {p_up:.2f} is the "
-                     f"calibrated probability that the close rises over the horizon ({how}).")
+                     f"decision is the benchmark's position (buy-and-hold: long). {said}")
         served = _decision("BUY", p_up, ev, factors, rationale, suggestion)
     elif proposed == "SELL" and 1.0 - p_up >= threshold:
         factors = [f"rule {rule} proposes an exit; P(exit right) {1 - p_up:.2f} >= threshold {threshold:.2f}",
                    f"edge on earlier folds: {record}", f"{how}", f"inputs: {inputs}"]
         rationale = (f"SELL: the decision rule {rule} (it beat the benchmark on earlier folds: {record}) proposes an "
                      f"exit and the meta-labeller puts P(call right) at {1 - p_up:.2f}, above the threshold "
-                     f"{threshold:.2f} chosen on earlier folds.")
+                     f"{threshold:.2f} chosen on earlier folds." + ("" if calibrated else f" {NOT_CALIBRATED}."))
         served = _decision("SELL", 1.0 - p_up, ev, factors, rationale, suggestion)
     else:
         gated = proposed == "SELL"
@@ -112,8 +118,15 @@ def serve(decision: TradeDecision, ev: Evidence, evidence: dict[str, Any]) -> tu
                 "the benchmark's position is kept" if gated else f"rule {rule} proposes long")
         factors = [head, f"P(long right) {p_up:.2f}: {how}", f"edge on earlier folds: {record}", f"inputs: {inputs}"]
         rationale = (f"BUY: {head}; the decision rule {rule} beat the benchmark on earlier folds ({record}). "
-                     f"Confidence {p_up:.2f} is the calibrated probability that the close rises over the horizon.")
+                     f"{said}")
         served = _decision("BUY", p_up, ev, factors, rationale, suggestion)
+    # said where the WebUI shows it, not only in the rationale
+    labels = ([f"reviewer fitted at {block['fitted_at']}"[:200]] if block.get("fitted_at") else []) + (
+        [] if calibrated else [f"confidence {served.confidence}: {NOT_CALIBRATED}"])
+    if labels:
+        served = served.model_copy(update={
+            "key_factors": [*served.key_factors[:MAX_FACTORS - len(labels)], *labels],
+            "rationale": (served.rationale + " " + " ".join(labels) + ".")[:2000]})
     served = _with_levels(served, decision)
     if not edge:
         return served, [f"no_edge_benchmark: {record or 'no rule beat the benchmark'}; {decision.action} -> BUY (benchmark)"]

@@ -36,6 +36,9 @@ BENCHMARK = "benchmark"
 AGENT = "agent"
 #: bars of earlier record a rule needs before it can be served
 MIN_RECORD_BARS = 126
+#: the reviewer block's ``fitted_at`` when inference fitted it (a train run without ``reviewer.json``)
+INFERENCE_FITTED = ("inference: the train run holds no reviewer.json, so the reviewer was fitted on the "
+                    "market rules alone from the bars inference read")
 
 
 def market_rules(close: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,10 +112,12 @@ def select(rules: dict[str, np.ndarray], close: np.ndarray, row: int, step: int,
 
 def reviewer_block(rules: dict[str, np.ndarray], market: pd.DataFrame, close: np.ndarray, r: int, *, step: int,
                    horizon: int, fee: float, periods_per_year: float, agent_allowed: bool, seed: int,
-                   allowed: dict[str, bool] | None = None) -> dict[str, Any]:
+                   allowed: dict[str, bool] | None = None,
+                   universe: metalabel.UniverseRate | None = None) -> dict[str, Any]:
     """The evidence's ``reviewer`` section at rebalance ``r``: the rule chosen on earlier folds, whether it
     beat the benchmark there, its proposed side, and the meta-labeller fitted on its earlier calls whose
-    horizon closed by ``r`` (nothing after bar ``r`` is read)."""
+    horizon closed by ``r`` (nothing after bar ``r`` is read; ``universe``: the universe's record at the
+    same date, for the prior)."""
     rule, edge, why, records = select(rules, close, r, step, fee, periods_per_year,
                                        allowed={AGENT: agent_allowed, **(allowed or {})})
     exposure = rules[rule]
@@ -125,29 +130,35 @@ def reviewer_block(rules: dict[str, np.ndarray], market: pd.DataFrame, close: np
         X = market.iloc[t].assign(proposed_long=(exposure[t] > 0.5).astype(float))
         X.loc[~np.isfinite(exposure[t]), "proposed_long"] = np.nan
         up = (forward > 0).astype(int)
-        fitted = metalabel.fit(X, up, forward, horizon=horizon, seed=seed)
+        fitted = metalabel.fit(X, up, forward, horizon=horizon, seed=seed, universe=universe)
         model = fitted.to_dict() if fitted is not None else None
-        base_rate = float(up.mean())
+        # too few calls for a meta-labeller: the prior speaks (the base rate shrunk by its independent
+        # count, towards the universe's when there is one), a calibrated no-skill probability
+        base_rate = float(metalabel.prior_rate(up, horizon=horizon, universe=universe))
     proposed = "BUY" if (np.isfinite(exposure[r]) and exposure[r] > 0.5) else "SELL"
     inputs = {k: round(float(v), 6) for k, v in market.iloc[r].items()} | {"proposed_long": float(proposed == "BUY")}
     return {"kind": "meta_label", "rule": rule, "edge": bool(edge), "edge_reason": why, "proposed": proposed,
             "inputs": inputs, "model": model, "base_rate": base_rate, "horizon_bars": horizon,
+            "universe": None if universe is None else {"rate": round(universe.rate, 6), "symbols": universe.symbols,
+                                                       "between_variance": round(universe.between_variance, 8)},
             "track_record": {rec.rule: {"bars": rec.bars, "sharpe": round(rec.sharpe, 4),
                                         "benchmark_sharpe": round(rec.benchmark_sharpe, 4)} for rec in records}}
 
 
 def fitted_reviewer(close: np.ndarray, *, agent_exposure: np.ndarray | None, step: int, horizon: int, fee: float,
-                    periods_per_year: float, agent_allowed: bool, seed: int) -> dict[str, Any]:
+                    periods_per_year: float, agent_allowed: bool, seed: int,
+                    universe: metalabel.UniverseRate | None = None) -> dict[str, Any]:
     """The reviewer ``train_backtest`` fits on its data and logs with the model (``reviewer.json``):
-    the rule chosen on the whole history, its edge, and the meta-labeller; ``inputs``/``proposed``
-    are filled in at inference (``reviewer_at``) from the bars it decides on."""
+    the rule chosen on the whole history, its edge, and the meta-labeller (``universe``: the universe's
+    record at the last bar, for the prior); ``inputs``/``proposed`` are filled in at inference
+    (``reviewer_at``) from the bars it decides on."""
     rules = market_rules(close)
     if agent_exposure is not None:
         rules[AGENT] = agent_exposure
     last = len(close) - 1
     block = reviewer_block(rules, metalabel.feature_frame(close, periods_per_year), close, last, step=step,
                            horizon=horizon, fee=fee, periods_per_year=periods_per_year,
-                           agent_allowed=agent_allowed, seed=seed)
+                           agent_allowed=agent_allowed, seed=seed, universe=universe)
     return {k: v for k, v in block.items() if k not in ("inputs", "proposed")} | {"step_bars": step}
 
 

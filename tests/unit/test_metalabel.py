@@ -100,3 +100,84 @@ def test_an_llm_reviewer_sees_the_track_record_and_its_output_passes_the_same_ca
     d = outcome.decision
     assert d.action == "BUY" and d.confidence == pytest.approx(0.58)  # the calibrated probability, not 0.72
     assert d.rationale.startswith(NO_EDGE)
+
+
+def _universe(closes: dict[str, np.ndarray]) -> metalabel.UniverseLabels:
+    dates = np.arange("2015-01-01", 800, dtype="datetime64[D]")[: max(len(c) for c in closes.values())]
+    return metalabel.UniverseLabels({s: (dates[: len(c)], c) for s, c in closes.items()}, horizon=21)
+
+
+def test_the_universe_prior_reads_no_symbol_after_the_decision_date():
+    closes = {s: _close(seed=k) for k, s in enumerate(("AAA", "BBB", "CCC"))}
+    r = 450
+    date = np.arange("2015-01-01", 800, dtype="datetime64[D]")[r]
+    before = _universe(closes).rate_at(date)
+    scrambled = {s: c.copy() for s, c in closes.items()}
+    for k, c in enumerate(scrambled.values()):  # every symbol's future, not only the decided one's
+        c[r + 1:] = np.random.default_rng(k).permutation(c[r + 1:]) * 0.6
+    after = _universe(scrambled).rate_at(date)
+    assert before is not None and before.symbols == 3 and after == before
+    rules = market_rules(closes["AAA"])
+    rules[AGENT] = np.full(len(closes["AAA"]), np.nan)
+    kwargs = dict(step=21, horizon=21, fee=0.001, periods_per_year=252.0, agent_allowed=True, seed=0)
+    block = reviewer_block(rules, metalabel.feature_frame(closes["AAA"]), closes["AAA"], r, universe=before, **kwargs)
+    again = reviewer_block(rules, metalabel.feature_frame(closes["AAA"]), closes["AAA"], r, universe=after, **kwargs)
+    assert block == again and block["model"]["prior_source"] == "universe"
+    assert _universe(scrambled).rate_at(date + 42) != _universe(closes).rate_at(date + 42)  # a later date sees it
+
+
+def test_the_universe_prior_shrinks_a_symbol_towards_the_universe_rate_unless_symbols_really_differ():
+    noisy = [np.r_[np.ones(150), np.zeros(100)], np.r_[np.ones(100), np.zeros(150)], np.r_[np.ones(125), np.zeros(125)]]
+    same = metalabel.universe_rate(noisy, horizon=21)  # 0.6/0.4/0.5 over ~12 independent calls: noise
+    assert same.between_variance == 0.0
+    own = metalabel.prior_rate(noisy[0], horizon=21, universe=same)
+    assert own == pytest.approx(metalabel.prior_rate(noisy[1], horizon=21, universe=same))  # all the way to the centre
+    apart = [np.r_[np.ones(2400), np.zeros(100)], np.r_[np.ones(100), np.zeros(2400)]]  # 0.96 vs 0.04, long records
+    wide = metalabel.universe_rate(apart, horizon=21)
+    assert wide.between_variance > 0.1
+    assert metalabel.prior_rate(apart[0], horizon=21, universe=wide) > 0.9  # a real difference is kept
+    assert metalabel.universe_rate(noisy[:1], horizon=21) is None  # a universe of one: the symbol's own
+
+
+def test_the_calibration_is_chosen_on_earlier_calls_and_an_old_reviewer_json_still_loads():
+    block = _block(_close(), 500)
+    model = block["model"]
+    assert model["calibration"] in metalabel.CALIBRATIONS
+    assert set(model["selection_brier"]) <= set(metalabel.CALIBRATIONS) and "base_rate" in model["selection_brier"]
+    assert model["calibration"] == min(model["selection_brier"], key=lambda k: (model["selection_brier"][k],
+                                                                                metalabel.CALIBRATIONS.index(k)))
+    for kind in metalabel.CALIBRATIONS:  # every kind states a probability, the base rate exactly the prior
+        fields = {**model, "calibration": kind}
+        if kind == "isotonic" and not fields["iso_x"]:
+            fields |= {"iso_x": [-1.0, 1.0], "iso_y": [0.4, 0.6]}
+        p = metalabel.MetaLabeller.from_dict(fields).probability_up(block["inputs"])
+        assert 0.05 <= p <= 0.95
+        if kind == "base_rate":
+            assert p == pytest.approx(model["prior"])
+    old = {k: v for k, v in model.items() if k not in ("calibration", "iso_x", "iso_y", "selection_brier", "prior_source")}
+    assert metalabel.MetaLabeller.from_dict(old).calibration == "platt"  # a reviewer.json from before the choice
+
+
+def test_a_confidence_that_is_not_calibrated_says_so():
+    d = review(_with_block(BULLISH, edge=False, edge_reason="", base_rate=None), ReviewConfig()).decision
+    assert d.confidence == pytest.approx(0.5)
+    from review_agents.decision_rule import NOT_CALIBRATED
+
+    assert NOT_CALIBRATED in d.key_factors[-1] and NOT_CALIBRATED in d.rationale
+    calibrated = review(_with_block(BULLISH, edge=False, edge_reason="", base_rate=0.57), ReviewConfig()).decision
+    assert not any(NOT_CALIBRATED in f for f in calibrated.key_factors) and NOT_CALIBRATED not in calibrated.rationale
+
+
+def test_a_train_run_without_reviewer_json_gets_a_calibrated_reviewer_fitted_at_inference():
+    from tradeflow.decision_rules import INFERENCE_FITTED, fitted_reviewer, reviewer_at
+
+    close = _close(700)
+    fitted = {**fitted_reviewer(close, agent_exposure=None, step=21, horizon=21, fee=0.001, periods_per_year=252.0,
+                                agent_allowed=False, seed=0), "fitted_at": INFERENCE_FITTED}
+    assert fitted["model"] is not None and fitted["rule"] != AGENT
+    evidence = copy.deepcopy(BEARISH)
+    evidence["reviewer"] = reviewer_at(fitted, close, model_suggestion="SELL", periods_per_year=252.0)
+    d = review(evidence, ReviewConfig()).decision
+    expected = metalabel.MetaLabeller.from_dict(fitted["model"]).probability_right(evidence["reviewer"]["inputs"], d.action)
+    assert d.confidence == pytest.approx(expected, abs=1e-4)
+    assert any(f.startswith("reviewer fitted at inference") for f in d.key_factors)

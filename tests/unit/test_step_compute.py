@@ -157,6 +157,22 @@ def test_version_metadata_names_the_windows_and_the_test_result(trained, market)
     assert RUN_ID in description and "real data" in description
 
 
+def test_the_reviewer_logged_with_the_model_has_the_universe_prior_of_its_data_source(trained, market):
+    from tradeflow.features import compute_features
+    from tradeflow.steps.train_backtest import compute_reviewer
+
+    features = compute_features(market.bars)
+    reviewer = compute_reviewer(features, trained, _cfg())
+    assert reviewer["universe"]["symbols"] == 3  # the shipped file holds AAPL, JPM and MSFT
+    assert reviewer["model"]["prior_source"] == "universe"
+    # what the universe holds after the train data's last bar is never read
+    cut = features[features["date"] <= features["date"].iloc[-60]]
+    early = compute_reviewer(cut, trained, _cfg())
+    assert early["universe"] != reviewer["universe"]
+    alone = compute_reviewer(features, trained, _cfg(data_source=f"csv:{REPO / 'data' / 'trademaster' / 'btc_2018_2021.csv'}"))
+    assert alone["universe"] is None and alone["model"]["prior_source"] == "symbol"  # a one-ticker source
+
+
 # --- inference -----------------------------------------------------------------------------------
 
 
@@ -192,6 +208,18 @@ def test_review_gives_a_valid_decision_and_its_records(trained, market):
     decision = reviewed.decision["decision"]
     assert decision["action"] in ("BUY", "SELL", "HOLD") and 0.0 <= decision["confidence"] <= 1.0
     assert decision["rationale"] and reviewed.decision["evidence_uri"].endswith("/evidence.json")
+    # this train run holds no reviewer.json (an older run): inference fitted one, and the confidence served
+    # is its calibrated probability, labelled as fitted at inference (never the uncalibrated 0.5)
+    from review_agents.decision_rule import NOT_CALIBRATED
+    from tradeflow.metalabel import MetaLabeller
+
+    evidence, _ = _review(_infer(trained, market))
+    block = evidence["reviewer"]
+    assert block["fitted_at"].startswith("inference") and block["model"] is not None
+    p_up = MetaLabeller.from_dict(block["model"]).probability_up(block["inputs"])
+    assert decision["confidence"] == pytest.approx(p_up if decision["action"] == "BUY" else 1 - p_up, abs=1e-4)
+    assert any(f.startswith("reviewer fitted at inference") for f in decision["key_factors"])
+    assert not any(NOT_CALIBRATED in f for f in decision["key_factors"])
     assert {"fallback_reason", "guardrail_notes", "model_used"} <= set(reviewed.decision)
     assert reviewed.signal_data["symbol"] == "AAPL" and reviewed.signal_data["action"] == decision["action"]
     assert reviewed.tags[Tag.REVIEW_ACTION] == decision["action"] == reviewed.action

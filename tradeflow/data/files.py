@@ -105,3 +105,34 @@ def load_files(cfg: RunConfig) -> MarketData:
 
 def _range(bars: pd.DataFrame) -> str:
     return f"{bars['date'].min():%Y-%m-%d}..{bars['date'].max():%Y-%m-%d}"
+
+
+def universe_closes(data_source: str, *, first: Any, last: Any) -> dict[str, tuple[Any, Any]]:
+    """Every ticker a ``csv:`` source holds: ``{ticker: (dates, closes)}`` from ``first`` to ``last``
+    (inclusive), each file read once. The train step's reviewer reads it for its universe prior
+    (``tradeflow.metalabel.UniverseLabels``), as ``evaluate`` has it on the same universe; another
+    source, a table without a ticker column, or a ticker whose rows cannot be read gives nothing for
+    it (the reviewer's ``universe`` block says how many symbols it had)."""
+    if not data_source.startswith("csv:"):
+        return {}
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for path in parse_paths(data_source, "universe"):
+        table = read_table(path, "universe")
+        column = next((c for c in table.columns if str(c).strip().lower() in ("tic", "ticker", "symbol")), None)
+        if column is None:
+            return {}
+        for ticker in sorted(set(table[column].dropna().astype(str).str.strip().str.upper())):
+            try:
+                bars, _ = bars_from_table(table, symbol=ticker, where=str(path))
+            except DataError:
+                continue
+            parts.setdefault(ticker, []).append(bars[["date", "close"]])
+    out = {}
+    for ticker, frames in parts.items():
+        bars = pd.concat(frames, ignore_index=True)
+        bars["date"] = pd.to_datetime(bars["date"])
+        bars = bars.sort_values("date").drop_duplicates("date")
+        bars = bars[(bars["date"] >= pd.Timestamp(first)) & (bars["date"] <= pd.Timestamp(last))]
+        if len(bars):
+            out[ticker] = (bars["date"].to_numpy(), bars["close"].to_numpy("float64"))
+    return out

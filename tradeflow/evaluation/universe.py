@@ -265,6 +265,27 @@ def _pooled_models(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwar
     return models, float(sum(m[2] for m in models.values()))
 
 
+def _universe_labels(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec):
+    """Every symbol's up/down labels over the horizon (``metalabel.UniverseLabels``), on the same feature
+    rows its walk-forward decides on; read at each decision date for the meta-labeller's prior. A symbol
+    whose data fails here is left out (its own walk-forward reports the failure)."""
+    from tradeflow.data import load_market_data
+    from tradeflow.features import compute_features
+    from tradeflow.metalabel import UniverseLabels
+
+    closes = {}
+    for symbol in symbols:
+        cfg = base_cfg.override({"symbol": symbol})
+        try:
+            market = load_market_data(cfg.model_copy(update={"backtest_lookback_days": 2 * MAX_EVALUATE_DAYS}))
+            frame = compute_features(evaluation_window(market.bars, spec, symbol=symbol))
+        except Exception as exc:  # noqa: BLE001 - reported by the symbol's own walk-forward
+            log.warning("universe prior: %s left out (%s)", symbol, exc)
+            continue
+        closes[symbol] = (frame["date"].to_numpy(), frame["close"].to_numpy(np.float64))
+    return UniverseLabels(closes, horizon=spec.horizon)
+
+
 def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkForwardSpec, *,
                       log_children: bool = True) -> UniverseResult:
     """Walk forward over every symbol (each in its own child run when an MLflow run is active);
@@ -280,6 +301,8 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
     failures: dict[str, str] = {}
     started = time.perf_counter()
     pooled, pooled_seconds = _pooled_models(base_cfg, symbols, spec) if spec.pooled and len(symbols) > 1 else ({}, 0.0)
+    # the meta-labeller's prior: the universe's earlier base rate (2+ symbols), else the symbol's own
+    universe = _universe_labels(base_cfg, symbols, spec) if spec.universe_prior and len(symbols) > 1 else None
     for index, symbol in enumerate(symbols, 1):
         cfg = base_cfg.override({"symbol": symbol})
         t0 = time.perf_counter()
@@ -289,7 +312,7 @@ def evaluate_universe(base_cfg: RunConfig, symbols: Sequence[str], spec: WalkFor
             # start_date, capped by MAX_EVALUATE_DAYS (a one-line error, never a silent cut)
             market = load_market_data(cfg.model_copy(update={"backtest_lookback_days": 2 * MAX_EVALUATE_DAYS}))
             bars = evaluation_window(market.bars, spec, symbol=symbol)
-            result = evaluate_symbol(cfg, bars, spec, source=market.source, pooled=pooled or None)
+            result = evaluate_symbol(cfg, bars, spec, source=market.source, pooled=pooled or None, universe=universe)
         except Exception as exc:  # one symbol's failure is reported, not fatal to the universe
             from tradeflow.runs.records import Tag
             from tradeflow.runs.tracking import one_line

@@ -99,6 +99,9 @@ class WalkForwardSpec:
     start_date: str = ""
     #: also train one agent pooled across the universe (``tradeflow.evaluation.pooled``; 2+ symbols)
     pooled: bool = True
+    #: with 2+ symbols, the meta-labeller's prior is the universe's earlier base rate
+    #: (``metalabel.UniverseLabels``); ``False``: each symbol's own, as a one-symbol DAG run has it
+    universe_prior: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -204,8 +207,10 @@ POOLED = "agent_pooled"
 
 
 def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "",
-           pooled: dict | None = None) -> Decisions:
-    """Walk forward over one symbol's validated bars; every decision uses bars up to its close only."""
+           pooled: dict | None = None, universe: Any = None) -> Decisions:
+    """Walk forward over one symbol's validated bars; every decision uses bars up to its close only
+    (``universe``: a ``metalabel.UniverseLabels`` of every symbol evaluated, read at each decision date
+    for the meta-labeller's prior; ``None``: the symbol's own base rate)."""
     from review_agents import review
 
     from tradeflow import metalabel
@@ -302,7 +307,8 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
                 evidence["reviewer"] = reviewer_block(
                     rules, market, close, r, step=spec.step, horizon=spec.horizon, fee=fee, periods_per_year=ppy,
                     seed=cfg.seed, agent_allowed=bool(served.gate.passed) or not cfg.do_no_harm_gate,
-                    allowed={POOLED: pooled_now is not None and (pooled_now[1] or not cfg.do_no_harm_gate)})
+                    allowed={POOLED: pooled_now is not None and (pooled_now[1] or not cfg.do_no_harm_gate)},
+                    universe=universe.rate_at(features["date"].iloc[r]) if universe is not None else None)
                 started = time.perf_counter()
                 outcome = review(evidence, cfg.review)
                 seconds["review"] += time.perf_counter() - started
@@ -315,6 +321,8 @@ def decide(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source:
                     "reviewed_fallback": outcome.fallback_reason or "",
                     "reviewed_rule": block["rule"], "reviewed_edge": block["edge"],
                     "reviewed_why": block["edge_reason"],
+                    # the calibration chosen on earlier calls (``none``: too few calls, the prior speaks)
+                    "reviewed_calibration": (block["model"] or {}).get("calibration", "none"),
                     "model_suggestion": evidence["model"]["suggestion"], "served_model": served.date,
                     "served_gate_passed": bool(served.gate.passed),
                 })
@@ -398,6 +406,6 @@ def brier(direction: np.ndarray, confidence: np.ndarray, forward: np.ndarray) ->
 
 
 def evaluate_symbol(cfg: RunConfig, bars: pd.DataFrame, spec: WalkForwardSpec, *, source: str = "",
-                    pooled: dict | None = None) -> SymbolResult:
+                    pooled: dict | None = None, universe: Any = None) -> SymbolResult:
     """``decide`` then ``score``: the whole walk-forward of one symbol."""
-    return score(cfg, bars, decide(cfg, bars, spec, source=source, pooled=pooled), spec)
+    return score(cfg, bars, decide(cfg, bars, spec, source=source, pooled=pooled, universe=universe), spec)

@@ -121,12 +121,18 @@ def compute_inference(cfg: RunConfig, *, model: Any, market: Any, resolved: Reso
         training_run=training,
         data={"source": market.source, "digest": market.digest, "rows": market.rows, "synthetic": market.synthetic},
     )
-    if training.get("reviewer"):  # the reviewer fitted with the model decides what is served (decision_rule)
-        from tradeflow.decision_rules import reviewer_at
+    # the reviewer fitted with the model decides what is served (decision_rule); a train run from before
+    # reviewer.json existed gets one fitted here on the market rules alone (the agent has no record to be
+    # a candidate), from the bars inference reads, so its confidence is a calibrated probability too
+    from tradeflow.decision_rules import INFERENCE_FITTED, fitted_reviewer, reviewer_at
 
-        evidence["reviewer"] = reviewer_at(training["reviewer"], features["close"].to_numpy(float),
-                                           model_suggestion=prediction["suggestion"],
-                                           periods_per_year=periods_per_year_for(market.bars["date"]))
+    close = features["close"].to_numpy(float)
+    ppy = periods_per_year_for(market.bars["date"])
+    fitted = training.get("reviewer") or {
+        **fitted_reviewer(close, agent_exposure=None, step=21, horizon=21, fee=cfg.trademaster.transaction_cost_pct,
+                          periods_per_year=ppy, agent_allowed=False, seed=cfg.seed),
+        "fitted_at": INFERENCE_FITTED}
+    evidence["reviewer"] = reviewer_at(fitted, close, model_suggestion=prediction["suggestion"], periods_per_year=ppy)
     finagent = None
     if meta.get("engine") == "finagent":
         finagent = _add_finagent_evidence(model, window, evidence)

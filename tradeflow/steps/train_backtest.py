@@ -105,11 +105,22 @@ def compute_train(splits, cfg: RunConfig, *, engine, workdir: Path,
 def compute_reviewer(features: pd.DataFrame, outcome: TrainOutcome, cfg: RunConfig) -> dict:
     """The reviewer logged with the model (``tradeflow.decision_rules.fitted_reviewer``): the agent's
     record is its test-split positions (data it was neither trained nor selected on); monthly rules,
-    a 21-bar horizon, as ``evaluate`` measures them."""
+    a 21-bar horizon, as ``evaluate`` measures them. The prior is the universe's when the data source
+    holds several tickers (every one of them over the same dates, as ``evaluate`` has it on that
+    universe), else the symbol's own; ``reviewer.json`` says which (``prior_source``, ``universe``)."""
     import numpy as np
 
     from tradeflow.backtest import periods_per_year_for
+    from tradeflow.data.files import universe_closes
     from tradeflow.decision_rules import fitted_reviewer
+    from tradeflow.metalabel import UniverseLabels
+
+    dates = features["date"]
+    try:
+        closes = universe_closes(cfg.data_source, first=dates.iloc[0], last=dates.iloc[-1])
+    except Exception:  # noqa: BLE001 - the symbol's own prior, said in reviewer.json (universe: null)
+        closes = {}
+    universe = UniverseLabels(closes, horizon=21).rate_at(dates.iloc[-1].to_datetime64()) if len(closes) > 1 else None
 
     close = features["close"].to_numpy(np.float64)
     test = outcome.backtests["test"].table
@@ -119,7 +130,8 @@ def compute_reviewer(features: pd.DataFrame, outcome: TrainOutcome, cfg: RunConf
     exposure[rows[ok]] = np.clip(test["position"].to_numpy(np.float64)[ok], 0.0, 1.0)
     return fitted_reviewer(close, agent_exposure=exposure, step=21, horizon=21,
                            fee=cfg.trademaster.transaction_cost_pct, periods_per_year=periods_per_year_for(features["date"]),
-                           agent_allowed=bool(outcome.gate.passed) or not cfg.do_no_harm_gate, seed=cfg.seed)
+                           agent_allowed=bool(outcome.gate.passed) or not cfg.do_no_harm_gate, seed=cfg.seed,
+                           universe=universe)
 
 
 def registration_skipped(cfg: RunConfig, reproduction_of: str | None) -> str | None:
