@@ -53,6 +53,12 @@ def ibkr_experiment(_module_store, monkeypatch):
         yield uri
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path, monkeypatch):
+    """Each test its own allocation lock and intent book (``tradeflow.ibkr.ledger``)."""
+    monkeypatch.setenv("IBKR_STATE_DIR", str(tmp_path / "ibkr-state"))
+
+
 @pytest.fixture
 def gateway(bars, monkeypatch):
     with IBKRGateway(bars=bars) as gw:
@@ -147,7 +153,7 @@ def test_order_with_two_confirmation_questions_fills_on_paper(bars, monkeypatch)
         monkeypatch.setenv("IBKR_API_URL", gw.url)
         with client() as c:
             result = c.place_order(ticket(gw))
-        assert result.status == "Filled" and result.replies == ["o163", "o354"] and not result.already_placed
+        assert result.status == "Filled" and result.replies == ["o354", "o10331"] and not result.already_placed
         assert [o["order_ref"] for o in gw.orders()] == ["tf-AAPL-B-test", "tf-AAPL-B-test-SL"]
         assert gw.orders()[1]["status"] == "Submitted" and gw.orders()[1]["side"] == "SELL"  # the working stop
         assert gw.positions() == {"AAPL": 10.0}
@@ -238,12 +244,16 @@ def test_placer_killed_after_broker_accepted_then_retried_places_one_order(gatew
     assert [o["order_ref"] for o in gateway.orders()] == ["tf-AAPL-B-kill"]
 
 
-def test_client_order_id_is_stable_and_distinct():
-    a = orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "BUY")
-    assert a == orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "BUY")
-    assert a != orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-16", "AAPL", "BUY")
-    assert a != orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "SELL")
-    assert len(a) <= 32
+def test_client_order_id_is_one_per_strategy_session_symbol_and_intent():
+    """Not per DAG run: two runs (scheduled, manual, a second scheduler) of one session are one key."""
+    a = orders.client_order_id("example_swing", "2021-12-15", "AAPL", "open_long")
+    assert a == orders.client_order_id("example_swing", "2021-12-15", "AAPL", "open_long")
+    assert a != orders.client_order_id("example_swing", "2021-12-16", "AAPL", "open_long")
+    assert a != orders.client_order_id("example_swing", "2021-12-15", "AAPL", "close_long")
+    assert a != orders.client_order_id("other", "2021-12-15", "AAPL", "open_long")
+    assert a.startswith("tf-AAPL-OL-") and len(a) <= 32
+    assert [orders.intent_of(*x) for x in (("BUY", 0), ("SELL", 5), ("SELL", 0), ("BUY", -3))] == [
+        "open_long", "close_long", "open_short", "close_short"]
 
 
 # --- paper only, dry run ---------------------------------------------------------------------------
