@@ -383,14 +383,19 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
         ("AAPL.order", ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk", market_data_task_id="AAPL.market_data",
                                                   signal_task_id="AAPL.signal", **common)),
     ]
+    gateway.set_fault("delay_fills", reads=2)  # the fill arrives after placement: the order step follows it
     for key, op in steps:
         assert {"strategy_file", "as_of", "symbol"} <= set(op.template_fields)
         store[key] = op.execute(context)
         json.dumps(store[key])  # XCom-ready
     assert store["AAPL.market_data"]["last_date"] == "2021-12-14"  # nothing on or after as_of
     assert store["AAPL.signal"]["action"] == "BUY" and store["AAPL.risk"]["approved"]
-    assert store["AAPL.order"]["status"] == "Filled"
+    assert store["AAPL.order"]["status"] == "Filled" and store["AAPL.order"]["final"]
+    assert store["AAPL.order"]["filled_quantity"] == store["AAPL.risk"]["quantity"]
+    assert [o["origOrderType"] for o in gateway.orders()] == ["MKT", "STP", "LMT"]  # the bracket: stop + take-profit
+    assert gateway.orders()[2]["price"] == round(store["AAPL.signal"]["take_profit"], 2)
     snapshot = ops.PortfolioUpdateOperator(task_id="portfolio_update", strategy_file=path).execute(context)
+    assert snapshot["orders"][0]["status"] == "Filled" and len(snapshot["working_orders"]) == 2
     assert snapshot["positions"][0]["symbol"] == "AAPL" and snapshot["positions"][0]["quantity"] == store["AAPL.risk"]["quantity"]
     assert mlflow_run.finish_run(ref["run_id"]) == []
     run = MlflowClient().get_run(ref["run_id"])
@@ -400,7 +405,16 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
     assert {"charts/AAPL.png", "signals/AAPL.json", "signals/AAPL_transcript.jsonl", "orders/AAPL.json", "risk/AAPL.json"} <= names
 
 
-def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path, ibkr_experiment, monkeypatch, caplog):
+@pytest.fixture
+def airflow_logging():
+    """Import Airflow before the test's call phase: its first import configures logging and replaces
+    the root logger's handlers, pytest's capture handler (installed per phase) included, so a test
+    that imported it first saw no records when run alone (and passed only after an earlier test)."""
+    import tradeflow.ibkr.airflow.operators  # noqa: F401
+
+
+def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path, ibkr_experiment, monkeypatch, caplog,
+                                                                 airflow_logging):
     from mlflow.tracking import MlflowClient
 
     from tests.support.webui import WebUIServer
@@ -433,6 +447,47 @@ def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path
     assert artifact["type"] == "signal" and artifact["execution_id"] == "manual__3" and artifact["run_id"] == ref["run_id"]
     assert artifact["signal_data"]["reasoning"].startswith(f"Order refused by risk: {reason}")
     assert artifact["signal_data"]["order"]["status"] == "not_placed"  # the order step updated the same artifact
+
+
+def test_a_rejected_order_is_recorded_shown_and_not_resent_by_a_retry(gateway, tmp_path, ibkr_experiment, monkeypatch):
+    """Issue 25 repro 5: Airflow's retry re-sent a margin rejection (filled on try 2) and the
+    rejection vanished from MLflow. Now the order step records it, the WebUI shows it, and a retry
+    of the task (the gateway would accept now) sends nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.webui import WebUIServer
+    from tradeflow.ibkr import mlflow_run
+    from tradeflow.ibkr.airflow import operators as ops
+
+    path = _strategy_file(tmp_path)
+    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__4", strategy="test_swing",
+                              kind="trading", params={})
+    store = {"start_tracking": ref}
+    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__4")}
+    common = {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+    with WebUIServer() as webui:
+        monkeypatch.setenv("BACKEND_API_URL", webui.url)
+        store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
+        store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
+                                                                   **common).execute(context)
+        store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
+                                                     **common).execute(context)
+        store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
+                                                        indicators_task_id="AAPL.indicators", **common).execute(context)
+        order_op = ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk",
+                                              market_data_task_id="AAPL.market_data", signal_task_id="AAPL.signal", **common)
+        gateway.set_fault("reject_orders", message="Order rejected - reason: insufficient margin")
+        first = order_op.execute(context)  # no exception: nothing for Airflow to retry
+        gateway.set_fault(None)
+        again = order_op.execute(context)  # a retry anyway (cleared task, a later run of the session)
+        [artifact] = webui.artifacts()
+    assert first["status"] == again["status"] == "Rejected" and again["resent"] is False
+    assert gateway.orders() == [] and len([r for r in gateway.requests if r["path"].endswith("/orders")
+                                           and r["method"] == "POST"]) == 1
+    run = MlflowClient().get_run(ref["run_id"])
+    assert "insufficient margin" in run.data.tags["order.AAPL"] and run.data.metrics["AAPL.order_rejected"] == 1.0
+    assert artifact["signal_data"]["order"]["status"] == "Rejected"
+    assert artifact["signal_data"]["reasoning"].startswith("Order Rejected: ")
 
 
 def test_failed_operator_is_recorded_and_fails_the_run(gateway, tmp_path, ibkr_experiment):
