@@ -490,6 +490,52 @@ def test_a_rejected_order_is_recorded_shown_and_not_resent_by_a_retry(gateway, t
     assert artifact["signal_data"]["reasoning"].startswith("Order Rejected: ")
 
 
+def test_a_fill_after_the_order_step_reaches_mlflow_and_the_webui_at_the_portfolio_step(gateway, tmp_path, ibkr_experiment,
+                                                                                         monkeypatch):
+    """Issue 25 repro 4: a fill that came after the order step stopped following (fill_timeout_s)
+    stayed "PreSubmitted, filled 0" in MLflow and the WebUI. The portfolio step looks again and
+    records what it sees: the order's tag, metric and artifact, and the WebUI signal's order."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.webui import WebUIServer
+    from tradeflow.ibkr import mlflow_run
+    from tradeflow.ibkr.airflow import operators as ops
+
+    path = _strategy_file(tmp_path, broker={"fill_timeout_s": 0.2, "poll_s": 0.05})
+    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__5", strategy="test_swing",
+                              kind="trading", params={})
+    store = {"start_tracking": ref}
+    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__5")}
+    common = {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+    with WebUIServer() as webui:
+        monkeypatch.setenv("BACKEND_API_URL", webui.url)
+        store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
+        store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
+                                                                   **common).execute(context)
+        store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
+                                                     **common).execute(context)
+        store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
+                                                        indicators_task_id="AAPL.indicators", **common).execute(context)
+        gateway.set_fault("delay_fills", reads=None)  # nothing fills while the order step follows
+        store["AAPL.order"] = ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk",
+                                                         market_data_task_id="AAPL.market_data",
+                                                         signal_task_id="AAPL.signal", **common).execute(context)
+        assert store["AAPL.order"]["status"] == "PreSubmitted" and not store["AAPL.order"]["final"]
+        [shown] = webui.artifacts()
+        assert shown["signal_data"]["order"]["status"] == "PreSubmitted"
+        gateway.fill_pending()  # the fill arrives between the order step and the portfolio step
+        snapshot = ops.PortfolioUpdateOperator(task_id="portfolio_update", strategy_file=path).execute(context)
+        [artifact] = webui.artifacts()
+    quantity = store["AAPL.risk"]["quantity"]
+    assert snapshot["orders"][0]["status"] == "Filled" and snapshot["orders"][0]["filled_quantity"] == quantity
+    assert snapshot["positions"][0]["quantity"] == quantity
+    run = MlflowClient().get_run(ref["run_id"])
+    assert run.data.tags["order.AAPL"].startswith("Filled tf-AAPL-OL-")
+    assert run.data.metrics["AAPL.order_quantity"] == quantity
+    assert artifact["signal_data"]["order"]["status"] == "Filled" and artifact["signal_data"]["order"]["final"]
+    assert artifact["signal_data"]["order"]["filled_quantity"] == quantity
+
+
 def test_failed_operator_is_recorded_and_fails_the_run(gateway, tmp_path, ibkr_experiment):
     from mlflow.tracking import MlflowClient
 

@@ -246,7 +246,7 @@ class OrderPlacementOperator(_SymbolOperator):
         self.signal_task_id = signal_task_id
 
     def run(self, context, strategy, mlflow_run_id):
-        from tradeflow.ibkr import mlflow_run, workflow
+        from tradeflow.ibkr import workflow
 
         decision = self.pull(context, self.risk_task_id)
         conid = self.pull(context, self.market_data_task_id)["conid"]
@@ -265,16 +265,7 @@ class OrderPlacementOperator(_SymbolOperator):
         else:
             log.info("%s order: %s", self.symbol, summary)
         if mlflow_run_id:
-            mlflow_run.log_json(mlflow_run_id, f"orders/{self.symbol}.json", order)
-            mlflow_run.log_metrics(mlflow_run_id, {
-                f"{self.symbol}.order_placed": order["status"] not in ("not_placed", "Rejected"),
-                f"{self.symbol}.order_quantity": order.get("filled_quantity") or 0.0,
-                f"{self.symbol}.order_already_placed": bool(order.get("already_placed")),
-                f"{self.symbol}.order_rejected": order["status"] in ("Rejected", "Inactive")})
-            tag = f"{order['status']} {order.get('coid') or ''}".strip()
-            if order["status"] in ("Rejected", "Inactive", "not_placed") and order.get("reason"):
-                tag += f": {order['reason']}"
-            mlflow_run.set_tags(mlflow_run_id, {f"order.{self.symbol}": tag})
+            record_order(mlflow_run_id, self.symbol, order)
         publish_signal(strategy, context, self.task_id, mlflow_run_id, self.pull(context, self.signal_task_id),
                        decision, order)
         return order
@@ -296,11 +287,22 @@ class PortfolioUpdateOperator(IBKRBaseOperator):
         with self.client(strategy) as client:
             snapshot = workflow.portfolio(strategy, client)
             placed = [ti.xcom_pull(task_ids=f"{s}.order") for s in strategy.symbols] if ti is not None else []
-            snapshot["orders"] = [workflow.follow_up(client, o) for o in placed if isinstance(o, dict)]
-        for order in snapshot["orders"]:
+            placed = [o for o in placed if isinstance(o, dict)]
+            snapshot["orders"] = [workflow.follow_up(client, o) for o in placed]
+        for before, order in zip(placed, snapshot["orders"]):
             if not order.get("final") and order.get("order_id"):
                 log.warning("order %s %s is still %s (filled %s)", order.get("symbol"), order.get("coid"),
                             order.get("status"), order.get("filled_quantity"))
+            changed = any(before.get(k) != order.get(k) for k in ("status", "filled_quantity", "avg_price"))
+            if changed and order.get("symbol"):  # a fill (or cancel) after the order step stopped following
+                symbol = order["symbol"]
+                log.info("order %s %s is now %s (filled %s)", symbol, order.get("coid"), order.get("status"),
+                         order.get("filled_quantity"))
+                if mlflow_run_id:
+                    record_order(mlflow_run_id, symbol, order)
+                sig, decision = (ti.xcom_pull(task_ids=f"{symbol}.{t}") for t in ("signal", "risk"))
+                if isinstance(sig, dict) and isinstance(decision, dict):
+                    publish_signal(strategy, context, self.task_id, mlflow_run_id, sig, decision, order)
         log.info("portfolio %s: equity %.2f, gross exposure %.2f, %d positions", snapshot["account"], snapshot["equity"],
                  snapshot["gross_exposure"], len(snapshot["positions"]))
         for alert in snapshot["alerts"]:
@@ -315,6 +317,23 @@ class PortfolioUpdateOperator(IBKRBaseOperator):
         if self.fail_on_alert and snapshot["alerts"]:
             raise RuntimeError("portfolio alerts: " + "; ".join(snapshot["alerts"]))
         return snapshot
+
+
+def record_order(mlflow_run_id: str, symbol: str, order: dict[str, Any]) -> None:
+    """The order's MLflow record (artifact ``orders/<S>.json``, ``<S>.order_*`` metrics, tag
+    ``order.<S>``), written by the order step and again by the portfolio step when the status moved."""
+    from tradeflow.ibkr import mlflow_run
+
+    mlflow_run.log_json(mlflow_run_id, f"orders/{symbol}.json", order)
+    mlflow_run.log_metrics(mlflow_run_id, {
+        f"{symbol}.order_placed": order["status"] not in ("not_placed", "Rejected"),
+        f"{symbol}.order_quantity": order.get("filled_quantity") or 0.0,
+        f"{symbol}.order_already_placed": bool(order.get("already_placed")),
+        f"{symbol}.order_rejected": order["status"] in ("Rejected", "Inactive")})
+    tag = f"{order['status']} {order.get('coid') or ''}".strip()
+    if order["status"] in ("Rejected", "Inactive", "not_placed") and order.get("reason"):
+        tag += f": {order['reason']}"
+    mlflow_run.set_tags(mlflow_run_id, {f"order.{symbol}": tag})
 
 
 def publish_signal(strategy: Any, context: Any, task_id: str, mlflow_run_id: str | None, sig: dict[str, Any],
