@@ -301,12 +301,21 @@ def test_one_session_classification_drives_the_sensor_and_lands_on_the_run(gatew
 
 
 def test_a_session_in_use_is_kept_alive(gateway, monkeypatch):
+    """Each task's client tickles before its first call (the step before may have idled the session
+    past IBKR's ~5 minutes), then again whenever it was idle longer than TICKLE_S."""
+    def paths(start: int = 0) -> list[str]:
+        return [r["path"].rsplit("/api", 1)[1] for r in gateway.requests[start:]]
+
+    with wf.open_client(strategy()) as c:
+        c.search("AAPL")
+        c.search("MSFT")
+    assert paths() == ["/tickle", "/iserver/secdef/search", "/iserver/secdef/search"]
+    start = len(gateway.requests)
     monkeypatch.setattr(cp, "TICKLE_S", 0.0)
     with wf.open_client(strategy()) as c:
         c.search("AAPL")
         c.search("MSFT")
-    paths = [r["path"].rsplit("/api", 1)[1] for r in gateway.requests]
-    assert paths.count("/tickle") == 2 and paths.index("/tickle") < paths.index("/iserver/secdef/search")
+    assert paths(start) == ["/tickle", "/iserver/secdef/search"] * 2
 
 
 # --- 7. paging; 8. what-if and the live warning -----------------------------------------------------------

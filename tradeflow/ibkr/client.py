@@ -76,7 +76,9 @@ class ClientPortal:
                                 headers={"User-Agent": "tradeflow-ibkr", "Accept": "application/json"})
         self._iserver_accounts: list[str] | None = None
         self._portfolio_accounts: list[dict[str, Any]] | None = None
-        self._last_call = time.monotonic()
+        # None: this client has not called yet, so its first call tickles too: each task opens its own
+        # client, and the step before it (a slow review, the lock wait) may have left the session idle
+        self._last_call: float | None = None
         self._live_warned = False
 
     def close(self) -> None:
@@ -96,7 +98,7 @@ class ClientPortal:
         deadline and size cap). ``retry=False`` (orders, replies) sends once: an answer that may
         have been applied becomes ``OutcomeUnknown`` for the caller to resolve by ``cOID``."""
         url = f"{self.settings.base_url}{path}"
-        if path != "/tickle" and time.monotonic() - self._last_call > TICKLE_S:
+        if path != "/tickle" and (self._last_call is None or time.monotonic() - self._last_call > TICKLE_S):
             self._last_call = time.monotonic()
             self.tickle()  # keepalive: IBKR drops a session idle ~5 minutes (a long fill wait, a slow run)
         self._last_call = time.monotonic()
