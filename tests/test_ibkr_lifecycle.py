@@ -187,6 +187,20 @@ def test_six_buys_in_one_run_stay_under_the_gross_cap_counting_this_runs_working
     assert 0.25 < gross <= 0.30 and all(v <= 0.10 for v in exposure(gateway, bars).values())
 
 
+def test_a_fill_the_positions_cache_has_not_seen_still_counts(gateway, bars):
+    """IBKR answers positions from a backend cache: a run right after another run's fill saw no
+    position and no working order (it filled) and placed a second one. The allocation invalidates
+    the cache first, so the second strategy on the account finds no room."""
+    gateway.set_fault("cached_positions")
+    first = allocate(gateway, bars, "MSFT", s=strategy("swing"))
+    assert first["status"] == "Filled"
+    second = allocate(gateway, bars, "MSFT", s=strategy("other"))
+    assert second["status"] == "not_placed" and "max_position_pct" in second["reason"]
+    assert len([o for o in gateway.orders() if o["parentId"] is None]) == 1
+    assert exposure(gateway, bars)["MSFT"] <= 0.10
+    assert any(r["path"].endswith("/positions/invalidate") for r in gateway.requests)
+
+
 # --- 3. questions by allow-list ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("question, fragment", [
@@ -327,7 +341,7 @@ def test_positions_past_30_are_all_seen_by_risk_and_monitoring(gateway, bars):
         rows = c.positions(c.trading_account())
         snapshot = wf.portfolio(strategy(), c)
     assert len(rows) == 35 and snapshot["positions"][-1]["symbol"] == "Z33"
-    pages = [r["path"] for r in gateway.requests if "/positions/" in r["path"]]
+    pages = [r["path"] for r in gateway.requests if r["path"].rsplit("/", 1)[1].isdigit() and "/positions/" in r["path"]]
     assert [p.rsplit("/", 1)[1] for p in pages[:2]] == ["0", "1"]
     result = allocate(gateway, bars, "MSFT")
     assert result["allocation"]["checks"]["symbol_exposure"] == pytest.approx(300 * last_close(bars, "MSFT"))

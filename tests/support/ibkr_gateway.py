@@ -15,6 +15,7 @@ What it speaks (paths under ``/v1/api``)::
     GET      /trsrv/secdef/schedule      ?assetClass=STK&symbol= -> [{"schedules": [{"tradingScheduleDate", "tradingtimes"}]}]
     GET      /portfolio/accounts         [{"id": "DU...", "type": "DEMO", ...}]; must precede other /portfolio calls
     GET      /portfolio/{acct}/positions/{page}   30 per page (IBKR's documented size), [] past the last
+    POST     /portfolio/{acct}/positions/invalidate  refreshes the positions cache -> {"message": "success"}
     GET      /portfolio/{acct}/summary   {"netliquidation": {"amount", "currency", ...}, "availablefunds": ..., ...}
     POST     /iserver/account/{acct}/orders  {"orders": [{"conid","cOID","orderType","side","quantity","tif","price"?,
                                          "auxPrice"?, "parentId"?}]} -> [{"id", "message": [...], "messageIds"}] (a
@@ -48,6 +49,8 @@ Faults (``set_fault(name, **options)``, or ``POST /__control__ {"fault": name, .
     rate_limited        ``times`` calls (whose path contains ``path``) answer 429 "Too many requests"
     unavailable         ``times`` calls answer 503 "Service Unavailable"
     competing           auth/status says ``competing: true`` (another session holds the login)
+    cached_positions    positions answer the backend's cache, as IBKR's do: what was held when the fault
+                        was set or at the last ``POST /portfolio/{acct}/positions/invalidate`` (fills since: unseen)
 
 Python API::
 
@@ -134,6 +137,8 @@ class IBKRGateway(BackgroundHTTPServer):
                 raise ValueError(f"unknown fault {name!r}; one of {', '.join(FAULTS)}")
             if name == "unauthenticated":
                 self._gateway.authenticated = False
+            if name == "cached_positions":  # the positions as they are now, until the next invalidate
+                options = {**options, "snapshot": {s: dict(p) for s, p in self._gateway.positions.items()}}
             self._gateway.faults[name] = dict(options)
 
     def _control(self, body: Mapping[str, Any]) -> Reply:

@@ -17,7 +17,7 @@ from .httpserver import Reply
 PAPER_ACCOUNT = "DU1234567"
 BASE_PATH = "/v1/api"
 FAULTS = ("unauthenticated", "reject_orders", "reply_timeout", "error_after_accept", "hang_after_accept",
-          "delay_fills", "rate_limited", "unavailable", "competing")
+          "delay_fills", "rate_limited", "unavailable", "competing", "cached_positions")
 PAGE_SIZE = 30  # IBKR: "page's default size is 30 positions"
 #: Orders that are still working (can fill or be cancelled).
 WORKING = ("PreSubmitted", "Submitted")
@@ -110,6 +110,8 @@ class PaperGateway:
             return Reply(200, [{"id": a, "accountId": a, "accountVan": a, "accountTitle": "Paper Trading",
                                   "displayName": a, "currency": "USD", "type": "DEMO" if a.startswith("D") else "INDIVIDUAL",
                                   "tradingType": "PMRGN", "faclient": False, "covestor": False} for a in self.accounts])
+        if (match := re.fullmatch(r"/portfolio/([^/]+)/positions/invalidate", path)) and method == "POST":
+            return self._portfolio(match.group(1), self._invalidate_positions)
         if match := re.fullmatch(r"/portfolio/([^/]+)/positions/(\d+)", path):
             return self._portfolio(match.group(1), lambda: self._positions(int(match.group(2))))
         if match := re.fullmatch(r"/portfolio/([^/]+)/summary", path):
@@ -201,9 +203,16 @@ class PaperGateway:
     def conid_of(self, symbol: str) -> int:
         return self.conids.setdefault(symbol, 265598 + 1000 * len(self.conids))
 
+    def _invalidate_positions(self) -> Reply:
+        if "cached_positions" in self.faults:
+            self.faults["cached_positions"]["snapshot"] = {s: dict(p) for s, p in self.positions.items()}
+        return Reply(200, {"message": "success"})
+
     def _positions(self, page: int) -> Reply:
         rows = []
-        for symbol, pos in sorted(self.positions.items()):
+        cached = self.faults.get("cached_positions")
+        held = cached["snapshot"] if cached is not None else self.positions
+        for symbol, pos in sorted(held.items()):
             if not pos["qty"]:
                 continue
             price = self._last_price(symbol)

@@ -237,8 +237,15 @@ class ClientPortal:
             body = self._request("GET", "/portfolio/accounts")
             self._portfolio_accounts = body if isinstance(body, list) else []
 
-    def positions(self, account_id: str) -> list[dict[str, Any]]:
+    def positions(self, account_id: str, *, fresh: bool = True) -> list[dict[str, Any]]:
+        """Every page of the account's positions. ``fresh`` first invalidates the gateway's positions
+        cache (``POST /portfolio/{acct}/positions/invalidate``): IBKR answers positions from a
+        backend cache that a fill a moment ago may not have reached, and the caps must count it."""
         self._portfolio_ready()
+        if fresh:
+            body = self._request("POST", f"/portfolio/{account_id}/positions/invalidate")
+            if isinstance(body, dict) and body.get("error"):
+                raise BrokerError(f"positions of {account_id}: invalidating the cache: {body['error']}")
         rows: list[dict[str, Any]] = []
         for page in range(MAX_POSITION_PAGES):  # 30 per page (IBKR); a short or empty page is the last
             body = self._request("GET", f"/portfolio/{account_id}/positions/{page}")
