@@ -583,7 +583,7 @@ def test_template_writes_dags_for_a_new_strategy(tmp_path):
     assert main([str(yaml_path), "--out", str(tmp_path / "other")]) == 2 and not (tmp_path / "other").exists()
 
 
-def test_environment_check_names_what_would_fail():
+def test_environment_check_names_what_would_fail(tmp_path):
     from tradeflow.ibkr.template import check_environment
 
     problems = check_environment(strategy(broker={"allow_live": True}), {})
@@ -596,6 +596,12 @@ def test_environment_check_names_what_would_fail():
     assert check_environment(strategy(), {"IBKR_API_URL": "https://localhost:5000/v1/api", "IBKR_VERIFY_TLS": "maybe",
                                           "MLFLOW_TRACKING_URI": "x", "BACKEND_API_URL": "y"}) == [
         "IBKR_VERIFY_TLS='maybe' is not a boolean (use true or false)"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ready = {"IBKR_API_URL": "https://localhost:5000/v1/api", "MLFLOW_TRACKING_URI": "x", "BACKEND_API_URL": "y"}
+    assert check_environment(strategy(), {**ready, "IBKR_STATE_DIR": str(tmp_path / "state")}) == []
+    [problem] = check_environment(strategy(), {**ready, "IBKR_STATE_DIR": str(blocker / "state")})
+    assert problem.startswith(f"IBKR_STATE_DIR {blocker / 'state'} is not a writable directory")
 
 
 def test_every_strategy_key_is_documented():
