@@ -377,3 +377,5 @@ def test_exits_of_one_bracket_count_once():
     pending, unpriced = wf.working_exposure(live, {"A": 10.0}, {})
     assert pending == {"A": 120.0}  # every working entry counts, whatever its side (conservative)
     assert unpriced == []
+    live[4]["filledQuantity"] = 3  # the entry filled in part: its child may work on those shares
+    assert wf.exit_quantity(wf.working_exits(live, "A", "SELL")) == 22

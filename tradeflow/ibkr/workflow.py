@@ -224,14 +224,14 @@ def working_exposure(live: list[dict[str, Any]], prices: Mapping[str, float],
 
 def working_exits(live: list[dict[str, Any]], symbol: str, side: str) -> list[dict[str, Any]]:
     """The working orders of ``symbol`` on ``side`` that can reduce (or flip) a position: bracket
-    children whose entry filled (or whose entry is unknown), and standalone orders."""
+    children whose entry filled, even in part (or whose entry is unknown), and standalone orders."""
     by_id = {str(o.get("orderId")): o for o in live}
     out = []
     for order in working_orders(live):
         if order.get("ticker") != symbol or order.get("side") != side:
             continue
         parent = by_id.get(str(order.get("parentId"))) if order.get("parentId") else None
-        if parent is not None and parent.get("status") != "Filled":
+        if parent is not None and parent.get("status") != "Filled" and not float(parent.get("filledQuantity") or 0):
             continue  # inactive until its entry fills, and then the entry's shares cover it
         out.append(order)
     return out
