@@ -53,6 +53,12 @@ def ibkr_experiment(_module_store, monkeypatch):
         yield uri
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path, monkeypatch):
+    """Each test its own allocation lock and intent book (``tradeflow.ibkr.ledger``)."""
+    monkeypatch.setenv("IBKR_STATE_DIR", str(tmp_path / "ibkr-state"))
+
+
 @pytest.fixture
 def gateway(bars, monkeypatch):
     with IBKRGateway(bars=bars) as gw:
@@ -147,7 +153,7 @@ def test_order_with_two_confirmation_questions_fills_on_paper(bars, monkeypatch)
         monkeypatch.setenv("IBKR_API_URL", gw.url)
         with client() as c:
             result = c.place_order(ticket(gw))
-        assert result.status == "Filled" and result.replies == ["o163", "o354"] and not result.already_placed
+        assert result.status == "Filled" and result.replies == ["o354", "o10331"] and not result.already_placed
         assert [o["order_ref"] for o in gw.orders()] == ["tf-AAPL-B-test", "tf-AAPL-B-test-SL"]
         assert gw.orders()[1]["status"] == "Submitted" and gw.orders()[1]["side"] == "SELL"  # the working stop
         assert gw.positions() == {"AAPL": 10.0}
@@ -238,12 +244,16 @@ def test_placer_killed_after_broker_accepted_then_retried_places_one_order(gatew
     assert [o["order_ref"] for o in gateway.orders()] == ["tf-AAPL-B-kill"]
 
 
-def test_client_order_id_is_stable_and_distinct():
-    a = orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "BUY")
-    assert a == orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "BUY")
-    assert a != orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-16", "AAPL", "BUY")
-    assert a != orders.client_order_id("ibkr_trading_strategy", "manual__2021-12-15", "AAPL", "SELL")
-    assert len(a) <= 32
+def test_client_order_id_is_one_per_strategy_session_symbol_and_intent():
+    """Not per DAG run: two runs (scheduled, manual, a second scheduler) of one session are one key."""
+    a = orders.client_order_id("example_swing", "2021-12-15", "AAPL", "open_long")
+    assert a == orders.client_order_id("example_swing", "2021-12-15", "AAPL", "open_long")
+    assert a != orders.client_order_id("example_swing", "2021-12-16", "AAPL", "open_long")
+    assert a != orders.client_order_id("example_swing", "2021-12-15", "AAPL", "close_long")
+    assert a != orders.client_order_id("other", "2021-12-15", "AAPL", "open_long")
+    assert a.startswith("tf-AAPL-OL-") and len(a) <= 32
+    assert [orders.intent_of(*x) for x in (("BUY", 0), ("SELL", 5), ("SELL", 0), ("BUY", -3))] == [
+        "open_long", "close_long", "open_short", "close_short"]
 
 
 # --- paper only, dry run ---------------------------------------------------------------------------
@@ -373,14 +383,19 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
         ("AAPL.order", ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk", market_data_task_id="AAPL.market_data",
                                                   signal_task_id="AAPL.signal", **common)),
     ]
+    gateway.set_fault("delay_fills", reads=2)  # the fill arrives after placement: the order step follows it
     for key, op in steps:
         assert {"strategy_file", "as_of", "symbol"} <= set(op.template_fields)
         store[key] = op.execute(context)
         json.dumps(store[key])  # XCom-ready
     assert store["AAPL.market_data"]["last_date"] == "2021-12-14"  # nothing on or after as_of
     assert store["AAPL.signal"]["action"] == "BUY" and store["AAPL.risk"]["approved"]
-    assert store["AAPL.order"]["status"] == "Filled"
+    assert store["AAPL.order"]["status"] == "Filled" and store["AAPL.order"]["final"]
+    assert store["AAPL.order"]["filled_quantity"] == store["AAPL.risk"]["quantity"]
+    assert [o["origOrderType"] for o in gateway.orders()] == ["MKT", "STP", "LMT"]  # the bracket: stop + take-profit
+    assert gateway.orders()[2]["price"] == round(store["AAPL.signal"]["take_profit"], 2)
     snapshot = ops.PortfolioUpdateOperator(task_id="portfolio_update", strategy_file=path).execute(context)
+    assert snapshot["orders"][0]["status"] == "Filled" and len(snapshot["working_orders"]) == 2
     assert snapshot["positions"][0]["symbol"] == "AAPL" and snapshot["positions"][0]["quantity"] == store["AAPL.risk"]["quantity"]
     assert mlflow_run.finish_run(ref["run_id"]) == []
     run = MlflowClient().get_run(ref["run_id"])
@@ -390,7 +405,16 @@ def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibk
     assert {"charts/AAPL.png", "signals/AAPL.json", "signals/AAPL_transcript.jsonl", "orders/AAPL.json", "risk/AAPL.json"} <= names
 
 
-def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path, ibkr_experiment, monkeypatch, caplog):
+@pytest.fixture
+def airflow_logging():
+    """Import Airflow before the test's call phase: its first import configures logging and replaces
+    the root logger's handlers, pytest's capture handler (installed per phase) included, so a test
+    that imported it first saw no records when run alone (and passed only after an earlier test)."""
+    import tradeflow.ibkr.airflow.operators  # noqa: F401
+
+
+def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path, ibkr_experiment, monkeypatch, caplog,
+                                                                 airflow_logging):
     from mlflow.tracking import MlflowClient
 
     from tests.support.webui import WebUIServer
@@ -423,6 +447,93 @@ def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path
     assert artifact["type"] == "signal" and artifact["execution_id"] == "manual__3" and artifact["run_id"] == ref["run_id"]
     assert artifact["signal_data"]["reasoning"].startswith(f"Order refused by risk: {reason}")
     assert artifact["signal_data"]["order"]["status"] == "not_placed"  # the order step updated the same artifact
+
+
+def test_a_rejected_order_is_recorded_shown_and_not_resent_by_a_retry(gateway, tmp_path, ibkr_experiment, monkeypatch):
+    """Issue 25 repro 5: Airflow's retry re-sent a margin rejection (filled on try 2) and the
+    rejection vanished from MLflow. Now the order step records it, the WebUI shows it, and a retry
+    of the task (the gateway would accept now) sends nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.webui import WebUIServer
+    from tradeflow.ibkr import mlflow_run
+    from tradeflow.ibkr.airflow import operators as ops
+
+    path = _strategy_file(tmp_path)
+    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__4", strategy="test_swing",
+                              kind="trading", params={})
+    store = {"start_tracking": ref}
+    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__4")}
+    common = {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+    with WebUIServer() as webui:
+        monkeypatch.setenv("BACKEND_API_URL", webui.url)
+        store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
+        store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
+                                                                   **common).execute(context)
+        store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
+                                                     **common).execute(context)
+        store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
+                                                        indicators_task_id="AAPL.indicators", **common).execute(context)
+        order_op = ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk",
+                                              market_data_task_id="AAPL.market_data", signal_task_id="AAPL.signal", **common)
+        gateway.set_fault("reject_orders", message="Order rejected - reason: insufficient margin")
+        first = order_op.execute(context)  # no exception: nothing for Airflow to retry
+        gateway.set_fault(None)
+        again = order_op.execute(context)  # a retry anyway (cleared task, a later run of the session)
+        [artifact] = webui.artifacts()
+    assert first["status"] == again["status"] == "Rejected" and again["resent"] is False
+    assert gateway.orders() == [] and len([r for r in gateway.requests if r["path"].endswith("/orders")
+                                           and r["method"] == "POST"]) == 1
+    run = MlflowClient().get_run(ref["run_id"])
+    assert "insufficient margin" in run.data.tags["order.AAPL"] and run.data.metrics["AAPL.order_rejected"] == 1.0
+    assert artifact["signal_data"]["order"]["status"] == "Rejected"
+    assert artifact["signal_data"]["reasoning"].startswith("Order Rejected: ")
+
+
+def test_a_fill_after_the_order_step_reaches_mlflow_and_the_webui_at_the_portfolio_step(gateway, tmp_path, ibkr_experiment,
+                                                                                         monkeypatch):
+    """Issue 25 repro 4: a fill that came after the order step stopped following (fill_timeout_s)
+    stayed "PreSubmitted, filled 0" in MLflow and the WebUI. The portfolio step looks again and
+    records what it sees: the order's tag, metric and artifact, and the WebUI signal's order."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.webui import WebUIServer
+    from tradeflow.ibkr import mlflow_run
+    from tradeflow.ibkr.airflow import operators as ops
+
+    path = _strategy_file(tmp_path, broker={"fill_timeout_s": 0.2, "poll_s": 0.05})
+    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__5", strategy="test_swing",
+                              kind="trading", params={})
+    store = {"start_tracking": ref}
+    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__5")}
+    common = {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+    with WebUIServer() as webui:
+        monkeypatch.setenv("BACKEND_API_URL", webui.url)
+        store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
+        store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
+                                                                   **common).execute(context)
+        store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
+                                                     **common).execute(context)
+        store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
+                                                        indicators_task_id="AAPL.indicators", **common).execute(context)
+        gateway.set_fault("delay_fills", reads=None)  # nothing fills while the order step follows
+        store["AAPL.order"] = ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk",
+                                                         market_data_task_id="AAPL.market_data",
+                                                         signal_task_id="AAPL.signal", **common).execute(context)
+        assert store["AAPL.order"]["status"] == "PreSubmitted" and not store["AAPL.order"]["final"]
+        [shown] = webui.artifacts()
+        assert shown["signal_data"]["order"]["status"] == "PreSubmitted"
+        gateway.fill_pending()  # the fill arrives between the order step and the portfolio step
+        snapshot = ops.PortfolioUpdateOperator(task_id="portfolio_update", strategy_file=path).execute(context)
+        [artifact] = webui.artifacts()
+    quantity = store["AAPL.risk"]["quantity"]
+    assert snapshot["orders"][0]["status"] == "Filled" and snapshot["orders"][0]["filled_quantity"] == quantity
+    assert snapshot["positions"][0]["quantity"] == quantity
+    run = MlflowClient().get_run(ref["run_id"])
+    assert run.data.tags["order.AAPL"].startswith("Filled tf-AAPL-OL-")
+    assert run.data.metrics["AAPL.order_quantity"] == quantity
+    assert artifact["signal_data"]["order"]["status"] == "Filled" and artifact["signal_data"]["order"]["final"]
+    assert artifact["signal_data"]["order"]["filled_quantity"] == quantity
 
 
 def test_failed_operator_is_recorded_and_fails_the_run(gateway, tmp_path, ibkr_experiment):
@@ -472,7 +583,7 @@ def test_template_writes_dags_for_a_new_strategy(tmp_path):
     assert main([str(yaml_path), "--out", str(tmp_path / "other")]) == 2 and not (tmp_path / "other").exists()
 
 
-def test_environment_check_names_what_would_fail():
+def test_environment_check_names_what_would_fail(tmp_path):
     from tradeflow.ibkr.template import check_environment
 
     problems = check_environment(strategy(broker={"allow_live": True}), {})
@@ -485,6 +596,12 @@ def test_environment_check_names_what_would_fail():
     assert check_environment(strategy(), {"IBKR_API_URL": "https://localhost:5000/v1/api", "IBKR_VERIFY_TLS": "maybe",
                                           "MLFLOW_TRACKING_URI": "x", "BACKEND_API_URL": "y"}) == [
         "IBKR_VERIFY_TLS='maybe' is not a boolean (use true or false)"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ready = {"IBKR_API_URL": "https://localhost:5000/v1/api", "MLFLOW_TRACKING_URI": "x", "BACKEND_API_URL": "y"}
+    assert check_environment(strategy(), {**ready, "IBKR_STATE_DIR": str(tmp_path / "state")}) == []
+    [problem] = check_environment(strategy(), {**ready, "IBKR_STATE_DIR": str(blocker / "state")})
+    assert problem.startswith(f"IBKR_STATE_DIR {blocker / 'state'} is not a writable directory")
 
 
 def test_every_strategy_key_is_documented():

@@ -4,9 +4,10 @@ a real MLflow SQLite store, real dj30 bars, the rules reviewer (offline).
 
 1. Load + end to end + duplicate submission, in one scenario to keep CI short: three
    ``ibkr_trading_strategy`` runs at once (separate Airflow homes, one gateway), each from bars to a
-   paper fill and a portfolio update; the gateway answers 500 after accepting one order and never
-   answers after accepting another, whose task is killed by its execution timeout and retried: the
-   retry finds the order by its cOID. Three orders, no duplicate, MLflow and WebUI complete.
+   portfolio update; the gateway never answers after accepting the order, whose task is killed by
+   its execution timeout and retried while the other runs wait on the allocation lock: every run
+   finds the order by its cOID (one per strategy, session, symbol, intent). One order (issue 25:
+   concurrent runs once each placed their own and exceeded the caps), MLflow and WebUI complete.
 2. ``ibkr_market_data_collection`` and ``ibkr_portfolio_monitoring``, side by side.
 """
 
@@ -64,7 +65,7 @@ def write_strategy(path: Path, **overrides) -> Path:
 
 def env_for(gateway: IBKRGateway, webui: WebUIServer, store: str, strategy: Path) -> dict[str, str]:
     return {"IBKR_API_URL": gateway.url, "BACKEND_API_URL": webui.url, "MLFLOW_TRACKING_URI": store,
-            "IBKR_STRATEGY_FILE": str(strategy)}
+            "IBKR_STRATEGY_FILE": str(strategy), "IBKR_STATE_DIR": str(strategy.parent / "ibkr-state")}
 
 
 def workflow_run(store: str, dag_id: str, run_id: str):
@@ -78,18 +79,16 @@ def workflow_run(store: str, dag_id: str, run_id: str):
     return client, matching[0]
 
 
-def test_concurrent_trading_runs_bars_to_paper_fills_one_order_each_despite_faults(home, bars, store, tmp_path):
-    """Three trading DAG runs at once, each end to end (bars -> signal -> risk -> paper fill ->
-    portfolio update), against one gateway that answers 500 after accepting the first order and
-    never answers after accepting the second: that run's order task is killed by its execution
-    timeout and retried. Exactly one order per run, no duplicate."""
+def test_concurrent_trading_runs_place_one_order_for_the_session_despite_faults(home, bars, store, tmp_path):
+    """Three trading DAG runs at once, each end to end (bars -> signal -> risk -> allocation ->
+    portfolio update), against one gateway that never answers after accepting the order: that
+    run's order task is killed by its execution timeout and retried. One order, no duplicate."""
     strategy = write_strategy(tmp_path / "s.yaml", airflow={"order_timeout_s": 15}, broker={"timeout_s": 60},
                               risk={"max_position_pct": 0.5, "max_total_exposure_pct": 1.0})
     runs = 3
     homes = [home] + [home.clone(tmp_path / f"home{i}") for i in range(1, runs)]
     results = [None] * runs
     with IBKRGateway(bars=bars) as gateway, WebUIServer() as webui:
-        gateway.set_fault("error_after_accept", times=1)
         gateway.set_fault("hang_after_accept", times=1, delay_s=90.0)
         env = env_for(gateway, webui, store, strategy)
 
@@ -111,11 +110,12 @@ def test_concurrent_trading_runs_bars_to_paper_fills_one_order_each_despite_faul
     assert len(set(run_ids)) == runs
 
     parents = [o for o in orders if o["parentId"] is None]
-    assert len(parents) == runs and len({o["order_ref"] for o in parents}) == runs, [o["order_ref"] for o in parents]
-    assert all(o["status"] == "Filled" for o in parents)
-    stops = [o for o in orders if o["parentId"] is not None]
-    assert len(stops) == runs and all(o["origOrderType"] == "STP" and o["side"] == "SELL" for o in stops)
-    assert positions == {"AAPL": sum(o["totalSize"] for o in parents)}
+    assert len(parents) == 1, [o["order_ref"] for o in parents]
+    assert parents[0]["status"] == "Filled" and parents[0]["order_ref"].startswith("tf-AAPL-OL-")
+    children = [o for o in orders if o["parentId"] is not None]
+    assert {o["origOrderType"] for o in children} <= {"STP", "LMT"} and "STP" in {o["origOrderType"] for o in children}
+    assert all(o["side"] == "SELL" for o in children)
+    assert positions == {"AAPL": parents[0]["totalSize"]}
 
     already = []
     for home_i, result in zip(homes, results):
@@ -132,9 +132,8 @@ def test_concurrent_trading_runs_bars_to_paper_fills_one_order_each_despite_faul
         listed = {a.path for d in ("charts", "signals", "orders", "portfolio")
                   for a in client.list_artifacts(run.info.run_id, d)}
         assert {"charts/AAPL.png", "signals/AAPL.json", "orders/AAPL.json", "portfolio/positions.json"} <= listed
-    # the killed attempt's retry found its order by cOID (on a loaded machine another order task may
-    # also hit its timeout after sending: its retry must find its order the same way)
-    assert 1.0 in already and set(already) <= {0.0, 1.0}
+    # the killed attempt's retry and the other runs found the order by its cOID
+    assert already.count(1.0) >= runs - 1 and set(already) <= {0.0, 1.0}
 
     signals = [a for a in artifacts if a["type"] == "signal"]
     assert sorted(a["execution_id"] for a in signals) == sorted(run_ids)

@@ -14,7 +14,8 @@ What it speaks (paths under ``/v1/api``)::
     GET      /iserver/marketdata/history ?conid=&period=1y&bar=1d -> {"data": [{"t" ms, "o","h","l","c","v"}], ...}
     GET      /trsrv/secdef/schedule      ?assetClass=STK&symbol= -> [{"schedules": [{"tradingScheduleDate", "tradingtimes"}]}]
     GET      /portfolio/accounts         [{"id": "DU...", "type": "DEMO", ...}]; must precede other /portfolio calls
-    GET      /portfolio/{acct}/positions/{page}   100 per page, [] past the last
+    GET      /portfolio/{acct}/positions/{page}   30 per page (IBKR's documented size), [] past the last
+    POST     /portfolio/{acct}/positions/invalidate  refreshes the positions cache -> {"message": "success"}
     GET      /portfolio/{acct}/summary   {"netliquidation": {"amount", "currency", ...}, "availablefunds": ..., ...}
     POST     /iserver/account/{acct}/orders  {"orders": [{"conid","cOID","orderType","side","quantity","tif","price"?,
                                          "auxPrice"?, "parentId"?}]} -> [{"id", "message": [...], "messageIds"}] (a
@@ -22,13 +23,19 @@ What it speaks (paths under ``/v1/api``)::
     POST     /iserver/reply/{replyId}    {"confirmed": true} -> the next question or the placed orders
     GET      /iserver/account/orders     {"orders": [...], "snapshot": bool}; the FIRST call after login answers
                                          {"orders": [], "snapshot": false} (the subscription warms up): call again
-    GET      /iserver/account/order/status/{orderId}
+    GET      /iserver/account/order/status/{orderId}   {"order_status", "cum_fill", "total_size", ...}
+    DELETE   /iserver/account/{acct}/order/{orderId}  cancels a working order (a parent: its bracket; a
+                                         child: its OCA siblings) -> {"msg": "Request was submitted", ...}
+    POST     /iserver/account/{acct}/orders/whatif    {"amount", "equity", "initial", "maintenance", "warn", "error"}
+    POST     /iserver/reauthenticate     {"message": "triggered"} (restores the session if the fault allows)
 
 Quirks modelled: conid as a string in search results and an int elsewhere; ``/iserver/accounts`` and
 ``/portfolio/accounts`` must be called first (400 otherwise); every ``/iserver`` and ``/portfolio``
 call answers 401 when the brokerage session is not authenticated; a ``cOID`` may be used once
 (``{"error": "Local order ID=... is already registered."}``); a market order fills at once at the
-last bar's close; a stop child (``parentId`` = the parent's ``cOID``) stays working.
+last bar's close; children (``parentId`` = the parent's ``cOID``) are PreSubmitted until the parent
+fills, then Submitted (working) as one OCA group: when one fills (``move_price``) its siblings are
+cancelled; a separate order (a close) cancels nothing, as at IBKR.
 
 Faults (``set_fault(name, **options)``, or ``POST /__control__ {"fault": name, ...}``)::
 
@@ -38,13 +45,20 @@ Faults (``set_fault(name, **options)``, or ``POST /__control__ {"fault": name, .
     reply_timeout       /iserver/reply/{id} sleeps ``delay_s`` before answering (the client times out)
     error_after_accept  the order IS placed, then the call answers 500 (``times``: how many submissions)
     hang_after_accept   the order IS placed, then the call hangs ``delay_s`` (a worker dies meanwhile)
+    delay_fills         market parents stay PreSubmitted until read ``reads`` times (None: until fill_pending())
+    rate_limited        ``times`` calls (whose path contains ``path``) answer 429 "Too many requests"
+    unavailable         ``times`` calls answer 503 "Service Unavailable"
+    competing           auth/status says ``competing: true`` (another session holds the login)
+    cached_positions    positions answer the backend's cache, as IBKR's do: what was held when the fault
+                        was set or at the last ``POST /portfolio/{acct}/positions/invalidate`` (fills since: unseen)
 
 Python API::
 
     with IBKRGateway(bars={"AAPL": frame}) as gw:     # frame: date, open, high, low, close[, volume]
         gw.url                                        # http://127.0.0.1:<port>/v1/api  (IBKR_API_URL)
         gw.set_fault("error_after_accept", times=1)
-        gw.orders(), gw.positions(), gw.requests
+        gw.orders(), gw.positions(), gw.requests, gw.confirmed, gw.whatifs
+        gw.move_price("AAPL", 140.0), gw.fill_pending(), gw.seed_positions({"XOM": (100, 60.0)})
 
 Standalone: ``python -m tests.support.ibkr_gateway --csv <dj30.csv> --symbols AAPL,MSFT``
 (first stdout line: the base URL).
@@ -60,9 +74,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .httpserver import BackgroundHTTPServer, Reply, Request
-from .ibkr_paper import BASE_PATH, FAULTS, PAPER_ACCOUNT, QUESTIONS, PaperGateway
+from .ibkr_paper import BASE_PATH, CATALOG, FAULTS, PAGE_SIZE, PAPER_ACCOUNT, QUESTIONS, PaperGateway
 
-__all__ = ["BASE_PATH", "FAULTS", "PAPER_ACCOUNT", "QUESTIONS", "IBKRGateway"]
+__all__ = ["BASE_PATH", "CATALOG", "FAULTS", "PAGE_SIZE", "PAPER_ACCOUNT", "QUESTIONS", "IBKRGateway"]
 
 
 class IBKRGateway(BackgroundHTTPServer):
@@ -73,7 +87,7 @@ class IBKRGateway(BackgroundHTTPServer):
     name = "ibkr-gateway"
 
     def __init__(self, *, bars: Mapping[str, Any], accounts: list[str] | None = None, cash: float = 1_000_000.0,
-                 questions: int = 1, host: str = "127.0.0.1", port: int = 0) -> None:
+                 questions: int | list[tuple[str, str]] = 1, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host, port)
         self._gateway = PaperGateway(accounts=accounts or [PAPER_ACCOUNT], cash=cash, bars=bars, questions=questions)
 
@@ -123,6 +137,8 @@ class IBKRGateway(BackgroundHTTPServer):
                 raise ValueError(f"unknown fault {name!r}; one of {', '.join(FAULTS)}")
             if name == "unauthenticated":
                 self._gateway.authenticated = False
+            if name == "cached_positions":  # the positions as they are now, until the next invalidate
+                options = {**options, "snapshot": {s: dict(p) for s, p in self._gateway.positions.items()}}
             self._gateway.faults[name] = dict(options)
 
     def _control(self, body: Mapping[str, Any]) -> Reply:
@@ -148,6 +164,31 @@ class IBKRGateway(BackgroundHTTPServer):
 
     def conid(self, symbol: str) -> int:
         return self._gateway.conids[symbol.upper()]
+
+    def fill_pending(self) -> None:
+        """Fill the market orders that ``delay_fills`` keeps PreSubmitted."""
+        with self._gateway.lock:
+            self._gateway.fill_pending()
+
+    def move_price(self, symbol: str, price: float) -> None:
+        """The next bar: working stops / take-profits the price crosses fill (OCA siblings cancel)."""
+        with self._gateway.lock:
+            self._gateway.move_price(symbol.upper(), price)
+
+    def seed_positions(self, rows: Mapping[str, tuple[float, float]]) -> None:
+        with self._gateway.lock:
+            self._gateway.seed_positions(rows)
+
+    @property
+    def confirmed(self) -> list[str]:
+        """The question ids answered yes."""
+        with self._gateway.lock:
+            return list(self._gateway.confirmed)
+
+    @property
+    def whatifs(self) -> list[dict[str, Any]]:
+        with self._gateway.lock:
+            return list(self._gateway.whatifs)
 
 
 def _main() -> None:  # pragma: no cover - exercised by the standalone bench/docs only

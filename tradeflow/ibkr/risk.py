@@ -1,5 +1,10 @@
 """Position sizing and the limits an order must pass; every refusal says why in one line.
 
+What the caps count (``max_position_pct``, ``max_total_exposure_pct``): the positions held, plus
+the unfilled part of every working entry order (``working``: notional per symbol, from the broker's
+order list). The order step sizes inside the account's allocation lock (``tradeflow.ibkr.ledger``),
+so "working" includes what this run and any concurrent run already placed.
+
 Sizing: the stop sits ``atr_stop_multiple`` ATRs from the entry; the quantity risks at most
 ``max_risk_per_trade`` of net liquidation if that stop is hit, then is cut to the per-symbol and
 total exposure caps. Pure functions over plain numbers (no broker, no Airflow): easy to test.
@@ -56,6 +61,7 @@ def assess(
     prices: Mapping[str, float],
     limits: RiskSettings,
     position_mode: str = DEFAULT_POSITION_MODE,
+    working: Mapping[str, float] | None = None,
 ) -> RiskDecision:
     """Decide whether (and how much) to trade. ``positions``: shares held per symbol (negative =
     short); ``prices``: the latest price per symbol held; ``equity``: net liquidation value.
@@ -66,10 +72,14 @@ def assess(
         decision.reasons.append(bad)
         return decision
     held = float(positions.get(symbol, 0.0))
+    pending = {s: abs(float(v)) for s, v in (working or {}).items() if v}
     exposure = {s: abs(q) * float(prices.get(s, entry_price if s == symbol else 0.0)) for s, q in positions.items()}
+    for s, notional in pending.items():
+        exposure[s] = exposure.get(s, 0.0) + notional
     gross = sum(exposure.values())
     decision.checks = {"confidence": confidence, "min_confidence": limits.min_confidence, "equity": equity,
-                       "held": held, "symbol_exposure": exposure.get(symbol, 0.0), "gross_exposure": gross, "atr": atr}
+                       "held": held, "symbol_exposure": exposure.get(symbol, 0.0), "gross_exposure": gross, "atr": atr,
+                       "working_exposure": round(sum(pending.values()), 2)}
 
     def refuse(reason: str) -> RiskDecision:
         decision.reasons.append(reason)
@@ -87,6 +97,8 @@ def assess(
         return refuse("no ATR (too little history): the stop distance cannot be set")
 
     closing = (action == "SELL" and held > 0) or (action == "BUY" and held < 0)
+    if action == "SELL" and held < 0 and not limits.allow_short:
+        return refuse(f"the account is NET SHORT {held:g} {symbol} although risk.allow_short is false: a BUY covers it")
     if action == "SELL" and held <= 0 and target_position(action, confidence, mode=position_mode) >= 0:
         return refuse(f"SELL without a long position: in {position_mode} a SELL means exit to flat, never short")
     if action == "SELL" and held <= 0 and not (limits.allow_short and allows_short(position_mode)):

@@ -26,6 +26,9 @@ DEFAULT_STRATEGY_FILE = Path(__file__).resolve().parents[2] / "dags" / "ibkr_str
 ENV_STRATEGY_FILE = "IBKR_STRATEGY_FILE"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,60}$")
 _PERIOD_RE = re.compile(r"^\d+(d|w|m|y)$")
+_QUESTION_RE = re.compile(r"o\d{1,6}")
+#: IBKR's total-value-limit and size-limit warnings: the broker sees the order above a limit.
+NEVER_ACCEPTED_QUESTIONS = frozenset({"o451", "o383"})
 
 
 class StrategyError(InputError):
@@ -71,6 +74,8 @@ class OrderSettings(_Strict):
     tif: Literal["DAY", "GTC"] = "DAY"
     limit_offset_pct: float = Field(0.001, ge=0, le=0.05, description="LMT: price = entry +/- this fraction")
     attach_stop: bool = Field(True, description="send the ATR stop as a child STP order (a bracket)")
+    take_profit: bool = Field(True, description="send the signal's take-profit as a child LMT order: with the stop "
+                              "one OCA group (one fills, the other is cancelled)")
     outside_rth: bool = False
 
 
@@ -81,6 +86,34 @@ class BrokerSettings(_Strict):
     dry_run: bool = Field(False, description="record the order that would be placed; send nothing")
     timeout_s: float = Field(15.0, gt=0, le=120, description="per HTTP request to the gateway")
     reply_rounds: int = Field(5, ge=1, le=10, description="confirmation questions answered before giving up")
+    accept_questions: tuple[str, ...] = Field(("o354", "o10331"), max_length=50, description=(
+        "IBKR confirmation message ids answered yes; any other question refuses the order (its text is "
+        "recorded). Value/size warnings (o451, o383) cannot be listed"))
+    fill_timeout_s: float = Field(30.0, ge=0, le=600, description="how long the order step follows a placed "
+                                  "order's status (bounded polling) before recording it as working")
+    poll_s: float = Field(1.0, gt=0, le=60, description="between two status polls")
+    lock_timeout_s: float = Field(120.0, gt=0, le=3600, description="wait for the account's allocation lock "
+                                  "(held by a concurrent run) at most this long")
+    reauthenticate: bool = Field(True, description="the auth sensor asks the gateway to restore a logged-out "
+                                 "brokerage session (/iserver/reauthenticate)")
+    preview: Literal["live", "always"] = Field("live", description="what-if preview (orders/whatif) before a "
+                                               "live-account order (live) or before every order (always)")
+
+    @field_validator("accept_questions", mode="before")
+    @classmethod
+    def _questions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in re.split(r"[,\s]+", value) if part]
+        if isinstance(value, (list, tuple)):
+            value = [str(v).strip() for v in value]
+            bad = [v for v in value if not _QUESTION_RE.fullmatch(v)]
+            if bad:
+                raise ValueError(f"not an IBKR message id (like o354): {', '.join(bad)}")
+            never = sorted(set(value) & NEVER_ACCEPTED_QUESTIONS)
+            if never:
+                raise ValueError(f"{', '.join(never)} are value/size limit warnings: never accepted (lower the "
+                                 "strategy's limits instead)")
+        return value
 
 
 class SignalSettings(_Strict):

@@ -118,7 +118,20 @@ def check_environment(strategy: StrategyConfig, environ: Mapping[str, str] | Non
         problems.append("MLFLOW_TRACKING_URI is not set: runs go to the embedded SQLite store (mlruns.db)")
     if strategy.webui.publish and not environ.get("BACKEND_API_URL"):
         problems.append("webui.publish is true but BACKEND_API_URL is not set: signals will not reach the WebUI")
+    problems += _state_dir_problems(environ)
     return problems
+
+
+def _state_dir_problems(environ: Mapping[str, str]) -> list[str]:
+    """The allocation lock's directory must be writable, or every order step fails."""
+    from tradeflow.ibkr.ledger import ENV_STATE_DIR, state_dir
+
+    root = state_dir(environ)
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{ENV_STATE_DIR} {root} is not a writable directory (the allocation lock and intent book live "
+                "there): every order step would fail"]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,16 @@ from tradeflow.errors import ServiceError
 from tradeflow.ibkr.client import ClientPortal
 from tradeflow.ibkr.strategy import StrategyConfig
 from tradeflow.ibkr.gateway_settings import GatewaySettings
-from tradeflow.ibkr.orders import OrderTicket, client_order_id
+from tradeflow.ibkr.errors import BrokerError, CancelNotConfirmed, OrderRejected
+from tradeflow.ibkr.orders import FAILED_STATUSES, TERMINAL_STATUSES, OrderTicket, client_order_id, intent_of
 from tradeflow.ibkr.risk import assess
 
 log = logging.getLogger(__name__)
 
 PERIODS_PER_YEAR = 252
 BAR_SIZE = "1 day"
+#: IBKR order statuses of an order that can still fill or be cancelled.
+WORKING_STATUSES = frozenset({"PendingSubmit", "PreSubmitted", "Submitted"})
 
 
 class MarketDataError(ServiceError):
@@ -60,6 +63,16 @@ def market_is_open(exchange: str, at: pd.Timestamp) -> bool:
     if not cal.first_minute <= minute <= cal.last_minute:
         raise MarketDataError(f"{at.isoformat()} is outside the {exchange} calendar's range")
     return bool(cal.is_open_on_minute(minute))
+
+
+def trading_session(exchange: str, at: pd.Timestamp) -> str:
+    """The session an order made at ``at`` is for (the open one, else the next): the idempotency
+    key's "trading session" (``tradeflow.ibkr.orders.client_order_id``)."""
+    cal = calendar(exchange)
+    minute = at.floor("min")
+    if not cal.first_minute <= minute <= cal.last_minute:
+        raise MarketDataError(f"{at.isoformat()} is outside the {exchange} calendar's range")
+    return cal.minute_to_session(minute, direction="next").date().isoformat()
 
 
 def required_last_session(exchange: str, at: pd.Timestamp, staleness: int) -> pd.Timestamp:
@@ -177,24 +190,217 @@ def risk(strategy: StrategyConfig, sig: Mapping[str, Any], values: Mapping[str, 
     return out
 
 
-def place(strategy: StrategyConfig, decision: Mapping[str, Any], conid: int, client: ClientPortal, *,
-          dag_id: str, run_id: str) -> dict[str, Any]:
-    """Place the approved order once (cOID from DAG run, symbol, side)."""
-    symbol = decision["symbol"]
-    if not decision["approved"]:
-        raise ValueError(f"{symbol}: the risk check refused this order ({decision['reason']}); nothing to place")
+def working_orders(live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in live if str(o.get("status")) in WORKING_STATUSES]
+
+
+def _remaining(order: Mapping[str, Any]) -> float:
+    total = float(order.get("totalSize") or 0.0)
+    return max(total - float(order.get("filledQuantity") or 0.0), 0.0) if total else float(order.get("remainingQuantity") or 0.0)
+
+
+def working_exposure(live: list[dict[str, Any]], prices: Mapping[str, float],
+                     known: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
+    """Notional of the unfilled part of each working entry order (no ``parentId``), per symbol:
+    what the caps count besides positions. Priced by the entry price the book recorded for its cOID,
+    else the order's price, else the position's mark; ``unpriced`` lists the orders with none."""
+    out: dict[str, float] = {}
+    unpriced = []
+    for order in working_orders(live):
+        if order.get("parentId"):
+            continue  # a bracket child only ever reduces a position
+        symbol = str(order.get("ticker"))
+        price = known.get(str(order.get("order_ref"))) or order.get("price") or prices.get(symbol)
+        try:
+            price = float(price) if price is not None else None
+        except (TypeError, ValueError):
+            price = None
+        if not price or not math.isfinite(price):
+            unpriced.append(f"{symbol} {order.get('side')} {order.get('orderId')}")
+            continue
+        out[symbol] = out.get(symbol, 0.0) + _remaining(order) * price
+    return out, unpriced
+
+
+def working_exits(live: list[dict[str, Any]], symbol: str, side: str) -> list[dict[str, Any]]:
+    """The working orders of ``symbol`` on ``side`` that can reduce (or flip) a position: bracket
+    children whose entry filled, even in part (or whose entry is unknown), and standalone orders."""
+    by_id = {str(o.get("orderId")): o for o in live}
+    out = []
+    for order in working_orders(live):
+        if order.get("ticker") != symbol or order.get("side") != side:
+            continue
+        parent = by_id.get(str(order.get("parentId"))) if order.get("parentId") else None
+        if parent is not None and parent.get("status") != "Filled" and not float(parent.get("filledQuantity") or 0):
+            continue  # inactive until its entry fills, and then the entry's shares cover it
+        out.append(order)
+    return out
+
+
+def exit_quantity(orders: list[dict[str, Any]]) -> float:
+    """What these exits can sell at most: an OCA group (children of one entry) counts once."""
+    groups: dict[str, float] = {}
+    for order in orders:
+        key = f"parent:{order['parentId']}" if order.get("parentId") else f"order:{order.get('orderId')}"
+        groups[key] = max(groups.get(key, 0.0), _remaining(order))
+    return sum(groups.values())
+
+
+def _ticket(strategy: StrategyConfig, decision: Mapping[str, Any], sig: Mapping[str, Any], conid: int, *,
+            coid: str, intent: str) -> OrderTicket:
     side = decision["side"]
     orders = strategy.orders
     limit = None
     if orders.order_type == "LMT":
         factor = 1 + orders.limit_offset_pct if side == "BUY" else 1 - orders.limit_offset_pct
         limit = round(decision["entry_price"] * factor, 2)
-    ticket = OrderTicket(symbol=symbol, conid=int(conid), side=side, quantity=int(decision["quantity"]),
-                         coid=client_order_id(dag_id, run_id, symbol, side), order_type=orders.order_type,
-                         limit_price=limit, stop_price=decision["stop_price"] if orders.attach_stop else None,
-                         tif=orders.tif, outside_rth=orders.outside_rth)
-    result = client.place_order(ticket, dry_run=strategy.broker.dry_run, reply_rounds=strategy.broker.reply_rounds)
-    return {"symbol": symbol, **result.as_dict()}
+    opening = intent.startswith("open_")
+    take_profit = None
+    target = sig.get("take_profit")
+    if opening and orders.take_profit and isinstance(target, (int, float)) and math.isfinite(target):
+        entry = decision["entry_price"]
+        if (side == "BUY" and target > entry) or (side == "SELL" and 0 < target < entry):
+            take_profit = round(float(target), 2)
+    return OrderTicket(symbol=decision["symbol"], conid=int(conid), side=side, quantity=int(decision["quantity"]),
+                       coid=coid, order_type=orders.order_type, limit_price=limit,
+                       stop_price=decision["stop_price"] if opening and orders.attach_stop else None,
+                       take_profit=take_profit, tif=orders.tif, outside_rth=orders.outside_rth, intent=intent)
+
+
+def allocate_and_place(strategy: StrategyConfig, sig: Mapping[str, Any], values: Mapping[str, Any], conid: int,
+                       client: ClientPortal, *, session: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The serialised allocation: under the account's lock (``tradeflow.ibkr.ledger``) read positions
+    and working orders, size against them (``risk.assess``), cancel a closed position's working
+    exits and verify, refuse anything that could leave the account net short when shorts are not
+    allowed, preview (what-if) a live order, place once (cOID = strategy, session, symbol, intent),
+    follow the status (bounded) and record the outcome. A rejection is final for its key."""
+    from tradeflow.ibkr import ledger
+
+    symbol = sig["symbol"]
+    broker = strategy.broker
+    account = client.trading_account()
+    with ledger.hold(account, timeout_s=broker.lock_timeout_s, environ=environ) as book:
+        snapshot = account_snapshot(client)
+        live = client.live_orders()
+        held = float(snapshot["positions"].get(symbol, 0.0))
+        side = sig["action"]
+        intent = intent_of(side, held) if side in ("BUY", "SELL") else "open_long"
+        coid = client_order_id(strategy.name, session, symbol, intent)
+        base = {"symbol": symbol, "coid": coid, "intent": intent, "session": session, "account": account}
+        prior = book.get(coid)
+        if prior and prior.get("status") in ("Rejected", "refused_question"):
+            log.warning("%s: %s was rejected before (%s): final, not sent again", symbol, coid, prior.get("reason"))
+            return {**base, "status": "Rejected", "reason": prior.get("reason"), "final": True, "resent": False}
+        existing = next((o for o in live if o.get("order_ref") == coid), None)
+        if existing is not None:
+            log.info("%s: %s already placed (order %s, %s): not placing it again", symbol, coid,
+                     existing.get("orderId"), existing.get("status"))
+            out = {**base, "status": str(existing.get("status")), "order_id": str(existing.get("orderId")),
+                   "already_placed": True, "filled_quantity": float(existing.get("filledQuantity") or 0.0)}
+            return _follow(strategy, client, out)
+        known = {k: float(v["entry_price"]) for k, v in book.entries.items() if v.get("entry_price")}
+        pending, unpriced = working_exposure(live, snapshot["prices"], known)
+        entry = float(sig.get("entry") or values["close"])
+        decision = assess(symbol=symbol, action=side, confidence=float(sig["confidence"]), entry_price=entry,
+                          atr=values.get("atr_14"), equity=snapshot["equity"], positions=snapshot["positions"],
+                          prices=snapshot["prices"], limits=strategy.risk, position_mode=strategy.signal.review.position_mode,
+                          working=pending).as_dict()
+        base["allocation"] = decision
+        if unpriced:
+            return {**base, "status": "not_placed", "reason": "working orders with no known price (cannot count them "
+                    f"against the caps): {', '.join(unpriced)}"}
+        if not decision["approved"]:
+            return {**base, "status": "not_placed", "reason": f"allocation: {decision['reason']}"}
+        exit_side = "SELL" if decision["side"] == "BUY" else "BUY"
+        cancelled = []
+        if intent.startswith("close_"):  # the position's stops and take-profits die with it, first
+            for order in working_exits(live, symbol, decision["side"]):
+                try:
+                    status = client.cancel_order(order["orderId"], timeout_s=max(broker.fill_timeout_s, 5.0),
+                                                 poll_s=min(broker.poll_s, 0.5))
+                except CancelNotConfirmed as exc:
+                    return {**base, "status": "not_placed", "reason": f"the position's working exit could not be "
+                            f"cancelled, so it is not closed (an exit left working could flip it short): {exc}"}
+                cancelled.append({"order_id": str(order["orderId"]), "order_ref": order.get("order_ref"),
+                                  "type": order.get("origOrderType") or order.get("orderType"),
+                                  "status": status.get("order_status")})
+            live = client.live_orders()
+            snapshot = account_snapshot(client)
+            held = float(snapshot["positions"].get(symbol, 0.0))
+            if held == 0:
+                return {**base, "status": "not_placed", "cancelled": cancelled,
+                        "reason": "the position closed while its exits were cancelled (an exit filled): nothing to close"}
+            decision["quantity"] = min(int(decision["quantity"]), int(abs(held)))
+        if decision["side"] == "SELL" and not strategy.risk.allow_short:
+            exits = exit_quantity(working_exits(live, symbol, "SELL"))
+            after = held - exits - decision["quantity"]
+            if after < 0:
+                return {**base, "status": "not_placed", "cancelled": cancelled,
+                        "reason": f"would leave the account net short ({held:g} held, {exits:g} in working sells, "
+                                  f"{decision['quantity']} to sell) and risk.allow_short is false"}
+        ticket = _ticket(strategy, decision, sig, conid, coid=coid, intent=intent)
+        out = {**base, "cancelled": cancelled, "exit_side": exit_side}
+        if broker.dry_run:
+            result = client.place_order(ticket, dry_run=True)
+            return {**out, **result.as_dict()}
+        if broker.preview == "always" or client.is_live():
+            try:
+                out["whatif"] = client.whatif(ticket)
+            except OrderRejected as exc:
+                book.record(coid, status="Rejected", reason=str(exc))
+                return {**out, "status": "Rejected", "reason": str(exc), "final": True}
+            log.info("%s what-if: %s", symbol, {k: out["whatif"].get(k) for k in ("amount", "equity", "initial", "warn")})
+        try:
+            result = client.place_order(ticket, reply_rounds=broker.reply_rounds,
+                                        accept_questions=frozenset(broker.accept_questions))
+        except OrderRejected as exc:  # final: recorded, never re-sent for this key
+            log.error("%s: %s", symbol, exc)
+            book.record(coid, status="Rejected", reason=str(exc))
+            return {**out, "status": "Rejected", "reason": str(exc), "final": True}
+        book.record(coid, status="placed", order_id=result.order_id, entry_price=entry, quantity=ticket.quantity)
+        out.update(result.as_dict())
+        out = _follow(strategy, client, out)
+        book.record(coid, status=out["status"], order_id=result.order_id, entry_price=entry, quantity=ticket.quantity)
+        return out
+
+
+def _follow(strategy: StrategyConfig, client: ClientPortal, out: dict[str, Any]) -> dict[str, Any]:
+    """Poll a placed order until it is final or ``broker.fill_timeout_s`` passed; ``final`` says which."""
+    if out.get("dry_run") or not out.get("order_id") or out.get("status") in TERMINAL_STATUSES:
+        out["final"] = out.get("status") in TERMINAL_STATUSES
+        return out
+    try:
+        status = client.follow_order(out["order_id"], timeout_s=strategy.broker.fill_timeout_s,
+                                     poll_s=strategy.broker.poll_s)
+    except BrokerError as exc:
+        log.warning("%s: following order %s: %s", out["symbol"], out["order_id"], exc)
+        out["final"] = False
+        return out
+    return {**out, **_status_fields(status)}
+
+
+def _status_fields(status: Mapping[str, Any]) -> dict[str, Any]:
+    state = str(status.get("order_status"))
+    avg = status.get("average_price")
+    fields = {"status": state, "filled_quantity": float(status.get("cum_fill") or 0.0), "final": state in TERMINAL_STATUSES}
+    if avg not in (None, ""):
+        try:
+            fields["avg_price"] = float(avg)
+        except (TypeError, ValueError):
+            pass
+    if state in FAILED_STATUSES:
+        fields["reason"] = f"the broker reports the order {state}"
+    return fields
+
+
+def follow_up(client: ClientPortal, order: Mapping[str, Any]) -> dict[str, Any]:
+    """The portfolio step's look at an order this run left working: its status now."""
+    if not order.get("order_id") or order.get("final") or order.get("status") in ("not_placed", "dry_run"):
+        return dict(order)
+    try:
+        return {**order, **_status_fields(client.order_status(order["order_id"]))}
+    except BrokerError as exc:
+        return {**order, "follow_up_error": str(exc)}
 
 
 def not_placed(decision: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,6 +425,21 @@ def portfolio(strategy: StrategyConfig, client: ClientPortal) -> dict[str, Any]:
                      "weight": abs(value) / equity if equity else math.nan})
     gross = sum(abs(r["market_value"]) for r in rows)
     alerts = []
+    live = client.live_orders()
+    working = [{"symbol": o.get("ticker"), "side": o.get("side"), "type": o.get("origOrderType") or o.get("orderType"),
+                "quantity": _remaining(o), "price": o.get("price"), "status": o.get("status"),
+                "order_id": str(o.get("orderId")), "order_ref": o.get("order_ref"),
+                "parent_id": str(o["parentId"]) if o.get("parentId") else None} for o in working_orders(live)]
+    held = {str(r["symbol"]): r["quantity"] for r in rows}
+    if not strategy.risk.allow_short:
+        alerts += [f"{s} is NET SHORT {q:g} although risk.allow_short is false" for s, q in held.items() if q < 0]
+    for symbol in sorted({str(w["symbol"]) for w in working}):
+        for side, sign in (("SELL", 1), ("BUY", -1)):
+            exits = exit_quantity(working_exits(live, symbol, side))
+            position = sign * held.get(symbol, 0.0)
+            if exits and exits > max(position, 0.0) and not strategy.risk.allow_short:
+                alerts.append(f"{symbol}: working {side} exits of {exits:g} exceed the {max(position, 0.0):g} held "
+                              "(an orphaned stop would open a short)")
     limits = strategy.monitoring
     if equity and gross / equity > limits.max_gross_exposure_pct:
         alerts.append(f"gross exposure {gross / equity:.1%} > {limits.max_gross_exposure_pct:.0%}")
@@ -227,7 +448,8 @@ def portfolio(strategy: StrategyConfig, client: ClientPortal) -> dict[str, Any]:
             alerts.append(f"{r['symbol']} is down {r['pnl_pct']:.1%} (> {limits.max_position_loss_pct:.0%})")
     return {"account": snapshot["account"], "equity": equity, "cash": snapshot["summary"].get("totalcashvalue"),
             "gross_exposure": gross, "gross_exposure_pct": gross / equity if equity else None,
-            "positions": rows, "alerts": alerts, "checked_at": datetime.now(timezone.utc).isoformat()}
+            "positions": rows, "working_orders": working, "alerts": alerts,
+            "checked_at": datetime.now(timezone.utc).isoformat()}
 
 
 def _records(bars: pd.DataFrame) -> list[dict[str, Any]]:

@@ -121,6 +121,8 @@ class Tag:
     # the IBKR workflows' run (one per DAG run, ``tradeflow.ibkr.mlflow_run``)
     WORKFLOW = "tradeflow.workflow"  # "trading" | "market_data" | "monitoring"
     STRATEGY = "tradeflow.strategy"
+    #: the gateway session as the auth sensor last classified it: "ready" or "<state>: <reason>"
+    IBKR_SESSION = "tradeflow.ibkr.session"
 
     # per-stage and per-kind names: templates, ``Tag.STAGE_RUN_ID.format(stage=...)``
     #: on the pipeline run: the run id a stage ran (or reused) as, whether it was reused, how its

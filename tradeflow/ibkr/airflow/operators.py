@@ -13,7 +13,7 @@ mlflow, the review team) happen in ``execute``, never when the DAG file is parse
 | ChartOperator                 | price chart (PNG)        | charts/<S>.png                            |
 | LLMSignalOperator             | AutoGen review decision  | signals/<S>.json, transcript, confidence  |
 | RiskAssessmentOperator        | sizing + limits          | risk/<S>.json, <S>.risk_approved, tag     |
-| OrderPlacementOperator        | paper order, once (cOID) | orders/<S>.json, <S>.order_quantity       |
+| OrderPlacementOperator        | allocate + bracket, once | orders/<S>.json, <S>.order_quantity       |
 | PortfolioUpdateOperator       | positions, exposure      | portfolio/positions.json, equity, alerts  |
 """
 
@@ -229,8 +229,11 @@ class RiskAssessmentOperator(_SymbolOperator):
 
 
 class OrderPlacementOperator(_SymbolOperator):
-    """Places the approved order once: its ``cOID`` comes from the DAG run, symbol and side and is
-    looked up among the live orders first, so a retried or killed-and-retried task never doubles it.
+    """The serialised allocation (``workflow.allocate_and_place``): under the account's lock it sizes
+    again against positions + working orders, cancels a closed position's stops first, refuses a net
+    short, places the bracket once (cOID = strategy, session, symbol, intent: looked up first, so
+    retries, concurrent and back-to-back runs never double it) and follows its status. A broker
+    rejection or refused question is recorded and final (the task succeeds: no Airflow re-send).
     Paper only unless live is explicitly enabled; ``broker.dry_run`` records without sending."""
 
     template_fields = (*_SymbolOperator.template_fields, "risk_task_id", "market_data_task_id", "signal_task_id")
@@ -243,24 +246,26 @@ class OrderPlacementOperator(_SymbolOperator):
         self.signal_task_id = signal_task_id
 
     def run(self, context, strategy, mlflow_run_id):
-        from tradeflow.ibkr import mlflow_run, workflow
+        from tradeflow.ibkr import workflow
 
         decision = self.pull(context, self.risk_task_id)
         conid = self.pull(context, self.market_data_task_id)["conid"]
-        dag_run = context["dag_run"]
         if decision["approved"]:
+            sig = self.pull(context, self.signal_task_id)
+            values = {"close": decision["entry_price"], "atr_14": decision["checks"].get("atr")}  # what risk sized on
+            session = workflow.trading_session(strategy.exchange, self.as_of_ts())
             with self.client(strategy) as client:
-                order = workflow.place(strategy, decision, conid, client, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+                order = workflow.allocate_and_place(strategy, sig, values, conid, client, session=session)
         else:
             order = workflow.not_placed(decision)
-        log.info("%s order: %s", self.symbol, {k: order.get(k) for k in ("status", "coid", "order_id", "already_placed",
-                                                                          "dry_run", "filled_quantity", "reason")})
+        summary = {k: order.get(k) for k in ("status", "coid", "order_id", "already_placed", "dry_run",
+                                             "filled_quantity", "final", "reason")}
+        if order["status"] in ("Rejected", "Inactive"):
+            log.error("%s order REJECTED (final, not re-sent): %s", self.symbol, summary)
+        else:
+            log.info("%s order: %s", self.symbol, summary)
         if mlflow_run_id:
-            mlflow_run.log_json(mlflow_run_id, f"orders/{self.symbol}.json", order)
-            mlflow_run.log_metrics(mlflow_run_id, {f"{self.symbol}.order_placed": order["status"] not in ("not_placed",),
-                                                 f"{self.symbol}.order_quantity": order.get("filled_quantity") or 0.0,
-                                                 f"{self.symbol}.order_already_placed": bool(order.get("already_placed"))})
-            mlflow_run.set_tags(mlflow_run_id, {f"order.{self.symbol}": f"{order['status']} {order.get('coid') or ''}".strip()})
+            record_order(mlflow_run_id, self.symbol, order)
         publish_signal(strategy, context, self.task_id, mlflow_run_id, self.pull(context, self.signal_task_id),
                        decision, order)
         return order
@@ -278,8 +283,26 @@ class PortfolioUpdateOperator(IBKRBaseOperator):
     def run(self, context, strategy, mlflow_run_id):
         from tradeflow.ibkr import mlflow_run, workflow
 
+        ti = context.get("ti") if isinstance(context, dict) else None
         with self.client(strategy) as client:
             snapshot = workflow.portfolio(strategy, client)
+            placed = [ti.xcom_pull(task_ids=f"{s}.order") for s in strategy.symbols] if ti is not None else []
+            placed = [o for o in placed if isinstance(o, dict)]
+            snapshot["orders"] = [workflow.follow_up(client, o) for o in placed]
+        for before, order in zip(placed, snapshot["orders"]):
+            if not order.get("final") and order.get("order_id"):
+                log.warning("order %s %s is still %s (filled %s)", order.get("symbol"), order.get("coid"),
+                            order.get("status"), order.get("filled_quantity"))
+            changed = any(before.get(k) != order.get(k) for k in ("status", "filled_quantity", "avg_price"))
+            if changed and order.get("symbol"):  # a fill (or cancel) after the order step stopped following
+                symbol = order["symbol"]
+                log.info("order %s %s is now %s (filled %s)", symbol, order.get("coid"), order.get("status"),
+                         order.get("filled_quantity"))
+                if mlflow_run_id:
+                    record_order(mlflow_run_id, symbol, order)
+                sig, decision = (ti.xcom_pull(task_ids=f"{symbol}.{t}") for t in ("signal", "risk"))
+                if isinstance(sig, dict) and isinstance(decision, dict):
+                    publish_signal(strategy, context, self.task_id, mlflow_run_id, sig, decision, order)
         log.info("portfolio %s: equity %.2f, gross exposure %.2f, %d positions", snapshot["account"], snapshot["equity"],
                  snapshot["gross_exposure"], len(snapshot["positions"]))
         for alert in snapshot["alerts"]:
@@ -289,10 +312,28 @@ class PortfolioUpdateOperator(IBKRBaseOperator):
             mlflow_run.log_metrics(mlflow_run_id, {"portfolio.equity": snapshot["equity"],
                                                  "portfolio.gross_exposure": snapshot["gross_exposure"],
                                                  "portfolio.positions": len(snapshot["positions"]),
+                                                 "portfolio.working_orders": len(snapshot["working_orders"]),
                                                  "portfolio.alerts": len(snapshot["alerts"])})
         if self.fail_on_alert and snapshot["alerts"]:
             raise RuntimeError("portfolio alerts: " + "; ".join(snapshot["alerts"]))
         return snapshot
+
+
+def record_order(mlflow_run_id: str, symbol: str, order: dict[str, Any]) -> None:
+    """The order's MLflow record (artifact ``orders/<S>.json``, ``<S>.order_*`` metrics, tag
+    ``order.<S>``), written by the order step and again by the portfolio step when the status moved."""
+    from tradeflow.ibkr import mlflow_run
+
+    mlflow_run.log_json(mlflow_run_id, f"orders/{symbol}.json", order)
+    mlflow_run.log_metrics(mlflow_run_id, {
+        f"{symbol}.order_placed": order["status"] not in ("not_placed", "Rejected"),
+        f"{symbol}.order_quantity": order.get("filled_quantity") or 0.0,
+        f"{symbol}.order_already_placed": bool(order.get("already_placed")),
+        f"{symbol}.order_rejected": order["status"] in ("Rejected", "Inactive")})
+    tag = f"{order['status']} {order.get('coid') or ''}".strip()
+    if order["status"] in ("Rejected", "Inactive", "not_placed") and order.get("reason"):
+        tag += f": {order['reason']}"
+    mlflow_run.set_tags(mlflow_run_id, {f"order.{symbol}": tag})
 
 
 def publish_signal(strategy: Any, context: Any, task_id: str, mlflow_run_id: str | None, sig: dict[str, Any],
@@ -313,7 +354,9 @@ def publish_signal(strategy: Any, context: Any, task_id: str, mlflow_run_id: str
                                                  "risk_amount", "binding_limit", "account")}
     if order is not None:
         data["order"] = {k: order.get(k) for k in ("status", "coid", "order_id", "filled_quantity", "avg_price",
-                                                   "already_placed", "dry_run")}
+                                                   "already_placed", "dry_run", "final", "reason")}
+        if order.get("status") in ("Rejected", "Inactive", "not_placed") and order.get("reason") and decision["approved"]:
+            data["reasoning"] = f"Order {order['status']}: {order['reason']}. " + data["reasoning"]
     from tradeflow.ibkr.mlflow_run import experiment_of
 
     dag_run = context["dag_run"]
