@@ -132,6 +132,8 @@ class Tag:
     LEASE = "tradeflow.lease.{stage}"
     LEASE_CLAIMED_AT = "tradeflow.lease.{stage}.claimed_at"
     LEASE_HEARTBEAT = "tradeflow.lease.{stage}.heartbeat"
+    #: set by the claimer that decided it holds (the uncontended fast path, or first in order)
+    LEASE_HELD = "tradeflow.lease.{stage}.held"
     #: on the persist run: the WebUI id of the ``signal``/``llm``/``chart`` artifact written
     WEBUI_ARTIFACT_ID = "webui.{kind}_id"
     #: on an IBKR workflow run: a task that failed and why (deleted when a retry succeeds)
