@@ -122,6 +122,10 @@ class Tag:
     WORKFLOW = "tradeflow.workflow"  # "trading" | "market_data" | "monitoring"
     STRATEGY = "tradeflow.strategy"
 
+    #: on the pipeline run: how its stages' processes started ("forked" from the warm server, or
+    #: "fresh: <why>"; ``tradeflow.runs.projects.warm_stage_processes``)
+    STAGE_PROCESSES = "tradeflow.stage_processes"
+
     # per-stage and per-kind names: templates, ``Tag.STAGE_RUN_ID.format(stage=...)``
     #: on the pipeline run: the run id a stage ran (or reused) as, whether it was reused, how its
     #: cache lease went ("cached" | "adopted" | "held")
