@@ -210,3 +210,48 @@ def test_a_command_that_is_not_python_m_runs_fresh_and_is_labelled(project, expe
     assert forked.ok and fresh.ok
     assert "tradeflow.runs.forkserver" not in _record(tmp_path / "fresh.json")["parent"]
     assert _label(parent).startswith("fresh: not a python -m command")
+
+
+_EXITS = textwrap.dedent(r"""
+    import atexit, sys, threading, time
+    from pathlib import Path
+
+    out = Path(sys.argv[1])
+    atexit.register(lambda: out.write_text(out.read_text() + "atexit;"))
+    def late():
+        time.sleep(0.3)
+        out.write_text(out.read_text() + "thread;")
+    out.write_text("")
+    threading.Thread(target=late).start()  # non-daemon: joined before the process ends
+    how = sys.argv[2]
+    if how == "message":
+        sys.exit("a one-line reason")
+    if how == "raise":
+        raise RuntimeError("boom")
+    if how == "code":
+        sys.exit(7)
+""")
+
+
+@pytest.mark.parametrize("how, code, stderr", [("message", 1, "a one-line reason"), ("raise", 1, "RuntimeError: boom"),
+                                               ("code", 7, ""), ("return", 0, "")])
+def test_a_forked_child_exits_as_the_interpreter_would(tmp_path, how, code, stderr):
+    from tradeflow.runs.forkserver import ForkServer
+
+    (tmp_path / "exits.py").write_text(_EXITS)
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    server = ForkServer(["json"], root=Path.cwd())
+    try:
+        with err.open("w") as stream:
+            saved = os.dup(2)
+            os.dup2(stream.fileno(), 2)
+            try:
+                child = server.spawn("exits", [str(out), how], env=dict(os.environ), cwd=str(tmp_path))
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        assert child.wait(30) == code
+    finally:
+        server.close()
+    assert out.read_text() == "thread;atexit;"  # threads joined first, then atexit, as Py_FinalizeEx does
+    assert stderr in err.read_text()

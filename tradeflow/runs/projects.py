@@ -129,7 +129,7 @@ class WarmStages:
     is ``forked`` while every stage forked, else ``fresh: <why>`` (the pipeline tags it)."""
 
     def __init__(self, modules: list[str], root: Path) -> None:
-        from tradeflow.runs.forkserver import ForkServer, ForkServerError
+        from tradeflow.runs.forkserver import ForkServer, ForkServerError, claim
 
         self.server = None
         self.label = "forked"
@@ -137,9 +137,11 @@ class WarmStages:
         self._tagged: dict[str, str] = {}  # parent run id -> the label it carries
         if not settings.current().fork_server:
             self.label = "fresh: off (TRADEFLOW_FORK_SERVER=false)"
+            if server := claim(modules, root):
+                server.close()
             return
         try:
-            self.server = ForkServer(modules, root=root)
+            self.server = claim(modules, root) or ForkServer(modules, root=root)
         except (OSError, ForkServerError) as exc:
             self.fall_back(f"the fork server could not start: {exc}")
 
