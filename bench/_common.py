@@ -88,6 +88,19 @@ def mlflow_run_cmd(entry_point: str, params: dict[str, str], project: Path = REP
     return cmd
 
 
+#: the floor a stage process used to pay before any work: one interpreter importing the heavy three
+FLOOR_CMD = [sys.executable, "-c", "import mlflow, torch, stable_baselines3"]
+
+
+def import_floor(env: dict[str, str] | None = None) -> Timed:
+    """``python -c "import mlflow, torch, stable_baselines3"``, timed like any other command (issue
+    26: every figure is reported beside it, measured in the same run, as a multiple of it)."""
+    timed = run_timed(FLOOR_CMD, env=env or {})
+    if timed.returncode != 0:
+        raise SystemExit(f"the import floor failed:\n{timed.stderr[-2000:]}")
+    return timed
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

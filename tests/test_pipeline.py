@@ -74,6 +74,7 @@ def test_mode_both_builds_the_run_tree_and_persists_with_lineage(world, first_ru
     parent = _parent(client, "exec-1")
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["mlflow.project.entryPoint"] == "pipeline"
+    assert parent.data.tags["tradeflow.stage_processes"] == "forked"  # every stage from the warm server
     children = {c.data.tags["mlflow.project.entryPoint"]: c for c in _children(client, parent.info.run_id)}
     assert set(children) == set(STAGES)
     for stage, child in children.items():

@@ -103,6 +103,24 @@ def test_a_waiter_gives_up_after_its_timeout_naming_the_holder(store):
     assert "tradeflow.lease.train_backtest" not in client.get_run(waiter.run_id).data.tags
 
 
+def test_an_uncontended_claim_holds_at_once_and_a_later_rival_with_an_earlier_clock_waits(store, monkeypatch):
+    """No rival: no ``settle_s`` wait (issue 26). A rival whose claim shows up after the fast hold
+    waits for it even when its own clock says it claimed first (the held mark orders first)."""
+    import tradeflow.pipeline.cache as cache
+
+    client, experiment_id = store
+    first = StageLease(client, _parent(client, experiment_id), "train_backtest", KEY, settle_s=5.0)
+    started = time.monotonic()
+    assert first.acquire_or_adopt() is None
+    assert time.monotonic() - started < 1.0  # 5 s settle not paid (SQLite round trips only)
+    real_time = time.time
+    monkeypatch.setattr(cache.time, "time", lambda: real_time() - 100.0)  # the rival's clock is behind
+    rival = StageLease(client, _parent(client, experiment_id), "train_backtest", KEY, settle_s=0.1, poll_s=0.1,
+                       timeout_s=0.5)
+    with pytest.raises(StageLeaseTimeout, match=f"pipeline run {first.run_id}"):
+        rival.acquire_or_adopt()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_three_concurrent_cold_pipelines_on_postgres_train_once(tmp_path):

@@ -81,6 +81,8 @@ class Settings(BaseModel):
     log_level: Literal["CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "NOTSET"] = Field(
         "INFO", description="entry points' log level")
     reproduction_of: str | None = Field(None, description="set by reproduce for its re-run (registry aliases stay)")
+    fork_server: bool = Field(True, description="a pipeline's stages fork from a warm process that imported mlflow, "
+                              "torch and the steps (false: each stage starts a fresh interpreter)")
     lease_timeout_s: float = Field(3 * 3600.0, gt=0, description="how long a pipeline waits for another running the same stage")
     csv_roots: str | None = Field(None, description="dirs (os.pathsep-separated) a WebUI link's csv: data_source may read")
     http_deadline_s: float = Field(30.0, gt=0, le=3600, description="total seconds per HTTP request (WebUI, IBKR)")

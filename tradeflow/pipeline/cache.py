@@ -49,14 +49,24 @@ class StageLease:
     runs (three DAG runs of one symbol) train once and the others adopt the result.
 
     MLflow has no compare-and-set, so the claim is ordered: every claimer tags its own pipeline run
-    in one write (key, claim time, heartbeat), waits ``settle_s`` (longer than the gap between a
-    claim's time and its tags being visible, and than clock skew between workers), then the live
-    claim with the smallest (claim time, run id) holds the lease; every claimer computes the same
-    order, and a claimer holds only after finding itself first twice, ``settle_s`` apart. The holder
-    heartbeats while its stage runs; the others poll for the FINISHED cached run and adopt it. A
-    holder whose pipeline run ended, or whose heartbeat is older than ``stale_s`` (its worker was
-    killed), no longer counts: the next in order runs the stage. Past ``timeout_s`` a waiter fails
-    with ``StageLeaseTimeout`` naming the holder.
+    in one write (key, claim time, heartbeat) and reads the live claims of the key.
+
+    - **Uncontended (the usual case), no wait**: a claimer that sees no other live claim, marks its
+      claim held, and again sees no other live claim (nor a result finished meanwhile), holds at
+      once. Each read follows the reader's own write, so of two claims the later one to become
+      visible always sees the earlier: two claimers never both see themselves alone, and a rival
+      that was not there at the second read writes its claim after the held mark, so its first
+      read sees the mark and it waits.
+    - **Contended**: claimers that saw a rival wait ``settle_s`` (longer than the gap between a
+      claim's time and its tags being visible, and than clock skew between workers); then a live
+      claim marked held comes first, else the smallest (claim time, run id); every claimer
+      computes the same order, and one holds only after finding itself first twice, ``settle_s``
+      apart (then it marks its claim held).
+
+    The holder heartbeats while its stage runs; the others poll for the FINISHED cached run and
+    adopt it. A holder whose pipeline run ended, or whose heartbeat is older than ``stale_s`` (its
+    worker was killed), no longer counts: the next in order runs the stage. Past ``timeout_s`` a
+    waiter fails with ``StageLeaseTimeout`` naming the holder.
     """
 
     def __init__(self, client: MlflowClient, parent, stage: str, key: str, *, settle_s: float = 2.0,
@@ -67,13 +77,15 @@ class StageLease:
         self.experiment_id = parent.info.experiment_id
         self.settle_s, self.poll_s, self.heartbeat_s, self.stale_s = settle_s, poll_s, heartbeat_s, stale_s
         self.timeout_s = timeout_s if timeout_s is not None else settings.current().lease_timeout_s
-        self.tags = {name.format(stage=stage) for name in (Tag.LEASE, Tag.LEASE_CLAIMED_AT, Tag.LEASE_HEARTBEAT)}
+        self.tags = {name.format(stage=stage)
+                     for name in (Tag.LEASE, Tag.LEASE_CLAIMED_AT, Tag.LEASE_HEARTBEAT, Tag.LEASE_HELD)}
         self.claimed_at = 0.0
 
     def _beat(self, client: MlflowClient | None = None) -> None:
         (client or self.client).set_tag(self.run_id, Tag.LEASE_HEARTBEAT.format(stage=self.stage), f"{time.time():.3f}")
 
-    def _live_claims(self) -> list[tuple[float, str]]:
+    def _live_claims(self) -> list[tuple[bool, float, str]]:
+        """Live claims of the key, in holding order: (not marked held, claim time, run id)."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{Tag.LEASE.format(stage=self.stage)}` = {filter_value(self.key)} "
@@ -88,7 +100,8 @@ class StageLease:
             except (KeyError, ValueError):
                 continue
             if run.info.run_id == self.run_id or now - beat <= self.stale_s:
-                claims.append((at, run.info.run_id))
+                held = tags.get(Tag.LEASE_HELD.format(stage=self.stage)) == self.key
+                claims.append((not held, at, run.info.run_id))
         return sorted(claims)
 
     def acquire_or_adopt(self) -> str | None:
@@ -101,7 +114,17 @@ class StageLease:
         self.client.log_batch(self.run_id, tags=[  # one write: the claim appears whole or not at all
             RunTag(Tag.LEASE.format(stage=self.stage), self.key), RunTag(Tag.LEASE_CLAIMED_AT.format(stage=self.stage), stamp),
             RunTag(Tag.LEASE_HEARTBEAT.format(stage=self.stage), stamp)])
-        time.sleep(self.settle_s)
+        if self._alone():
+            self._mark_held()
+            if self._alone():  # still alone after the mark: any later claimer sees the mark
+                cached = find_cached(self.client, self.experiment_id, self.key)
+                if not cached:
+                    return None
+                self.release()  # a rival finished and released between the caller's look and our claim
+                log.info("stage %s: adopting run %s, finished just before this claim", self.stage, cached)
+                return cached
+        else:
+            time.sleep(self.settle_s)
         deadline = time.monotonic() + self.timeout_s
         holder = None
         confirmed = False
@@ -113,7 +136,7 @@ class StageLease:
                          self.stage, cached, holder or "another pipeline")
                 return cached
             claims = self._live_claims()
-            first = claims[0][1] if claims else self.run_id
+            first = claims[0][2] if claims else self.run_id
             if first == self.run_id:
                 if not confirmed:  # first twice, settle_s apart: a slow claim had time to appear
                     confirmed = True
@@ -122,6 +145,7 @@ class StageLease:
                 if holder:
                     log.warning("stage %s: pipeline run %s, which held the lease, ended or stopped heartbeating"
                                 " without a result; running the stage here", self.stage, holder)
+                self._mark_held()
                 return None
             confirmed = False
             if first != holder:
@@ -135,6 +159,13 @@ class StageLease:
                                         "(TRADEFLOW_LEASE_TIMEOUT_S); giving up")
             self._beat()
             time.sleep(self.poll_s)
+
+    def _alone(self) -> bool:
+        """No live claim of the key but this run's (and no FINISHED result yet: checked by the caller)."""
+        return [claim[2] for claim in self._live_claims()] == [self.run_id]
+
+    def _mark_held(self) -> None:
+        self.client.set_tag(self.run_id, Tag.LEASE_HELD.format(stage=self.stage), self.key)
 
     def heartbeat(self):
         """Context manager: keep the held lease's heartbeat fresh while the stage runs."""

@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
 from tradeflow.errors import StepError
-from tradeflow.runs.projects import StageOutcome, run_entry_point
+from tradeflow.runs.projects import StageOutcome, run_entry_point, warm_stage_processes
 from tradeflow.pipeline.cache import StageLease, cache_key, find_cached
-from tradeflow.pipeline.stages import STAGES_BY_MODE, Handoff, Invocation, Stage
+from tradeflow.pipeline.stages import STAGES_BY_MODE, WARM_MODULES, Handoff, Invocation, Stage
 from tradeflow.runs.records import (
     PipelineRecord,
     Tag,
@@ -81,7 +81,9 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
     from tradeflow.names import DAG_ID
 
     client = MlflowClient()
-    with stage_run("pipeline", experiment_name=cfg.experiment_name, tags={Tag.SYMBOL: cfg.symbol}) as parent:
+    # the warm server imports while this process creates its run and loads the data
+    with warm_stage_processes(list(WARM_MODULES)), \
+            stage_run("pipeline", experiment_name=cfg.experiment_name, tags={Tag.SYMBOL: cfg.symbol}) as parent:
         parent_id = parent.info.run_id
         execution_id = execution_id or parent_id
         mlflow.set_tags({Tag.EXECUTION_ID: execution_id, Tag.MODE: cfg.mode, Tag.FORCE: str(force).lower()})

@@ -99,6 +99,15 @@ STAGES: tuple[Stage, ...] = (
           cache_extra=lambda: {"backend": os.environ.get("BACKEND_API_URL", "")}),
 )
 
+#: what the warm stage process imports before forking a stage (``runs.projects.warm_stage_processes``):
+#: the heavy libraries and each stage's entry point; never a tracking store or a model
+WARM_MODULES: tuple[str, ...] = (
+    "mlflow", "torch", "stable_baselines3", "mlflow.pyfunc", "matplotlib.pyplot", "pyarrow.parquet", "git",
+    # the SQL stores' modules (their ORM classes: ~1.5 s), not a store: each stage opens its own
+    "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+    "sklearn.linear_model", "review_agents.review", "review_agents.team",
+    *(f"entrypoints.{s.name}" for s in STAGES))
+
 #: mode -> the stages it runs, in order (``names.MODES``, the DAG's task groups)
 STAGES_BY_MODE: dict[str, tuple[Stage, ...]] = {mode: tuple(s for s in STAGES if mode in s.modes) for mode in MODES}
 
@@ -108,4 +117,4 @@ def stage_named(name: str) -> Stage:
     return {stage.name: stage for stage in STAGES}[name]
 
 
-__all__ = ["Handoff", "Invocation", "STAGES", "STAGES_BY_MODE", "Stage", "stage_named"]
+__all__ = ["Handoff", "Invocation", "STAGES", "STAGES_BY_MODE", "Stage", "WARM_MODULES", "stage_named"]

@@ -13,14 +13,27 @@ starts the command itself in its own process group, so the caller waits on it, o
 tree, exactly as before. Other env managers (virtualenv, conda, uv) go through MLflow's local
 backend unchanged. The backend is thread-safe: the child's environment is built per call, never by
 editing ``os.environ``, so stages or symbols may be launched from several threads at once.
+
+Inside ``warm_stage_processes`` (the pipeline wraps its stages in it) a command ``python -m <module>
+...`` of this checkout, with this interpreter, is forked from a warm process instead
+(``tradeflow.runs.forkserver``): the same process for every purpose the caller sees (pid, process
+group, exit code, stdout/stderr, environment), minus the interpreter start and the imports. Any
+other command (a ``reproduce`` of another commit's checkout, another python), ``TRADEFLOW_FORK_SERVER
+=false``, or a server that cannot start gets a fresh process as before; the last is a warning and
+the pipeline run's ``tradeflow.stage_processes`` tag says so.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +109,9 @@ class DirectLocalBackend(AbstractBackend):
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
         env.update(get_run_env_vars(run_id, experiment_id))
         log.debug("run %s: %s (in %s)", run_id, command, work_dir)
+        forked = _fork(command, env=env, work_dir=work_dir, parent_run_id=tags.get(MLFLOW_PARENT_RUN_ID))
+        if forked is not None:
+            return LocalSubmittedRun(run_id, forked)
         try:
             # stdin /dev/null: under Airflow 3 the caller's stdin is a socket, and bash with a socket
             # on stdin acts as if sshd started it: it runs ~/.bashrc (which may put another python
@@ -106,6 +122,117 @@ class DirectLocalBackend(AbstractBackend):
             mark_failed(MlflowClient(), run_id, f"entry point '{entry_point}' could not start: {exc}")
             raise
         return LocalSubmittedRun(run_id, process)
+
+
+class WarmStages:
+    """This process's fork server while a pipeline runs, and how its stages were started: ``label``
+    is ``forked`` while every stage forked, else ``fresh: <why>`` (the pipeline tags it)."""
+
+    def __init__(self, modules: list[str], root: Path) -> None:
+        from tradeflow.runs.forkserver import ForkServer, ForkServerError, claim
+
+        self.server = None
+        self.label = "forked"
+        self.users = 0
+        self._tagged: dict[str, str] = {}  # parent run id -> the label it carries
+        if not settings.current().fork_server:
+            self.label = "fresh: off (TRADEFLOW_FORK_SERVER=false)"
+            if server := claim(modules, root):
+                server.close()
+            return
+        try:
+            self.server = claim(modules, root) or ForkServer(modules, root=root)
+        except (OSError, ForkServerError) as exc:
+            self.fall_back(f"the fork server could not start: {exc}")
+
+    def fall_back(self, reason: str) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.label = f"fresh: {reason}"
+        log.warning("stages start as fresh processes (%s)", reason)
+
+    def not_forked(self, reason: str) -> None:
+        """A stage started fresh while the server runs: the label says so from then on."""
+        if self.label == "forked":
+            self.label = f"fresh: {reason}"
+        log.info("stage not forked: %s", reason)
+
+    def tag(self, parent_run_id: str | None) -> None:
+        """``Tag.STAGE_PROCESSES`` on the pipeline run, whenever its label changes."""
+        if parent_run_id and self._tagged.get(parent_run_id) != self.label:
+            _set_tags(parent_run_id, {Tag.STAGE_PROCESSES: self.label})
+            self._tagged[parent_run_id] = self.label
+
+
+_warm: WarmStages | None = None
+_warm_lock = threading.Lock()
+
+
+@contextmanager
+def warm_stage_processes(modules: list[str], root: Path = PROJECT_ROOT) -> Iterator[WarmStages]:
+    """Fork the stages of checkout ``root`` this process launches from a warm server that imported
+    ``modules``; one server per process, shared by nested or concurrent users, stopped when the
+    last one leaves."""
+    global _warm
+    with _warm_lock:
+        if _warm is None:
+            _warm = WarmStages(modules, root)
+        warm = _warm
+        warm.users += 1
+    try:
+        yield warm
+    finally:
+        with _warm_lock:
+            warm.users -= 1
+            if warm.users == 0:
+                if warm.server is not None:
+                    warm.server.close()
+                _warm = None
+
+
+def _fork(command: str, *, env: dict[str, str], work_dir: str, parent_run_id: str | None):
+    """The stage command forked from the warm server, or None (start it fresh); inside
+    ``warm_stage_processes`` the pipeline run is tagged with how its stages started."""
+    warm = _warm
+    if warm is None:
+        return None
+    try:
+        if warm.server is None:
+            return None
+        reason = _not_forkable(command, env=env, work_dir=work_dir, server=warm.server)
+        if reason:
+            warm.not_forked(reason)
+            return None
+        from tradeflow.runs.forkserver import ForkServerError
+
+        argv = shlex.split(command)
+        try:
+            return warm.server.spawn(argv[2], argv[3:], env=env, cwd=str(work_dir))
+        except (OSError, ForkServerError) as exc:
+            warm.fall_back(str(exc))
+            return None
+    finally:
+        warm.tag(parent_run_id)
+
+
+def _not_forkable(command: str, *, env: dict[str, str], work_dir: str, server) -> str:
+    """Why this command must start as a fresh process ('' when the warm server can fork it): only
+    ``python -m <module>`` of the server's checkout, with the server's interpreter and PYTHON* env."""
+    argv = shlex.split(command)
+    if len(argv) < 3 or argv[:2] != ["python", "-m"]:
+        return f"not a python -m command: {argv[:2]}"
+    python = shutil.which("python", path=env.get("PATH"))
+    if not python or os.path.dirname(os.path.abspath(python)) != os.path.dirname(os.path.abspath(server.python)) \
+            or not os.path.samefile(python, server.python):
+        return f"python on the stage's PATH is {python}, the fork server runs {server.python}"
+    if not os.path.samefile(work_dir, server.root):  # another checkout (reproduce): its own code
+        return f"{work_dir} is not the fork server's checkout"
+    ours = {k: v for k, v in server.environ.items() if k.startswith("PYTHON")}
+    theirs = {k: v for k, v in env.items() if k.startswith("PYTHON")}
+    if ours != theirs:  # PYTHONPATH & co. act at interpreter start, which a fork skips
+        return f"the stage's PYTHON* environment differs from the fork server's: {sorted(set(ours.items()) ^ set(theirs.items()))[:2]}"
+    return ""
 
 
 def _set_tags(run_id: str, tags: dict[str, str]) -> None:

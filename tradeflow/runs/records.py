@@ -124,6 +124,10 @@ class Tag:
     #: the gateway session as the auth sensor last classified it: "ready" or "<state>: <reason>"
     IBKR_SESSION = "tradeflow.ibkr.session"
 
+    #: on the pipeline run: how its stages' processes started ("forked" from the warm server, or
+    #: "fresh: <why>"; ``tradeflow.runs.projects.warm_stage_processes``)
+    STAGE_PROCESSES = "tradeflow.stage_processes"
+
     # per-stage and per-kind names: templates, ``Tag.STAGE_RUN_ID.format(stage=...)``
     #: on the pipeline run: the run id a stage ran (or reused) as, whether it was reused, how its
     #: cache lease went ("cached" | "adopted" | "held")
@@ -134,6 +138,8 @@ class Tag:
     LEASE = "tradeflow.lease.{stage}"
     LEASE_CLAIMED_AT = "tradeflow.lease.{stage}.claimed_at"
     LEASE_HEARTBEAT = "tradeflow.lease.{stage}.heartbeat"
+    #: set by the claimer that decided it holds (the uncontended fast path, or first in order)
+    LEASE_HELD = "tradeflow.lease.{stage}.held"
     #: on the persist run: the WebUI id of the ``signal``/``llm``/``chart`` artifact written
     WEBUI_ARTIFACT_ID = "webui.{kind}_id"
     #: on an IBKR workflow run: a task that failed and why (deleted when a retry succeeds)
