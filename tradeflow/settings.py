@@ -86,6 +86,11 @@ class Settings(BaseModel):
     http_deadline_s: float = Field(30.0, gt=0, le=3600, description="total seconds per HTTP request (WebUI, IBKR)")
     link_safety_overrides: bool = Field(False, description="operator flag: let a WebUI link config set safety "
                                         "settings (do_no_harm_gate); off, a link that tries is refused")
+    # what the WebUI shows (issue 24)
+    mlflow_ui_url: str | None = Field(None, description="the MLflow UI address the WebUI's links open (default: "
+                                      "the tracking URI when it is a server); runs:/ URIs are sent beside them")
+    webui_chart_dir: str | None = Field(None, description="a directory the WebUI service reads: persist copies each "
+                                        "chart PNG there and sends that plain path as image_path")
 
     @field_validator("dag_schedule")
     @classmethod
