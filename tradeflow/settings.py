@@ -91,6 +91,10 @@ class Settings(BaseModel):
                                       "the tracking URI when it is a server); runs:/ URIs are sent beside them")
     webui_chart_dir: str | None = Field(None, description="a directory the WebUI service reads: persist copies each "
                                         "chart PNG there and sends that plain path as image_path")
+    webui_trigger_user: str | None = Field(None, description="the Airflow user the WebUI backend's auto-trigger "
+                                           "sends (basic auth) to the /api/v1 trigger plugin on Airflow 3")
+    webui_trigger_password: str | None = Field(None, description="its password (never logged); unset, the "
+                                               "plugin refuses every trigger, saying why", repr=False)
 
     @field_validator("dag_schedule")
     @classmethod
