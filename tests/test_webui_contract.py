@@ -47,9 +47,9 @@ def test_a_chart_answer_carries_its_executions_llm_fields_and_market_data_is_a_p
     assert (row["prompt"], row["response"], row["model_name"], row["prompt_length"]) == ("question: KO?", "HOLD.",
                                                                                           "rules", 13)
     page = requests.get(f"{webui_server.url}/api/artifacts/{chart}/market-data", timeout=10).json()
-    assert len(page["bars"]) == 50 and page["bars"][0]["close"] == 59.0  # newest first
+    assert page["count"] == len(page["data"]) == 50 and page["data"][0]["close"] == 59.0  # newest first
     assert len(requests.get(f"{webui_server.url}/api/artifacts/{chart}/market-data?limit=80",
-                            timeout=10).json()["bars"]) == 60
+                            timeout=10).json()["data"]) == 60
 
 
 class _Airflow(BackgroundHTTPServer):

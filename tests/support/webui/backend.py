@@ -300,19 +300,22 @@ class Backend:
             return Reply(200, json.loads(json.dumps(row)))
 
     def artifact_market_data(self, *, query: dict[str, str], body: Any, artifact_id: str) -> Reply:
-        """The bars a chart artifact was drawn from (``metadata.market_data_snapshot``), a page of
-        ``limit`` (50) bars, newest first, as the service answers; 404 without them."""
+        """The bars a chart artifact was drawn from (``metadata.market_data_snapshot``), as the service
+        answers them: ``{"symbol", "count", "data"}``, the newest ``limit`` (50) bars, newest first;
+        404 without them."""
         try:
             limit = int(query.get("limit", "50"))
         except ValueError:
             raise invalid("int_parsing", ["query", "limit"], "Input should be a valid integer") from None
         with self.lock:
             row = self._artifact(artifact_id)
+            if row["type"] != "chart":
+                raise Reject(400, "Market data is only available for chart artifacts")
             snapshot = (row.get("metadata") or {}).get("market_data_snapshot")
             if not isinstance(snapshot, dict) or not snapshot.get("bars"):
                 raise Reject(404, f"No market data snapshot for artifact {artifact_id}")
             bars = list(reversed(snapshot["bars"]))[: max(limit, 0)]
-            return Reply(200, json.loads(json.dumps({**snapshot, "bars": bars, "bar_count": len(bars)})))
+            return Reply(200, json.loads(json.dumps({"symbol": row.get("symbol"), "count": len(bars), "data": bars})))
 
     def artifact_image(self, *, query: dict[str, str], body: Any, artifact_id: str) -> Reply:
         """The service's image route: ``image_path`` when it is a plain file path on this machine (a
