@@ -112,3 +112,18 @@ def test_the_chart_page_and_airflow_monitor_find_chart_data_and_metadata(tmp_pat
     llm = plan.payloads[1]
     assert llm["prompt"] == "question: NVDA?" and llm["response"].startswith("Breakout. Volume confirms.")
     assert "Key factors: trend up; gate passed" in llm["response"]
+
+
+def test_the_review_task_messages_evidence_block_becomes_lines():
+    from review_agents.prompts import extract_evidence  # noqa: F401 - the block format this reads
+    from tradeflow.steps.persist import readable_prompt
+
+    evidence = {"symbol": "AAPL", "model": {"suggestion": "HOLD", "sharpe": 0.123456}, "note": "a<b>c"}
+    prompt = "\n".join(["Review the evidence for AAPL as of 2021-12-31 (1 day bars) and decide BUY, SELL or HOLD.",
+                        "<evidence>", json.dumps(evidence, separators=(",", ":")).replace("<", "\\u003c")
+                        .replace(">", "\\u003e"), "</evidence>"])
+    lines = readable_prompt(prompt, None).splitlines()
+    assert lines[:3] == ["Review the evidence for AAPL as of 2021-12-31 (1 day bars) and decide BUY, SELL or HOLD.",
+                         "<evidence>", "symbol: AAPL"]
+    assert "  suggestion: HOLD" in lines and "  sharpe: 0.1235" in lines and "note: a<b>c" in lines
+    assert lines[-1] == "</evidence>"

@@ -106,35 +106,44 @@ def mlflow_links(review_run: Any, *, pipeline_run_id: str | None = None,
 #: what plots/price.png draws (tradeflow.steps.inference.price_chart), as the chart page lists it
 CHART_INDICATORS = ("SMA 20", "SMA 50", "support", "resistance")
 PROMPT_TEXT_MAX = 2000
+PROMPT_LINE_MAX = 240
 
 
 def readable_prompt(prompt: str, evidence_link: str | None) -> str:
-    """The agents' question and evidence as lines of text (the WebUI prints the prompt whole; a
-    minified JSON blob was a 4 KB line), with the full JSON linked, not pasted."""
-    try:
-        data = json.loads(prompt)
-    except (TypeError, ValueError):
-        data = None
-    if not isinstance(data, dict):
-        text = prompt
-    else:
-        lines: list[str] = []
+    """The agents' question and evidence as lines of text (the WebUI prints the prompt whole; the
+    evidence was one minified 4 KB JSON line), with the full JSON linked, not pasted. Each line
+    that is a JSON object becomes ``key: value`` lines; other lines are kept (clipped)."""
+    lines: list[str] = []
 
-        def walk(value: Any, label: str, depth: int) -> None:
-            pad = "  " * depth
-            if isinstance(value, dict):
-                lines.append(f"{pad}{label}:" if label else "")
-                for key, sub in value.items():
-                    walk(sub, str(key), depth + (1 if label else 0))
-            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                lines.append(f"{pad}{label}: {len(value)} entries (see the JSON)")
-            else:
-                shown = f"{value:.4g}" if isinstance(value, float) else value
-                lines.append(f"{pad}{label}: {shown}")
-        walk(data, "", 0)
-        text = "\n".join(line for line in lines if line)
+    def walk(value: Any, label: str, depth: int) -> None:
+        pad = "  " * depth
+        if isinstance(value, dict):
+            if label:
+                lines.append(f"{pad}{label}:")
+            for key, sub in value.items():
+                walk(sub, str(key), depth + (1 if label else 0))
+        elif isinstance(value, list) and value and all(isinstance(v, (dict, list)) for v in value):
+            lines.append(f"{pad}{label}: {len(value)} entries (see the JSON)")
+        else:
+            if isinstance(value, list):
+                value = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            lines.append(f"{pad}{label}: {shown}"[:PROMPT_LINE_MAX])
+
+    for line in str(prompt or "").splitlines():
+        data = None
+        if line.lstrip().startswith(("{", "[")):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                data = None
+        if isinstance(data, dict):
+            walk(data, "", 0)
+        elif line.strip():
+            lines.append(line if len(line) <= PROMPT_LINE_MAX else line[: PROMPT_LINE_MAX - 3] + "...")
+    text = "\n".join(lines)
     if len(text) > PROMPT_TEXT_MAX:
-        text = text[:PROMPT_TEXT_MAX].rsplit("\n", 1)[0] + "\n..."
+        text = text[:PROMPT_TEXT_MAX].rsplit("\n", 1)[0] + "\n... (the rest: see the JSON)"
     return text + (f"\nFull evidence (JSON): {evidence_link}" if evidence_link else "")
 
 
@@ -181,8 +190,10 @@ def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, t
     # response, the signal_data dump).
     # Model text is data (inert: no markup, no secret), even from a review run recorded before that rule.
     factors = [inert_text(f, 300) for f in decision.get("key_factors") or []]
+    shown = [(k, v, links.get(f"{k}_uri")) for k, v in links.items() if not k.endswith("_uri")]
     response = (inert_text(decision["rationale"]) + ("\nKey factors: " + "; ".join(factors) if factors else "")
-                + ("\nMLflow: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in links.items()) if links else ""))
+                + ("\nMLflow:" + "".join(f"\n- {k.replace('_', ' ')}: {v}" + (f" ({uri})" if uri else "")
+                                          for k, v, uri in shown) if links else ""))
     meta = {"analysis_method": "trademaster_autogen", "mlflow_run_id": run.info.run_id,
             "model_uri": record["evidence"]["model"].get("uri"), "fallback_reason": record["decision"].get("fallback_reason")}
     payloads = [
