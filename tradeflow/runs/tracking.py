@@ -282,7 +282,8 @@ def _stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None)
     except BaseException as exc:
         reason = one_line(exc)
         try:
-            mlflow.set_tag(Tag.FAILURE, reason[:MAX_TAG_CHARS])
+            mlflow.set_tags({Tag.FAILURE: reason[:MAX_TAG_CHARS],
+                             **({Tag.FAILURE_PERMANENT: "true"} if getattr(exc, "retryable", True) is False else {})})
             log.debug("stage %s failed:\n%s", stage, traceback.format_exc())
         finally:
             mlflow.end_run(status="FAILED")
