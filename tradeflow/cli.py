@@ -20,7 +20,7 @@ from tradeflow.config import RunConfig
 from tradeflow.errors import UserError
 from tradeflow.runs.records import Tag, mark_failed
 from tradeflow.settings import log_level, resolve_with_env
-from tradeflow.runs.tracking import configure_tracking, one_line
+from tradeflow.runs.tracking import configure_tracking, moved_note, one_line
 
 log = logging.getLogger("tradeflow")
 
@@ -113,6 +113,8 @@ def main_wrapper(step: Callable[[], object]) -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         step()
+        if note := moved_note():
+            print(note, file=sys.stderr, flush=True)
     except SystemExit:
         raise
     except Terminated as exc:
