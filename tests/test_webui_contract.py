@@ -27,6 +27,7 @@ def test_the_image_route_serves_only_a_plain_path_or_the_minio_object(webui_serv
     png = tmp_path / "price.png"
     png.write_bytes(PNG)
     base = webui_server.url
+    assert webui_server._backend.object_store is None
     plain = _chart(webui_server, image_path=str(png))
     answer = requests.get(f"{base}/api/artifacts/{plain}/image", timeout=10)
     assert answer.status_code == 200 and answer.content == PNG and answer.headers["Content-Type"] == "image/png"
@@ -34,9 +35,14 @@ def test_the_image_route_serves_only_a_plain_path_or_the_minio_object(webui_serv
     assert requests.get(f"{base}/api/artifacts/{uri}/image", timeout=10).status_code == 500  # redraw, no MinIO
     bare = _chart(webui_server, image_path=png.as_uri())
     assert requests.get(f"{base}/api/artifacts/{bare}/image", timeout=10).status_code == 409
-    stored = _chart(webui_server, image_path="/nowhere/stale.png",
-                    chart_data={"minio_url": f"{base}/api/artifacts/{plain}/image"})
-    assert requests.get(f"{base}/api/artifacts/{stored}/image", timeout=10).content == PNG  # minio_url wins
+    stored = _chart(webui_server, image_path=str(png), chart_data={"minio_url": "http://minio:9000/charts/KO/x.png"})
+    assert requests.get(f"{base}/api/artifacts/{stored}/image", timeout=10).status_code == 503  # no MinIO client
+    objects = {("charts", "KO/x.png"): PNG[::-1]}
+    with WebUIServer(object_store=lambda bucket, key: objects[(bucket, key)]) as with_minio:
+        row = with_minio.seed_artifact({"name": "c", "type": "chart", **LINEAGE, "image_path": str(png),
+                                        "chart_data": {"minio_url": "http://minio:9000/charts/KO/x.png"}})
+        served = requests.get(f"{with_minio.url}/api/artifacts/{row['id']}/image", timeout=10)
+        assert served.content == PNG[::-1]  # minio_url wins over a readable image_path
 
 
 def test_a_chart_answer_carries_its_executions_llm_fields_and_market_data_is_a_page(webui_server):

@@ -157,6 +157,16 @@ def chart_target(chart_dir: str, symbol: str, execution_id: str) -> str:
     return str(Path(chart_dir).expanduser().resolve() / re.sub(r"[^A-Za-z0-9._-]+", "_", symbol) / f"{safe}.png")
 
 
+def chart_object_url(endpoint: str, bucket: str, symbol: str, execution_id: str) -> str:
+    """The WebUI's ``chart_data.minio_url`` for this execution's chart: path-style
+    ``<endpoint>/<bucket>/charts/<symbol>/<execution>.png`` (the service reads the bucket and the
+    object name from the path and fetches it with its own MinIO client; it must end in ``.png``)."""
+    from pathlib import PurePosixPath
+
+    relative = PurePosixPath(chart_target("/", symbol, execution_id)).relative_to("/")
+    return f"{endpoint.rstrip('/')}/{bucket}/charts/{relative}"
+
+
 def chart_image_path(chart_uri: str, chart_dir: str | None, symbol: str, execution_id: str) -> str | None:
     """The plain path the WebUI reads: under ``chart_dir`` when set; else the local store's own
     file (a ``file://`` URI is never found by the service); None when neither exists."""
@@ -173,7 +183,7 @@ def chart_image_path(chart_uri: str, chart_dir: str | None, symbol: str, executi
 
 
 def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, task_id: str,
-                    chart_dir: str | None = None) -> list[dict[str, Any]]:
+                    chart_dir: str | None = None, chart_store: tuple[str, str] | None = None) -> list[dict[str, Any]]:
     """The three contract-shaped payloads, lineage included."""
     from tradeflow import webui
     from tradeflow.redaction import inert_text, redact_tree
@@ -204,13 +214,15 @@ def build_artifacts(record: dict[str, Any], *, execution_id: str, dag_id: str, t
                            metadata={**meta, "transcript_uri": record["transcript_uri"],
                                      "messages": len(record["transcript_lines"])}, **lineage),
     ]
-    image_path = (chart_image_path(record["chart_uri"], chart_dir, symbol, execution_id)
-                  if record["chart_uri"] else None)
+    minio_url = (chart_object_url(*chart_store, symbol, execution_id)
+                 if record["chart_uri"] and chart_store else None)
+    image_path = minio_url or (chart_image_path(record["chart_uri"], chart_dir, symbol, execution_id)
+                               if record["chart_uri"] else None)
     if image_path:
         snapshot = record.get("market_data_snapshot") or {}
         chart_data = {"timeframe": snapshot.get("timeframe") or record["signal_data"].get("timeframe_analyzed"),
                       "bars_count": snapshot.get("bar_count", len(snapshot.get("bars") or [])) if snapshot else None,
-                      "indicators": list(CHART_INDICATORS)}
+                      "indicators": list(CHART_INDICATORS), **({"minio_url": minio_url} if minio_url else {})}
         # chart_data is sent whole: a PATCH replaces the service's own (its minio_url of a redraw
         # would otherwise win over our image for good)
         chart_meta = {**meta, "timeframe": chart_data["timeframe"], "indicators": list(CHART_INDICATORS),
@@ -242,12 +254,14 @@ def persist_params(review_run_id: str, *, execution_id: str, dag_id: str, task_i
 
 
 def plan_persist(record: dict[str, Any], *, execution_id: str, dag_id: str, task_id: str,
-                 chart_dir: str | None = None) -> PersistPlan:
+                 chart_dir: str | None = None, chart_store: tuple[str, str] | None = None) -> PersistPlan:
     """``review_record``'s answer (already read) -> the payloads to upsert (and, with
-    ``chart_dir``, the chart file to write where the WebUI reads it)."""
-    payloads = build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id, chart_dir=chart_dir)
+    ``chart_store`` = (S3 endpoint, bucket) or ``chart_dir``, where to write the chart first)."""
+    payloads = build_artifacts(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id,
+                               chart_dir=chart_dir, chart_store=chart_store)
     chart = next((p for p in payloads if p["type"] == "chart"), None)
-    copy = (record["chart_uri"], chart["image_path"]) if chart is not None and chart_dir else None
+    copy = ((record["chart_uri"], chart["image_path"]) if chart is not None and (chart_dir or chart_store)
+            else None)
     return PersistPlan(payloads, chart_copy=copy)
 
 
@@ -266,7 +280,7 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
         client = WebUIClient.from_env()
         # skipped: no payloads are built, as before (nothing would send them)
         plan = plan_persist(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id,
-                            chart_dir=current().webui_chart_dir) if client is not None else None
+                            chart_dir=current().webui_chart_dir, chart_store=webui_chart_store()) if client is not None else None
         return record_persist(run, cfg, plan, client=client, review_run_id=review_run_id, execution_id=execution_id)
 
 
@@ -300,15 +314,52 @@ def record_persist(run: Any, cfg: RunConfig, plan: PersistPlan | None, *, client
     return {"run_id": run.info.run_id, "skipped": False, "artifacts": written}
 
 
+def webui_chart_store() -> tuple[str, str] | None:
+    """(S3 endpoint, bucket) of the WebUI's MinIO when ``TRADEFLOW_WEBUI_CHART_BUCKET`` is set; its
+    endpoint is ``MLFLOW_S3_ENDPOINT_URL`` (what the WebUI stack sets). A bucket without an endpoint
+    is a clear error, not a silent local fallback."""
+    import os
+
+    from tradeflow.settings import current
+
+    bucket = current().webui_chart_bucket
+    if not bucket:
+        return None
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "").strip()
+    if not endpoint.startswith(("http://", "https://")):
+        raise InputError("TRADEFLOW_WEBUI_CHART_BUCKET is set but MLFLOW_S3_ENDPOINT_URL is not an http(s) URL: "
+                         "set it to the WebUI stack's MinIO endpoint")
+    return endpoint, bucket
+
+
+def upload_chart(local: str, minio_url: str) -> None:
+    """Put the PNG at ``minio_url``'s bucket and key (boto3, credentials from the usual AWS_*
+    variables, as MLflow's own S3 store does); the same key each run of the execution, so a re-run
+    replaces the image the WebUI shows."""
+    from urllib.parse import urlparse
+
+    try:
+        import boto3
+    except ImportError:
+        raise InputError("TRADEFLOW_WEBUI_CHART_BUCKET needs boto3 (pip install boto3==1.43.11)") from None
+    parsed = urlparse(minio_url)
+    bucket, key = parsed.path.lstrip("/").split("/", 1)
+    s3 = boto3.client("s3", endpoint_url=f"{parsed.scheme}://{parsed.netloc}")
+    s3.upload_file(local, bucket, key, ExtraArgs={"ContentType": "image/png"})
+
+
 def publish_chart(chart_uri: str, target: str) -> None:
-    """Write the run's chart PNG at ``target`` (atomically: the WebUI never reads half a file; a
-    re-run replaces it)."""
+    """Write the run's chart PNG at ``target``: an object in the WebUI's MinIO (``http...``), or a
+    file (atomically: the WebUI never reads half a file). A re-run replaces it."""
     import os
     import shutil
     import tempfile
     from pathlib import Path
 
     local = mlflow.artifacts.download_artifacts(artifact_uri=chart_uri)
+    if target.startswith(("http://", "https://")):
+        upload_chart(local, target)
+        return
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=Path(target).parent, suffix=".png.tmp")
     os.close(fd)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlencode
 
+import logging
+
 from ..httpserver import Reply
 from .contract import (
     ARTIFACT_COLUMNS,
@@ -34,12 +36,17 @@ from .faults import FaultPlan
 REQUEST_LOG_SIZE = 10_000
 
 
+log = logging.getLogger(__name__)
+
+
 class Backend:
     """The service's state and routes; every public method holds the lock."""
 
     def __init__(self, *, strict_signals: bool, health_delay_s: float,
-                 notify: Callable[[dict[str, Any]], None], redraw_fail_s: float = 0.2) -> None:
+                 notify: Callable[[dict[str, Any]], None], redraw_fail_s: float = 0.2,
+                 object_store: Callable[[str, str], bytes] | None = None) -> None:
         self.lock = threading.RLock()
+        self.object_store = object_store  # the service's own MinIO client: (bucket, object) -> bytes
         self.redraw_fail_s = redraw_fail_s
         self.notify = notify
         self.strict_signals = strict_signals
@@ -318,27 +325,32 @@ class Backend:
             return Reply(200, json.loads(json.dumps({"symbol": row.get("symbol"), "count": len(bars), "data": bars})))
 
     def artifact_image(self, *, query: dict[str, str], body: Any, artifact_id: str) -> Reply:
-        """The service's image route: ``image_path`` when it is a plain file path on this machine (a
-        ``file://`` URI never is), else the object at ``chart_data.minio_url``; else it redraws from
+        """The service's image route: first the object at ``chart_data.minio_url`` (bucket and object
+        name from its path, read with the service's own MinIO client: ``object_store``; 503 without
+        one, as the service answers without MinIO), then ``image_path`` when it is a plain file path
+        on this machine (a ``file://`` URI never is); else it redraws from
         ``metadata.market_data_snapshot`` and, with no MinIO here, answers 500 after the redraw
         (``redraw_fail_s``; ~12 s on the real one); 409 when there is no snapshot either."""
-        import urllib.request
         from pathlib import Path
+        from urllib.parse import urlparse
 
         with self.lock:
             row = dict(self._artifact(artifact_id))
         if row["type"] != "chart":
             raise Reject(400, f"Artifact {artifact_id} is not a chart")
+        minio_url = (row.get("chart_data") or {}).get("minio_url") if isinstance(row.get("chart_data"), dict) else None
+        if minio_url and str(minio_url).startswith("http") and str(minio_url).lower().endswith((".png", ".jpg", ".jpeg")):
+            parts = urlparse(minio_url).path.lstrip("/").split("/", 1)
+            if len(parts) == 2:
+                if self.object_store is None:
+                    raise Reject(503, "MinIO client not available")
+                try:
+                    return Reply(200, self.object_store(parts[0], parts[1]), "image/png")
+                except Exception as err:  # the service logs it and falls back to the local path / a redraw
+                    log.warning("webui-server: MinIO object %s unreadable: %s", minio_url, err)
         path = row.get("image_path")
         if isinstance(path, str) and path.startswith("/") and Path(path).is_file():
             return Reply(200, Path(path).read_bytes(), "image/png")
-        minio_url = (row.get("chart_data") or {}).get("minio_url") if isinstance(row.get("chart_data"), dict) else None
-        if minio_url:
-            try:
-                with urllib.request.urlopen(minio_url, timeout=15) as answer:  # noqa: S310 - test object store
-                    return Reply(200, answer.read(), answer.headers.get_content_type() or "image/png")
-            except OSError as err:
-                return Reply(500, {"detail": f"Failed to fetch chart from MinIO: {err}"})
         if not (row.get("metadata") or {}).get("market_data_snapshot"):
             raise Reject(409, "Chart image not available and no market data snapshot to regenerate it")
         time.sleep(self.redraw_fail_s)

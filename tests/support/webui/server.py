@@ -41,6 +41,7 @@ class WebUIServer(BackgroundHTTPServer):
         airflow_url: str | None = None,
         airflow_auth: tuple[str, str] | None = None,
         redraw_fail_s: float = 0.2,
+        object_store: Callable[[str, str], bytes] | None = None,
     ) -> None:
         super().__init__(host, port)
         self.on_trigger = on_trigger
@@ -48,7 +49,7 @@ class WebUIServer(BackgroundHTTPServer):
         self.airflow_url = airflow_url.rstrip("/") if airflow_url else None
         self.airflow_auth = airflow_auth
         self._backend = Backend(strict_signals=strict_signals, health_delay_s=health_delay_s, notify=self._notify,
-                                redraw_fail_s=redraw_fail_s)
+                                redraw_fail_s=redraw_fail_s, object_store=object_store)
 
     # the HTTP side -------------------------------------------------------------------------------
 
