@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
     >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will skip"
 fi
+# The WebUI's own page templates for tests/test_webui_pages.py (skips, saying why, when this fails).
+bash scripts/install_webui_pages.sh || echo "note: WebUI page templates not fetched; tests/test_webui_pages.py will skip"
 exec .venv/bin/python -m pytest "$@"

@@ -67,6 +67,18 @@ def test_a_run_mlflow_started_in_default_is_moved(bare_store, monkeypatch, capsy
     # the -P values that were set are kept, unquoted; the '' ones are left for the step to resolve
     assert moved.data.params == {"symbol": "AAPL", "config": '{"seed": 7}'}
     assert "recording in experiment 'trademaster_autogen' as run " + moved_id in capsys.readouterr().err
+    from tradeflow.cli import main_wrapper
+
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        main_wrapper(lambda: None)  # a step's last line says where the results are (mlflow run prints the stub next)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"results: run {moved_id} in experiment 'trademaster_autogen' (the run id `mlflow run` prints next, "
+        f"{stub}, is its placeholder in Default, deleted once it ends)")
 
     assert client.get_run(stub).data.tags[Tag.MOVED_TO] == moved_id
     # `mlflow run` ends its own run when the process exits; the helper then deletes the stub

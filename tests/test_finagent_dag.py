@@ -166,3 +166,20 @@ def test_mode_train_backtest_skips_inference_and_a_foreign_engine_fails_clearly(
     assert _group_states(states, "inference") == {"skipped"} and states[("finalize", -1)] == "failed"
     parent, children = _symbol_runs(stack, result.run_id)
     assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_an_engine_that_is_not_installed_fails_the_task_at_once_without_retries(tmp_path_factory):
+    """Upstream FinAgent absent (no FINAGENT_BACKEND): with retries configured the task still ends
+    on its first try, naming the cause, instead of three tries and their retry waits."""
+    require_shared_data()
+    env = {"TRADEFLOW_TASK_RETRIES": "2", "TRADEFLOW_RETRY_DELAY_S": "60", "TRADEFLOW_LOG_LEVEL": "INFO"}
+    with airflow_stack(tmp_path_factory.mktemp("finagent_missing"), env=env) as missing:
+        result = _dag_test(missing, {"symbol": "AAPL", "mode": "train_backtest"})
+        assert result.returncode != 0
+        states = missing.home.task_states(DAG_ID, result.run_id)
+        assert states[("train_backtest.run_symbol", 0)] == "failed", states
+        assert "not retried: " in result.output and "finagent" in result.output.lower()
+        assert result.seconds < 60 + 60, f"{result.seconds:.0f} s: a retry wait happened"  # no 60 s retry delay
+        parent, children = _symbol_runs(missing, result.run_id)
+        assert [c.info.status for c in children] == ["FAILED"]  # one attempt

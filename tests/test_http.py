@@ -107,7 +107,7 @@ def _payloads(execution_id: str, run_id: str) -> list[dict]:
     return [nvda_signal(execution_id=execution_id, run_id=run_id),
             llm_artifact(prompt="review NVDA", response="buy the breakout", model_name="rules",
                          transcript_uri=f"runs:/{run_id}/autogen_conversation.jsonl", **lineage),
-            chart_artifact(image_path=f"runs:/{run_id}/plots/price.png", chart_type="price", **lineage)]
+            chart_artifact(image_path=f"/store/{run_id}/plots/price.png", chart_type="price", **lineage)]
 
 
 def test_listing_ignores_total_and_finds_every_match_among_thousands(webui_server):

@@ -5,6 +5,7 @@ a real WebUI contract server on 127.0.0.1 (POST answers 200, unknown keys 500, n
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -126,8 +127,13 @@ def test_mode_both_builds_the_run_tree_and_persists_with_lineage(world, first_ru
     import requests
 
     served = requests.get(f"{server.url}/api/artifacts/{by_type['chart']['id']}/market-data", timeout=10)
-    assert served.status_code == 200 and served.json()["bars"] == snapshot["bars"]
-    assert requests.get(f"{server.url}/api/artifacts/{by_type['signal']['id']}/market-data", timeout=10).status_code == 404
+    assert served.status_code == 200 and served.json()["data"] == list(reversed(snapshot["bars"]))[:50]
+    assert requests.get(f"{server.url}/api/artifacts/{by_type['signal']['id']}/market-data", timeout=10).status_code == 400
+    # the chart the WebUI shows is ours: a plain path it reads, served byte for byte
+    image = requests.get(f"{server.url}/api/artifacts/{by_type['chart']['id']}/image", timeout=10)
+    assert image.status_code == 200 and image.content == Path(by_type["chart"]["image_path"]).read_bytes()
+    assert by_type["chart"]["chart_data"]["bars_count"] == 120 and by_type["chart"]["chart_data"]["indicators"]
+    assert by_type["chart"]["metadata"]["timeframe"] == by_type["chart"]["chart_data"]["timeframe"] == "1 day"
 
     _assert_runs_explain_themselves(client, parent, children)
     _assert_review_is_traced(client, review)

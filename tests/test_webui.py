@@ -338,3 +338,23 @@ def test_standalone_process_serves_state_file_and_takes_control_over_http(tmp_pa
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+def test_the_batch_names_every_linked_symbol_it_leaves_out_and_why(webui_server, caplog):
+    from tradeflow.orchestration import RunContext
+    from tradeflow.orchestration.targets import resolve_targets
+
+    server = webui_server
+    server.seed_symbol("AAPL", priority=9)
+    server.seed_symbol("MSFT", priority=5)
+    server.seed_symbol("NVDA", priority=1)  # beyond max_symbols=2
+    server.seed_symbol("AMD", priority=8, is_active=False)
+    server.seed_symbol("TSLA", priority=7, enabled=False)
+    ctx = RunContext(dag_id=DAG_ID, run_id="manual__2026-12-07", conf={"max_symbols": 2})
+    with caplog.at_level("WARNING", logger="tradeflow"):
+        targets = resolve_targets(ctx, environ={"BACKEND_API_URL": server.url})
+    assert [t["symbol"] for t in targets] == ["AAPL", "MSFT"]
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("excluded from this batch"))
+    assert line.startswith("excluded from this batch (3): ")
+    assert "AMD: its link to trademaster_autogen_pipeline_workflow is inactive" in line
+    assert "TSLA: disabled in the WebUI" in line and "NVDA: beyond max_symbols=2 (priority 1)" in line

@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
 from tradeflow.errors import UserError
-from tradeflow.runs.records import mark_failed
+from tradeflow.runs.records import Tag, mark_failed
 from tradeflow.settings import log_level, resolve_with_env
-from tradeflow.runs.tracking import configure_tracking, one_line
+from tradeflow.runs.tracking import configure_tracking, moved_note, one_line
 
 log = logging.getLogger("tradeflow")
 
@@ -77,13 +77,14 @@ def config_from_flags(args: argparse.Namespace, *, extra_layers: Sequence[Mappin
 def fail_before_work(message: str) -> None:
     """Refuse bad input: one line on stderr, exit 2; a run pre-created by ``mlflow run`` is
     marked FAILED with the reason (never left RUNNING)."""
-    _fail_pending_run(message)
+    _fail_pending_run(message, permanent=True)
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
-def _fail_pending_run(message: str) -> None:
-    """Mark the run ``mlflow run`` created for us FAILED with the reason, if it is still open."""
+def _fail_pending_run(message: str, *, permanent: bool = False) -> None:
+    """Mark the run ``mlflow run`` created for us FAILED with the reason, if it is still open
+    (``permanent``: tagged so that Airflow does not retry it)."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
@@ -91,7 +92,7 @@ def _fail_pending_run(message: str) -> None:
         configure_tracking()
         client = MlflowClient()
         if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
-            mark_failed(client, run_id, message)
+            mark_failed(client, run_id, message, extra_tags={Tag.FAILURE_PERMANENT: "true"} if permanent else None)
     except Exception as exc:  # the store itself may be the problem; the exit still says why
         log.warning("could not mark run %s FAILED: %s", run_id, one_line(exc))
 
@@ -112,6 +113,8 @@ def main_wrapper(step: Callable[[], object]) -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         step()
+        if note := moved_note():
+            print(note, file=sys.stderr, flush=True)
     except SystemExit:
         raise
     except Terminated as exc:
@@ -120,7 +123,7 @@ def main_wrapper(step: Callable[[], object]) -> None:
         raise SystemExit(128 + signal.SIGTERM) from None
     except EXPECTED_ERRORS as exc:
         log.debug("step failed", exc_info=True)
-        _fail_pending_run(one_line(exc))
+        _fail_pending_run(one_line(exc), permanent=getattr(exc, "retryable", True) is False)
         print(f"error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     except Exception as exc:  # a bug: the traceback stays (Python prints it), the run still ends FAILED

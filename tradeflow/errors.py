@@ -16,7 +16,12 @@ class UserError(Exception):
     """An expected failure whose ``str()`` is one actionable line (no traceback shown).
 
     Its text passes the redaction boundary when it is made: a URL's ``user:password@``, a
-    configured secret or a key-shaped string never reaches the line a user (or a tag) sees."""
+    configured secret or a key-shaped string never reaches the line a user (or a tag) sees.
+
+    ``retryable`` False: trying again cannot help (a bad configuration, a missing package), so
+    the stage run is tagged ``tradeflow.failure_permanent`` and Airflow fails the task at once."""
+
+    retryable: bool = True
 
     def __init__(self, *args: object) -> None:
         from tradeflow.redaction import redact
@@ -30,6 +35,8 @@ class InputError(UserError, ValueError):
 
 class ConfigError(InputError):
     """A configuration value is invalid. ``str(err)`` is one line naming the parameter."""
+
+    retryable = False
 
 
 class NotFoundError(UserError, LookupError):

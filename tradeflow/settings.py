@@ -88,6 +88,18 @@ class Settings(BaseModel):
     http_deadline_s: float = Field(30.0, gt=0, le=3600, description="total seconds per HTTP request (WebUI, IBKR)")
     link_safety_overrides: bool = Field(False, description="operator flag: let a WebUI link config set safety "
                                         "settings (do_no_harm_gate); off, a link that tries is refused")
+    # what the WebUI shows (issue 24)
+    mlflow_ui_url: str | None = Field(None, description="the MLflow UI address the WebUI's links open (default: "
+                                      "the tracking URI when it is a server); runs:/ URIs are sent beside them")
+    webui_chart_dir: str | None = Field(None, description="a directory the WebUI service reads: persist copies each "
+                                        "chart PNG there and sends that plain path as image_path")
+    webui_chart_bucket: str | None = Field(None, description="the WebUI stack's MinIO/S3 bucket: with "
+                                           "MLFLOW_S3_ENDPOINT_URL set, persist uploads each chart there and sends "
+                                           "chart_data.minio_url (wins over webui_chart_dir)")
+    webui_trigger_user: str | None = Field(None, description="the Airflow user the WebUI backend's auto-trigger "
+                                           "sends (basic auth) to the /api/v1 trigger plugin on Airflow 3")
+    webui_trigger_password: str | None = Field(None, description="its password (never logged); unset, the "
+                                               "plugin refuses every trigger, saying why", repr=False)
 
     @field_validator("dag_schedule")
     @classmethod

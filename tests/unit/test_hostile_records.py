@@ -112,8 +112,10 @@ def test_mlflow_links_for_the_webui_carry_no_password(monkeypatch):
     run = SimpleNamespace(info=SimpleNamespace(run_id="a" * 32, experiment_id="1"),
                           data=SimpleNamespace(tags={Tag.PARENT_RUN_ID: "b" * 32, Tag.REVIEW_TRACE_ID: "tr-1"}))
     links = mlflow_links(run)
-    assert len(links) == 4
-    assert all(PASSWORD not in v and "alice" not in v and v.startswith("http://mlflow.internal:5000/") for v in links.values())
+    shown = {k: v for k, v in links.items() if not k.endswith("_uri")}  # runs:/ URIs sit beside the links
+    assert len(shown) == 4 and set(links) - set(shown) == {f"{k}_uri" for k in shown if k != "trace"}
+    assert all(PASSWORD not in v and "alice" not in v and v.startswith("http://mlflow.internal:5000/") for v in shown.values())
+    assert all(PASSWORD not in v for v in links.values())
 
 
 # --- 2. model text is data, never markup ------------------------------------------------------------

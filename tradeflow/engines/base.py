@@ -32,6 +32,8 @@ PRICE_COLUMN = "close"
 class EngineUnavailable(StepError):
     """The engine cannot run here (e.g. its package is not installed); ``str(err)`` is one line."""
 
+    retryable = False  # installing it is an operator's job, not a retry's
+
 
 @dataclass(frozen=True)
 class ActionResult:

@@ -127,8 +127,23 @@ def run_symbol(target: Mapping[str, Any], parent: Mapping[str, str] | None, ctx:
     if result.run_id:
         client.set_tag(result.run_id, Tag.AIRFLOW_TRY, str(ctx.try_number))
     if not result.ok:
-        raise StepError(f"{symbol}: pipeline {result.status}" + (f" (run {result.run_id})" if result.run_id else "")
-                           + f": {result.failure or 'no reason given'}")
+        message = (f"{symbol}: pipeline {result.status}" + (f" (run {result.run_id})" if result.run_id else "")
+                   + f": {result.failure or 'no reason given'}")
+        if result.run_id and (permanent := permanent_failure(client, result.run_id)):
+            fail_now(f"{message} [not retried: {permanent}]")  # a retry cannot fix a config or a missing package
+        raise StepError(message)
     log.info("%s: pipeline run %s FINISHED in %.1fs", symbol, result.run_id, result.seconds)
     return {"symbol": symbol, "run_id": result.run_id, "status": result.status, "executor": executor.kind,
             "try_number": ctx.try_number, "seconds": round(result.seconds, 1)}
+
+
+def permanent_failure(client: Any, pipeline_run_id: str) -> str | None:
+    """The reason a retry cannot help, when the pipeline run or one of its stage runs is tagged
+    ``tradeflow.failure_permanent`` (a ``ConfigError``, an engine that is not installed); else None."""
+    run = client.get_run(pipeline_run_id)
+    runs = [run, *client.search_runs([run.info.experiment_id],
+                                     f"tags.`mlflow.parentRunId` = '{pipeline_run_id}'", max_results=50)]
+    for candidate in runs:
+        if candidate.data.tags.get(Tag.FAILURE_PERMANENT) == "true":
+            return candidate.data.tags.get(Tag.FAILURE) or "permanent failure"
+    return None

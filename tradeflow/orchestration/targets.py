@@ -51,8 +51,9 @@ def resolve_targets(ctx: RunContext, *, environ: Mapping[str, str] | None = None
                   'Trigger with {"symbol": "AAPL"} or configure the WebUI backend.')
     max_symbols = ctx.get_int("max_symbols", MAX_SYMBOLS)
     max_symbols = max(1, min(max_symbols, MAX_SYMBOLS))
+    excluded: list[tuple[str, str]] = []
     with client:
-        assigned = client.assigned_symbols(ctx.dag_id, max_symbols=max_symbols)
+        assigned = client.assigned_symbols(ctx.dag_id, max_symbols=max_symbols, excluded=excluded)
     force = parse_bool(ctx.get("force", False), "force")
     scheduled = ctx.run_id.startswith("scheduled__")
     moment = now or datetime.now(UTC)
@@ -63,15 +64,20 @@ def resolve_targets(ctx: RunContext, *, environ: Mapping[str, str] | None = None
             why = Session.from_link(row, where=f"WebUI link of {name}").outside(moment)
         except SessionError as exc:
             log.error("%s skipped: %s", name, exc)
+            excluded.append((name, f"bad session in its WebUI link: {exc}"))
             continue
         if why and scheduled and not force:
             log.warning("%s skipped: %s (scheduled run; trigger with force=true to run it anyway)", name, why)
+            excluded.append((name, f"{why} (scheduled run; force=true runs it)"))
             continue
         if why:
             log.info("%s runs although %s (%s)", name, why, "force" if force else "manual run")
         targets.append({"symbol": name, "link_config": row.get("config") or {},
                         "conid": row.get("conid"), "workflow_symbol_id": row.get("workflow_symbol_id"),
                         "priority": row.get("priority")})
+    if excluded:
+        log.warning("excluded from this batch (%d): %s", len(excluded),
+                    "; ".join(f"{symbol}: {why}" for symbol, why in excluded))
     if not targets:
         log.warning("empty batch: no enabled symbol has an active link to %s in the WebUI (Workflow Symbols)"
                     "%s; nothing to run", ctx.dag_id, " inside its session" if assigned else "")

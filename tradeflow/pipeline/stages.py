@@ -95,8 +95,9 @@ STAGES: tuple[Stage, ...] = (
           params=lambda cfg, h, inv: {"review_run_id": h.review_run_id or "", "execution_id": inv.execution_id,
                                       "dag_id": inv.dag_id, "task_id": inv.task_id},
           collect=_collect_nothing,
-          # a different WebUI backend is a different persist, even for the same review
-          cache_extra=lambda: {"backend": os.environ.get("BACKEND_API_URL", "")}),
+          # a different WebUI backend (or chart store, or MLflow UI address) is a different persist,
+          # even for the same review; unset ones leave the key as it was
+          cache_extra=lambda: {"backend": os.environ.get("BACKEND_API_URL", ""), **_persist_targets()}),
 )
 
 #: what the warm stage process imports before forking a stage (``runs.projects.warm_stage_processes``):
@@ -107,6 +108,17 @@ WARM_MODULES: tuple[str, ...] = (
     "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
     "sklearn.linear_model", "review_agents.review", "review_agents.team",
     *(f"entrypoints.{s.name}" for s in STAGES))
+
+
+def _persist_targets() -> dict[str, str]:
+    from tradeflow.settings import current
+
+    settings = current()
+    chosen = {"chart_dir": settings.webui_chart_dir, "chart_bucket": settings.webui_chart_bucket,
+              "chart_endpoint": os.environ.get("MLFLOW_S3_ENDPOINT_URL") if settings.webui_chart_bucket else None,
+              "mlflow_ui": settings.mlflow_ui_url}
+    return {k: v for k, v in chosen.items() if v}
+
 
 #: mode -> the stages it runs, in order (``names.MODES``, the DAG's task groups)
 STAGES_BY_MODE: dict[str, tuple[Stage, ...]] = {mode: tuple(s for s in STAGES if mode in s.modes) for mode in MODES}

@@ -40,6 +40,7 @@ class Tag:
     STAGE = "tradeflow.stage"
     CODE_VERSION = "tradeflow.code_version"
     FAILURE = "tradeflow.failure_reason"
+    FAILURE_PERMANENT = "tradeflow.failure_permanent"  # "true": a retry cannot help (config, not installed)
     EXECUTION_ID = "tradeflow.execution_id"
     CONFIG_ADJUSTMENTS = "tradeflow.config_adjustments"
     WARNING = "tradeflow.warning"

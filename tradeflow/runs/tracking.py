@@ -171,7 +171,22 @@ def home_run(run_id: str, experiment_name: str, client: MlflowClient | None = No
     print(f"note: `mlflow run` started run {run_id} in experiment '{current}'; recording in experiment "
           f"'{experiment_name}' as run {moved.info.run_id} instead (the stub is deleted when `mlflow run` ends)",
           file=sys.stderr, flush=True)
+    _MOVED.append((run_id, experiment_name, moved.info.run_id))
     return moved.info.run_id
+
+
+#: (stub run id, experiment, the run holding the results) of each run ``home_run`` moved in this process
+_MOVED: list[tuple[str, str, str]] = []
+
+
+def moved_note() -> str | None:
+    """The last line a step prints when ``mlflow run`` started it in Default: ``mlflow run`` then
+    prints its own stub's id ("=== Run (ID ...) succeeded ==="), which is deleted, not the results."""
+    if not _MOVED:
+        return None
+    stub, experiment, moved = _MOVED[-1]
+    return (f"results: run {moved} in experiment '{experiment}' (the run id `mlflow run` prints next, {stub}, "
+            "is its placeholder in Default, deleted once it ends)")
 
 def recorded_params(params: dict[str, str]) -> dict[str, str]:
     """The parameters as they were passed, from what ``mlflow.projects.run`` logged.
@@ -282,7 +297,8 @@ def _stage_run(stage: str, *, experiment_name: str, tags: dict[str, str] | None)
     except BaseException as exc:
         reason = one_line(exc)
         try:
-            mlflow.set_tag(Tag.FAILURE, reason[:MAX_TAG_CHARS])
+            mlflow.set_tags({Tag.FAILURE: reason[:MAX_TAG_CHARS],
+                             **({Tag.FAILURE_PERMANENT: "true"} if getattr(exc, "retryable", True) is False else {})})
             log.debug("stage %s failed:\n%s", stage, traceback.format_exc())
         finally:
             mlflow.end_run(status="FAILED")

@@ -129,20 +129,28 @@ class WebUIClient(ArtifactEndpoints):
             raise self._shape_error("GET /api/workflow-symbols/", "a JSON array of objects", body)
         return body
 
-    def assigned_symbols(self, dag_id: str, *, max_symbols: int) -> list[dict[str, Any]]:
+    def assigned_symbols(self, dag_id: str, *, max_symbols: int,
+                         excluded: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
         """Enabled symbols with an ACTIVE link to ``dag_id``, priority desc then symbol, at most
         ``max_symbols``. Each: symbol, name, conid, workflow_symbol_id, priority, link_id,
-        link_priority, config (the link's ``config``; ``{}`` when null)."""
+        link_priority, config (the link's ``config``; ``{}`` when null). ``excluded`` (a list)
+        receives ``(symbol, why)`` for each symbol linked to ``dag_id`` that is left out: disabled,
+        only inactive links, or beyond ``max_symbols``. The list asks for every symbol
+        (``enabled_only=false``) so that a disabled one can be named; enabled is checked here."""
         if max_symbols < 1:
             raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
+        left_out = excluded if excluded is not None else []
         assigned = []
-        for index, row in enumerate(self.list_workflow_symbols(enabled_only=True)):
+        for index, row in enumerate(self.list_workflow_symbols(enabled_only=False)):
             self._check_symbol_row(row, "GET /api/workflow-symbols/", f"[{index}]")
-            if row.get("enabled") is not True:
-                continue  # the query already filters; do not trust it with a trading decision
-            links = [link for link in row.get("workflows") or []
-                     if link.get("dag_id") == dag_id and link.get("is_active") is True]
+            linked = [link for link in row.get("workflows") or [] if link.get("dag_id") == dag_id]
+            links = [link for link in linked if link.get("is_active") is True]
+            if linked and row.get("enabled") is not True:
+                left_out.append((str(row.get("symbol")), "disabled in the WebUI (Workflow Symbols)"))
+                continue
             if not links:
+                if linked:
+                    left_out.append((str(row.get("symbol")), f"its link to {dag_id} is inactive"))
                 continue
             if len(links) > 1:
                 log.warning("WebUI symbol %s has %d active links to %s; using link %s",
@@ -160,6 +168,8 @@ class WebUIClient(ArtifactEndpoints):
             dropped = [item["symbol"] for item in assigned[max_symbols:]]
             log.warning("WebUI assigns %d symbols to %s; keeping the first %d by priority, dropping %s",
                         len(assigned), dag_id, max_symbols, ", ".join(dropped))
+            left_out += [(item["symbol"], f"beyond max_symbols={max_symbols} (priority {item['priority']})")
+                         for item in assigned[max_symbols:]]
         return assigned[:max_symbols]
 
     def get_workflow_symbol(self, symbol: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import PurePath
@@ -22,7 +23,7 @@ log = logging.getLogger("tradeflow.webui")
 
 __all__ = ["ACTIONS", "ARTIFACT_KEYS", "ARTIFACT_TYPES", "COMMON_KEYS", "DAG_ID", "IDENTITY_KEYS", "STEP_CHART",
            "STEP_LLM", "STEP_SIGNAL", "chart_artifact", "check_trading_signal", "clean_artifact_payload",
-           "llm_artifact", "signal_artifact"]
+           "llm_artifact", "service_names", "signal_artifact"]
 
 STEP_SIGNAL: Final = "trademaster_autogen_decision"
 STEP_LLM: Final = "trademaster_autogen_review"
@@ -132,7 +133,19 @@ def signal_artifact(
     payload = _lineage("signal", symbol=symbol, run_id=run_id, experiment_id=experiment_id,
                        execution_id=execution_id, dag_id=dag_id, workflow_id=workflow_id, task_id=task_id,
                        step_name=step_name, name=name, metadata=metadata)
-    return {**payload, "action": action, "confidence": confidence, "signal_data": _plain(signal_data)}
+    return {**payload, "action": action, "confidence": confidence,
+            "signal_data": _plain({**service_names(signal_data), **signal_data})}
+
+
+def service_names(signal_data: Mapping[str, Any]) -> dict[str, Any]:
+    """The names the service's own ``llm_analysis`` summary reads (``confidence_level``,
+    ``entry_price``, ``stop_loss``, ``take_profit``, ``is_actionable``), copied from the
+    TradingSignal fields; without them the summary never appears. A name already set wins."""
+    entry = signal_data.get("suggested_entry_price")
+    return {"confidence_level": signal_data.get("confidence"), "entry_price": entry,
+            "stop_loss": signal_data.get("suggested_stop_loss"),
+            "take_profit": signal_data.get("suggested_take_profit"),
+            "is_actionable": signal_data.get("action") in ("BUY", "SELL") and entry is not None}
 
 
 def llm_artifact(
@@ -181,9 +194,13 @@ def chart_artifact(
     metadata: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
-    """A ``chart`` payload; ``image_path`` is where the image lives (e.g. an MLflow artifact URI)."""
+    """A ``chart`` payload; ``image_path`` is a plain file path the service can read (it never
+    resolves a URI such as ``file://``), or ``chart_data.minio_url`` names the uploaded object."""
     if not image_path or not chart_type:
         raise InputError("chart artifact needs image_path and chart_type")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", str(image_path)) and not (isinstance(chart_data, Mapping) and chart_data.get("minio_url")):
+        raise InputError(f"chart image_path must be a plain file path the WebUI service reads, got the URI "
+                         f"{image_path!r} (set TRADEFLOW_WEBUI_CHART_DIR to a directory it reads)")
     payload = _lineage("chart", symbol=symbol, run_id=run_id, experiment_id=experiment_id,
                        execution_id=execution_id, dag_id=dag_id, workflow_id=workflow_id, task_id=task_id,
                        step_name=step_name, name=name, metadata=metadata)

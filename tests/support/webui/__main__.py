@@ -26,9 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-file", type=Path, help="JSON seed (see WebUIServer.load_state); read once, never written")
     parser.add_argument("--strict-signals", action="store_true", help="422 on signals that break the TradingSignal rules")
     parser.add_argument("--health-delay", type=float, default=2.0, help="seconds /health takes (the real one is slow)")
+    parser.add_argument("--airflow-url", help="post the auto-trigger here (the real service's Airflow 2 request)")
+    parser.add_argument("--airflow-user", default="airflow", help="its basic-auth user")
+    parser.add_argument("--airflow-password-file", type=Path, help="a file holding its basic-auth password")
     args = parser.parse_args(argv)
 
-    server = WebUIServer(args.host, args.port, strict_signals=args.strict_signals, health_delay_s=args.health_delay)
+    auth = ((args.airflow_user, args.airflow_password_file.read_text().strip())
+            if args.airflow_password_file else None)
+    server = WebUIServer(args.host, args.port, strict_signals=args.strict_signals, health_delay_s=args.health_delay,
+                         airflow_url=args.airflow_url, airflow_auth=auth)
     if args.state_file:
         try:
             server.load_state(json.loads(args.state_file.read_text()))

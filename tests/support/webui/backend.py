@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlencode
 
+import logging
+
 from ..httpserver import Reply
 from .contract import (
     ARTIFACT_COLUMNS,
@@ -34,12 +36,18 @@ from .faults import FaultPlan
 REQUEST_LOG_SIZE = 10_000
 
 
+log = logging.getLogger(__name__)
+
+
 class Backend:
     """The service's state and routes; every public method holds the lock."""
 
     def __init__(self, *, strict_signals: bool, health_delay_s: float,
-                 notify: Callable[[dict[str, Any]], None]) -> None:
+                 notify: Callable[[dict[str, Any]], None], redraw_fail_s: float = 0.2,
+                 object_store: Callable[[str, str], bytes] | None = None) -> None:
         self.lock = threading.RLock()
+        self.object_store = object_store  # the service's own MinIO client: (bucket, object) -> bytes
+        self.redraw_fail_s = redraw_fail_s
         self.notify = notify
         self.strict_signals = strict_signals
         self.health_delay_s = health_delay_s
@@ -56,6 +64,7 @@ class Backend:
             ("GET", re.compile(r"/api/artifacts/(?P<artifact_id>[^/]+)"), self.get_artifact),
             ("PATCH", re.compile(r"/api/artifacts/(?P<artifact_id>[^/]+)"), self.patch_artifact),
             ("GET", re.compile(r"/api/artifacts/(?P<artifact_id>[^/]+)/market-data"), self.artifact_market_data),
+            ("GET", re.compile(r"/api/artifacts/(?P<artifact_id>[^/]+)/image"), self.artifact_image),
             ("GET", re.compile(r"/api/market-data/cache/(?P<symbol>[^/]+)"), self.market_data),
             ("GET", re.compile(r"/health"), self.health),
         ]
@@ -242,7 +251,10 @@ class Backend:
             artifact_id = self.next_artifact_id
             self.next_artifact_id += 1
             row = {"id": artifact_id, **{c: body.get(c) for c in sorted(ARTIFACT_COLUMNS)},
-                   "created_at": now().isoformat(), "updated_at": None}
+                   "created_at": now().isoformat(), "updated_at": None,
+                   # computed on POST only (a PATCH of the prompt leaves them stale, as the service does)
+                   "prompt_length": len(body["prompt"]) if isinstance(body.get("prompt"), str) else None,
+                   "response_length": len(body["response"]) if isinstance(body.get("response"), str) else None}
             self.artifacts[artifact_id] = row
             return Reply(200, json.loads(json.dumps(row)))
 
@@ -270,8 +282,18 @@ class Backend:
         return self.artifacts[int(raw_id)]
 
     def get_artifact(self, *, query: dict[str, str], body: Any, artifact_id: str) -> Reply:
+        """One row; a chart gets ``prompt``, ``response``, ``model_name`` and their lengths copied
+        in from the same execution's llm artifact (the service's detail answer does this)."""
         with self.lock:
-            return Reply(200, json.loads(json.dumps(self._artifact(artifact_id))))
+            row = dict(self._artifact(artifact_id))
+            if row["type"] == "chart" and row.get("execution_id"):
+                llm = [r for r in self.artifacts.values() if r["type"] == "llm"
+                       and r.get("execution_id") == row["execution_id"] and r.get("symbol") == row.get("symbol")]
+                if llm:
+                    source = max(llm, key=lambda r: r["id"])
+                    row.update({k: source.get(k) for k in ("prompt", "response", "model_name", "prompt_length",
+                                                          "response_length")})
+            return Reply(200, json.loads(json.dumps(row)))
 
     def patch_artifact(self, *, query: dict[str, str], body: Any, artifact_id: str) -> Reply:
         with self.lock:
@@ -285,14 +307,54 @@ class Backend:
             return Reply(200, json.loads(json.dumps(row)))
 
     def artifact_market_data(self, *, query: dict[str, str], body: Any, artifact_id: str) -> Reply:
-        """The bars a chart artifact was drawn from (``metadata.market_data_snapshot``); 404 without
-        them. The service regenerates a chart image from these when ``image_path`` is not on its disk."""
+        """The bars a chart artifact was drawn from (``metadata.market_data_snapshot``), as the service
+        answers them: ``{"symbol", "count", "data"}``, the newest ``limit`` (50) bars, newest first;
+        404 without them."""
+        try:
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            raise invalid("int_parsing", ["query", "limit"], "Input should be a valid integer") from None
         with self.lock:
             row = self._artifact(artifact_id)
+            if row["type"] != "chart":
+                raise Reject(400, "Market data is only available for chart artifacts")
             snapshot = (row.get("metadata") or {}).get("market_data_snapshot")
             if not isinstance(snapshot, dict) or not snapshot.get("bars"):
                 raise Reject(404, f"No market data snapshot for artifact {artifact_id}")
-            return Reply(200, json.loads(json.dumps(snapshot)))
+            bars = list(reversed(snapshot["bars"]))[: max(limit, 0)]
+            return Reply(200, json.loads(json.dumps({"symbol": row.get("symbol"), "count": len(bars), "data": bars})))
+
+    def artifact_image(self, *, query: dict[str, str], body: Any, artifact_id: str) -> Reply:
+        """The service's image route: first the object at ``chart_data.minio_url`` (bucket and object
+        name from its path, read with the service's own MinIO client: ``object_store``; 503 without
+        one, as the service answers without MinIO), then ``image_path`` when it is a plain file path
+        on this machine (a ``file://`` URI never is); else it redraws from
+        ``metadata.market_data_snapshot`` and, with no MinIO here, answers 500 after the redraw
+        (``redraw_fail_s``; ~12 s on the real one); 409 when there is no snapshot either."""
+        from pathlib import Path
+        from urllib.parse import urlparse
+
+        with self.lock:
+            row = dict(self._artifact(artifact_id))
+        if row["type"] != "chart":
+            raise Reject(400, f"Artifact {artifact_id} is not a chart")
+        minio_url = (row.get("chart_data") or {}).get("minio_url") if isinstance(row.get("chart_data"), dict) else None
+        if minio_url and str(minio_url).startswith("http") and str(minio_url).lower().endswith((".png", ".jpg", ".jpeg")):
+            parts = urlparse(minio_url).path.lstrip("/").split("/", 1)
+            if len(parts) == 2:
+                if self.object_store is None:
+                    raise Reject(503, "MinIO client not available")
+                try:
+                    return Reply(200, self.object_store(parts[0], parts[1]), "image/png")
+                except Exception as err:  # the service logs it and falls back to the local path / a redraw
+                    log.warning("webui-server: MinIO object %s unreadable: %s", minio_url, err)
+        path = row.get("image_path")
+        if isinstance(path, str) and path.startswith("/") and Path(path).is_file():
+            return Reply(200, Path(path).read_bytes(), "image/png")
+        if not (row.get("metadata") or {}).get("market_data_snapshot"):
+            raise Reject(409, "Chart image not available and no market data snapshot to regenerate it")
+        time.sleep(self.redraw_fail_s)
+        return Reply(500, {"detail": "Failed to upload regenerated chart to MinIO"})
 
     # market data & health --------------------------------------------------------------------
 

@@ -38,10 +38,18 @@ class WebUIServer(BackgroundHTTPServer):
         strict_signals: bool = False,
         on_trigger: Callable[[dict[str, Any]], None] | None = None,
         health_delay_s: float = 2.0,
+        airflow_url: str | None = None,
+        airflow_auth: tuple[str, str] | None = None,
+        redraw_fail_s: float = 0.2,
+        object_store: Callable[[str, str], bytes] | None = None,
     ) -> None:
         super().__init__(host, port)
         self.on_trigger = on_trigger
-        self._backend = Backend(strict_signals=strict_signals, health_delay_s=health_delay_s, notify=self._notify)
+        #: where the auto-trigger posts, as the real service does (``None``: recorded only)
+        self.airflow_url = airflow_url.rstrip("/") if airflow_url else None
+        self.airflow_auth = airflow_auth
+        self._backend = Backend(strict_signals=strict_signals, health_delay_s=health_delay_s, notify=self._notify,
+                                redraw_fail_s=redraw_fail_s, object_store=object_store)
 
     # the HTTP side -------------------------------------------------------------------------------
 
@@ -125,12 +133,43 @@ class WebUIServer(BackgroundHTTPServer):
         return self._backend.route(method, path, query, body, host or f"{self.host}:{self.port}")
 
     def _notify(self, trigger: dict[str, Any]) -> None:
+        if self.airflow_url:
+            self._post_to_airflow(trigger)
         if self.on_trigger is None:
             return
         try:
             self.on_trigger(json.loads(json.dumps(trigger)))
         except Exception:  # the real service logs a failed trigger and still answers 201
             log.exception("webui-server: on_trigger hook failed for %s", trigger)
+
+    def _post_to_airflow(self, trigger: dict[str, Any]) -> None:
+        """The real service's auto-trigger request, exactly: the Airflow **2** REST path, basic auth,
+        ``{"conf": {...}}`` and no ``logical_date``; any error is only logged (the create still
+        answers 201). The answer is kept on the trigger (``airflow_status``, ``airflow_answer``)."""
+        import base64
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.airflow_url}/api/v1/dags/{trigger['dag_id']}/dagRuns", method="POST",
+            data=json.dumps({"conf": trigger["conf"]}).encode(), headers={"Content-Type": "application/json"})
+        if self.airflow_auth:
+            token = base64.b64encode(":".join(self.airflow_auth).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - loopback test URL
+                status, text = answer.status, answer.read().decode(errors="replace")
+        except urllib.error.HTTPError as err:
+            status, text = err.code, err.read().decode(errors="replace")
+        except OSError as err:
+            status, text = None, f"{type(err).__name__}: {err}"
+        if status != 200:
+            log.warning("webui-server: auto-trigger of %s answered %s: %s", trigger["dag_id"], status, text[:300])
+        with self._backend.lock:
+            for kept in self._backend.triggers:
+                if kept["conf"] == trigger["conf"] and kept["dag_id"] == trigger["dag_id"] and "airflow_status" not in kept:
+                    kept.update(airflow_status=status, airflow_answer=text[:2000])
+                    break
 
     def _control(self, method: str, path: str, body: Any) -> Reply:
         backend = self._backend
