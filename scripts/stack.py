@@ -56,11 +56,16 @@ SERVICES: dict[str, dict] = {
 }
 #: what a client (an Airflow worker, a notebook) needs to reach the stack: the WebUI stack's names
 CLIENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-              "AWS_DEFAULT_REGION")
+              "AWS_DEFAULT_REGION", "AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS")
 #: the Airflow settings every Airflow process of the stack shares
 AIRFLOW_ENV = ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
                "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
                "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__FERNET_KEY")
+
+
+def worker_hostname() -> str:
+    """Airflow's ``hostname_callable`` on the stack: the worker's name (``worker-1``), else the host's."""
+    return os.environ.get("STACK_WORKER_NAME") or socket.getfqdn()
 
 
 def free_port() -> int:
@@ -150,6 +155,7 @@ class Service:
     ready: object = None  # callable(proc) -> None, raises when not ready in time
     user: tuple[int, int] | None = None
     proc: subprocess.Popen | None = None
+    grace: float = 15.0
 
     def start(self) -> Service:
         self.cwd.mkdir(parents=True, exist_ok=True)
@@ -176,10 +182,11 @@ class Service:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
 
-    def stop(self, grace: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    def stop(self, grace: float | None = None, sig: int = signal.SIGTERM) -> None:
         """Signal the whole process group, SIGKILL it after ``grace`` s (no orphan left)."""
         if self.proc is None:
             return
+        grace = self.grace if grace is None else grace
         self.send(sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=grace)
@@ -205,6 +212,9 @@ class Stack:
     base: Path
     workers: int = 2
     artifacts: str = "direct"  # or "proxied"
+    #: every Airflow process (the DAG's parse-time settings: retries, schedule)
+    airflow_extra_env: dict[str, str] = field(default_factory=dict)
+    #: the workers only (what the tasks read: TRADEFLOW_*, BACKEND_API_URL)
     worker_env: dict[str, str] = field(default_factory=dict)
     mlflow_workers: int = 1
     services: dict[str, Service] = field(default_factory=dict)
@@ -238,8 +248,10 @@ class Stack:
         return f"http://{LOOPBACK}:{self.ports['airflow-apiserver']}"
 
     def s3_env(self) -> dict[str, str]:
+        # standard retries, 20 tries (backoff up to 20 s each, ~2.5 min in all): an S3 outage is
+        # waited out instead of failing the stage (docs/faults.md)
         return {"AWS_ACCESS_KEY_ID": self.s3_key, "AWS_SECRET_ACCESS_KEY": self.secrets["s3_secret"],
-                "AWS_DEFAULT_REGION": "us-east-1"}
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "20"}
 
     def client_env(self) -> dict[str, str]:
         """What a client of the stack exports (the WebUI stack's variable names)."""
@@ -283,14 +295,17 @@ class Stack:
             "PATH": bin_dir + os.pathsep + env.get("PATH", "/usr/bin:/bin"),
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
+            # task_instance.hostname names the worker (all share this machine's host name)
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "scripts.stack.worker_hostname",
         })
+        env.update(self.airflow_extra_env)
         return env
 
     # ------------------------------------------------------------------ services
     def _build(self) -> None:
         logs = self.base / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        pg_dir = self.base / "postgres"
+        pg_dir = self.pg_dir
         user = pg_os_user()
         self.services["postgres"] = Service(
             "postgres", [str(pg_bin() / "postgres"), "-D", str(pg_dir / "data"), "-p", str(self.ports["postgres"]),
@@ -314,7 +329,7 @@ class Stack:
                    f"-s3.port={p['s3']}", f"-s3.port.grpc={free_port()}", f"-s3.config={s3_dir / 's3.json'}",
                    "-master.volumeSizeLimitMB=64", "-volume.max=20", f"-filer.localSocket={s3_dir / 'filer.sock'}"],
             {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(s3_dir)}, s3_dir, logs / "s3.log",
-            ready=self._s3_ready)
+            ready=self._s3_ready, grace=3.0)
         mlflow_cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", LOOPBACK,
                       "--port", str(p["mlflow"]), "--workers", str(self.mlflow_workers),
                       "--backend-store-uri", self.pg_url("mlflow")]
@@ -342,7 +357,7 @@ class Stack:
             env = self.airflow_env(wdir / "airflow")
             env.update({"HOME": str(wdir / "home"), "TMPDIR": str(wdir / "tmp"),
                         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                        "TRADEFLOW_WORKER_NAME": name})
+                        "STACK_WORKER_NAME": name})
             env.update(self.client_env())
             env.update(self.worker_env)
             for sub in ("home", "tmp", "airflow"):
@@ -378,8 +393,24 @@ class Stack:
             time.sleep(0.5)
         raise TimeoutError(f"{name} not ready after 120 s")
 
+    @property
+    def pg_dir(self) -> Path:
+        """``base/postgres``, or where the PostgreSQL account can reach when it cannot enter ``base``
+        (pytest's 0700 temp dirs): a private dir under the system temp dir, linked from there."""
+        here = self.base / "postgres"
+        user = pg_os_user()
+        if user is None or here.is_symlink() or all(
+                p.stat().st_uid == user[0] or p.stat().st_mode & 0o001 for p in (self.base, *self.base.parents)):
+            return here.resolve()
+        import tempfile
+
+        elsewhere = Path(tempfile.mkdtemp(prefix="tradeflow-pg-"))
+        os.chmod(elsewhere, 0o711)
+        here.symlink_to(elsewhere, target_is_directory=True)
+        return elsewhere
+
     def _init_postgres(self) -> None:
-        pg_dir = self.base / "postgres"
+        pg_dir = self.pg_dir
         pg_dir.mkdir(parents=True, exist_ok=True)
         user = pg_os_user()
         pwfile = pg_dir / "pw"
