@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
     >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will skip"
 fi
+# Redis and PostgreSQL for tests/test_distributed.py (it skips, saying why, where they are missing).
+bash scripts/install_stack_deps.sh
 exec .venv/bin/python -m pytest "$@"
