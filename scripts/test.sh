@@ -12,4 +12,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 # The WebUI's own page templates for tests/test_webui_pages.py (skips, saying why, when this fails).
 bash scripts/install_webui_pages.sh || echo "note: WebUI page templates not fetched; tests/test_webui_pages.py will skip"
+# Redis and PostgreSQL for tests/test_distributed.py (it skips, saying why, where they are missing).
+bash scripts/install_stack_deps.sh || echo "note: stack dependencies not installed; tests/test_distributed.py will skip"
 exec .venv/bin/python -m pytest "$@"
