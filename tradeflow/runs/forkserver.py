@@ -126,8 +126,11 @@ def serve(sock_path: str, modules: list[str]) -> dict | None:
     checkout = _checkout()
     failed = _preload(modules)
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    sys.stdout.write(json.dumps({"ready": True, "pid": os.getpid(), "failed": failed, "threads": threads}) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps({"ready": True, "pid": os.getpid(), "failed": failed, "threads": threads}) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the pipeline that started us already ended (a refused input): nothing to serve
+        os._exit(0)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
