@@ -47,7 +47,9 @@ def test_a_hostile_pipeline_run_leaves_no_secret_in_any_record(tmp_path):
         MlflowClient(tracking.url).create_experiment("trademaster_autogen")
         uri = tracking.url.replace("http://", f"http://alice:{PASSWORD}@")
         env = {"MLFLOW_TRACKING_URI": uri, "BACKEND_API_URL": webui.url, "BACKEND_API_TOKEN": API_TOKEN,
-               "LLM_BASE_URL": llm.base_url, "LLM_MODEL": "test-model", "LLM_API_KEY": LLM_KEY, "TMPDIR": str(scratch)}
+               "LLM_BASE_URL": llm.base_url, "LLM_MODEL": "test-model", "LLM_API_KEY": LLM_KEY, "TMPDIR": str(scratch),
+               # a proxied artifact store is not a disk the WebUI reads: the chart goes to a plain path
+               "TRADEFLOW_WEBUI_CHART_DIR": str(tmp_path / "charts")}
         # the pipeline entry point as its own process, as the DAG's local executor starts it (a
         # person's `mlflow run` launcher is MLflow's process: docs/security.md says how to quiet it)
         args = {"symbol": "AAPL", "data_source": DJ30_SOURCE, "epochs": "1", "reviewer": "openai_compatible",

@@ -37,6 +37,7 @@ import os
 import re
 import resource
 import sqlite3
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -111,6 +112,8 @@ class World:
         """What every DAG run / pipeline gets: the servers, the tiny config, fast Airflow retries."""
         return {"MLFLOW_TRACKING_URI": self.mlflow.url, "BACKEND_API_URL": self.web.url, **tiny_config_env(),
                 "TRADEFLOW_TASK_RETRIES": "1", "TRADEFLOW_RETRY_DELAY_S": "2", "TRADEFLOW_MAX_RETRY_DELAY_S": "5",
+                # the server's proxied artifacts are not a disk the WebUI reads: charts go to a plain path
+                "TRADEFLOW_WEBUI_CHART_DIR": str(Path(tempfile.gettempdir()) / "tradeflow-fault-charts"),
                 **overrides}
 
     def running_since(self, t0_ms: int) -> list[str]:
