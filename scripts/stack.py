@@ -42,17 +42,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 BUCKET = "mlflow"
-#: service -> its compose service name and the port it listens on in the compose file
+#: service -> its compose service name and the port it listens on in the compose file (the WebUI
+#: stack's names and ports: minio 9000, mlflow-server 5500)
 SERVICES: dict[str, dict] = {
     "postgres": {"compose": "postgres", "port": 5432},
     "redis": {"compose": "redis", "port": 6379},
     "s3": {"compose": "minio", "port": 9000},
-    "mlflow": {"compose": "mlflow", "port": 5000},
+    "mlflow": {"compose": "mlflow-server", "port": 5500},
     "airflow-apiserver": {"compose": "airflow-apiserver", "port": 8080},
     "airflow-scheduler": {"compose": "airflow-scheduler", "port": None},
     "airflow-dag-processor": {"compose": "airflow-dag-processor", "port": None},
-    "worker-1": {"compose": "airflow-worker", "port": None},
-    "worker-2": {"compose": "airflow-worker", "port": None},
+    "worker": {"compose": "airflow-worker", "port": None},  # worker-1..N here, `--scale airflow-worker=N` there
 }
 #: what a client (an Airflow worker, a notebook) needs to reach the stack: the WebUI stack's names
 CLIENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
