@@ -156,9 +156,11 @@ class Service:
     user: tuple[int, int] | None = None
     proc: subprocess.Popen | None = None
     grace: float = 15.0
+    log_start: int = 0
 
     def start(self) -> Service:
         self.cwd.mkdir(parents=True, exist_ok=True)
+        self.log_start = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
         out = open(self.log, "ab")
         kwargs = {}
         if self.user:
@@ -383,13 +385,13 @@ class Stack:
                 time.sleep(0.5)
 
     def _worker_ready(self, name: str, proc) -> None:
-        log = self.services[name].log
+        service = self.services[name]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}")
-            if log.exists() and " ready." in log.read_text(errors="replace"):
-                return
+            if service.log.exists() and b" ready." in service.log.read_bytes()[service.log_start:]:
+                return  # this start's line (a restart appends to the same log)
             time.sleep(0.5)
         raise TimeoutError(f"{name} not ready after 120 s")
 

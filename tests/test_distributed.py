@@ -11,8 +11,11 @@ dags test``.
    from S3;
 3. faults, each mid-run on an inference run (the task is running on a worker): Redis restarted,
    the MLflow server restarted, the S3 store stopped for 20 s; each run succeeds, its stages
-   FINISHED, the WebUI signal once, nothing left RUNNING. Not here yet: SIGKILL of a worker mid-train,
-   a worker with a skewed clock.
+   FINISHED, the WebUI signal once, nothing left RUNNING;
+4. the worker running a train stage SIGKILLed with its whole process tree: retried on the other
+   worker, the dead try's runs closed FAILED, the lease taken over, one training;
+5. a worker whose clock is 5 s ahead (libfaketime): two DAG runs of one stage key, one on each
+   worker, train once.
 
 Skipped, saying which, where a binary (PostgreSQL, redis-server, weed) or package is missing.
 """
@@ -26,6 +29,8 @@ import pytest
 from tests.conftest import DJ30_SOURCE, require_shared_data
 from tests.support.distributed import (
     distributed_stack,
+    faketime_lib,
+    kill_tree,
     stack_unavailable,
     task_rows,
     trigger,
@@ -35,7 +40,7 @@ from tests.support.distributed import (
 from tests.support.stores import EXPERIMENT
 from tests.support.webui import WebUIServer
 from tradeflow import orchestration as orch
-from tradeflow.runs.records import InferenceRecord, Tag, TrainRecord
+from tradeflow.runs.records import InferenceRecord, PipelineRecord, Tag, TrainRecord
 
 DAG_ID = orch.DAG_ID
 SYMBOLS = ("AAPL", "MSFT")
@@ -55,7 +60,8 @@ def dist(tmp_path_factory):
             server.seed_symbol(symbol, priority=10 - priority)
         worker_env = {"TRADEFLOW_EPOCHS": "1", "TRADEFLOW_DATA_SOURCE": DJ30_SOURCE, "BACKEND_API_URL": server.url,
                       "TRADEFLOW_LOG_LEVEL": "INFO"}
-        dag_env = {"TRADEFLOW_TASK_RETRIES": "1", "TRADEFLOW_RETRY_DELAY_S": "0"}
+        # 2 DAG runs at once: the clock-skew test runs one stage key on both workers
+        dag_env = {"TRADEFLOW_TASK_RETRIES": "1", "TRADEFLOW_RETRY_DELAY_S": "0", "TRADEFLOW_DAG_MAX_ACTIVE_RUNS": "2"}
         with distributed_stack(tmp_path_factory.mktemp("dist"), workers=2, artifacts="direct",
                                worker_env=worker_env, airflow_extra_env=dag_env) as stack:
             saved = {k: os.environ.get(k) for k in stack.client_env()}
@@ -233,3 +239,123 @@ def test_s3_stopped_for_20_s_mid_run(dist, batch):
     assert state == "success", rows
     _assert_inference_finished(dist, run_id)
     print("S3 outage: run_symbol tries", [r["try_number"] for r in _mapped(rows)])
+
+
+# --- a worker dies mid-train; a worker's clock is off ------------------------------------------
+
+def _train_runs(dist, key: str, status: str = "FINISHED") -> list:
+    return dist.client.search_runs([dist.experiment_id], filter_string=(
+        f"tags.`{Tag.CACHE_KEY}` = '{key}' and attributes.status = '{status}'"))
+
+
+def test_worker_sigkilled_mid_train_is_retried_on_the_other_worker_and_trains_once(dist, batch):
+    """The whole process tree of the worker running MSFT's train stage is SIGKILLed (the machine
+    lost): Airflow sees its heartbeat stop and retries on the other worker; the retry closes the
+    dead try's pipeline and stage runs FAILED with the reason, takes the lease over and trains once;
+    inference serves that one model; nothing is left RUNNING, the WebUI gets one signal."""
+    import time
+
+    run_id = trigger(dist, DAG_ID, conf={"symbol": "MSFT", "config": {"seed": 27, "epochs": 2}})  # a cold key
+    killed: dict = {}
+
+    def during(rows) -> None:
+        if killed:
+            return
+        running = [r for r in _mapped(rows) if r["state"] == "running" and r["hostname"]]
+        if not running:
+            return
+        trains = dist.client.search_runs([dist.experiment_id], filter_string=(
+            f"tags.`{Tag.STAGE}` = 'train_backtest' and attributes.status = 'RUNNING'"))
+        if trains and time.time() * 1000 - trains[0].info.start_time >= 3000:  # mid-training
+            killed.update(worker=running[0]["hostname"], train=trains[0].info.run_id, at=time.monotonic(),
+                          pids=kill_tree(dist.services[running[0]["hostname"]]))
+
+    try:
+        state = wait_dag_run(dist, DAG_ID, run_id, timeout=900, during=during)
+        ended = time.monotonic()
+    finally:
+        if killed:
+            dist.services[killed["worker"]].start()
+    rows = task_rows(dist, DAG_ID, run_id)
+    assert killed, "the train stage never ran 3 s"
+    other = ({"worker-1", "worker-2"} - {killed["worker"]}).pop()
+    assert state == "success", (rows, dist.services[other].tail())
+    (task,) = _mapped(rows)
+    assert (task["try_number"], task["hostname"]) == (2, other), task
+    print(f"worker {killed['worker']} killed ({len(killed['pids'])} processes) mid-train; try 2 on {other}; "
+          f"DAG run ended {ended - killed['at']:.0f} s after the kill")
+
+    parent, runs = _symbol_runs(dist, run_id)
+    assert parent.info.status == "FINISHED"
+    dead, retry = runs["MSFT"]  # start order: the killed try's pipeline, then the retry's
+    assert dead.info.status == "FAILED" and retry.info.status == "FINISHED"
+    assert dead.data.tags[Tag.FAILURE].startswith("abandoned: Airflow started try 2"), dead.data.tags[Tag.FAILURE]
+    killed_train = dist.client.get_run(killed["train"])
+    assert killed_train.data.tags[Tag.PARENT_RUN_ID] == dead.info.run_id
+    assert killed_train.info.status == "FAILED"
+    assert killed_train.data.tags[Tag.FAILURE].startswith(f"abandoned: its pipeline attempt {dead.info.run_id}")
+    # the lease: claimed by the killed try, held by the retry; one FINISHED run of the key
+    key = dead.data.tags[Tag.LEASE.format(stage="train_backtest")]
+    assert retry.data.tags[Tag.STAGE_LEASE.format(stage="train_backtest")] == "held"
+    (trained,) = _train_runs(dist, key)
+    assert trained.info.run_id == retry.data.tags[Tag.STAGE_RUN_ID.format(stage="train_backtest")]
+    inference = dist.client.get_run(retry.data.tags[Tag.STAGE_RUN_ID.format(stage="inference")])
+    name, version = inference.data.params["model_uri"].removeprefix("models:/").split("/")
+    assert dist.client.get_model_version(name, version).run_id == trained.info.run_id  # that one model served
+    signals = [a for a in dist.server.artifacts() if a.get("execution_id") == run_id and a["type"] == "signal"]
+    assert [a["symbol"] for a in signals] == ["MSFT"]
+    assert _running(dist) == []
+
+
+def test_a_worker_with_its_clock_5_s_ahead_keeps_the_lease_and_the_cache(dist, batch):
+    """worker-1 runs under libfaketime, its clock (and every stage process's) 5 s ahead. Two DAG
+    runs of one cold stage key at once, one on each worker: one trains, the other adopts it (or
+    finds it cached); both succeed."""
+    import subprocess
+    import sys
+
+    lib = faketime_lib()
+    if not lib:
+        pytest.skip("libfaketime not installed (Debian package faketime: scripts/install_stack_deps.sh)")
+    skewed = dist.services["worker-1"]
+    saved = dict(skewed.env)
+    skewed.stop()
+    skewed.env.update({"LD_PRELOAD": lib, "FAKETIME": "+5s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    skewed.start()
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import time; print(time.time())"], env=skewed.env,
+                               capture_output=True, text=True, check=True)
+        import time
+
+        assert 4.0 < float(probe.stdout) - time.time() < 7.0, probe.stdout  # the worker's processes are 5 s ahead
+        conf = {"symbol": "AAPL", "mode": "train_backtest", "config": {"seed": 31}}
+        run_ids = [trigger(dist, DAG_ID, conf=conf, run_id=f"skew_{n}_{int(time.time())}") for n in (1, 2)]
+        states = [wait_dag_run(dist, DAG_ID, run_id, timeout=600) for run_id in run_ids]
+        rows = {run_id: _mapped(task_rows(dist, DAG_ID, run_id)) for run_id in run_ids}
+        assert states == ["success", "success"], (rows, skewed.tail())
+        assert {r[0]["hostname"] for r in rows.values()} == {"worker-1", "worker-2"}, rows  # one on each
+        pipelines = {run_id: _symbol_runs(dist, run_id)[1]["AAPL"][-1] for run_id in run_ids}
+        leases = sorted(p.data.tags[Tag.STAGE_LEASE.format(stage="train_backtest")] for p in pipelines.values())
+        assert leases in (["adopted", "held"], ["cached", "held"]), leases
+        trained = {p.data.tags[Tag.STAGE_RUN_ID.format(stage="train_backtest")] for p in pipelines.values()}
+        assert len(trained) == 1, trained  # one training for both
+        (train_id,) = trained
+        key = dist.client.get_run(train_id).data.tags[Tag.CACHE_KEY]
+        assert [r.info.run_id for r in _train_runs(dist, key)] == [train_id]
+        # the skew reached the stage processes: the skewed worker's pipeline run says it started
+        # (its clock) later, against the S3 store's clock for its first artifact, than the other
+        # worker's run says (the upload's own delay is in both)
+        def ahead(run) -> float:
+            head = dist.s3_client().head_object(Bucket="mlflow", Key=run.info.artifact_uri.removeprefix(
+                "s3://mlflow/") + "/" + PipelineRecord.config.path)
+            return run.info.start_time / 1000 - head["LastModified"].timestamp()
+
+        by_host = {rows[run_id][0]["hostname"]: ahead(pipelines[run_id]) for run_id in run_ids}
+        assert by_host["worker-1"] - by_host["worker-2"] > 2.5, by_host
+        print(f"clock skew: leases {leases}, run start vs its first S3 object: {by_host}")
+        assert _running(dist) == []
+    finally:
+        skewed.stop()
+        skewed.env.clear()
+        skewed.env.update(saved)
+        skewed.start()

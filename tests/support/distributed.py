@@ -92,3 +92,38 @@ def task_rows(stack, dag_id: str, run_id: str) -> list[dict[str, Any]]:
                      (dag_id, run_id))
     keys = ("task_id", "map_index", "state", "hostname", "try_number", "start", "end")
     return [dict(zip(keys, row)) for row in rows]
+
+
+def kill_tree(service) -> list[int]:
+    """SIGKILL a service and every process under it, as a machine or container dying would: the
+    stage processes run in their own sessions (``run_entry_point``, the fork server), so killing
+    the worker's process group alone would leave them running. The tree is frozen (SIGSTOP) first
+    so that nothing forks or reparents between listing it and killing it. Returns the pids killed."""
+    import psutil
+
+    root = psutil.Process(service.proc.pid)
+    frozen: dict[int, psutil.Process] = {}
+    for _ in range(3):  # until a listing finds nothing new
+        found = [p for p in [root, *root.children(recursive=True)] if p.pid not in frozen]
+        if not found:
+            break
+        for proc in found:
+            with contextlib.suppress(psutil.Error):
+                proc.suspend()
+                frozen[proc.pid] = proc
+    for proc in frozen.values():
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    with contextlib.suppress(Exception):
+        service.proc.wait(timeout=10)
+    return sorted(frozen)
+
+
+def faketime_lib() -> str | None:
+    """libfaketime's multithreaded preload library (Debian ``faketime``), or None."""
+    for pattern in ("/usr/lib/*/faketime/libfaketimeMT.so.1", "/usr/lib/faketime/libfaketimeMT.so.1",
+                    "/usr/local/lib/faketime/libfaketimeMT.so.1"):
+        found = sorted(Path("/").glob(pattern.lstrip("/")))
+        if found:
+            return str(found[0])
+    return None

@@ -122,6 +122,13 @@ def run_symbol(target: Mapping[str, Any], parent: Mapping[str, str] | None, ctx:
     log.info("%s: pipeline mode=%s execution_id=%s force=%s try=%d config=%s", symbol, cfg.mode, ctx.run_id,
              force, ctx.try_number, params["config"])
 
+    if ctx.try_number > 1:  # an earlier try whose worker died left its pipeline run RUNNING: close it
+        from tradeflow.pipeline.run import close_dead_attempts
+
+        close_dead_attempts(client, parent["experiment_id"], symbol, ctx.run_id, dag_parent_id=parent["run_id"],
+                            task_id=params["task_id"],
+                            reason=f"Airflow started try {ctx.try_number} of {params['task_id']} for {symbol}; the "
+                                   "earlier try ended without closing this run (its worker was killed or lost)")
     executor = get_executor(current().executor)
     result = executor.run(symbol, params, parent=parent, ctx=ctx)
     if result.run_id:

@@ -73,6 +73,30 @@ def close_abandoned_runs(client: MlflowClient, experiment_id: str, symbol: str, 
     return closed
 
 
+def close_dead_attempts(client: MlflowClient, experiment_id: str, symbol: str, execution_id: str, *,
+                        dag_parent_id: str, task_id: str, reason: str) -> list[str]:
+    """Mark FAILED the pipeline runs of this execution, symbol and task still RUNNING when the
+    orchestrator retries it, and their RUNNING stage runs.
+
+    When a whole worker dies (SIGKILL of its process tree, the machine lost), nobody closes the
+    pipeline run either: ``close_abandoned_runs`` skips a RUNNING pipeline, and its lease claim only
+    stops counting once its heartbeat is ``stale_s`` old. The caller knows better: Airflow starts
+    try N only after try N-1 has ended or stopped heartbeating, so a pipeline run of that try still
+    RUNNING is dead. Closing it also hands its stage lease over at once (claims count while RUNNING).
+    """
+    stale = [run for run in find_by_tags(client, experiment_id,
+                                         {Tag.EXECUTION_ID: execution_id, Tag.SYMBOL: symbol, Tag.STAGE: "pipeline",
+                                          Tag.PARENT_RUN_ID: dag_parent_id}, status="RUNNING")
+             if run.data.params.get("task_id", task_id) == task_id]
+    for run in stale:
+        mark_failed(client, run.info.run_id, f"abandoned: {reason}")
+    if stale:
+        log.warning("%s: closed %d pipeline run(s) of an earlier try left RUNNING (%s): %s", symbol, len(stale),
+                    reason, ", ".join(r.info.run_id for r in stale))
+        close_abandoned_runs(client, experiment_id, symbol, execution_id, current_parent_id="")
+    return [r.info.run_id for r in stale]
+
+
 def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool = False,
                  dag_id: str = "", task_id: str = "") -> dict:
     """Run the stages of ``cfg.mode`` under one parent run; return the summary."""
