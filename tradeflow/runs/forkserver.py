@@ -578,15 +578,19 @@ def shared_dir() -> Path:
 
 def code_digest(root: Path) -> str:
     """What the warm process's code is: every ``.py`` of the checkout's packages (path, mtime,
-    size) and the interpreter's import directories (an installed or upgraded package changes its
-    directory). Any edit gives another digest, so a server never serves code older than the
+    size) and the interpreter's site-packages directories (an installed or upgraded package changes
+    their mtime). Any edit gives another digest, so a server never serves code older than the
     checkout's; it costs a few milliseconds (no git)."""
     import hashlib
 
+    import sysconfig
+
     digest = hashlib.sha256(os.path.realpath(sys.executable).encode())
-    for entry in sys.path:
+    # the interpreter's site-packages, not sys.path: callers of one checkout (an Airflow task, the
+    # pipeline it forks, `mlflow run`) differ in sys.path but must find the same server
+    for entry in sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}):
         try:
-            digest.update(f"{entry}\0{os.stat(entry or '.').st_mtime_ns}\n".encode())
+            digest.update(f"{entry}\0{os.stat(entry).st_mtime_ns}\n".encode())
         except OSError:
             pass
     for package in CHECKOUT_PACKAGES:
