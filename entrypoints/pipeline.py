@@ -24,8 +24,19 @@ def _warm_up() -> None:
         pass
 
 
+def _hand_over() -> None:
+    """With this machine's shared warm process already up, run as its forked child (this process
+    only waits and passes signals on); otherwise return and run here."""
+    import sys
+
+    from tradeflow.runs.forkserver import hand_over
+
+    hand_over("entrypoints.pipeline", sys.argv[1:])
+
+
 if __name__ == "__main__":
     _warm_up()
+    _hand_over()
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser  # noqa: E402
 from tradeflow.errors import ConfigError  # noqa: E402

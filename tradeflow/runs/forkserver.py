@@ -107,6 +107,8 @@ def _become_child(request: dict, fds: list[int], sockets: list[socket.socket], r
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
         os.close(fd)
+    if len(fds) == 4:  # a caller standing in for this process (``hand_over``): its end is our end
+        _watch_caller(fds[3])
     os.chdir(request["cwd"])
     sys.path[0] = request["cwd"]  # what `python -m` puts first: the directory it started in
     os.environ.clear()
@@ -114,6 +116,25 @@ def _become_child(request: dict, fds: list[int], sockets: list[socket.socket], r
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
     return request
+
+
+def _watch_caller(fd: int) -> None:
+    """SIGTERM this process when the caller holding the other end of ``fd`` is gone (killed, even
+    with SIGKILL): what ending the process it replaced would have done."""
+    os.set_inheritable(fd, False)
+
+    def watch() -> None:
+        while True:
+            try:
+                if not os.read(fd, 1):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="tradeflow-caller-watch", daemon=True).start()
 
 
 def serve(sock_path: str, modules: list[str], *, later: list[str] = (), idle_s: float | None = None) -> dict | None:
@@ -204,7 +225,7 @@ def serve(sock_path: str, modules: list[str], *, later: list[str] = (), idle_s: 
             conn, _ = listener.accept()
             last_active = time.monotonic()
             try:
-                data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
+                data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 4)
                 request = json.loads(data)
                 if request.get("hello"):
                     _send(conn, hello if not refusal else {"error": refusal})
@@ -212,8 +233,8 @@ def serve(sock_path: str, modules: list[str], *, later: list[str] = (), idle_s: 
                     for fd in fds:
                         os.close(fd)
                     continue
-                if len(fds) != 3:
-                    raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
+                if len(fds) not in (3, 4):
+                    raise ValueError(f"expected 3 or 4 file descriptors, got {len(fds)}")
             except (OSError, ValueError) as exc:
                 _send(conn, {"error": f"bad request: {exc}"})
                 conn.close()
@@ -500,7 +521,8 @@ class _Retry(ForkServerError):
     """A shared server that went away (idle, replaced) between the connect and the request."""
 
 
-def _fork_request(sock_path: str, module: str, args: list[str], *, env: dict[str, str], cwd: str) -> ForkedProcess:
+def _fork_request(sock_path: str, module: str, args: list[str], *, env: dict[str, str], cwd: str,
+                  watch_fd: int | None = None) -> ForkedProcess:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     devnull = os.open(os.devnull, os.O_RDONLY)
     try:
@@ -510,7 +532,8 @@ def _fork_request(sock_path: str, module: str, args: list[str], *, env: dict[str
             raise _Retry(f"the fork server is gone: {exc}") from exc
         sys.stdout.flush()
         sys.stderr.flush()
-        _send(conn, {"module": module, "args": args, "env": env, "cwd": cwd}, [devnull, 1, 2])
+        _send(conn, {"module": module, "args": args, "env": env, "cwd": cwd},
+              [devnull, 1, 2] + ([watch_fd] if watch_fd is not None else []))
         reply = b""
         conn.settimeout(30)
         while b"\n" not in reply:
@@ -705,16 +728,17 @@ class SharedForkServer:
         if self.process is not None and self.process.stdout:
             self.process.stdout.close()
 
-    def spawn(self, module: str, args: list[str], *, env: dict[str, str], cwd: str) -> ForkedProcess:
+    def spawn(self, module: str, args: list[str], *, env: dict[str, str], cwd: str,
+              watch_fd: int | None = None) -> ForkedProcess:
         self.ready()
         try:
-            return _fork_request(self.sock_path, module, args, env=env, cwd=cwd)
+            return _fork_request(self.sock_path, module, args, env=env, cwd=cwd, watch_fd=watch_fd)
         except _Retry:  # it went idle (or was replaced) since we last asked: the current one, or a new one
             with self._lock:
                 self._ready = None
                 self._connect_or_start()
             self.ready()
-            return _fork_request(self.sock_path, module, args, env=env, cwd=cwd)
+            return _fork_request(self.sock_path, module, args, env=env, cwd=cwd, watch_fd=watch_fd)
 
     def close(self) -> None:
         """Leave the server to the next user (it exits on its own once idle)."""
@@ -756,6 +780,50 @@ def prestart(modules: list[str], root: Path, *, later: list[str] = (), idle_s: f
             _prestarted = start_server(modules, root, later=later, idle_s=idle_s)
         except (OSError, ForkServerError):  # the user starts its own, and labels a failure
             _prestarted = None
+
+
+#: signals a ``hand_over`` caller passes on to the process that stands in for it
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def hand_over(module: str, args: list[str]) -> None:
+    """In a fresh ``python -m module`` whose prestarted server is this machine's shared one and was
+    already warm: run the module as that server's forked child instead (no interpreter start, no
+    imports: ``mlflow run . -e pipeline``'s pipeline process, issue 26) and end this process as
+    the child ends (its exit code, or its signal). This process stays the caller's handle: SIGINT,
+    SIGTERM and SIGHUP are passed on to the child's process group, and the child is sent SIGTERM
+    if this process dies (even of SIGKILL). Returns (the module then runs here, as before) when
+    the server was not warm, this process is already a forked one, its cwd is not the server's
+    checkout, or the server refuses."""
+    server = _prestarted
+    if (server is None or not server.shared or server.started or "mlflow" in sys.modules
+            or not os.path.samefile(os.getcwd(), server.root)):
+        return
+    watch_r, watch_w = os.pipe()
+    try:
+        child = server.spawn(module, args, env=dict(os.environ), cwd=os.getcwd(), watch_fd=watch_r)
+    except (OSError, ForkServerError) as exc:
+        os.close(watch_r)
+        os.close(watch_w)
+        print(f"warm process not used ({exc}): starting here", file=sys.stderr, flush=True)
+        return
+    os.close(watch_r)
+
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.killpg(child.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, forward)
+    code = child.wait()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code < 0:  # it died of a signal: so do we
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code & 0xFF)
 
 
 def claim(modules: list[str], root: Path, *, later: list[str] = (), shared: bool | None = None):
