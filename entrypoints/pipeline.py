@@ -8,22 +8,35 @@ from __future__ import annotations
 
 def _warm_up() -> None:
     """Start the stages' warm process first (``runs.forkserver``): it imports mlflow, torch & co.
-    while this process imports mlflow, instead of the first stage waiting for it."""
+    while this process imports mlflow, instead of the first stage waiting for it (or find this
+    machine's shared one for the checkout, already warm: ``TRADEFLOW_FORK_SERVER_IDLE_S``)."""
     from tradeflow.errors import ConfigError
     from tradeflow.names import PROJECT_ROOT
-    from tradeflow.pipeline.stages import WARM_MODULES
+    from tradeflow.pipeline.stages import WARM_LATER, WARM_MODULES
     from tradeflow.runs.forkserver import prestart
     from tradeflow.settings import current
 
     try:
-        if current().fork_server:
-            prestart(list(WARM_MODULES), PROJECT_ROOT)
+        settings = current()
+        if settings.fork_server:
+            prestart(list(WARM_MODULES), PROJECT_ROOT, later=list(WARM_LATER), idle_s=settings.fork_server_idle_s)
     except ConfigError:  # said once, by the entry point's own config resolution
         pass
 
 
+def _hand_over() -> None:
+    """With this machine's shared warm process already up, run as its forked child (this process
+    only waits and passes signals on); otherwise return and run here."""
+    import sys
+
+    from tradeflow.runs.forkserver import hand_over
+
+    hand_over("entrypoints.pipeline", sys.argv[1:])
+
+
 if __name__ == "__main__":
     _warm_up()
+    _hand_over()
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser  # noqa: E402
 from tradeflow.errors import ConfigError  # noqa: E402

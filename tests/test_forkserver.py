@@ -255,3 +255,59 @@ def test_a_forked_child_exits_as_the_interpreter_would(tmp_path, how, code, stde
         server.close()
     assert out.read_text() == "thread;atexit;"  # threads joined first, then atexit, as Py_FinalizeEx does
     assert stderr in err.read_text()
+
+
+def _server_of(record: dict) -> str:
+    """The fork server's command line (its socket names the server) that forked the child."""
+    assert "tradeflow.runs.forkserver" in record["parent"], record["parent"]
+    return record["parent"]
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_successive_pipelines_fork_from_one_shared_server_until_the_code_changes(project, experiment, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("TRADEFLOW_FORK_SERVER_IDLE_S", "30")
+    (project / "entrypoints").mkdir()
+    (project / "entrypoints" / "code.py").write_text("X = 1\n")
+    parent = MlflowClient().create_run(experiment).info.run_id
+    servers = []
+    for name in ("first", "second"):
+        with warm_stage_processes(["preload_plain"], root=project) as warm:
+            assert warm.server.shared and warm.server.started == (name == "first")  # the second finds it warm
+            assert _stage(project, experiment, parent, tmp_path / f"{name}.json").ok
+            servers.append(warm.server.ready()["pid"])
+    assert servers[0] == servers[1] and _alive(servers[0])  # closing the context left it for the next user
+    assert _server_of(_record(tmp_path / "first.json")) == _server_of(_record(tmp_path / "second.json"))
+    assert _label(parent) == "forked"
+
+    code = project / "entrypoints" / "code.py"
+    code.write_text("X = 2\n")  # an edit: the warm process's code is stale, a new one serves from now on
+    os.utime(code, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with warm_stage_processes(["preload_plain"], root=project) as warm:
+        assert warm.server.started
+        assert _stage(project, experiment, parent, tmp_path / "edited.json").ok
+        newer = warm.server.ready()["pid"]
+    assert newer != servers[0] and _server_of(_record(tmp_path / "edited.json")) != _server_of(_record(tmp_path / "first.json"))
+    assert _gone(servers[0], 10)  # the stale one saw its socket go and exited (no child of its own left)
+
+
+def test_a_shared_server_exits_when_idle_and_never_holds_its_starters_pipes(project, tmp_path):
+    # started from a process whose stdout/stderr are pipes someone waits on (a bench, an Airflow task)
+    script = ("import json, sys; from pathlib import Path; from tradeflow.runs.forkserver import SharedForkServer; "
+              f"s = SharedForkServer(['json'], root=Path({str(project)!r}), idle_s=1.5); print(json.dumps(s.ready()))")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=Path.cwd())
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 30  # not held until the server's idle exit
+    hello = json.loads(done.stdout.strip().splitlines()[-1])
+    assert hello["shared"] and _alive(hello["pid"])
+    assert _gone(hello["pid"], 15)  # 1.5 s without a child or a request: gone, and its socket with it
+    from tradeflow.runs.forkserver import shared_dir, shared_key
+
+    assert not list(shared_dir().glob(f"{shared_key(project, [], [], {})[0]}-*.sock"))

@@ -83,6 +83,9 @@ class Settings(BaseModel):
     reproduction_of: str | None = Field(None, description="set by reproduce for its re-run (registry aliases stay)")
     fork_server: bool = Field(True, description="a pipeline's stages fork from a warm process that imported mlflow, "
                               "torch and the steps (false: each stage starts a fresh interpreter)")
+    fork_server_idle_s: float = Field(120.0, ge=0, le=86400, description="seconds the machine's shared warm process "
+                                      "of a checkout waits for the next pipeline or Airflow task before it exits "
+                                      "(0: a server per pipeline, stopped with it)")
     lease_timeout_s: float = Field(3 * 3600.0, gt=0, description="how long a pipeline waits for another running the same stage")
     csv_roots: str | None = Field(None, description="dirs (os.pathsep-separated) a WebUI link's csv: data_source may read")
     http_deadline_s: float = Field(30.0, gt=0, le=3600, description="total seconds per HTTP request (WebUI, IBKR)")

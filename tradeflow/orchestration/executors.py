@@ -25,10 +25,21 @@ class LocalExecutor:
 
     def run(self, symbol: str, params: Mapping[str, str], *, parent: Mapping[str, str],
             ctx: RunContext) -> ExecutionResult:
-        from tradeflow.runs.projects import run_entry_point
+        from tradeflow.pipeline.stages import WARM_LATER, WARM_MODULES
+        from tradeflow.runs.projects import run_entry_point, warm_stage_processes
 
-        outcome = run_entry_point("pipeline", dict(params), experiment_id=parent["experiment_id"],
-                                  parent_run_id=parent["run_id"], run_name=f"{symbol} pipeline")
+        # the pipeline process itself forks from this machine's warm process (shared by the
+        # worker's successive tasks), and its stages from the same one: a symbol's task pays no
+        # interpreter start or imports (issue 26); the pipeline run says how its stages started
+        from contextlib import nullcontext
+
+        from tradeflow.settings import current
+
+        shared = current().fork_server and current().fork_server_idle_s > 0  # a server of its own would not pay
+        with (warm_stage_processes(list(WARM_MODULES), later=list(WARM_LATER), label_parent=False) if shared
+              else nullcontext()):
+            outcome = run_entry_point("pipeline", dict(params), experiment_id=parent["experiment_id"],
+                                      parent_run_id=parent["run_id"], run_name=f"{symbol} pipeline")
         return ExecutionResult(run_id=outcome.run_id, status=outcome.status, seconds=float(outcome.seconds),
                                failure=outcome.failure)
 

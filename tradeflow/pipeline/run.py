@@ -23,7 +23,7 @@ from tradeflow.config import RunConfig
 from tradeflow.errors import StepError
 from tradeflow.runs.projects import StageOutcome, run_entry_point, warm_stage_processes
 from tradeflow.pipeline.cache import StageLease, cache_key, find_cached
-from tradeflow.pipeline.stages import STAGES_BY_MODE, WARM_MODULES, Handoff, Invocation, Stage
+from tradeflow.pipeline.stages import STAGES_BY_MODE, WARM_LATER, WARM_MODULES, Handoff, Invocation, Stage
 from tradeflow.runs.records import (
     PipelineRecord,
     Tag,
@@ -106,7 +106,7 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
 
     client = MlflowClient()
     # the warm server imports while this process creates its run and loads the data
-    with warm_stage_processes(list(WARM_MODULES)), \
+    with warm_stage_processes(list(WARM_MODULES), later=list(WARM_LATER)), \
             stage_run("pipeline", experiment_name=cfg.experiment_name, tags={Tag.SYMBOL: cfg.symbol}) as parent:
         parent_id = parent.info.run_id
         execution_id = execution_id or parent_id

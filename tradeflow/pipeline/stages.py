@@ -101,13 +101,18 @@ STAGES: tuple[Stage, ...] = (
 )
 
 #: what the warm stage process imports before forking a stage (``runs.projects.warm_stage_processes``):
-#: the heavy libraries and each stage's entry point; never a tracking store or a model
+#: the heavy libraries and the entry points of the pipeline and its first stages; never a tracking
+#: store or a model
 WARM_MODULES: tuple[str, ...] = (
     "mlflow", "torch", "stable_baselines3", "mlflow.pyfunc", "matplotlib.pyplot", "pyarrow.parquet", "git",
     # the SQL stores' modules (their ORM classes: ~1.5 s), not a store: each stage opens its own
     "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-    "sklearn.linear_model", "review_agents.review", "review_agents.team",
-    *(f"entrypoints.{s.name}" for s in STAGES))
+    "sklearn.linear_model",  # train_backtest's reviewer fit (with scipy.stats: ~0.9 s)
+    "tradeflow.runs.warm_caches",  # caches each stage would fill itself (log_model's distribution map: ~0.5 s)
+    "entrypoints.pipeline", "entrypoints.train_backtest", "entrypoints.inference")
+#: what it imports after it is ready, between forks, while train_backtest runs (the first stage
+#: does not wait for them: autogen & co., ~0.4 s quiet)
+WARM_LATER: tuple[str, ...] = ("review_agents.review", "review_agents.team", "entrypoints.review", "entrypoints.persist")
 
 
 def _persist_targets() -> dict[str, str]:
@@ -129,4 +134,4 @@ def stage_named(name: str) -> Stage:
     return {stage.name: stage for stage in STAGES}[name]
 
 
-__all__ = ["Handoff", "Invocation", "STAGES", "STAGES_BY_MODE", "Stage", "WARM_MODULES", "stage_named"]
+__all__ = ["Handoff", "Invocation", "STAGES", "STAGES_BY_MODE", "Stage", "WARM_LATER", "WARM_MODULES", "stage_named"]

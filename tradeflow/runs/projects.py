@@ -126,24 +126,33 @@ class DirectLocalBackend(AbstractBackend):
 
 class WarmStages:
     """This process's fork server while a pipeline runs, and how its stages were started: ``label``
-    is ``forked`` while every stage forked, else ``fresh: <why>`` (the pipeline tags it)."""
+    is ``forked`` while every stage forked, else ``fresh: <why>`` (the pipeline tags it, unless
+    ``label_parent`` is false: the Airflow task's pipeline launch, whose parent is the DAG run's)."""
 
-    def __init__(self, modules: list[str], root: Path) -> None:
-        from tradeflow.runs.forkserver import ForkServer, ForkServerError, claim
+    def __init__(self, modules: list[str], root: Path, later: list[str] = (), label_parent: bool = True) -> None:
+        from tradeflow.runs.forkserver import ForkServerError, claim, start_server
 
         self.server = None
         self.label = "forked"
         self.users = 0
+        self.label_parent = label_parent
         self._tagged: dict[str, str] = {}  # parent run id -> the label it carries
-        if not settings.current().fork_server:
+        current = settings.current()
+        if not current.fork_server:
             self.label = "fresh: off (TRADEFLOW_FORK_SERVER=false)"
-            if server := claim(modules, root):
+            if server := claim(modules, root, later=later):
                 server.close()
             return
+        idle_s = current.fork_server_idle_s
         try:
-            self.server = claim(modules, root) or ForkServer(modules, root=root)
+            self.server = (claim(modules, root, later=later, shared=idle_s > 0)
+                           or start_server(modules, root, later=later, idle_s=idle_s))
         except (OSError, ForkServerError) as exc:
             self.fall_back(f"the fork server could not start: {exc}")
+            return
+        if getattr(self.server, "shared", False):
+            log.info("stages fork from this machine's shared warm process (%s, %s)", self.server.sock_path,
+                     "started now" if self.server.started else "already warm")
 
     def fall_back(self, reason: str) -> None:
         if self.server is not None:
@@ -160,7 +169,7 @@ class WarmStages:
 
     def tag(self, parent_run_id: str | None) -> None:
         """``Tag.STAGE_PROCESSES`` on the pipeline run, whenever its label changes."""
-        if parent_run_id and self._tagged.get(parent_run_id) != self.label:
+        if self.label_parent and parent_run_id and self._tagged.get(parent_run_id) != self.label:
             _set_tags(parent_run_id, {Tag.STAGE_PROCESSES: self.label})
             self._tagged[parent_run_id] = self.label
 
@@ -170,14 +179,16 @@ _warm_lock = threading.Lock()
 
 
 @contextmanager
-def warm_stage_processes(modules: list[str], root: Path = PROJECT_ROOT) -> Iterator[WarmStages]:
+def warm_stage_processes(modules: list[str], root: Path = PROJECT_ROOT, *, later: list[str] = (),
+                         label_parent: bool = True) -> Iterator[WarmStages]:
     """Fork the stages of checkout ``root`` this process launches from a warm server that imported
-    ``modules``; one server per process, shared by nested or concurrent users, stopped when the
-    last one leaves."""
+    ``modules`` (and then ``later``); one per process, shared by nested or concurrent users, left
+    when the last one leaves: stopped, or, shared (``TRADEFLOW_FORK_SERVER_IDLE_S`` > 0), kept warm
+    for this machine's next pipeline of the checkout until it has been idle that long."""
     global _warm
     with _warm_lock:
         if _warm is None:
-            _warm = WarmStages(modules, root)
+            _warm = WarmStages(modules, root, list(later), label_parent=label_parent)
         warm = _warm
         warm.users += 1
     try:
