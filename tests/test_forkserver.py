@@ -311,3 +311,89 @@ def test_a_shared_server_exits_when_idle_and_never_holds_its_starters_pipes(proj
     from tradeflow.runs.forkserver import shared_dir, shared_key
 
     assert not list(shared_dir().glob(f"{shared_key(project, [], [], {})[0]}-*.sock"))
+
+
+# --- hand-over: a fresh `python -m` (mlflow run's pipeline process) runs as the warm server's child
+
+_CALLER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    import tradeflow.runs.forkserver as forkserver
+
+    forkserver.prestart(["json"], Path.cwd(), idle_s=30)
+    forkserver.hand_over("child", sys.argv[1:])
+    print("ran here:", forkserver.process_start, flush=True)
+""")
+
+
+@pytest.fixture
+def caller(project, monkeypatch):
+    """Start a hand-over caller in ``project`` (what ``entrypoints/pipeline.py`` does first)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", repo)  # a start variable: the test's server and the caller's agree
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", _CALLER, *args], cwd=project, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _warm_server(project: Path) -> int:
+    from tradeflow.runs.forkserver import SharedForkServer
+
+    server = SharedForkServer(["json"], root=project, idle_s=30)
+    pid = server.ready()["pid"]
+    server.close()
+    return pid
+
+
+def test_a_handed_over_process_ends_as_its_child_ends_with_the_childs_output(project, caller, tmp_path):
+    server = _warm_server(project)
+    done = caller(str(tmp_path / "rec.json"), "0", "3")
+    out, err = done.communicate(timeout=60)
+    record = _record(tmp_path / "rec.json")
+    assert done.returncode == 3, err  # the child's exit code is the caller's
+    assert "child says rec.json" in out and "ran here" not in out  # its stdout is the caller's; nothing ran here
+    assert record["pid"] != done.pid and "--idle" in _server_of(record)  # the shared server's child
+    assert record["main"] == "__main__" and record["cwd"] == str(project)
+    assert _alive(server)  # left warm for the next one
+
+
+def test_a_handed_over_process_passes_sigterm_on_and_dies_of_it(project, caller, tmp_path):
+    _warm_server(project)
+    done = caller(str(tmp_path / "rec.json"), "60", "0")
+    record = _record(tmp_path / "rec.json")
+    done.send_signal(signal.SIGTERM)
+    done.communicate(timeout=30)
+    assert done.returncode == -signal.SIGTERM  # it died of the signal, as the child did
+    assert _gone(record["pid"], 10) and _gone(record["grandchild"], 10)  # sent to the child's whole group
+
+
+def test_a_killed_caller_takes_its_stand_in_down(project, caller, tmp_path):
+    _warm_server(project)
+    done = caller(str(tmp_path / "rec.json"), "60", "0")
+    record = _record(tmp_path / "rec.json")
+    done.kill()  # SIGKILL: no handler runs in the caller
+    done.wait(timeout=10)
+    assert _gone(record["pid"], 10)  # the child saw its caller's end of the pipe close and ended
+    if _alive(record["grandchild"]):
+        os.kill(record["grandchild"], signal.SIGKILL)
+
+
+def test_without_a_warm_server_the_module_runs_in_the_caller_labelled_fresh(project, caller, tmp_path):
+    from tradeflow.runs.forkserver import stop_shared
+
+    stop_shared(project)
+    done = caller(str(tmp_path / "rec.json"), "0", "0")
+    out, err = done.communicate(timeout=60)
+    assert done.returncode == 0, err
+    assert "ran here: fresh" in out and not (tmp_path / "rec.json").exists()  # it started the server, did not wait

@@ -212,6 +212,8 @@ def test_identical_rerun_reuses_every_stage_and_adds_no_artifact(world, first_ru
     assert "4 stage(s) reused" in result.stdout
     parent = _parent(client, "exec-1")
     assert all(parent.data.tags[f"tradeflow.stage.{s}.reused"] == "true" for s in STAGES)
+    # `mlflow run`'s pipeline process handed over to the warm process the first run left behind
+    assert parent.data.tags["tradeflow.pipeline_process"] == "forked"
     after_runs = len(client.search_runs([client.get_experiment_by_name("trademaster_autogen").experiment_id]))
     assert after_runs == before_runs + 1  # only the new parent
     assert len(server.artifacts()) == before_artifacts

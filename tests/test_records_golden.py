@@ -32,7 +32,7 @@ PARAMS = {"symbol": "AAPL", "data_source": "csv:data/trademaster/dj30_2020_2021.
 VOLATILE_TAGS = re.compile(
     r"^(mlflow\.(source\.git\.commit|source\.name|user|note\.content|runName|log-model\.history|loggedArtifacts)"
     r"|tradeflow\.(code_version|cache_key|data_digest|model_version|decision\.action|serving_model|gate_reason"
-    r"|alias_decision|model_suggestion|stage\.\w+\.seconds)"
+    r"|alias_decision|model_suggestion|pipeline_process|stage\.\w+\.seconds)"
     r"|review\.(action|trace_id|contradicts_model|guardrails|fallback|fallback_reason)"
     r"|webui\.(signal_id|llm_id|chart_id|url))$")
 #: Tags MLflow sets or not depending on the checkout (a clone has an ``origin`` remote, a worktree

@@ -37,11 +37,22 @@ class LocalExecutor:
 
         shared = current().fork_server and current().fork_server_idle_s > 0  # a server of its own would not pay
         with (warm_stage_processes(list(WARM_MODULES), later=list(WARM_LATER), label_parent=False) if shared
-              else nullcontext()):
+              else nullcontext()) as warm:
             outcome = run_entry_point("pipeline", dict(params), experiment_id=parent["experiment_id"],
                                       parent_run_id=parent["run_id"], run_name=f"{symbol} pipeline")
+        if warm is not None and warm.label != "forked":  # the pipeline knows it started fresh, not why
+            _label_fallback(outcome.run_id, warm.label)
         return ExecutionResult(run_id=outcome.run_id, status=outcome.status, seconds=float(outcome.seconds),
                                failure=outcome.failure)
+
+
+def _label_fallback(run_id: str, label: str) -> None:
+    """``Tag.PIPELINE_PROCESS`` with why the pipeline did not fork from the warm process."""
+    from mlflow.tracking import MlflowClient
+
+    from tradeflow.runs.records import Tag
+
+    MlflowClient().set_tag(run_id, Tag.PIPELINE_PROCESS, label)
 
 
 def _databricks() -> Executor:

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from tradeflow.config import RunConfig
 from tradeflow.errors import StepError
+from tradeflow.runs import forkserver
 from tradeflow.runs.projects import StageOutcome, run_entry_point, warm_stage_processes
 from tradeflow.pipeline.cache import StageLease, cache_key, find_cached
 from tradeflow.pipeline.stages import STAGES_BY_MODE, WARM_LATER, WARM_MODULES, Handoff, Invocation, Stage
@@ -110,7 +111,8 @@ def run_pipeline(cfg: RunConfig, *, execution_id: str | None = None, force: bool
             stage_run("pipeline", experiment_name=cfg.experiment_name, tags={Tag.SYMBOL: cfg.symbol}) as parent:
         parent_id = parent.info.run_id
         execution_id = execution_id or parent_id
-        mlflow.set_tags({Tag.EXECUTION_ID: execution_id, Tag.MODE: cfg.mode, Tag.FORCE: str(force).lower()})
+        mlflow.set_tags({Tag.EXECUTION_ID: execution_id, Tag.MODE: cfg.mode, Tag.FORCE: str(force).lower(),
+                         Tag.PIPELINE_PROCESS: forkserver.process_start})
         close_abandoned_runs(client, parent.info.experiment_id, cfg.symbol, execution_id, parent_id)
         own_params = _own_params(cfg, execution_id=execution_id, force=force, dag_id=dag_id, task_id=task_id)
         log_resolved_config(cfg, own_params, PipelineRecord.config.path)

@@ -310,6 +310,10 @@ def main() -> None:
         _exit(0)  # the server only imported: nothing to tear down
     import runpy
 
+    import tradeflow.runs.forkserver as this  # the module the child's own code imports (we are __main__)
+
+    this.process_start = "forked"
+
     module, args = request["module"], request["args"]
     sys.modules.pop(module, None)  # preloaded or not, it runs afresh as __main__, as `python -m` runs it
     sys.argv = [module, *args]
@@ -782,6 +786,10 @@ def prestart(modules: list[str], root: Path, *, later: list[str] = (), idle_s: f
             _prestarted = None
 
 
+#: how this process started, for the run it records (``Tag.PIPELINE_PROCESS``): "forked" from a
+#: warm server, "fresh", or "fresh: <why>" when a warm server was there but not used
+process_start = "fresh"
+
 #: signals a ``hand_over`` caller passes on to the process that stands in for it
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -795,6 +803,7 @@ def hand_over(module: str, args: list[str]) -> None:
     if this process dies (even of SIGKILL). Returns (the module then runs here, as before) when
     the server was not warm, this process is already a forked one, its cwd is not the server's
     checkout, or the server refuses."""
+    global process_start
     server = _prestarted
     if (server is None or not server.shared or server.started or "mlflow" in sys.modules
             or not os.path.samefile(os.getcwd(), server.root)):
@@ -805,6 +814,7 @@ def hand_over(module: str, args: list[str]) -> None:
     except (OSError, ForkServerError) as exc:
         os.close(watch_r)
         os.close(watch_w)
+        process_start = f"fresh: the warm process refused it ({exc})"
         print(f"warm process not used ({exc}): starting here", file=sys.stderr, flush=True)
         return
     os.close(watch_r)

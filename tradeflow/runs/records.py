@@ -128,6 +128,9 @@ class Tag:
     #: on the pipeline run: how its stages' processes started ("forked" from the warm server, or
     #: "fresh: <why>"; ``tradeflow.runs.projects.warm_stage_processes``)
     STAGE_PROCESSES = "tradeflow.stage_processes"
+    #: on the pipeline run: how its own process started ("forked" from the shared warm process,
+    #: "fresh", or "fresh: <why>" when one was there and not used; ``runs.forkserver.process_start``)
+    PIPELINE_PROCESS = "tradeflow.pipeline_process"
 
     # per-stage and per-kind names: templates, ``Tag.STAGE_RUN_ID.format(stage=...)``
     #: on the pipeline run: the run id a stage ran (or reused) as, whether it was reused, how its
