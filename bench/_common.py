@@ -61,8 +61,86 @@ def fresh_store() -> str:
     return uri
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _proc_table() -> dict[int, tuple[int, float, int, bool]]:
+    """pid -> (parent pid, CPU seconds user + system, RSS bytes, whether it is a fork server) now."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            server = b"tradeflow.runs.forkserver" in Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK,
+                                  int(fields[21]) * _PAGE, server)
+    return table
+
+
+class ForkedSampler:
+    """The processes forked by ``project``'s shared warm process while a command runs (issue 26):
+    they are the server's children, not the command's, so ``RUSAGE_CHILDREN`` never sees them;
+    sampled from /proc every 0.2 s (CPU as last seen, the largest RSS), the server's own CPU as
+    its growth over the run."""
+
+    def __init__(self, project: Path) -> None:
+        import threading
+
+        self.project = os.path.realpath(project)
+        self.cpu: dict[int, float] = {}
+        self.server_cpu: dict[int, tuple[float, float]] = {}  # pid -> (first seen, last seen)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ours(self, pid: int) -> bool:
+        try:
+            return os.readlink(f"/proc/{pid}/cwd") == self.project
+        except OSError:
+            return False
+
+    def _sample(self) -> None:
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, *_rest) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        for server in (pid for pid, row in table.items() if row[3] and self._ours(pid)):
+            first = self.server_cpu.get(server, (table[server][1],))[0]
+            self.server_cpu[server] = (first, table[server][1])
+            todo = list(children.get(server, []))
+            while todo:
+                pid = todo.pop()
+                todo += children.get(pid, [])
+                _ppid, cpu, rss, _server = table[pid]
+                self.cpu[pid] = max(self.cpu.get(pid, 0.0), cpu)
+                self.peak = max(self.peak, rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def __enter__(self) -> ForkedSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values()) + sum(last - first for first, last in self.server_cpu.values())
+
+
 def run_timed(cmd: list[str], *, env: dict[str, str], cwd: Path = REPO) -> Timed:
-    """Run a command; wall time, CPU time and the peak RSS of the largest process it started.
+    """Run a command; wall time, CPU time and the peak RSS of the largest process it started,
+    including those ``cwd``'s shared warm process forked for it (``ForkedSampler``).
 
     Each command runs under a fresh ``python -c`` wrapper so ``RUSAGE_CHILDREN`` counts only it.
     """
@@ -74,10 +152,12 @@ def run_timed(cmd: list[str], *, env: dict[str, str], cwd: Path = REPO) -> Timed
         "print(f'__BENCH__ {w} {u.ru_maxrss} {u.ru_utime + u.ru_stime}'); sys.exit(p.returncode)"
     )
     full_env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **env}
-    done = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=full_env, cwd=cwd)
+    with ForkedSampler(cwd) as forked:
+        done = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=full_env, cwd=cwd)
     marker = [line for line in done.stdout.splitlines() if line.startswith("__BENCH__")][-1].split()
     stdout = "\n".join(line for line in done.stdout.splitlines() if not line.startswith("__BENCH__"))
-    return Timed(float(marker[1]), int(marker[2]) / 1024, done.returncode, stdout, done.stderr, float(marker[3]))
+    return Timed(float(marker[1]), max(int(marker[2]) / 1024, forked.peak / 2**20), done.returncode, stdout,
+                 done.stderr, float(marker[3]) + forked.cpu_seconds)
 
 
 def mlflow_run_cmd(entry_point: str, params: dict[str, str], project: Path = REPO) -> list[str]:

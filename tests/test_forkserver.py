@@ -397,3 +397,36 @@ def test_without_a_warm_server_the_module_runs_in_the_caller_labelled_fresh(proj
     out, err = done.communicate(timeout=60)
     assert done.returncode == 0, err
     assert "ran here: fresh" in out and not (tmp_path / "rec.json").exists()  # it started the server, did not wait
+
+
+_LAUNCHER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+
+    from tradeflow.runs.forkserver import SharedForkServer
+
+    server = SharedForkServer(["json"], root=Path.cwd(), idle_s=30)
+    child = server.spawn("child", sys.argv[1:], env=dict(os.environ), cwd=os.getcwd())
+    print(child.pid, flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_forked_stage_shows_its_own_command_and_dies_with_its_launcher(project, caller, tmp_path):
+    # what a SIGKILLed Airflow worker does to the pipeline its task forked from the shared server
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(tmp_path / "rec.json"), "60", "0"],
+                                cwd=project, stdout=subprocess.PIPE, text=True)
+    record = {}
+    try:
+        record = _record(tmp_path / "rec.json")
+        assert int(launcher.stdout.readline()) == record["pid"]
+        cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert cmdline.startswith(f"python -m child {tmp_path / 'rec.json'} 60 0"), cmdline  # not the server's
+        launcher.kill()
+        launcher.wait(timeout=10)
+        assert _gone(record["pid"], 10)  # it saw its launcher's end of the watch pipe close
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if record and _alive(record["grandchild"]):
+            os.kill(record["grandchild"], signal.SIGKILL)
