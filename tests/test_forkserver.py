@@ -399,34 +399,15 @@ def test_without_a_warm_server_the_module_runs_in_the_caller_labelled_fresh(proj
     assert "ran here: fresh" in out and not (tmp_path / "rec.json").exists()  # it started the server, did not wait
 
 
-_LAUNCHER = textwrap.dedent("""
-    import os, sys, time
-    from pathlib import Path
 
-    from tradeflow.runs.forkserver import SharedForkServer
-
-    server = SharedForkServer(["json"], root=Path.cwd(), idle_s=30)
-    child = server.spawn("child", sys.argv[1:], env=dict(os.environ), cwd=os.getcwd())
-    print(child.pid, flush=True)
-    time.sleep(120)
-""")
-
-
-def test_a_forked_stage_shows_its_own_command_and_dies_with_its_launcher(project, caller, tmp_path):
-    # what a SIGKILLed Airflow worker does to the pipeline its task forked from the shared server
-    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(tmp_path / "rec.json"), "60", "0"],
-                                cwd=project, stdout=subprocess.PIPE, text=True)
-    record = {}
-    try:
-        record = _record(tmp_path / "rec.json")
-        assert int(launcher.stdout.readline()) == record["pid"]
+def test_a_forked_stage_shows_its_own_command_not_the_servers(project, experiment, tmp_path):
+    parent = MlflowClient().create_run(experiment).info.run_id
+    out = tmp_path / "rec.json"
+    with warm_stage_processes(["json"], root=project):
+        stage = threading.Thread(target=_stage, args=(project, experiment, parent, out), kwargs={"seconds": "3"})
+        stage.start()
+        record = _record(out)
         cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        assert cmdline.startswith(f"python -m child {tmp_path / 'rec.json'} 60 0"), cmdline  # not the server's
-        launcher.kill()
-        launcher.wait(timeout=10)
-        assert _gone(record["pid"], 10)  # it saw its launcher's end of the watch pipe close
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        if record and _alive(record["grandchild"]):
-            os.kill(record["grandchild"], signal.SIGKILL)
+        stage.join(30)
+    assert "tradeflow.runs.forkserver" in record["parent"]  # forked, yet ps shows the stage's command
+    assert cmdline.startswith(f"python -m child {out} 3 0"), cmdline

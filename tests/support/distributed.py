@@ -97,14 +97,21 @@ def task_rows(stack, dag_id: str, run_id: str) -> list[dict[str, Any]]:
 def kill_tree(service) -> list[int]:
     """SIGKILL a service and every process under it, as a machine or container dying would: the
     stage processes run in their own sessions (``run_entry_point``, the fork server), so killing
-    the worker's process group alone would leave them running. The tree is frozen (SIGSTOP) first
-    so that nothing forks or reparents between listing it and killing it. Returns the pids killed."""
+    the worker's process group alone would leave them running; the machine's shared warm
+    processes (``tradeflow.runs.forkserver``, detached, their sockets in the worker's TMPDIR) and
+    the pipelines and stages they forked go with it. The tree is frozen (SIGSTOP) first so that
+    nothing forks or reparents between listing it and killing it. Returns the pids killed."""
     import psutil
 
-    root = psutil.Process(service.proc.pid)
+    tmp = service.env.get("TMPDIR")
+    roots = [psutil.Process(service.proc.pid)]
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if tmp and "tradeflow.runs.forkserver" in cmdline and any(arg.startswith(f"{tmp}/") for arg in cmdline):
+            roots.append(proc)
     frozen: dict[int, psutil.Process] = {}
     for _ in range(3):  # until a listing finds nothing new
-        found = [p for p in [root, *root.children(recursive=True)] if p.pid not in frozen]
+        found = [p for root in roots for p in [root, *_children(root)] if p.pid not in frozen]
         if not found:
             break
         for proc in found:
@@ -117,6 +124,15 @@ def kill_tree(service) -> list[int]:
     with contextlib.suppress(Exception):
         service.proc.wait(timeout=10)
     return sorted(frozen)
+
+
+def _children(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def faketime_lib() -> str | None:

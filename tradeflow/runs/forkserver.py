@@ -107,7 +107,7 @@ def _become_child(request: dict, fds: list[int], sockets: list[socket.socket], r
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
         os.close(fd)
-    if len(fds) == 4:  # the process that asked for us: its end is our end (``_watch_caller``)
+    if len(fds) == 4:  # a caller standing in for this process (``hand_over``): its end is our end
         _watch_caller(fds[3])
     _retitle(request)
     os.chdir(request["cwd"])
@@ -130,8 +130,7 @@ def _retitle(request: dict) -> None:
 
 def _watch_caller(fd: int) -> None:
     """SIGTERM this process when the caller holding the other end of ``fd`` is gone (killed, even
-    with SIGKILL): a stage, or a pipeline, never outlives the process that launched it (a killed
-    Airflow worker's task takes its pipeline and stages down, as its process tree would)."""
+    with SIGKILL): what ending the process it replaced would have done."""
     os.set_inheritable(fd, False)
 
     def watch() -> None:
@@ -384,9 +383,8 @@ class ForkedProcess:
     """A ``subprocess.Popen`` stand-in for a child of the fork server (the server reaps it and
     reports its exit code; ``returncode`` follows Popen's convention, -N for signal N)."""
 
-    def __init__(self, conn: socket.socket, pid: int, args: list[str], *, watch_w: int | None = None) -> None:
+    def __init__(self, conn: socket.socket, pid: int, args: list[str]) -> None:
         self._conn, self.pid, self.args = conn, pid, args
-        self._watch_w = watch_w  # our end of the child's caller watch (``_watch_caller``), held while it runs
         self.returncode: int | None = None
         self._buffer = b""
         self._lock = threading.Lock()
@@ -414,12 +412,7 @@ class ForkedProcess:
         except (TimeoutError, BlockingIOError):
             return
         self.returncode = int(json.loads(self._buffer.split(b"\n", 1)[0])["exit"])
-        self._ended()
-
-    def _ended(self) -> None:
         self._conn.close()
-        _close(self._watch_w)
-        self._watch_w = None
 
     def _wait_orphan(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -428,7 +421,7 @@ class ForkedProcess:
                 return
             time.sleep(0.1)
         self.returncode = 1  # its exit code went with the server; the run's own status says more
-        self._ended()
+        self._conn.close()
 
     def poll(self) -> int | None:
         self._read(0.0)
@@ -546,9 +539,6 @@ def _fork_request(sock_path: str, module: str, args: list[str], *, env: dict[str
                   watch_fd: int | None = None) -> ForkedProcess:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     devnull = os.open(os.devnull, os.O_RDONLY)
-    watch_w = None
-    if watch_fd is None:  # the child watches this process: our end closes when we die (or it ends)
-        watch_fd, watch_w = os.pipe()
     try:
         try:
             conn.connect(sock_path)
@@ -556,7 +546,8 @@ def _fork_request(sock_path: str, module: str, args: list[str], *, env: dict[str
             raise _Retry(f"the fork server is gone: {exc}") from exc
         sys.stdout.flush()
         sys.stderr.flush()
-        _send(conn, {"module": module, "args": args, "env": env, "cwd": cwd}, [devnull, 1, 2, watch_fd])
+        _send(conn, {"module": module, "args": args, "env": env, "cwd": cwd},
+              [devnull, 1, 2] + ([watch_fd] if watch_fd is not None else []))
         reply = b""
         conn.settimeout(30)
         while b"\n" not in reply:
@@ -566,32 +557,22 @@ def _fork_request(sock_path: str, module: str, args: list[str], *, env: dict[str
             reply += chunk
     except ForkServerError:
         conn.close()
-        _close(watch_w)
         raise
     except OSError as exc:
         conn.close()
-        _close(watch_w)
         raise ForkServerError(f"the fork server did not answer: {exc}") from exc
     finally:
         os.close(devnull)
-        if watch_w is not None:
-            os.close(watch_fd)  # the server has its copy (or refused)
     first, rest = reply.split(b"\n", 1)
     answer = json.loads(first)
     if "pid" not in answer:
         conn.close()
-        _close(watch_w)
         if answer.get("retry"):
             raise _Retry(answer.get("error", "the fork server is exiting"))
         raise ForkServerError(answer.get("error", "the fork server refused the request"))
-    process = ForkedProcess(conn, int(answer["pid"]), ["python", "-m", module, *args], watch_w=watch_w)
+    process = ForkedProcess(conn, int(answer["pid"]), ["python", "-m", module, *args])
     process._buffer = rest
     return process
-
-
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
 
 
 def _hello(sock_path: str) -> dict | None:
