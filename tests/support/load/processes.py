@@ -4,7 +4,9 @@ process trees, and the peak memory of process trees."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +19,45 @@ from typing import Any
 
 from ..airflow_env import REPO, RUN_ID_RE, AirflowHome, DagTestResult, airflow_bin
 from .env import DAG_ID, EXPERIMENT, fast_python_env, subprocess_env
+
+def _pipes(proc: Any) -> set[str]:
+    try:
+        fds = os.listdir(f"/proc/{proc.pid}/fd")
+    except OSError:
+        return set()
+    found = set()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(f"/proc/{proc.pid}/fd/{fd}")).startswith("pipe:"):
+                found.add(target)
+    return found
+
+
+def forked_for(tree: list[Any]) -> list[Any]:
+    """The processes a shared fork server (``tradeflow.runs.forkserver``) forked for ``tree``, and
+    theirs: a forked child is the server's, not its launcher's, but shares a pipe with it (its
+    stdout/stderr, and the watch pipe that ties it to the launcher's life)."""
+    import psutil
+
+    servers = [p for p in psutil.process_iter(["cmdline"]) if "tradeflow.runs.forkserver" in (p.info["cmdline"] or [])]
+    known = {p.pid for p in tree}
+    pipes = set().union(*(_pipes(p) for p in tree)) if tree else set()
+    found: list[Any] = []
+    grew = True
+    while grew:  # a forked pipeline's forked stages share its pipes
+        grew = False
+        for server in servers:
+            with contextlib.suppress(psutil.Error):
+                for child in server.children():
+                    if child.pid not in known and _pipes(child) & pipes:
+                        for proc in [child, *child.children(recursive=True)]:
+                            if proc.pid not in known:
+                                known.add(proc.pid)
+                                found.append(proc)
+                                pipes |= _pipes(proc)
+                        grew = True
+    return found
+
 
 def clone_airflow_home(template: AirflowHome, dest: Path) -> AirflowHome:
     """A new AIRFLOW_HOME whose metadata DB is a copy of the template's (already migrated).
@@ -51,13 +92,15 @@ class BackgroundProcess:
         return time.perf_counter() - self.started
 
     def descendants(self) -> list[Any]:
-        """The processes it started (for ``airflow dags test``: ``mlflow run`` -> pipeline -> stages)."""
+        """The processes it started (for ``airflow dags test``: ``mlflow run`` -> pipeline -> stages),
+        those forked for it by the machine's shared warm process included (``forked_for``)."""
         import psutil
 
         try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        return tree + forked_for([psutil.Process(self.proc.pid), *tree])
 
     def returncode(self, timeout: float | None = None) -> int:
         """Wait for the exit status; on a timeout kill the whole tree and raise."""
