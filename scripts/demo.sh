@@ -22,8 +22,10 @@ else
   echo "Data: $SYMBOL from $DATA_SOURCE"
 fi
 # No --experiment-name: tradeflow records the runs in its configured experiment (trademaster_autogen).
+started=$(date +%s.%N)
 PATH="$PWD/.venv/bin:$PATH" mlflow run . -e pipeline --env-manager local \
   -P symbol="$SYMBOL" -P data_source="$DATA_SOURCE" ${EXTRA_PARAMS:-}
 echo
+echo "pipeline part (mlflow run): $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
 echo "Runs are in experiment trademaster_autogen of $MLFLOW_TRACKING_URI. Browse them:"
 echo "  .venv/bin/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"
