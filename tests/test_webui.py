@@ -145,6 +145,31 @@ def test_unknown_key_is_a_500_on_the_service_but_the_client_drops_it(webui_serve
     assert len(stored) == 1 and stored[0]["id"] == row["id"] and stored[0]["confidence"] == 0.72
 
 
+def test_a_retry_after_a_killed_attempt_waits_for_its_in_flight_post_instead_of_duplicating(webui_server):
+    # the killed attempt's POST is still sleeping in the service when the retry looks (a worker
+    # SIGKILLed mid-persist, the retry forked warm within seconds): stored 1 s after the look-up
+    import threading
+
+    from tradeflow.webui.payloads import clean_artifact_payload
+
+    def post(payload: dict) -> None:  # the other process's POST (this process's identity lock is not its)
+        requests.post(f"{webui_server.url}/api/artifacts/", json=clean_artifact_payload(payload), timeout=5).raise_for_status()
+
+    late = threading.Timer(1.0, post, args=(nvda_signal(run_id="killed-try"),))
+    late.start()
+    row, created = fast_client(webui_server, settle_s=10).upsert_artifact(nvda_signal(run_id="retry"), settle_first=True)
+    late.join()
+    assert not created and row["run_id"] == "retry"  # found the late row and patched it
+    assert len(webui_server.artifacts()) == 1
+
+    # without the hint the same race stores two rows: what settle_first is for
+    late = threading.Timer(1.0, post, args=(nvda_signal(run_id="killed-try", execution_id="manual__race"),))
+    late.start()
+    assert fast_client(webui_server).upsert_artifact(nvda_signal(run_id="retry", execution_id="manual__race"))[1]
+    late.join()
+    assert len(webui_server.artifacts()) == 3
+
+
 def test_upsert_is_idempotent_and_attaches_new_lineage(webui_server):
     client = fast_client(webui_server)
     first, created = client.upsert_artifact(nvda_signal(run_id="run-1"))

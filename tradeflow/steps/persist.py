@@ -281,11 +281,31 @@ def persist_step(cfg: RunConfig, review_run_id: str, *, execution_id: str, dag_i
         # skipped: no payloads are built, as before (nothing would send them)
         plan = plan_persist(record, execution_id=execution_id, dag_id=dag_id, task_id=task_id,
                             chart_dir=current().webui_chart_dir, chart_store=webui_chart_store()) if client is not None else None
-        return record_persist(run, cfg, plan, client=client, review_run_id=review_run_id, execution_id=execution_id)
+        settle_first = bool(client is not None and interrupted_attempts(run, cfg.symbol, execution_id))
+        return record_persist(run, cfg, plan, client=client, review_run_id=review_run_id, execution_id=execution_id,
+                              settle_first=settle_first)
+
+
+#: how the failure tag of a persist run begins when its process was stopped, not failed by itself
+#: (``pipeline.close_abandoned_runs``, ``cli``'s SIGTERM, ``runs.projects``' cancel): its POST may
+#: have been in flight
+_INTERRUPTED = ("abandoned:", "terminated by signal", "entry point 'persist' cancelled")
+
+
+def interrupted_attempts(run: Any, symbol: str, execution_id: str) -> list[str]:
+    """Earlier persist runs of this symbol and execution that were stopped mid-way (killed worker,
+    SIGTERM) rather than failing on their own: a POST of theirs may still be stored after this
+    process looks, so ``upsert_artifact`` settles before its first POST (no duplicate artifact)."""
+    client = MlflowClient()
+    runs = client.search_runs([run.info.experiment_id], (
+        f"tags.`{Tag.STAGE}` = '{STAGE}' and tags.`{Tag.SYMBOL}` = '{symbol}' "
+        f"and tags.`{Tag.EXECUTION_ID}` = '{execution_id}' and attributes.status != 'FINISHED'"))
+    return [r.info.run_id for r in runs if r.info.run_id != run.info.run_id
+            and (r.info.status in ("RUNNING", "KILLED") or r.data.tags.get(Tag.FAILURE, "").startswith(_INTERRUPTED))]
 
 
 def record_persist(run: Any, cfg: RunConfig, plan: PersistPlan | None, *, client: Any, review_run_id: str,
-                   execution_id: str) -> dict:
+                   execution_id: str, settle_first: bool = False) -> dict:
     """Upsert the plan's payloads (``client`` None: skipped, and the run says so) and log the ids."""
     from tradeflow.runs.notes import SEP, set_name_and_note
 
@@ -301,7 +321,7 @@ def record_persist(run: Any, cfg: RunConfig, plan: PersistPlan | None, *, client
         publish_chart(*plan.chart_copy)
     written = []
     for payload in plan.payloads:
-        row, created = client.upsert_artifact(payload)
+        row, created = client.upsert_artifact(payload, settle_first=settle_first)
         written.append({"type": payload["type"], "id": row["id"], "created": created})
         mlflow.set_tag(Tag.WEBUI_ARTIFACT_ID.format(kind=payload["type"]), str(row["id"]))
     mlflow.set_tags({Tag.WEBUI_PERSIST: "done", Tag.WEBUI_URL: client.base_url})

@@ -105,12 +105,14 @@ class ArtifactEndpoints:
                         len(rows), type, symbol, execution_id, step_name, [row.get("id") for row in rows])
         return rows[0] if rows else None
 
-    def upsert_artifact(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    def upsert_artifact(self, payload: Mapping[str, Any], *, settle_first: bool = False) -> tuple[dict[str, Any], bool]:
         """Create or update the artifact with this payload's identity; return (row, created).
 
         The payload is cleaned first (``clean_artifact_payload``). If the POST fails in a way that
         may still have stored the row (timeout, dropped connection, 5xx), every retry first looks
         the artifact up again and stops there if it is found, so a retry never duplicates.
+        ``settle_first``: an earlier process's POST of this identity may still be in flight (it was
+        killed mid-persist): look for the row for ``settle_s`` before the first POST too.
         """
         body = clean_artifact_payload(payload)
         identity = {key: body.get(key) for key in IDENTITY_KEYS}
@@ -118,10 +120,32 @@ class ArtifactEndpoints:
             raise ValueError(f"upsert_artifact needs {', '.join(IDENTITY_KEYS)} to be idempotent;"
                              f" missing {', '.join(missing)}")
         with _identity_lock(self.base_url, identity):
-            return self._upsert_locked(body, identity)
+            return self._upsert_locked(body, identity, settle_first=settle_first)
 
-    def _upsert_locked(self, body: dict[str, Any], identity: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        existing = self.find_artifact(**identity)
+    def _settled(self, identity: dict[str, Any], settle_s: float, why: str) -> dict[str, Any] | None:
+        """The row with this identity, looked up until found or ``settle_s`` has passed."""
+        settle_until = time.monotonic() + settle_s
+        looks = 0
+        while True:
+            looks += 1
+            try:
+                rows = self._all_artifacts({k: identity[k] for k in ("type", "symbol", "execution_id")}, tries=1)
+            except WebUIError:
+                rows = None  # still failing: keep waiting within the settle window
+            if rows is not None and (found := next(
+                    (row for row in rows if row.get("step_name") == identity["step_name"]), None)):
+                return found
+            if time.monotonic() >= settle_until:
+                if settle_s:
+                    log.warning("%s; the %s artifact was not found after %d look-ups over %.0f s: posting it",
+                                why, identity["type"], looks, settle_s)
+                return None
+            time.sleep(min(2.0, max(0.05, self.backoff_s)))
+
+    def _upsert_locked(self, body: dict[str, Any], identity: dict[str, Any], *,
+                       settle_first: bool = False) -> tuple[dict[str, Any], bool]:
+        existing = (self._settled(identity, self.settle_s, "an earlier attempt's POST may be in flight")
+                    if settle_first else self.find_artifact(**identity))
         if existing is not None:
             return self._patch_artifact(existing["id"], body), False
 
@@ -129,25 +153,8 @@ class ArtifactEndpoints:
             """Look the artifact up before any second POST. When the answer was lost (read timeout,
             dropped connection, a proxy's 502/504), the service may still be inserting the row: keep
             looking for ``settle_s`` before the POST is sent again."""
-            settle_until = time.monotonic() + (self.settle_s if failure.maybe_applied else 0.0)
-            looks = 0
-            while True:
-                looks += 1
-                try:
-                    rows = self._all_artifacts({k: identity[k] for k in ("type", "symbol", "execution_id")},
-                                               tries=1)
-                except WebUIError:
-                    rows = None  # still failing: keep waiting within the settle window
-                if rows is not None and (found := next(
-                        (row for row in rows if row.get("step_name") == identity["step_name"]), None)):
-                    return found
-                if time.monotonic() >= settle_until:
-                    if failure.maybe_applied:
-                        log.warning("WebUI POST /api/artifacts/ %s; the %s artifact was not found after %d look-ups"
-                                    " over %.0f s: posting it again", failure.kind, identity["type"], looks,
-                                    self.settle_s)
-                    return None
-                time.sleep(min(2.0, max(0.05, self.backoff_s)))
+            return self._settled(identity, self.settle_s if failure.maybe_applied else 0.0,
+                                 f"WebUI POST /api/artifacts/ {failure.kind}")
 
         reply = self._call("POST", "/api/artifacts/", json_body=body, before_retry=already_stored)
         row = reply.body
