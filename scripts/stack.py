@@ -329,7 +329,9 @@ class Stack:
                    f"-volume.port={p['weed-volume']}", f"-volume.port.grpc={free_port()}",
                    f"-filer.port={p['weed-filer']}", f"-filer.port.grpc={free_port()}",
                    f"-s3.port={p['s3']}", f"-s3.port.grpc={free_port()}", f"-s3.config={s3_dir / 's3.json'}",
-                   "-master.volumeSizeLimitMB=64", "-volume.max=20", f"-filer.localSocket={s3_dir / 'filer.sock'}"],
+                   "-master.volumeSizeLimitMB=64", "-volume.max=20", f"-filer.localSocket={s3_dir / 'filer.sock'}",
+                   # on by default at fixed ports (Iceberg 8181, Lance 9101): a second weed on the machine dies on them
+                   "-s3.port.iceberg=0", "-s3.port.lance=0"],
             {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(s3_dir)}, s3_dir, logs / "s3.log",
             ready=self._s3_ready, grace=3.0)
         mlflow_cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", LOOPBACK,
