@@ -9,6 +9,7 @@ data in a temp dir, one access key (see ``tests.support.servers``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -53,6 +54,8 @@ class SeaweedS3Server(ManagedServer):
         self.log_path = self.tmp_dir / "weed.log"
         self.port = free_port()
         self.access_key, self.secret_key = "tradeflow-test", secrets.token_hex(12)
+        self._grpc_ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        self._started_at = 0.0
 
     @property
     def endpoint(self) -> str:
@@ -70,13 +73,16 @@ class SeaweedS3Server(ManagedServer):
                             aws_secret_access_key=self.secret_key, region_name="us-east-1")
 
     def command(self) -> list[str]:
-        d = self.tmp_dir
+        d, grpc = self.tmp_dir, self._grpc_ports
         return [weed_bin() or "weed", "server", "-s3", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-dir={d / 'data'}",
-                f"-master.port={free_port()}", f"-master.port.grpc={free_port()}",
-                f"-volume.port={free_port()}", f"-volume.port.grpc={free_port()}",
-                f"-filer.port={free_port()}", f"-filer.port.grpc={free_port()}",
-                f"-s3.port={self.port}", f"-s3.port.grpc={free_port()}", f"-s3.config={d / 's3.json'}",
-                "-master.volumeSizeLimitMB=64", "-volume.max=8", f"-filer.localSocket={d / 'filer.sock'}"]
+                f"-master.port={free_port()}", f"-master.port.grpc={grpc['master']}",
+                f"-volume.port={free_port()}", f"-volume.port.grpc={grpc['volume']}",
+                f"-filer.port={free_port()}", f"-filer.port.grpc={grpc['filer']}",
+                f"-s3.port={self.port}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={d / 's3.json'}",
+                "-master.volumeSizeLimitMB=64", "-volume.max=8", f"-filer.localSocket={d / 'filer.sock'}",
+                f"-s3.localSocket={d / 's3.sock'}",
+                # on by default at fixed ports (8181, 9101): a second weed on the machine would die on them
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]
 
     def start(self) -> SeaweedS3Server:
         (self.tmp_dir / "data").mkdir(exist_ok=True)
@@ -86,6 +92,7 @@ class SeaweedS3Server(ManagedServer):
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         os.chmod(config, 0o600)
         started = time.monotonic()
+        self._started_at = time.time()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.tmp_dir)}
         self._proc = self._popen(self.command(), env=env, death_signal=signal.SIGTERM, cwd=self.tmp_dir)
         last: Exception | None = None
@@ -103,6 +110,9 @@ class SeaweedS3Server(ManagedServer):
                 self.timings["ready_s"] = time.monotonic() - started
                 return self
             except Exception as exc:  # noqa: BLE001 - the volume server is still registering
+                if getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") == 400:
+                    self._terminate(signal.SIGTERM, 1)
+                    raise self._fail(f"S3 refused the setup: {exc}") from exc  # e.g. a bad bucket name
                 last = exc
                 time.sleep(0.3)
         self._terminate(signal.SIGTERM, 3)
@@ -110,3 +120,10 @@ class SeaweedS3Server(ManagedServer):
 
     def stop(self) -> None:
         self._terminate(signal.SIGTERM, 1)  # its data dies with the temp dir: no graceful flush needed
+        # weed also listens on /tmp/seaweedfs-<service>-grpc-<port>.sock (no flag moves them): remove
+        # ours, i.e. those of our ports made since our start
+        for name, port in self._grpc_ports.items():
+            sock = Path(tempfile.gettempdir()) / f"seaweedfs-{name}-grpc-{port}.sock"
+            with contextlib.suppress(OSError):
+                if self._started_at and sock.lstat().st_mtime >= self._started_at - 1:
+                    sock.unlink()
