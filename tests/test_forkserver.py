@@ -382,11 +382,11 @@ def test_without_a_warm_server_the_module_runs_in_the_caller_labelled_fresh(proj
 
 
 
-def test_a_forked_stage_shows_its_own_command_not_the_servers(project, experiment, tmp_path):
-    parent = MlflowClient().create_run(experiment).info.run_id
+def test_a_forked_stage_shows_its_own_command_not_the_servers(project, tiny_experiment, tmp_path):
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     out = tmp_path / "rec.json"
     with warm_stage_processes(["json"], root=project):
-        stage = threading.Thread(target=_stage, args=(project, experiment, parent, out), kwargs={"seconds": "3"})
+        stage = threading.Thread(target=_stage, args=(project, tiny_experiment, parent, out), kwargs={"seconds": "3"})
         stage.start()
         record = _record(out)
         cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -395,16 +395,16 @@ def test_a_forked_stage_shows_its_own_command_not_the_servers(project, experimen
     assert cmdline.startswith(f"python -m child {out} 3 0"), cmdline
 
 
-def test_a_caller_sigkilled_takes_its_forked_stage_and_the_stages_tree_with_it(project, experiment, tmp_path):
+def test_a_caller_sigkilled_takes_its_forked_stage_and_the_stages_tree_with_it(project, tiny_experiment, tmp_path):
     """A shared server's child is no descendant of the process that asked for it (the server
     outlives the Airflow task that started it): when that caller is SIGKILLed (a Celery worker
     killed with its process tree) the stage and its own children must stop too, not run on."""
     out = tmp_path / "child.json"
-    parent = MlflowClient().create_run(experiment).info.run_id
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     caller = ("import sys; from pathlib import Path; "
               "from tradeflow.runs.projects import run_entry_point, warm_stage_processes\n"
               f"with warm_stage_processes(['json'], root=Path({str(project)!r})):\n"
-              f"    run_entry_point('step', {{'out': {str(out)!r}, 'seconds': '120'}}, experiment_id={experiment!r}, "
+              f"    run_entry_point('step', {{'out': {str(out)!r}, 'seconds': '120'}}, experiment_id={tiny_experiment!r}, "
               f"parent_run_id={parent!r}, project_uri=Path({str(project)!r}))\n")
     env = {**os.environ, "TRADEFLOW_FORK_SERVER_IDLE_S": "3"}  # shared, and gone soon after
     proc = subprocess.Popen([sys.executable, "-c", caller], env=env, cwd=Path.cwd())
