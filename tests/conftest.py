@@ -54,6 +54,27 @@ def tracking_store(tmp_path, monkeypatch):
         yield uri
 
 
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> tuple[str, str]:
+    """One SQLite store per module with the experiment ``tiny`` of the toy MLflow projects
+    (tests/test_projects.py, tests/test_forkserver.py): ``(uri, experiment_id)``. Per module, not
+    per test: creating a store runs MLflow's migrations (seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = sqlite_store(tmp_path_factory.mktemp("store"), "tiny")
+    return uri, MlflowClient(uri).get_experiment_by_name("tiny").experiment_id
+
+
+@pytest.fixture
+def tiny_experiment(tiny_store, monkeypatch):
+    """The ``tiny`` experiment's id, with this process and its children tracking to its store and
+    ``TEST_PID`` = this process (a toy child walking its ancestry stops there)."""
+    uri, experiment_id = tiny_store
+    monkeypatch.setenv("TEST_PID", str(os.getpid()))
+    with tracking_to(uri, monkeypatch):
+        yield experiment_id
+
+
 def mlflow_run(entry_point: str, params: dict[str, str], *, env: dict[str, str] | None = None,
                timeout: float = 600) -> subprocess.CompletedProcess:
     """``mlflow run . -e <entry_point> --env-manager local`` as a subprocess (the real CLI)."""

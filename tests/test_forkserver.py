@@ -90,24 +90,6 @@ def project(tmp_path: Path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def _store(tmp_path_factory) -> tuple[str, str]:
-    root = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    return uri, MlflowClient(uri).create_experiment("tiny", artifact_location=(root / "artifacts").as_uri())
-
-
-@pytest.fixture
-def experiment(_store, monkeypatch) -> str:
-    import mlflow
-
-    uri, experiment_id = _store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield experiment_id
-    mlflow.set_tracking_uri(None)
-
-
 def _record(path: Path, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -134,11 +116,11 @@ def _label(parent: str) -> str:
     return MlflowClient().get_run(parent).data.tags[Tag.STAGE_PROCESSES]
 
 
-def test_a_forked_stage_is_the_stages_own_process(project, experiment, tmp_path, capfd):
-    parent = MlflowClient().create_run(experiment).info.run_id
+def test_a_forked_stage_is_the_stages_own_process(project, tiny_experiment, tmp_path, capfd):
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     with warm_stage_processes(["preload_plain", "json"], root=project):
-        ok = _stage(project, experiment, parent, tmp_path / "ok.json")
-        failed = _stage(project, experiment, parent, tmp_path / "failed.json", code="3")
+        ok = _stage(project, tiny_experiment, parent, tmp_path / "ok.json")
+        failed = _stage(project, tiny_experiment, parent, tmp_path / "failed.json", code="3")
     record = _record(tmp_path / "ok.json")
     assert "tradeflow.runs.forkserver" in record["parent"]  # forked, not a fresh interpreter under bash
     assert record["preloaded"] == ["preload_plain"]  # the server's imports are the child's
@@ -151,8 +133,8 @@ def test_a_forked_stage_is_the_stages_own_process(project, experiment, tmp_path,
     assert _label(parent) == "forked"
 
 
-def test_an_interrupted_caller_cancels_a_forked_stage_and_its_whole_tree(project, experiment, tmp_path):
-    parent = MlflowClient().create_run(experiment).info.run_id
+def test_an_interrupted_caller_cancels_a_forked_stage_and_its_whole_tree(project, tiny_experiment, tmp_path):
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     out = tmp_path / "child.json"
 
     class Timeout(Exception):
@@ -166,7 +148,7 @@ def test_an_interrupted_caller_cancels_a_forked_stage_and_its_whole_tree(project
     watcher.start()
     try:
         with warm_stage_processes(["json"], root=project), pytest.raises(Timeout):
-            _stage(project, experiment, parent, out, seconds="120")
+            _stage(project, tiny_experiment, parent, out, seconds="120")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -187,13 +169,13 @@ def test_an_interrupted_caller_cancels_a_forked_stage_and_its_whole_tree(project
     ("preload_thread", {}, "fresh: importing preload_thread started threads"),
     ("json", {"TRADEFLOW_FORK_SERVER": "false"}, "fresh: off (TRADEFLOW_FORK_SERVER=false)"),
 ], ids=["swapped-modules", "threads", "off"])
-def test_a_stage_that_cannot_fork_runs_fresh_and_the_pipeline_run_says_why(project, experiment, tmp_path, monkeypatch,
+def test_a_stage_that_cannot_fork_runs_fresh_and_the_pipeline_run_says_why(project, tiny_experiment, tmp_path, monkeypatch,
                                                                             preload, env, label):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    parent = MlflowClient().create_run(experiment).info.run_id
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     with warm_stage_processes([preload], root=project) as warm:
-        outcome = _stage(project, experiment, parent, tmp_path / "child.json")
+        outcome = _stage(project, tiny_experiment, parent, tmp_path / "child.json")
         assert warm.server is None  # given up: later stages start fresh without asking again
     record = _record(tmp_path / "child.json")
     assert outcome.ok and record["run_id"] == outcome.run_id
@@ -201,12 +183,12 @@ def test_a_stage_that_cannot_fork_runs_fresh_and_the_pipeline_run_says_why(proje
     assert _label(parent).startswith(label), _label(parent)
 
 
-def test_a_command_that_is_not_python_m_runs_fresh_and_is_labelled(project, experiment, tmp_path):
-    parent = MlflowClient().create_run(experiment).info.run_id
+def test_a_command_that_is_not_python_m_runs_fresh_and_is_labelled(project, tiny_experiment, tmp_path):
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     with warm_stage_processes(["json"], root=project):
-        forked = _stage(project, experiment, parent, tmp_path / "forked.json")
+        forked = _stage(project, tiny_experiment, parent, tmp_path / "forked.json")
         assert _label(parent) == "forked"
-        fresh = _stage(project, experiment, parent, tmp_path / "fresh.json", entry_point="script")
+        fresh = _stage(project, tiny_experiment, parent, tmp_path / "fresh.json", entry_point="script")
     assert forked.ok and fresh.ok
     assert "tradeflow.runs.forkserver" not in _record(tmp_path / "fresh.json")["parent"]
     assert _label(parent).startswith("fresh: not a python -m command")
@@ -270,17 +252,17 @@ def _gone(pid: int, timeout: float) -> bool:
     return not _alive(pid)
 
 
-def test_successive_pipelines_fork_from_one_shared_server_until_the_code_changes(project, experiment, tmp_path,
+def test_successive_pipelines_fork_from_one_shared_server_until_the_code_changes(project, tiny_experiment, tmp_path,
                                                                                    monkeypatch):
     monkeypatch.setenv("TRADEFLOW_FORK_SERVER_IDLE_S", "30")
     (project / "entrypoints").mkdir()
     (project / "entrypoints" / "code.py").write_text("X = 1\n")
-    parent = MlflowClient().create_run(experiment).info.run_id
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     servers = []
     for name in ("first", "second"):
         with warm_stage_processes(["preload_plain"], root=project) as warm:
             assert warm.server.shared and warm.server.started == (name == "first")  # the second finds it warm
-            assert _stage(project, experiment, parent, tmp_path / f"{name}.json").ok
+            assert _stage(project, tiny_experiment, parent, tmp_path / f"{name}.json").ok
             servers.append(warm.server.ready()["pid"])
     assert servers[0] == servers[1] and _alive(servers[0])  # closing the context left it for the next user
     assert _server_of(_record(tmp_path / "first.json")) == _server_of(_record(tmp_path / "second.json"))
@@ -291,7 +273,7 @@ def test_successive_pipelines_fork_from_one_shared_server_until_the_code_changes
     os.utime(code, ns=(time.time_ns(), time.time_ns() + 10**9))
     with warm_stage_processes(["preload_plain"], root=project) as warm:
         assert warm.server.started
-        assert _stage(project, experiment, parent, tmp_path / "edited.json").ok
+        assert _stage(project, tiny_experiment, parent, tmp_path / "edited.json").ok
         newer = warm.server.ready()["pid"]
     assert newer != servers[0] and _server_of(_record(tmp_path / "edited.json")) != _server_of(_record(tmp_path / "first.json"))
     assert _gone(servers[0], 10)  # the stale one saw its socket go and exited (no child of its own left)
@@ -400,11 +382,11 @@ def test_without_a_warm_server_the_module_runs_in_the_caller_labelled_fresh(proj
 
 
 
-def test_a_forked_stage_shows_its_own_command_not_the_servers(project, experiment, tmp_path):
-    parent = MlflowClient().create_run(experiment).info.run_id
+def test_a_forked_stage_shows_its_own_command_not_the_servers(project, tiny_experiment, tmp_path):
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     out = tmp_path / "rec.json"
     with warm_stage_processes(["json"], root=project):
-        stage = threading.Thread(target=_stage, args=(project, experiment, parent, out), kwargs={"seconds": "3"})
+        stage = threading.Thread(target=_stage, args=(project, tiny_experiment, parent, out), kwargs={"seconds": "3"})
         stage.start()
         record = _record(out)
         cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -413,16 +395,16 @@ def test_a_forked_stage_shows_its_own_command_not_the_servers(project, experimen
     assert cmdline.startswith(f"python -m child {out} 3 0"), cmdline
 
 
-def test_a_caller_sigkilled_takes_its_forked_stage_and_the_stages_tree_with_it(project, experiment, tmp_path):
+def test_a_caller_sigkilled_takes_its_forked_stage_and_the_stages_tree_with_it(project, tiny_experiment, tmp_path):
     """A shared server's child is no descendant of the process that asked for it (the server
     outlives the Airflow task that started it): when that caller is SIGKILLed (a Celery worker
     killed with its process tree) the stage and its own children must stop too, not run on."""
     out = tmp_path / "child.json"
-    parent = MlflowClient().create_run(experiment).info.run_id
+    parent = MlflowClient().create_run(tiny_experiment).info.run_id
     caller = ("import sys; from pathlib import Path; "
               "from tradeflow.runs.projects import run_entry_point, warm_stage_processes\n"
               f"with warm_stage_processes(['json'], root=Path({str(project)!r})):\n"
-              f"    run_entry_point('step', {{'out': {str(out)!r}, 'seconds': '120'}}, experiment_id={experiment!r}, "
+              f"    run_entry_point('step', {{'out': {str(out)!r}, 'seconds': '120'}}, experiment_id={tiny_experiment!r}, "
               f"parent_run_id={parent!r}, project_uri=Path({str(project)!r}))\n")
     env = {**os.environ, "TRADEFLOW_FORK_SERVER_IDLE_S": "3"}  # shared, and gone soon after
     proc = subprocess.Popen([sys.executable, "-c", caller], env=env, cwd=Path.cwd())

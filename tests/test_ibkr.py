@@ -357,6 +357,32 @@ class _TI:
         return self.store.get(task_ids)
 
 
+def _trading_run(path: str, execution_id: str) -> tuple[dict, dict, dict, dict]:
+    """A trading run opened as the DAG's first task does, the xcom store and context the operators
+    read, and their common arguments: ``(ref, store, context, common)``."""
+    from tradeflow.ibkr import mlflow_run
+
+    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id=execution_id, strategy="test_swing",
+                              kind="trading", params={})
+    store = {"start_tracking": ref}
+    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id=execution_id)}
+    return ref, store, context, {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+
+
+def _through_risk(store: dict, context: dict, common: dict) -> None:
+    """AAPL's market data -> indicators -> signal -> risk tasks, each reading the one before from
+    ``store`` (what the order step then reads)."""
+    from tradeflow.ibkr.airflow import operators as ops
+
+    store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
+    store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
+                                                               **common).execute(context)
+    store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
+                                                 **common).execute(context)
+    store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
+                                                    indicators_task_id="AAPL.indicators", **common).execute(context)
+
+
 def test_operators_chain_from_bars_to_order_and_portfolio(gateway, tmp_path, ibkr_experiment):
     """Each operator's ``execute`` on a real gateway stand-in and MLflow store, XCom by hand."""
     from mlflow.tracking import MlflowClient
@@ -418,25 +444,14 @@ def test_risk_refusal_is_explained_in_the_log_mlflow_and_webui(gateway, tmp_path
     from mlflow.tracking import MlflowClient
 
     from tests.support.webui import WebUIServer
-    from tradeflow.ibkr import mlflow_run
     from tradeflow.ibkr.airflow import operators as ops
 
     path = _strategy_file(tmp_path, risk={"min_confidence": 0.9})
-    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__3", strategy="test_swing",
-                            kind="trading", params={})
-    store = {"start_tracking": ref}
-    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__3")}
-    common = {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+    ref, store, context, common = _trading_run(path, "manual__3")
     with WebUIServer() as webui:
         monkeypatch.setenv("BACKEND_API_URL", webui.url)
-        store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
-        store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
-                                                                   **common).execute(context)
-        store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
-                                                     **common).execute(context)
         with caplog.at_level("WARNING"):
-            store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
-                                                            indicators_task_id="AAPL.indicators", **common).execute(context)
+            _through_risk(store, context, common)
         order = ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk", market_data_task_id="AAPL.market_data",
                                            signal_task_id="AAPL.signal", **common).execute(context)
         [artifact] = webui.artifacts()
@@ -456,24 +471,13 @@ def test_a_rejected_order_is_recorded_shown_and_not_resent_by_a_retry(gateway, t
     from mlflow.tracking import MlflowClient
 
     from tests.support.webui import WebUIServer
-    from tradeflow.ibkr import mlflow_run
     from tradeflow.ibkr.airflow import operators as ops
 
     path = _strategy_file(tmp_path)
-    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__4", strategy="test_swing",
-                              kind="trading", params={})
-    store = {"start_tracking": ref}
-    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__4")}
-    common = {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+    ref, store, context, common = _trading_run(path, "manual__4")
     with WebUIServer() as webui:
         monkeypatch.setenv("BACKEND_API_URL", webui.url)
-        store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
-        store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
-                                                                   **common).execute(context)
-        store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
-                                                     **common).execute(context)
-        store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
-                                                        indicators_task_id="AAPL.indicators", **common).execute(context)
+        _through_risk(store, context, common)
         order_op = ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk",
                                               market_data_task_id="AAPL.market_data", signal_task_id="AAPL.signal", **common)
         gateway.set_fault("reject_orders", message="Order rejected - reason: insufficient margin")
@@ -498,24 +502,13 @@ def test_a_fill_after_the_order_step_reaches_mlflow_and_the_webui_at_the_portfol
     from mlflow.tracking import MlflowClient
 
     from tests.support.webui import WebUIServer
-    from tradeflow.ibkr import mlflow_run
     from tradeflow.ibkr.airflow import operators as ops
 
     path = _strategy_file(tmp_path, broker={"fill_timeout_s": 0.2, "poll_s": 0.05})
-    ref = mlflow_run.open_run(experiment="ibkr_test", dag_id="dag", execution_id="manual__5", strategy="test_swing",
-                              kind="trading", params={})
-    store = {"start_tracking": ref}
-    context = {"ti": _TI(store), "dag_run": SimpleNamespace(dag_id="dag", run_id="manual__5")}
-    common = {"strategy_file": path, "as_of": AS_OF, "symbol": "AAPL"}
+    ref, store, context, common = _trading_run(path, "manual__5")
     with WebUIServer() as webui:
         monkeypatch.setenv("BACKEND_API_URL", webui.url)
-        store["AAPL.market_data"] = ops.IBKRMarketDataOperator(task_id="md", **common).execute(context)
-        store["AAPL.indicators"] = ops.TechnicalIndicatorsOperator(task_id="ind", market_data_task_id="AAPL.market_data",
-                                                                   **common).execute(context)
-        store["AAPL.signal"] = ops.LLMSignalOperator(task_id="sig", market_data_task_id="AAPL.market_data",
-                                                     **common).execute(context)
-        store["AAPL.risk"] = ops.RiskAssessmentOperator(task_id="risk", signal_task_id="AAPL.signal",
-                                                        indicators_task_id="AAPL.indicators", **common).execute(context)
+        _through_risk(store, context, common)
         gateway.set_fault("delay_fills", reads=None)  # nothing fills while the order step follows
         store["AAPL.order"] = ops.OrderPlacementOperator(task_id="order", risk_task_id="AAPL.risk",
                                                          market_data_task_id="AAPL.market_data",

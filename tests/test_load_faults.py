@@ -37,7 +37,6 @@ import os
 import re
 import resource
 import sqlite3
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -112,8 +111,9 @@ class World:
         """What every DAG run / pipeline gets: the servers, the tiny config, fast Airflow retries."""
         return {"MLFLOW_TRACKING_URI": self.mlflow.url, "BACKEND_API_URL": self.web.url, **tiny_config_env(),
                 "TRADEFLOW_TASK_RETRIES": "1", "TRADEFLOW_RETRY_DELAY_S": "2", "TRADEFLOW_MAX_RETRY_DELAY_S": "5",
-                # the server's proxied artifacts are not a disk the WebUI reads: charts go to a plain path
-                "TRADEFLOW_WEBUI_CHART_DIR": str(Path(tempfile.gettempdir()) / "tradeflow-fault-charts"),
+                # the server's proxied artifacts are not a disk the WebUI reads: charts go to a plain
+                # path, this module's own (a fixed temp dir was shared by every checkout and run)
+                "TRADEFLOW_WEBUI_CHART_DIR": str(self.tmp / "webui-charts"),
                 **overrides}
 
     def running_since(self, t0_ms: int) -> list[str]:

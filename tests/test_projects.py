@@ -77,27 +77,6 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def _store(tmp_path_factory) -> tuple[str, str]:
-    """One SQLite store for the module (creating one runs MLflow's migrations: seconds)."""
-    root = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    experiment = MlflowClient(uri).create_experiment("tiny", artifact_location=(root / "artifacts").as_uri())
-    return uri, experiment
-
-
-@pytest.fixture
-def experiment(_store, monkeypatch) -> str:
-    import mlflow
-
-    uri, experiment_id = _store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("TEST_PID", str(os.getpid()))
-    mlflow.set_tracking_uri(uri)
-    yield experiment_id
-    mlflow.set_tracking_uri(None)
-
-
 def _parent(experiment: str) -> str:
     return MlflowClient().create_run(experiment).info.run_id
 
@@ -119,17 +98,17 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_a_stage_is_a_project_run_nested_under_its_parent_without_an_mlflow_run_process(project, experiment, tmp_path):
-    parent = _parent(experiment)
+def test_a_stage_is_a_project_run_nested_under_its_parent_without_an_mlflow_run_process(project, tiny_experiment, tmp_path):
+    parent = _parent(tiny_experiment)
     out = tmp_path / "child.json"
-    outcome = run_entry_point("step", {"out": str(out), "note": "a b'c"}, experiment_id=experiment,
+    outcome = run_entry_point("step", {"out": str(out), "note": "a b'c"}, experiment_id=tiny_experiment,
                               parent_run_id=parent, project_uri=project, run_name="tiny step")
     assert outcome.ok and outcome.failure is None, outcome
     record = _record(out)
     # the entry point's command is the stage's only process: started by us (bash execs it)
     assert all("mlflow" not in link for link in record["ancestry"]), record["ancestry"]
     assert record["ancestry"][-1] == "<test>" and len(record["ancestry"]) <= 2, record["ancestry"]
-    assert record["run_id"] == outcome.run_id and record["experiment_id"] == experiment
+    assert record["run_id"] == outcome.run_id and record["experiment_id"] == tiny_experiment
     run = MlflowClient().get_run(outcome.run_id)
     tags = run.data.tags
     assert run.info.status == "FINISHED"
@@ -145,7 +124,7 @@ def test_a_stage_is_a_project_run_nested_under_its_parent_without_an_mlflow_run_
     assert MlflowClient().get_run(parent).info.status == "RUNNING"  # the parent is never resumed
 
 
-def test_a_stage_started_with_a_socket_on_stdin_does_not_run_bashrc(project, experiment, tmp_path, monkeypatch):
+def test_a_stage_started_with_a_socket_on_stdin_does_not_run_bashrc(project, tiny_experiment, tmp_path, monkeypatch):
     """An Airflow 3 task's stdin is a socket. ``bash -c`` with a socket on stdin (and SHLVL < 2)
     believes sshd started it and runs ~/.bashrc, which on the dev box puts pyenv's shims ahead of
     the venv: the pipeline's ``python`` then had no mlflow. The stage's stdin is /dev/null."""
@@ -158,8 +137,8 @@ def test_a_stage_started_with_a_socket_on_stdin_does_not_run_bashrc(project, exp
     saved = os.dup(0)
     try:
         os.dup2(ours.fileno(), 0)
-        outcome = run_entry_point("step", {"out": str(out)}, experiment_id=experiment,
-                                  parent_run_id=_parent(experiment), project_uri=project)
+        outcome = run_entry_point("step", {"out": str(out)}, experiment_id=tiny_experiment,
+                                  parent_run_id=_parent(tiny_experiment), project_uri=project)
     finally:
         os.dup2(saved, 0)
         os.close(saved)
@@ -170,12 +149,12 @@ def test_a_stage_started_with_a_socket_on_stdin_does_not_run_bashrc(project, exp
     assert _record(out)["stdin"] == "/dev/null"
 
 
-def test_the_parent_tag_is_there_while_the_stage_runs_and_a_failure_is_recorded(project, experiment, tmp_path):
-    parent = _parent(experiment)
+def test_the_parent_tag_is_there_while_the_stage_runs_and_a_failure_is_recorded(project, tiny_experiment, tmp_path):
+    parent = _parent(tiny_experiment)
     out = tmp_path / "child.json"
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(outcome=run_entry_point(
-        "step", {"out": str(out), "seconds": "1.5", "code": "3"}, experiment_id=experiment,
+        "step", {"out": str(out), "seconds": "1.5", "code": "3"}, experiment_id=tiny_experiment,
         parent_run_id=parent, project_uri=project)))
     worker.start()
     record = _record(out)
@@ -189,13 +168,13 @@ def test_the_parent_tag_is_there_while_the_stage_runs_and_a_failure_is_recorded(
     assert run.info.status == "FAILED" and run.data.tags["tradeflow.failure_reason"] == outcome.failure
 
 
-def test_stages_launched_from_several_threads_at_once_each_get_their_own_run_and_parent(project, experiment, tmp_path):
-    parents = [_parent(experiment) for _ in range(4)]
+def test_stages_launched_from_several_threads_at_once_each_get_their_own_run_and_parent(project, tiny_experiment, tmp_path):
+    parents = [_parent(tiny_experiment) for _ in range(4)]
     outcomes: dict[int, object] = {}
 
     def launch(index: int) -> None:
         outcomes[index] = run_entry_point("step", {"out": str(tmp_path / f"c{index}.json"), "seconds": "0.5"},
-                                          experiment_id=experiment, parent_run_id=parents[index], project_uri=project)
+                                          experiment_id=tiny_experiment, parent_run_id=parents[index], project_uri=project)
 
     threads = [threading.Thread(target=launch, args=(i,)) for i in range(4)]
     started = time.perf_counter()
@@ -216,9 +195,9 @@ def test_stages_launched_from_several_threads_at_once_each_get_their_own_run_and
     assert "MLFLOW_RUN_ID" not in os.environ
 
 
-def test_an_interrupted_caller_cancels_the_stage_and_its_whole_process_tree(project, experiment, tmp_path):
+def test_an_interrupted_caller_cancels_the_stage_and_its_whole_process_tree(project, tiny_experiment, tmp_path):
     """Airflow's task timeout raises in the waiting thread (SIGALRM); so does Ctrl-C."""
-    parent = _parent(experiment)
+    parent = _parent(tiny_experiment)
     out = tmp_path / "child.json"
 
     class Timeout(Exception):
@@ -232,7 +211,7 @@ def test_an_interrupted_caller_cancels_the_stage_and_its_whole_process_tree(proj
     watcher.start()
     try:
         with pytest.raises(Timeout):
-            run_entry_point("step", {"out": str(out), "seconds": "120"}, experiment_id=experiment,
+            run_entry_point("step", {"out": str(out), "seconds": "120"}, experiment_id=tiny_experiment,
                             parent_run_id=parent, project_uri=project)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -361,7 +361,7 @@ def upload_chart(local: str, minio_url: str) -> None:
     try:
         import boto3
     except ImportError:
-        raise InputError("TRADEFLOW_WEBUI_CHART_BUCKET needs boto3 (pip install boto3==1.43.11)") from None
+        raise InputError("TRADEFLOW_WEBUI_CHART_BUCKET needs boto3 (pip install boto3==1.44.18)") from None
     parsed = urlparse(minio_url)
     bucket, key = parsed.path.lstrip("/").split("/", 1)
     s3 = boto3.client("s3", endpoint_url=f"{parsed.scheme}://{parsed.netloc}")

@@ -15,6 +15,9 @@ Public API
     context manager; ``.url``, ``.port``, ``.artifacts_destination``,
     ``.start(wait=True)``, ``.wait_ready()``, ``.stop()``, ``.kill()``,
     ``.restart(hard=True)`` (same port + store), ``.timings``, ``.log_path``, ``.log_tail()``
+``SeaweedS3Server(*, buckets=())``         SeaweedFS ``weed server -s3``; ``.endpoint``, ``.env()``
+    (``MLFLOW_S3_ENDPOINT_URL`` + ``AWS_*``), ``.client()`` (boto3), ``.timings``
+``seaweedfs_unavailable_reason() -> str | None``  (no ``weed`` / boto3)
 ``ServerStartError``                      raised with the server log tail when a server fails
 ``dump_logs_if_failed(request, *servers)`` for fixture teardown (prints logs of failed tests)
 
@@ -51,16 +54,19 @@ from .postgres import (
     postgres_unavailable_reason,
     skip_if_no_postgres,
 )
+from .seaweedfs import SeaweedS3Server, seaweedfs_unavailable_reason
 
 __all__ = [
     "LOOPBACK",
     "MlflowServer",
     "PostgresServer",
+    "SeaweedS3Server",
     "ServerStartError",
     "dump_logs_if_failed",
     "find_pg_bin_dir",
     "free_port",
     "postgres_unavailable_reason",
+    "seaweedfs_unavailable_reason",
     "skip_if_no_postgres",
     "wait_for_http",
 ]

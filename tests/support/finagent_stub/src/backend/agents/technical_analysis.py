@@ -1,60 +1,76 @@
-"""Test double of upstream's agents/technical_analysis.py interface (see ../../../README.md)."""
+"""tradeflow's own test double for upstream FinAgent's technical analysis (not upstream code).
+
+Why at upstream's module path: the path is the interface. ``tradeflow.engines.finagent.compat``
+puts ``FINAGENT_BACKEND`` (here ``tests/support/finagent_stub/src/backend``) on ``sys.path``, imports
+``agents.technical_analysis`` and feeds our bars through its ``yfUtils.get_stock_data``; CI has no
+upstream, so this file stands where upstream's would. It offers only what that adapter and the
+tests use:
+
+* ``yfUtils.get_stock_data``: raises until the adapter replaces it (bars come only from us);
+* ``run_enhanced_technical_analysis(symbol)`` (async): the five votes at the keys the engine reads
+  (``tradeflow/engines/finagent/rule.py``), the last close and a ``final_decision``. The votes are
+  five plain rules of ours on the window (momentum, a faded 10-bar move, close vs its 20-bar mean,
+  place in the 14-bar range, 30-bar trend), so the calibration has distinct signals to weigh;
+* ``CALLS``: ``(symbol, bars seen, last bar's date)`` per call (the no-look-ahead test);
+* ``FINAGENT_STUB_MODE`` = ok | raise | junk | network: the failures the engine must name.
+"""
 
 import os
 import socket
 
-import pandas as pd
-
 CALLS = []
 
+#: vote -> (section, key) in the analysis, and its labels for -1, 0, +1
+VOTES = {
+    "ema": ("ema", "signal", ("bearish", "neutral", "bullish")),
+    "rsi": ("rsi", "signal", ("overbought", "neutral", "oversold")),
+    "macd": ("macd", "trend", ("bearish", "neutral", "bullish")),
+    "stochastics": ("stochastics", "signal", ("overbought", "neutral", "oversold")),
+    "adx": ("adx", "trend_direction", ("bearish_trend", "neutral_trend", "bullish_trend")),
+}
 
-class yfUtils:  # noqa: N801 - upstream's name
+
+class yfUtils:  # noqa: N801 - the name the adapter looks up
+    @staticmethod
     def get_stock_data(symbol, start_date, end_date, save_path=None):
         raise RuntimeError("stub yfUtils.get_stock_data was not replaced by the adapter")
 
 
-def _label(value, up, down, pos, neg):
-    return pos if value > up else neg if value < down else "neutral"
+def _sign(value, dead_band=0.0):
+    return 1 if value > dead_band else -1 if value < -dead_band else 0
+
+
+def _votes(close):
+    last, n = close[-1], len(close)
+    window = close[-14:]
+    place = (last - window.min()) / max(window.max() - window.min(), 1e-9)
+    return {
+        "ema": _sign(last / close[max(-n, -6)] - 1, 0.005),
+        "rsi": -_sign(last / close[max(-n, -11)] - 1, 0.05),
+        "macd": _sign(last - close[-20:].mean()),
+        "stochastics": 1 if place < 0.2 else -1 if place > 0.8 else 0,
+        "adx": _sign(last / close[max(-n, -30)] - 1, 0.02),
+    }
 
 
 async def run_enhanced_technical_analysis(ticker_symbol):
     mode = os.environ.get("FINAGENT_STUB_MODE", "ok")
     if mode == "network":
-        socket.create_connection(("query1.finance.yahoo.com", 443), timeout=1)
+        socket.create_connection(("finance.invalid", 443), timeout=1)  # the adapter must block this
     if mode == "raise":
         raise ValueError("stub upstream failure")
-    df = yfUtils.get_stock_data(ticker_symbol, "2024-01-01", "2025-01-01")
-    CALLS.append((ticker_symbol, len(df), df.index[-1]))
+    bars = yfUtils.get_stock_data(ticker_symbol, None, None)
+    CALLS.append((ticker_symbol, len(bars), bars.index[-1]))
     if mode == "junk":
         return {"ticker_symbol": ticker_symbol, "indicators": {"ema": {"signal": "sideways"}}}
-    close = df["Close"]
-    fast, slow = close.ewm(span=12).mean(), close.ewm(span=26).mean()
-    ret5 = close.iloc[-1] / close.iloc[-6] - 1
-    spread = (fast.iloc[-1] - slow.iloc[-1]) / close.iloc[-1]
-    prev_spread = (fast.iloc[-2] - slow.iloc[-2]) / close.iloc[-2]
-    high, low = df["High"].rolling(14).max().iloc[-1], df["Low"].rolling(14).min().iloc[-1]
-    k = 100 * (close.iloc[-1] - low) / max(high - low, 1e-9)
-    votes = {
-        "ema": "bullish" if prev_spread <= 0 < spread else "bearish" if prev_spread >= 0 > spread else "neutral",
-        "rsi": _label(-ret5, 0.03, -0.03, "oversold", "overbought"),
-        "macd": "bullish" if spread > 0 else "bearish",
-        "stoch": "oversold" if k < 20 else "overbought" if k > 80 else "neutral",
-        "adx": "bullish_trend" if close.iloc[-1] > close.iloc[-20:].mean() else "bearish_trend",
-    }
-    score = sum({"bullish": 1, "oversold": 1, "bullish_trend": 1, "bearish": -1, "overbought": -1,
-                 "bearish_trend": -1}.get(v, 0) for v in votes.values())
-    prob = 0.5 + 0.5 * score / 5
-    return {
-        "ticker_symbol": ticker_symbol,
-        "indicators": {
-            "close_price": float(close.iloc[-1]),
-            "ema": {"short_ema": float(fast.iloc[-1]), "long_ema": float(slow.iloc[-1]), "signal": votes["ema"]},
-            "rsi": {"value": 50.0, "signal": votes["rsi"]},
-            "macd": {"value": float(spread), "signal_line": 0.0, "hist": float(spread), "trend": votes["macd"]},
-            "stochastics": {"%K": float(k), "%D": float(k), "signal": votes["stoch"]},
-            "adx": {"adx_value": 20.0, "+DI": 1.0, "-DI": 1.0, "trend_strength": "weak_or_sideways",
-                    "trend_direction": votes["adx"]},
-        },
-        "final_decision": {"score": score, "max_score_possible": 5, "probability": round(prob, 3),
-                           "rating": "buy" if prob >= 0.66 else "sell" if prob <= 0.33 else "hold"},
-    }
+    close = bars["Close"].to_numpy(float)
+    votes = _votes(close)
+    indicators = {"close_price": float(close[-1])}
+    for name, (section, key, labels) in VOTES.items():
+        indicators[section] = {key: labels[votes[name] + 1]}
+    score = sum(votes.values())
+    probability = round(0.5 + 0.5 * score / len(votes), 3)
+    rating = "buy" if probability >= 0.66 else "sell" if probability <= 0.33 else "hold"
+    return {"ticker_symbol": ticker_symbol, "indicators": indicators,
+            "final_decision": {"score": score, "max_score_possible": len(votes), "probability": probability,
+                               "rating": rating}}
