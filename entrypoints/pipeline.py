@@ -34,8 +34,21 @@ def _hand_over() -> None:
     hand_over("entrypoints.pipeline", sys.argv[1:])
 
 
+def _warm_only() -> None:
+    """``python -m entrypoints.pipeline --warm-only``: start the shared warm process, wait until it
+    is ready, exit (``scripts/demo.sh`` runs it in the background, so the warm process imports
+    while the store is set up and ``mlflow run`` starts, instead of the first stage waiting)."""
+    from tradeflow.runs.forkserver import wait_prestarted
+
+    raise SystemExit(0 if wait_prestarted() else 1)
+
+
 if __name__ == "__main__":
+    import sys as _sys
+
     _warm_up()
+    if _sys.argv[1:] == ["--warm-only"]:
+        _warm_only()
     _hand_over()
 
 from tradeflow.cli import config_from_flags, fail_before_work, main_wrapper, parser  # noqa: E402

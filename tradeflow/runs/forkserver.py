@@ -828,6 +828,19 @@ def prestart(modules: list[str], root: Path, *, later: list[str] = (), idle_s: f
             _prestarted = None
 
 
+def wait_prestarted() -> bool:
+    """Wait until the server ``prestart`` started (or found) is ready; False if there is none or it
+    failed (said on stderr)."""
+    if _prestarted is None:
+        return False
+    try:
+        _prestarted.ready()
+    except (OSError, ForkServerError) as exc:
+        print(f"warm process not started: {exc}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 #: how this process started, for the run it records (``Tag.PIPELINE_PROCESS``): "forked" from a
 #: warm server, "fresh", or "fresh: <why>" when a warm server was there but not used
 process_start = "fresh"
