@@ -18,8 +18,8 @@ started=$(date +%s.%N)
 # The stages' warm process (mlflow, torch & co. imported once, docs/performance.md) starts now, in
 # the background: its imports overlap the store set-up and `mlflow run`'s own start.
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m entrypoints.pipeline --warm-only &
-# Create the store and the experiment once, before any process fans out (SQLite).
-.venv/bin/python -c "from tradeflow.runs.tracking import configure_tracking, ensure_experiment; configure_tracking(); ensure_experiment('trademaster_autogen')"
+# The SQLite store needs no separate creation step: `mlflow run` creates it (one process), then the
+# pipeline its experiment, before any stage starts (a new SQLite DB must not be created in parallel).
 if [ "$DATA_SOURCE" = "synthetic" ]; then
   echo "NOTE: running on SYNTHETIC prices (generated, not market data). Real data: bash scripts/demo.sh AAPL"
 else
