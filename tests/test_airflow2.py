@@ -136,8 +136,10 @@ def test_the_webui_trigger_starts_a_run_on_an_airflow_2_webserver(stack, tmp_pat
         base = f"http://127.0.0.1:{airflow.port}"
         stack.server.airflow_url = base
         stack.server.airflow_auth = (USER, PASSWORD)
+        up = time.perf_counter()
         airflow.wait_for_dag(orch.DAG_ID)
         _airflow(stack, "dags", "unpause", orch.DAG_ID)  # what an operator does once (docs/airflow.md)
+        print(f"Airflow 2.10.5: webserver + scheduler up, DAG parsed and unpaused in {time.perf_counter() - up:.1f} s")
         # without the right password: refused, and nothing runs
         wrong = requests.post(f"{base}/api/v1/dags/{orch.DAG_ID}/dagRuns", json={"conf": {"symbol": "KO"}},
                               auth=(USER, "wrong"), timeout=30)

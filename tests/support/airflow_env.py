@@ -220,7 +220,8 @@ class AirflowServices:
 
     On an Airflow 2 home (``home.major == 2``): the webserver (its REST API ``/api/v1`` with basic
     auth, what the WebUI backend calls) and the scheduler, which parses the DAGs itself and runs
-    tasks with the SequentialExecutor (2.x refuses the LocalExecutor on SQLite).
+    tasks with the SequentialExecutor (2.x refuses the LocalExecutor on SQLite). DAGs are paused
+    at creation (2.x's default): unpause the one under test (``airflow dags unpause``).
 
         with AirflowServices(home, env={...}) as services:
             run_id = services.trigger(DAG_ID, conf={...})
@@ -241,7 +242,6 @@ class AirflowServices:
                 "AIRFLOW__WEBSERVER__WORKERS": "1",
                 "AIRFLOW__WEBSERVER__SECRET_KEY": "tradeflow-test-not-a-secret",
                 "AIRFLOW__API__AUTH_BACKENDS": "airflow.api.auth.backend.basic_auth",
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
                 **(env or {}),
