@@ -14,4 +14,7 @@ fi
 bash scripts/install_webui_pages.sh || echo "note: WebUI page templates not fetched; tests/test_webui_pages.py will skip"
 # Redis and PostgreSQL for tests/test_distributed.py (it skips, saying why, where they are missing).
 bash scripts/install_stack_deps.sh || echo "note: stack dependencies not installed; tests/test_distributed.py will skip"
+# The second Airflow environment (Airflow 2.10.5, the WebUI stack's) for tests/test_airflow2.py (it
+# skips, saying why, where this cannot be built).
+bash scripts/install_airflow2.sh || echo "note: Airflow 2 environment not built; tests/test_airflow2.py will skip"
 exec .venv/bin/python -m pytest "$@"

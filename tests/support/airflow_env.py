@@ -8,6 +8,12 @@ DB migrated once, only this repository's ``dags/`` folder, and ``airflow dags te
 
 ``env`` is layered over ``home.env()``: the Airflow settings, the venv's ``bin`` first on PATH
 (``mlflow run`` starts ``python`` from PATH) and the repository on PYTHONPATH.
+
+Airflow 2.10.5 (the WebUI stack's; scripts/install_airflow2.sh builds its venv): the same home with
+``airflow=airflow2_bin()``: only the ``airflow`` commands come from that venv; PATH still starts with
+this interpreter's ``bin``, so the stages run in the project's environment, as on a 2.x worker.
+
+    home = AirflowHome.create(tmp_path / "airflow2", airflow=airflow2_bin())
 """
 
 from __future__ import annotations
@@ -38,6 +44,29 @@ def airflow_bin() -> str:
     return str(candidate) if candidate.exists() else "airflow"
 
 
+#: where scripts/install_airflow2.sh builds the Airflow 2.10.5 environment (same default)
+AIRFLOW2_VENV = Path(os.environ.get("AIRFLOW2_VENV") or Path.home() / ".cache" / "tradeflow" / "airflow2-venv")
+AIRFLOW2_VERSION = "2.10.5"
+
+
+def airflow2_bin() -> str:
+    """The ``airflow`` of the Airflow 2.10.5 environment."""
+    return str(AIRFLOW2_VENV / "bin" / "airflow")
+
+
+def airflow2_missing() -> str | None:
+    """Why the Airflow 2 environment cannot be used here, or None (tests skip with this reason)."""
+    python = AIRFLOW2_VENV / "bin" / "python"
+    if not python.exists():
+        return f"no Airflow 2 environment at {AIRFLOW2_VENV} (bash scripts/install_airflow2.sh builds it)"
+    proc = subprocess.run([str(python), "-c", "import airflow, mlflow; print(airflow.__version__)"],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 or proc.stdout.strip() != AIRFLOW2_VERSION:
+        return (f"{AIRFLOW2_VENV} does not import Airflow {AIRFLOW2_VERSION} + MLflow: "
+                f"{(proc.stdout + proc.stderr).strip()[-300:]} (re-run scripts/install_airflow2.sh)")
+    return None
+
+
 @dataclass
 class DagTestResult:
     returncode: int
@@ -56,13 +85,24 @@ class DagTestResult:
 @dataclass
 class AirflowHome:
     home: Path
+    #: the ``airflow`` script to run (None: this interpreter's, Airflow 3; ``airflow2_bin()``: 2.10.5)
+    airflow: str | None = None
+
+    @property
+    def bin(self) -> str:
+        return self.airflow or airflow_bin()
+
+    @property
+    def major(self) -> int:
+        return 2 if self.airflow and Path(self.airflow).resolve().parent.parent == AIRFLOW2_VENV.resolve() else 3
 
     @classmethod
-    def create(cls, home: Path, *, env: Mapping[str, str] | None = None, timeout: float = 300) -> AirflowHome:
+    def create(cls, home: Path, *, env: Mapping[str, str] | None = None, timeout: float = 300,
+               airflow: str | None = None) -> AirflowHome:
         """A fresh AIRFLOW_HOME with a migrated SQLite metadata DB."""
         home.mkdir(parents=True, exist_ok=True)
-        instance = cls(home)
-        proc = subprocess.run([airflow_bin(), "db", "migrate"], env=instance.env(env), capture_output=True,
+        instance = cls(home, airflow)
+        proc = subprocess.run([instance.bin, "db", "migrate"], env=instance.env(env), capture_output=True,
                               text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
@@ -74,7 +114,7 @@ class AirflowHome:
 
         home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.db_path, home / "airflow.db")
-        return AirflowHome(home)
+        return AirflowHome(home, self.airflow)
 
     @property
     def db_path(self) -> Path:
@@ -92,12 +132,25 @@ class AirflowHome:
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
-            "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
+            "PATH": os.pathsep.join([*self._airflow_shim(), bin_dir, env.get("PATH", "")]),
             "PYTHONPATH": str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(extra or {})
         return env
+
+    def _airflow_shim(self) -> list[str]:
+        """With another Airflow: a folder holding only a link ``airflow`` -> it, first on PATH, so
+        what Airflow starts by name (2.x executors run ``airflow tasks run ...``) is that Airflow
+        while ``python`` stays this interpreter (the stages' environment)."""
+        if not self.airflow:
+            return []
+        shim = self.home / "bin"
+        link = shim / "airflow"
+        if not link.is_symlink():
+            shim.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(self.airflow)
+        return [str(shim)]
 
     def dags_test(self, dag_id: str, *, conf: Mapping[str, Any] | str | None = None,
                   env: Mapping[str, str] | None = None, timeout: float = 900,
@@ -105,7 +158,7 @@ class AirflowHome:
         """``airflow dags test DAG_ID [--conf JSON]``; output is stdout+stderr interleaved."""
         import json
 
-        cmd = [airflow_bin(), "dags", "test", dag_id]
+        cmd = [self.bin, "dags", "test", dag_id]
         if conf is not None:
             cmd += ["--conf", conf if isinstance(conf, str) else json.dumps(conf)]
         cmd += extra_args or []
@@ -135,10 +188,11 @@ class AirflowHome:
 
 @contextlib.contextmanager
 def airflow_stack(root: Path, *, env: Mapping[str, str] | None = None,
-                  seed: Callable[[Any], None] | None = None) -> Iterator[SimpleNamespace]:
+                  seed: Callable[[Any], None] | None = None, airflow: str | None = None) -> Iterator[SimpleNamespace]:
     """What the ``airflow dags test`` suites share: an Airflow home (migrated once), a SQLite MLflow
     store with the experiment created before any fan-out, and a WebUI server (``seed(server)``
-    fills it). ``stack.env``: the store, the server and the dj30 data, then ``env``.
+    fills it). ``stack.env``: the store, the server and the dj30 data, then ``env``. ``airflow``: the
+    ``airflow`` script (``airflow2_bin()`` for Airflow 2.10.5; default this interpreter's).
 
     Yields ``SimpleNamespace(home, uri, client, experiment_id, server, env)``."""
     from mlflow.tracking import MlflowClient
@@ -146,7 +200,7 @@ def airflow_stack(root: Path, *, env: Mapping[str, str] | None = None,
     from .stores import EXPERIMENT, sqlite_store
     from .webui import WebUIServer
 
-    home = AirflowHome.create(root / "airflow")
+    home = AirflowHome.create(root / "airflow", airflow=airflow)
     uri = sqlite_store(root)
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
@@ -164,6 +218,11 @@ class AirflowServices:
     (LocalExecutor) and dag-processor, on an ``AirflowHome``. For benchmarks: the scheduler
     enforces ``max_active_tis_per_dagrun`` and pools, which ``airflow dags test`` does not.
 
+    On an Airflow 2 home (``home.major == 2``): the webserver (its REST API ``/api/v1`` with basic
+    auth, what the WebUI backend calls) and the scheduler, which parses the DAGs itself and runs
+    tasks with the SequentialExecutor (2.x refuses the LocalExecutor on SQLite). DAGs are paused
+    at creation (2.x's default): unpause the one under test (``airflow dags unpause``).
+
         with AirflowServices(home, env={...}) as services:
             run_id = services.trigger(DAG_ID, conf={...})
             state = services.wait(DAG_ID, run_id, timeout=900)
@@ -176,6 +235,19 @@ class AirflowServices:
         self.home = home
         self.port = free_port()
         self.log_dir = log_dir or home.home / "service-logs"
+        if home.major == 2:
+            self.env = home.env({
+                "AIRFLOW__CORE__EXECUTOR": "SequentialExecutor",
+                "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(self.port),
+                "AIRFLOW__WEBSERVER__WORKERS": "1",
+                "AIRFLOW__WEBSERVER__SECRET_KEY": "tradeflow-test-not-a-secret",
+                "AIRFLOW__API__AUTH_BACKENDS": "airflow.api.auth.backend.basic_auth",
+                "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                **(env or {}),
+            })
+            self._procs: list[tuple[str, subprocess.Popen]] = []
+            return
         self.env = home.env({
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(parallelism),
@@ -193,15 +265,21 @@ class AirflowServices:
         from .servers import wait_for_http
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        commands = {"api-server": [airflow_bin(), "api-server", "--port", str(self.port), "--host", "127.0.0.1"],
-                    "scheduler": [airflow_bin(), "scheduler"],
-                    "dag-processor": [airflow_bin(), "dag-processor"]}
+        airflow = self.home.bin
+        commands = {"api-server": [airflow, "api-server", "--port", str(self.port), "--host", "127.0.0.1"],
+                    "scheduler": [airflow, "scheduler"],
+                    "dag-processor": [airflow, "dag-processor"]}
+        health = f"http://127.0.0.1:{self.port}/api/v2/version"
+        if self.home.major == 2:
+            commands = {"webserver": [airflow, "webserver", "--port", str(self.port), "--hostname", "127.0.0.1"],
+                        "scheduler": [airflow, "scheduler"]}
+            health = f"http://127.0.0.1:{self.port}/health"
         for name, cmd in commands.items():
             log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
                                     start_new_session=True)
             self._procs.append((name, proc))
-        wait_for_http(f"http://127.0.0.1:{self.port}/api/v2/version", timeout=120, proc=self._procs[0][1])
+        wait_for_http(health, timeout=180, proc=self._procs[0][1])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -235,7 +313,7 @@ class AirflowServices:
         import json
 
         run_id = f"bench_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}_{int(time.time() * 1000) % 100000}"
-        cmd = [airflow_bin(), "dags", "trigger", dag_id, "--run-id", run_id]
+        cmd = [self.home.bin, "dags", "trigger", dag_id, "--run-id", run_id]
         if conf is not None:
             cmd += ["--conf", json.dumps(conf)]
         proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)

@@ -59,8 +59,8 @@ class RunContext:
 
 def fail_now(message: str) -> NoReturn:
     """Fail the task without retries (a retry cannot fix it)."""
-    try:
-        from airflow.sdk.exceptions import AirflowFailException
+    try:  # Airflow 3's or 2's (tradeflow.airflow_compat): the class its task runner fails at once on
+        from tradeflow.airflow_compat import AirflowFailException
     except ImportError:  # pragma: no cover - outside Airflow
         raise OrchestrationError(message) from None
     raise AirflowFailException(message)
@@ -68,7 +68,7 @@ def fail_now(message: str) -> NoReturn:
 
 def skip(message: str) -> NoReturn:
     """Skip the task (and, by the default trigger rule, what depends on it)."""
-    from airflow.sdk.exceptions import AirflowSkipException
+    from tradeflow.airflow_compat import AirflowSkipException
 
     raise AirflowSkipException(message)
 

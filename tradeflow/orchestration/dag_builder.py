@@ -19,8 +19,9 @@ Two shapes, both wired from this package's task functions (the tasks' logic live
   group's mode, a child run of the DAG-run parent; in ``both`` a symbol whose training failed in
   this DAG run skips inference (no signal from a stale model); the others go on.
 
-XCom carries ids only (targets, run ids, statuses). Parse cost: this module imports
-``airflow.sdk`` (loaded by Airflow anyway, inside ``build_pipeline_dag``) and this package only.
+XCom carries ids only (targets, run ids, statuses). Parse cost: this module imports Airflow's
+authoring names through ``tradeflow.airflow_compat`` (``airflow.sdk`` on 3.x, their homes on 2.10;
+loaded by Airflow anyway, inside ``build_pipeline_dag``) and this package only.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def training_failed_here(symbol: str, parent: Mapping[str, str]) -> str | None:
 
 def build_pipeline_dag(spec: PipelineDag, settings: orch.DagSettings | None = None) -> Any:
     """The DAG object for ``spec`` (call at module level of the DAG file)."""
-    from airflow.sdk import TaskGroup, dag, get_current_context, task
+    from tradeflow.airflow_compat import DAG_DATES, TaskGroup, dag, get_current_context, task
 
     settings = settings or orch.DagSettings.from_env()
 
@@ -146,6 +147,7 @@ def build_pipeline_dag(spec: PipelineDag, settings: orch.DagSettings | None = No
         default_args=settings.default_args(),
         max_active_runs=settings.max_active_runs,
         tags=list(spec.tags),
+        **DAG_DATES,
     )
     def pipeline():
         targets = resolve_targets()

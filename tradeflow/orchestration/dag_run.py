@@ -165,15 +165,12 @@ def finalize(
 
 
 def mapped_task_states(ti: Any, ctx: RunContext, task_id: str = RUN_SYMBOL_TASK) -> dict[int, str] | None:
-    """``{map_index: state}`` of the mapped task in this DAG run via the Task SDK, or None."""
+    """``{map_index: state}`` of the mapped task in this DAG run (``tradeflow.airflow_compat``: the
+    Task SDK on Airflow 3, the metadata DB on 2.x), or None."""
+    from tradeflow.airflow_compat import task_states
+
     try:
-        states = ti.get_task_states(dag_id=ctx.dag_id, task_ids=[task_id], run_ids=[ctx.run_id])
-    except Exception as exc:  # older SDK / no API: fall back to XComs + MLflow
+        return task_states(ti, dag_id=ctx.dag_id, task_id=task_id, run_id=ctx.run_id)
+    except Exception as exc:  # no API / no DB: fall back to XComs + MLflow
         log.warning("could not read task states of %s (%s); relying on XComs and MLflow", task_id, exc)
         return None
-    out: dict[int, str] = {}
-    for key, state in (states.get(ctx.run_id) or {}).items():
-        prefix, _, index = key.rpartition("_")
-        if prefix == task_id and index.isdigit():
-            out[int(index)] = str(state)
-    return out

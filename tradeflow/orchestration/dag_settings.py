@@ -47,11 +47,13 @@ class DagSettings:
 
     def default_args(self) -> dict[str, Any]:
         """Every task: retries with exponential backoff (delay x2 per try, capped), a timeout."""
+        from tradeflow.airflow_compat import RETRY_BACKOFF_DOUBLING
+
         return {
             "owner": "tradeflow",
             "retries": self.retries,
             "retry_delay": timedelta(seconds=self.retry_delay_s),
-            "retry_exponential_backoff": 2.0,
+            "retry_exponential_backoff": RETRY_BACKOFF_DOUBLING,
             "max_retry_delay": timedelta(seconds=self.max_retry_delay_s),
             "execution_timeout": timedelta(minutes=10),
         }
@@ -69,7 +71,7 @@ class DagSettings:
 
     def params(self) -> dict[str, Any]:
         """Trigger params, validated by Airflow (JSON schema) before the run is created."""
-        from airflow.sdk import Param
+        from tradeflow.airflow_compat import Param
 
         return {
             "mode": Param("both", type="string", enum=list(MODES), title="Mode",

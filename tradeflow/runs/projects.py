@@ -30,6 +30,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -143,6 +144,14 @@ class WarmStages:
             if server := claim(modules, root, later=later):
                 server.close()
             return
+        stage_python = shutil.which("python", path=os.environ.get("PATH"))
+        if not _same_python(stage_python, sys.executable):
+            # e.g. an Airflow 2.10.5 worker: Airflow in its own venv, the stages' `python` in the
+            # project's; a server of this interpreter could fork none of them (and may not even
+            # import the stages' modules)
+            self.label = f"fresh: python on PATH is {stage_python}, not this interpreter ({sys.executable})"
+            log.info("no warm stage process: %s", self.label[7:])
+            return
         idle_s = current.fork_server_idle_s
         try:
             self.server = (claim(modules, root, later=later, shared=idle_s > 0)
@@ -234,8 +243,7 @@ def _not_forkable(command: str, *, env: dict[str, str], work_dir: str, server) -
     if len(argv) < 3 or argv[:2] != ["python", "-m"]:
         return f"not a python -m command: {argv[:2]}"
     python = shutil.which("python", path=env.get("PATH"))
-    if not python or os.path.dirname(os.path.abspath(python)) != os.path.dirname(os.path.abspath(server.python)) \
-            or not os.path.samefile(python, server.python):
+    if not _same_python(python, server.python):
         return f"python on the stage's PATH is {python}, the fork server runs {server.python}"
     if not os.path.samefile(work_dir, server.root):  # another checkout (reproduce): its own code
         return f"{work_dir} is not the fork server's checkout"
@@ -244,6 +252,12 @@ def _not_forkable(command: str, *, env: dict[str, str], work_dir: str, server) -
     if ours != theirs:  # PYTHONPATH & co. act at interpreter start, which a fork skips
         return f"the stage's PYTHON* environment differs from the fork server's: {sorted(set(ours.items()) ^ set(theirs.items()))[:2]}"
     return ""
+
+
+def _same_python(python: str | None, other: str) -> bool:
+    """The same interpreter *and* environment: two venvs' ``bin/python`` link to one base interpreter."""
+    return bool(python) and os.path.dirname(os.path.abspath(python)) == os.path.dirname(os.path.abspath(other)) \
+        and os.path.samefile(python, other)
 
 
 def _set_tags(run_id: str, tags: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
+from tradeflow.airflow_compat import DAG, DAG_DATES, RETRY_BACKOFF_DOUBLING, Param, TaskGroup, get_current_context, task
 
 from tradeflow.ibkr.airflow.operators import (
     TRACKING_TASK,
@@ -54,7 +54,7 @@ Paper orders only unless the strategy sets `broker.allow_live` AND the environme
 def _default_args(strategy: StrategyConfig) -> dict[str, Any]:
     a = strategy.airflow
     return {"owner": "tradeflow", "retries": a.retries, "retry_delay": timedelta(seconds=a.retry_delay_s),
-            "retry_exponential_backoff": 2.0, "execution_timeout": timedelta(seconds=a.execution_timeout_s)}
+            "retry_exponential_backoff": RETRY_BACKOFF_DOUBLING, "execution_timeout": timedelta(seconds=a.execution_timeout_s)}
 
 
 def _sensor_args(strategy: StrategyConfig) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def _dag(dag_id: str, strategy: StrategyConfig, path: str, title: str, schedule:
         doc_md=_DOC.format(title=title, name=strategy.name, path=path, symbols=", ".join(strategy.symbols),
                            exchange=strategy.exchange, experiment=strategy.tracking.experiment),
         params={"as_of": Param(None, type=["null", "string"], description="ISO time the run acts at (default: now)")},
-        default_args=_default_args(strategy), tags=["tradeflow", "ibkr", strategy.name],
+        default_args=_default_args(strategy), tags=["tradeflow", "ibkr", strategy.name], **DAG_DATES,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from airflow.sdk import BaseHook
+from tradeflow.airflow_compat import BaseHook
 
 
 class IBKRHook(BaseHook):

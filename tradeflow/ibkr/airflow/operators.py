@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from tradeflow.airflow_compat import BaseOperator
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ class PortfolioUpdateOperator(IBKRBaseOperator):
     def run(self, context, strategy, mlflow_run_id):
         from tradeflow.ibkr import mlflow_run, workflow
 
-        ti = context.get("ti") if isinstance(context, dict) else None
+        ti = context.get("ti") if isinstance(context, Mapping) else None  # 2.x: a Context, not a dict
         with self.client(strategy) as client:
             snapshot = workflow.portfolio(strategy, client)
             placed = [ti.xcom_pull(task_ids=f"{s}.order") for s in strategy.symbols] if ti is not None else []

@@ -8,9 +8,10 @@ and default to ``mode="reschedule"`` so a waiting sensor does not hold a worker 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import BaseSensorOperator
+from tradeflow.airflow_compat import BaseSensorOperator
 
 from tradeflow.ibkr.airflow.operators import DEFAULT_AS_OF
 
@@ -61,12 +62,12 @@ class IBKRAuthSensor(BaseSensorOperator):
         self.tracking_task_id = tracking_task_id
 
     def _run_id(self, context: Any) -> str | None:
-        ti = context.get("ti") if isinstance(context, dict) else None
+        ti = context.get("ti") if isinstance(context, Mapping) else None  # 2.x: a Context, not a dict
         ref = ti.xcom_pull(task_ids=self.tracking_task_id) if ti is not None and self.tracking_task_id else None
         return ref.get("run_id") if isinstance(ref, dict) else None
 
     def execute(self, context: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowRescheduleException
+        from tradeflow.airflow_compat import AirflowRescheduleException
 
         try:
             return super().execute(context)
