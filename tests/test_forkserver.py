@@ -311,3 +311,27 @@ def test_a_shared_server_exits_when_idle_and_never_holds_its_starters_pipes(proj
     from tradeflow.runs.forkserver import shared_dir, shared_key
 
     assert not list(shared_dir().glob(f"{shared_key(project, [], [], {})[0]}-*.sock"))
+
+
+def test_a_caller_sigkilled_takes_its_forked_stage_and_the_stages_tree_with_it(project, experiment, tmp_path):
+    """A shared server's child is no descendant of the process that asked for it (the server
+    outlives the Airflow task that started it): when that caller is SIGKILLed (a Celery worker
+    killed with its process tree) the stage and its own children must stop too, not run on."""
+    out = tmp_path / "child.json"
+    parent = MlflowClient().create_run(experiment).info.run_id
+    caller = ("import sys; from pathlib import Path; "
+              "from tradeflow.runs.projects import run_entry_point, warm_stage_processes\n"
+              f"with warm_stage_processes(['json'], root=Path({str(project)!r})):\n"
+              f"    run_entry_point('step', {{'out': {str(out)!r}, 'seconds': '120'}}, experiment_id={experiment!r}, "
+              f"parent_run_id={parent!r}, project_uri=Path({str(project)!r}))\n")
+    env = {**os.environ, "TRADEFLOW_FORK_SERVER_IDLE_S": "3"}  # shared, and gone soon after
+    proc = subprocess.Popen([sys.executable, "-c", caller], env=env, cwd=Path.cwd())
+    try:
+        record = _record(out, timeout=60)
+        assert "tradeflow.runs.forkserver" in record["parent"]  # the server's child, not the caller's
+        assert "--idle" in record["parent"]  # the shared server's
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _gone(record["pid"], 10), "the forked stage outlived its SIGKILLed caller"
+    assert _gone(record["grandchild"], 10), "the stage's own child outlived its SIGKILLed caller"

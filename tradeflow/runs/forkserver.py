@@ -107,7 +107,7 @@ def _become_child(request: dict, fds: list[int], sockets: list[socket.socket], r
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
         os.close(fd)
-    if len(fds) == 4:  # a caller standing in for this process (``hand_over``): its end is our end
+    if len(fds) == 4:  # the caller's life line (``hand_over``, ``spawn``): its end is our end
         _watch_caller(fds[3])
     os.chdir(request["cwd"])
     sys.path[0] = request["cwd"]  # what `python -m` puts first: the directory it started in
@@ -119,8 +119,10 @@ def _become_child(request: dict, fds: list[int], sockets: list[socket.socket], r
 
 
 def _watch_caller(fd: int) -> None:
-    """SIGTERM this process when the caller holding the other end of ``fd`` is gone (killed, even
-    with SIGKILL): what ending the process it replaced would have done."""
+    """SIGTERM this process's group (it leads its own: the stage and anything it started) when the
+    caller holding the other end of ``fd`` is gone (killed, even with SIGKILL): what ending the
+    process it replaced, or ``cancel()`` by a caller still alive, would have done. Without it a
+    child of a shared server outlives an Airflow worker SIGKILLed under it (issue 27)."""
     os.set_inheritable(fd, False)
 
     def watch() -> None:
@@ -132,7 +134,10 @@ def _watch_caller(fd: int) -> None:
                 continue
             except OSError:
                 break
-        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            os.killpg(os.getpid(), signal.SIGTERM)
+        except OSError:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="tradeflow-caller-watch", daemon=True).start()
 
@@ -372,6 +377,7 @@ class ForkedProcess:
     def __init__(self, conn: socket.socket, pid: int, args: list[str]) -> None:
         self._conn, self.pid, self.args = conn, pid, args
         self.returncode: int | None = None
+        self._life_line: int | None = None  # our end of the child's watch pipe: closed once it ended
         self._buffer = b""
         self._lock = threading.Lock()
 
@@ -399,6 +405,12 @@ class ForkedProcess:
             return
         self.returncode = int(json.loads(self._buffer.split(b"\n", 1)[0])["exit"])
         self._conn.close()
+        self._cut_life_line()
+
+    def _cut_life_line(self) -> None:
+        if self._life_line is not None:
+            os.close(self._life_line)
+            self._life_line = None
 
     def _wait_orphan(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -408,6 +420,7 @@ class ForkedProcess:
             time.sleep(0.1)
         self.returncode = 1  # its exit code went with the server; the run's own status says more
         self._conn.close()
+        self._cut_life_line()
 
     def poll(self) -> int | None:
         self._read(0.0)
@@ -465,14 +478,15 @@ class ForkServer:
                 self._ready = _read_hello(self.process, self.modules, self.start_timeout_s)
             return self._ready
 
-    def spawn(self, module: str, args: list[str], *, env: dict[str, str], cwd: str) -> ForkedProcess:
+    def spawn(self, module: str, args: list[str], *, env: dict[str, str], cwd: str,
+              watch_fd: int | None = None) -> ForkedProcess:
         """Fork ``python -m module args`` with this process's file descriptors 1 and 2 as its
         stdout/stderr (what ``subprocess.Popen`` would hand on) and /dev/null as its stdin (a stage
         reads no input)."""
         self.ready()
         if self.process.poll() is not None:
             raise ForkServerError(f"the fork server exited with {self.process.returncode}")
-        return _fork_request(self.sock_path, module, args, env=env, cwd=cwd)
+        return _fork_request(self.sock_path, module, args, env=env, cwd=cwd, watch_fd=watch_fd)
 
     def close(self) -> None:
         """Stop the server (children already forked run on, as a fresh process would)."""
@@ -744,6 +758,24 @@ class SharedForkServer:
         """Leave the server to the next user (it exits on its own once idle)."""
         with self._lock:
             self._release()
+
+
+def spawn_tied(server: ForkServer | SharedForkServer, module: str, args: list[str], *, env: dict[str, str],
+               cwd: str) -> ForkedProcess:
+    """``server.spawn``, the child tied to this process's life: it (its process group) gets SIGTERM
+    once this process is gone, even SIGKILLed. A server's child is not this process's descendant
+    (a shared server outlives the task that started it), so a worker killed with its whole tree
+    would otherwise leave the pipeline and its stages running on (issue 27)."""
+    watch_r, watch_w = os.pipe()  # not inheritable: only the child gets the read end (passed)
+    try:
+        child = server.spawn(module, args, env=env, cwd=cwd, watch_fd=watch_r)
+    except BaseException:
+        os.close(watch_w)
+        raise
+    finally:
+        os.close(watch_r)
+    child._life_line = watch_w
+    return child
 
 
 def stop_shared(root: Path) -> int:

@@ -215,11 +215,11 @@ def _fork(command: str, *, env: dict[str, str], work_dir: str, parent_run_id: st
         if reason:
             warm.not_forked(reason)
             return None
-        from tradeflow.runs.forkserver import ForkServerError
+        from tradeflow.runs.forkserver import ForkServerError, spawn_tied
 
         argv = shlex.split(command)
-        try:
-            return warm.server.spawn(argv[2], argv[3:], env=env, cwd=str(work_dir))
+        try:  # tied: it stops when this process dies (a server's child is no descendant of ours)
+            return spawn_tied(warm.server, argv[2], argv[3:], env=env, cwd=str(work_dir))
         except (OSError, ForkServerError) as exc:
             warm.fall_back(str(exc))
             return None
