@@ -25,13 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import statistics
 import sys
 import tempfile
-import threading
-import time
-from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,61 +35,11 @@ sys.path.insert(0, str(REPO))
 
 import _common  # noqa: E402,F401 - loads tests/support as the package ``testkit`` (by file path)
 from _common import import_floor  # noqa: E402
+from _universe import DAG_ID, dag_run  # noqa: E402
+from _universe import load_now as _load  # noqa: E402
 from testkit.airflow_env import AirflowHome, AirflowServices  # noqa: E402
 from testkit.data import DJ30_DIR, DJ30_SOURCE, DJ30_TICKERS  # noqa: E402
 from testkit.load import PeakMemory  # noqa: E402
-
-DAG_ID = "trademaster_autogen_pipeline_workflow"
-
-
-def _load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-class LoadSampler:
-    """The 1-min load average every ``interval`` s while a DAG run goes (the box is shared: a
-    reference run and a universe run at different loads are not comparable as they stand)."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.interval, self.samples = interval, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.samples.append(os.getloadavg()[0])
-
-    def __enter__(self) -> LoadSampler:
-        self.samples.append(os.getloadavg()[0])
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict:
-        return {"mean": round(statistics.fmean(self.samples), 1), "min": round(min(self.samples), 1),
-                "max": round(max(self.samples), 1)}
-
-
-def dag_run(services: AirflowServices, home: AirflowHome, symbols: int, memory: PeakMemory) -> dict:
-    for _, proc in services._procs:  # the scheduler's task processes are its children
-        memory.add(proc.pid)
-    run_id = services.trigger(DAG_ID, conf={"max_symbols": symbols, "force": True})
-    with LoadSampler() as load:
-        state = services.wait(DAG_ID, run_id, timeout=4 * 3600)
-    with sqlite3.connect(home.db_path) as db:
-        start, end = db.execute("SELECT start_date, end_date FROM dag_run WHERE run_id = ?", (run_id,)).fetchone()
-    wall = datetime.fromisoformat(end).timestamp() - datetime.fromisoformat(start).timestamp()
-    tasks = [t for t in services.task_timings(DAG_ID, run_id, "run_symbol") if t["duration"] is not None]
-    durations = [t["duration"] for t in tasks]
-    return {"run_id": run_id, "state": state, "symbols": len(tasks), "wall_s": round(wall, 1),
-            "symbols_per_min": round(60 * len(tasks) / wall, 2) if wall else None,
-            "symbol_s_median": round(statistics.median(durations), 1) if durations else None,
-            "symbol_s_max": round(max(durations), 1) if durations else None,
-            "failed": [t["map_index"] for t in tasks if t["state"] != "success"],
-            "load_1min_during": load.summary()}
 
 
 def main() -> None:

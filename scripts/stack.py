@@ -39,6 +39,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tradeflow.runs.processes import alive
+
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 BUCKET = "mlflow"
@@ -334,18 +336,7 @@ class Stack:
                    "-s3.port.iceberg=0", "-s3.port.lance=0"],
             {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(s3_dir)}, s3_dir, logs / "s3.log",
             ready=self._s3_ready, grace=3.0)
-        mlflow_cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", LOOPBACK,
-                      "--port", str(p["mlflow"]), "--workers", str(self.mlflow_workers),
-                      "--backend-store-uri", self.pg_url("mlflow")]
-        if self.artifacts == "direct":
-            mlflow_cmd += ["--no-serve-artifacts", "--default-artifact-root", f"s3://{BUCKET}"]
-        else:
-            mlflow_cmd += ["--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}"]
-        mlflow_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))},
-                      **self.s3_env(), "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
-                      "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        self.services["mlflow"] = Service("mlflow", mlflow_cmd, mlflow_env, self.base / "mlflow", logs / "mlflow.log",
-                                          ready=lambda proc: wait_http(f"{self.mlflow_url}/health", 120, proc, "mlflow"))
+        self.mlflow_service(self.artifacts)
         airflow = str(Path(sys.executable).with_name("airflow"))
         home = self.base / "airflow"
         for name, args, ready in (
@@ -370,6 +361,27 @@ class Stack:
                 name, [airflow, "celery", "worker", "--celery-hostname", f"{name}@{LOOPBACK}", "--concurrency", "1",
                        "--without-gossip", "--without-mingle"],
                 env, wdir, logs / f"{name}.log", ready=lambda proc, n=name: self._worker_ready(n, proc))
+
+    def mlflow_service(self, artifacts: str, name: str = "mlflow") -> Service:
+        """``mlflow server`` on the stack's PostgreSQL and bucket, ``direct`` or ``proxied``
+        artifacts, as ``services[name]`` (not started; a second one beside the first is another
+        server of the same store: ``http://127.0.0.1:{ports[name]}``)."""
+        port = self.ports.setdefault(name, free_port())
+        cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", LOOPBACK, "--port", str(port),
+               "--workers", str(self.mlflow_workers), "--backend-store-uri", self.pg_url("mlflow")]
+        if artifacts == "direct":
+            cmd += ["--no-serve-artifacts", "--default-artifact-root", f"s3://{BUCKET}"]
+        elif artifacts == "proxied":
+            cmd += ["--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}"]
+        else:
+            raise ValueError(f"artifacts must be direct or proxied, not {artifacts!r}")
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))},
+               **self.s3_env(), "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        url = f"http://{LOOPBACK}:{port}"
+        self.services[name] = Service(name, cmd, env, self.base / name, self.base / "logs" / f"{name}.log",
+                                      ready=lambda proc: wait_http(f"{url}/health", 120, proc, name))
+        return self.services[name]
 
     def _s3_ready(self, proc) -> None:
         wait_port(self.ports["s3"], 60, proc, "s3")
@@ -485,13 +497,16 @@ class Stack:
         os.chmod(path, 0o600)  # holds the S3 secret
 
     def stop(self) -> None:
-        """Workers first (their running tasks end), the stores last."""
+        """Workers first (their running tasks end), the stores last; then the PostgreSQL dir made
+        outside ``base`` (``pg_dir``) goes (``remove_pg_dir``)."""
         for name in reversed(list(self.services)):
             started = time.monotonic()
             was_running = self.services[name].running
             self.services[name].stop()
             if was_running:
                 print(f"stack: stopped {name} in {time.monotonic() - started:.1f} s", flush=True)
+        if not ("postgres" in self.services and self.services["postgres"].running):
+            remove_pg_dir(self.base)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -518,14 +533,20 @@ class Stack:
             conn.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def remove_pg_dir(base: Path) -> None:
+    """Remove the PostgreSQL dir ``Stack.pg_dir`` made in the system temp dir (and ``base``'s link
+    to it), keeping its log as ``base/logs/postgres.log``: a stopped stack leaves nothing in /tmp.
+    Its data is throwaway (``start`` refuses a used ``base`` anyway)."""
+    link = Path(base) / "postgres"
+    if not link.is_symlink():
+        return  # inside base (or never made): base is the user's to remove
+    target = link.resolve()
+    log = target / "postgres.log"
+    if log.is_file():
+        (Path(base) / "logs").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, Path(base) / "logs" / "postgres.log")
+    shutil.rmtree(target, ignore_errors=True)
+    link.unlink()
 
 
 def down(state_path: Path, timeout: float = 120) -> int:
@@ -536,18 +557,19 @@ def down(state_path: Path, timeout: float = 120) -> int:
         return 1
     state = json.loads(state_path.read_text())
     launcher = state.get("launcher_pid")
-    if launcher and _alive(launcher):
+    if launcher and alive(launcher):
         os.kill(launcher, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(launcher) and time.monotonic() < deadline:
+        while alive(launcher) and time.monotonic() < deadline:
             time.sleep(0.5)
     for name, pid in reversed(list(state["pids"].items())):
-        if _alive(pid):
+        if alive(pid):
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, sig)
                 time.sleep(2)
             print(f"stack: {name} (process group {pid}) was still running: killed", file=sys.stderr)
+    remove_pg_dir(state_path.parent)
     state_path.unlink(missing_ok=True)
     print("stack stopped", flush=True)
     return 0

@@ -15,7 +15,10 @@ dags test``.
 4. the worker running a train stage SIGKILLed with its whole process tree: retried on the other
    worker, the dead try's runs closed FAILED, the lease taken over, one training;
 5. a worker whose clock is 5 s ahead (libfaketime): two DAG runs of one stage key, one on each
-   worker, train once.
+   worker, train once;
+6. proxied artifacts: a second ``mlflow server --serve-artifacts`` on the same store and bucket;
+   a client machine with no S3 endpoint or keys trains, another serves its model
+   (``mlflow-artifacts:/`` URIs, the bytes in the bucket).
 
 Skipped, saying which, where a binary (PostgreSQL, redis-server, weed) or package is missing.
 """
@@ -329,7 +332,16 @@ def test_a_worker_with_its_clock_5_s_ahead_keeps_the_lease_and_the_cache(dist, b
 
         assert 4.0 < float(probe.stdout) - time.time() < 7.0, probe.stdout  # the worker's processes are 5 s ahead
         conf = {"symbol": "AAPL", "mode": "train_backtest", "config": {"seed": 31}}
-        run_ids = [trigger(dist, DAG_ID, conf=conf, run_id=f"skew_{n}_{int(time.time())}") for n in (1, 2)]
+        # both runs queued at once (the DAG paused while they are created): with warm stage
+        # processes the first run can end before the second's trigger returns, and both would then
+        # run on one worker, one after the other
+        paused = dist.airflow("dags", "pause", DAG_ID)
+        assert paused.returncode == 0, paused.stderr[-2000:]
+        try:
+            run_ids = [trigger(dist, DAG_ID, conf=conf, run_id=f"skew_{n}_{int(time.time())}") for n in (1, 2)]
+        finally:
+            unpaused = dist.airflow("dags", "unpause", DAG_ID)
+        assert unpaused.returncode == 0, unpaused.stderr[-2000:]
         states = [wait_dag_run(dist, DAG_ID, run_id, timeout=600) for run_id in run_ids]
         rows = {run_id: _mapped(task_rows(dist, DAG_ID, run_id)) for run_id in run_ids}
         assert states == ["success", "success"], (rows, skewed.tail())
@@ -359,3 +371,79 @@ def test_a_worker_with_its_clock_5_s_ahead_keeps_the_lease_and_the_cache(dist, b
         skewed.env.clear()
         skewed.env.update(saved)
         skewed.start()
+
+
+# --- proxied artifacts: clients with no S3 at all ---------------------------------------------
+
+def _machine_env(root, name: str, tracking_uri: str, experiment: str) -> dict[str, str]:
+    """A client machine's environment: its own HOME, TMPDIR and cwd, the tracking server's address
+    and nothing of S3 (no endpoint, no keys, no ~/.aws)."""
+    import sys
+    from pathlib import Path
+
+    machine = root / name
+    for sub in ("home", "tmp"):
+        (machine / sub).mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "MLFLOW_", "TRADEFLOW_", "BACKEND_API_", "AIRFLOW"))}
+    env.update({"HOME": str(machine / "home"), "TMPDIR": str(machine / "tmp"), "MLFLOW_TRACKING_URI": tracking_uri,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
+                "TRADEFLOW_DATA_SOURCE": DJ30_SOURCE, "TRADEFLOW_EPOCHS": "1", "TRADEFLOW_REVIEWER": "rules",
+                "TRADEFLOW_EXPERIMENT_NAME": experiment})
+    return env
+
+
+def _pipeline_on(machine_env: dict, cwd, mode: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.support.data import REPO
+
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO), "-e", "pipeline", "--env-manager", "local",
+           "--experiment-name", machine_env["TRADEFLOW_EXPERIMENT_NAME"], "-P", "symbol=KO", "-P", f"mode={mode}",
+           "-P", 'config={"seed": 7}']
+    done = subprocess.run(cmd, env=machine_env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (mode, (done.stdout + done.stderr)[-4000:])
+
+
+def test_proxied_artifacts_a_client_with_no_s3_trains_and_another_serves_the_model(dist, tmp_path):
+    """``mlflow server --serve-artifacts`` (the stack's ``--artifacts proxied``), a second server on
+    the stack's PostgreSQL and bucket: one client machine with no S3 endpoint or keys trains KO,
+    another (its own HOME, TMPDIR, cwd) runs inference on that model; every URI is
+    ``mlflow-artifacts:/``, the bytes are in the bucket."""
+    from mlflow.tracking import MlflowClient
+
+    proxied = dist.mlflow_service("proxied", name="mlflow-proxied").start()
+    try:
+        url = f"http://127.0.0.1:{dist.ports['mlflow-proxied']}"
+        client = MlflowClient(url)
+        experiment = "proxied_artifacts"
+        experiment_id = client.create_experiment(experiment)  # the server picks its mlflow-artifacts:/ root
+        assert client.get_experiment(experiment_id).artifact_location.startswith("mlflow-artifacts:/")
+        for name, mode in (("machine-a", "train_backtest"), ("machine-b", "inference")):
+            env = _machine_env(tmp_path, name, url, experiment)
+            assert not any(k.startswith("AWS_") or k == "MLFLOW_S3_ENDPOINT_URL" for k in env)
+            _pipeline_on(env, tmp_path / name, mode)
+        _assert_served_through_the_proxy(dist, client, experiment_id)
+    finally:
+        proxied.stop()
+
+
+def _assert_served_through_the_proxy(dist, client, experiment_id: str) -> None:
+    runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+    stages = {r.data.tags.get(Tag.STAGE): r for r in runs if r.data.tags.get(Tag.STAGE) != "pipeline"}
+    assert len(runs) == 6, [(r.data.tags.get(Tag.STAGE), r.info.status) for r in runs]  # 2 pipelines, 4 stages
+    assert {s: r.info.status for s, r in stages.items()} == dict.fromkeys(
+        ("train_backtest", "inference", "review", "persist"), "FINISHED")
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:/") for r in runs)
+    model_uri = stages["inference"].data.params["model_uri"]
+    name, version = model_uri.removeprefix("models:/").split("/")
+    assert client.get_model_version(name, version).run_id == stages["train_backtest"].info.run_id
+    download = client.get_model_version_download_uri(name, version)
+    assert download.startswith("mlflow-artifacts:/"), download
+    # the proxy put the bytes in the stack's bucket: the model's MLmodel is there
+    key = download.removeprefix("mlflow-artifacts:/").strip("/") + "/MLmodel"
+    assert dist.s3_client().head_object(Bucket="mlflow", Key=key)["ContentLength"] > 0
+    assert dist.s3_client().list_objects_v2(Bucket="mlflow", Prefix=stages["inference"].info.artifact_uri.removeprefix(
+        "mlflow-artifacts:/").strip("/") + "/").get("KeyCount", 0) > 0

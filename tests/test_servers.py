@@ -342,3 +342,15 @@ def test_start_script_dry_run_redacts_and_validates(tmp_path):
     env.pop("MLFLOW_BACKEND_STORE_URI")
     res = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "MLFLOW_BACKEND_STORE_URI is not set" in res.stderr
+
+
+def test_a_postgres_server_leaves_no_temp_dir_once_closed():
+    """Its data dir survives stop/start (a restart keeps the data), and goes on close."""
+    if reason := postgres_unavailable_reason():
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        tmp_dir = server.tmp_dir
+        assert tmp_dir is not None and (tmp_dir / "data").is_dir()
+        server.restart()
+        assert (tmp_dir / "data").is_dir()
+    assert not tmp_dir.exists()

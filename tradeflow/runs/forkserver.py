@@ -40,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from tradeflow.runs.processes import alive
+
 #: bytes of one request or reply at most (argv + environment)
 MAX_MESSAGE = 1 << 20
 
@@ -428,7 +430,7 @@ class ForkedProcess:
 
     def _wait_orphan(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while _alive(self.pid):
+        while alive(self.pid):
             if deadline is not None and time.monotonic() >= deadline:
                 return
             time.sleep(0.1)
@@ -455,16 +457,6 @@ class ForkedProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ForkServer:
