@@ -331,21 +331,26 @@ def test_a_worker_with_its_clock_5_s_ahead_keeps_the_lease_and_the_cache(dist, b
         import time
 
         assert 4.0 < float(probe.stdout) - time.time() < 7.0, probe.stdout  # the worker's processes are 5 s ahead
-        conf = {"symbol": "AAPL", "mode": "train_backtest", "config": {"seed": 31}}
         # both runs queued at once (the DAG paused while they are created): with warm stage
-        # processes the first run can end before the second's trigger returns, and both would then
-        # run on one worker, one after the other
-        paused = dist.airflow("dags", "pause", DAG_ID)
-        assert paused.returncode == 0, paused.stderr[-2000:]
-        try:
-            run_ids = [trigger(dist, DAG_ID, conf=conf, run_id=f"skew_{n}_{int(time.time())}") for n in (1, 2)]
-        finally:
-            unpaused = dist.airflow("dags", "unpause", DAG_ID)
-        assert unpaused.returncode == 0, unpaused.stderr[-2000:]
-        states = [wait_dag_run(dist, DAG_ID, run_id, timeout=600) for run_id in run_ids]
-        rows = {run_id: _mapped(task_rows(dist, DAG_ID, run_id)) for run_id in run_ids}
-        assert states == ["success", "success"], (rows, skewed.tail())
-        assert {r[0]["hostname"] for r in rows.values()} == {"worker-1", "worker-2"}, rows  # one on each
+        # processes the first run can end before the second's trigger returns. Which worker takes
+        # which task is Celery's race (the skewed worker is the slower one): a pair that ran on one
+        # worker says nothing about the skew, so the scenario is tried again on a new cold key
+        for attempt, seed in enumerate((31, 32, 33), start=1):
+            conf = {"symbol": "AAPL", "mode": "train_backtest", "config": {"seed": seed}}
+            paused = dist.airflow("dags", "pause", DAG_ID)
+            assert paused.returncode == 0, paused.stderr[-2000:]
+            try:
+                run_ids = [trigger(dist, DAG_ID, conf=conf, run_id=f"skew_{n}_{seed}_{int(time.time())}") for n in (1, 2)]
+            finally:
+                unpaused = dist.airflow("dags", "unpause", DAG_ID)
+            assert unpaused.returncode == 0, unpaused.stderr[-2000:]
+            states = [wait_dag_run(dist, DAG_ID, run_id, timeout=600) for run_id in run_ids]
+            rows = {run_id: _mapped(task_rows(dist, DAG_ID, run_id)) for run_id in run_ids}
+            assert states == ["success", "success"], (rows, skewed.tail())
+            if {r[0]["hostname"] for r in rows.values()} == {"worker-1", "worker-2"}:  # one on each
+                break
+            print(f"clock skew: attempt {attempt}: both runs on {rows[run_ids[0]][0]['hostname']}; again")
+        assert {r[0]["hostname"] for r in rows.values()} == {"worker-1", "worker-2"}, rows
         pipelines = {run_id: _symbol_runs(dist, run_id)[1]["AAPL"][-1] for run_id in run_ids}
         leases = sorted(p.data.tags[Tag.STAGE_LEASE.format(stage="train_backtest")] for p in pipelines.values())
         assert leases in (["adopted", "held"], ["cached", "held"]), leases
